@@ -1,0 +1,138 @@
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/quota` and a
+//! status page, on their own port so they are never exposed with the proxy.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::app::App;
+use crate::quota::ceil_secs;
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/", get(status_page))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/quota", get(quota))
+        .with_state(app)
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if app.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+/// Sets the state gauges from the admission state, so they are exact at scrape time.
+fn refresh_gauges(app: &App) {
+    let mut used: Vec<(String, i64)> = Vec::new();
+    let mut depth: Vec<(Arc<str>, i64)> = Vec::new();
+    for a in app.quotas.all() {
+        let snap = a.snapshot();
+        for w in snap.windows {
+            match used.iter_mut().find(|(n, _)| *n == w.name) {
+                Some((_, u)) => *u = (*u).max(i64::from(w.used)),
+                None => used.push((w.name, i64::from(w.used))),
+            }
+        }
+        for (client, n) in snap.queue {
+            match depth.iter_mut().find(|(c, _)| *c == client) {
+                Some((_, d)) => *d += n as i64,
+                None => depth.push((client, n as i64)),
+            }
+        }
+    }
+    for (w, u) in used {
+        app.metrics.window_used.with_label_values(&[&w]).set(u);
+    }
+    for (c, d) in depth {
+        app.metrics.queue_depth.with_label_values(&[&c]).set(d);
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    refresh_gauges(&app);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn quota(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+    let admissions = app.quotas.all();
+    let keys: Vec<_> = admissions
+        .iter()
+        .map(|a| {
+            let s = a.snapshot();
+            json!({
+                "windows": s.windows.iter().map(|w| json!({
+                    "window": w.name,
+                    "used": w.used,
+                    "limit": w.limit,
+                    "remaining": w.limit.saturating_sub(w.used),
+                    "seconds_until_free": if w.used >= w.limit { w.frees_in.as_secs_f64() } else { 0.0 },
+                    "seconds_until_oldest_expires": w.frees_in.as_secs_f64(),
+                    "retry_after": if w.used >= w.limit { ceil_secs(w.frees_in) } else { 0 },
+                })).collect::<Vec<_>>(),
+                "paused_seconds": s.paused_for.map(|d| d.as_secs_f64()),
+                "queue": s.queue.iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            })
+        })
+        .collect();
+    let first = keys.first().cloned().unwrap_or_else(|| json!({}));
+    let rejected = app.metrics.rejected_total.collect_by_code();
+    Json(json!({
+        "windows": first["windows"],
+        "paused_seconds": first["paused_seconds"],
+        "queue": first["queue"],
+        "queue_total": admissions.iter().map(|a| a.waiting()).sum::<usize>(),
+        "keys": keys.len(),
+        "rejected": rejected,
+        "upstream": {
+            "url": app.config.upstream.origin(),
+            "responses_429": app.metrics.upstream_429_total.get(),
+        },
+        "ready": app.ready.load(Ordering::SeqCst),
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
+async fn status_page() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("status.html"),
+    )
+}
+
+/// Sums `rejected_total` over clients, by code, for the status page.
+trait ByCode {
+    fn collect_by_code(&self) -> serde_json::Map<String, serde_json::Value>;
+}
+
+impl ByCode for prometheus::IntCounterVec {
+    fn collect_by_code(&self) -> serde_json::Map<String, serde_json::Value> {
+        use prometheus::core::Collector as _;
+        let mut out = serde_json::Map::new();
+        for mf in self.collect() {
+            for m in mf.get_metric() {
+                let code = m.get_label().iter().find(|l| l.name() == "code").map(|l| l.value().to_owned());
+                if let Some(code) = code {
+                    let v = m.get_counter().get_value() as u64;
+                    let e = out.entry(code).or_insert(json!(0));
+                    *e = json!(e.as_u64().unwrap_or(0) + v);
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,155 @@
+//! Weighted-fair order between clients, FIFO within each.
+//!
+//! Start-time fair queuing: each call gets a virtual finish tag
+//! `max(now_virtual, client's last tag) + 1/weight`; the smallest tag goes
+//! next. A client that was idle cannot claim credit for the time it was away.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+/// Virtual time units per call at weight 1; weights divide it evenly up to 1000.
+const SCALE: u64 = 1_000_000;
+
+#[derive(Debug)]
+pub(super) struct FairQueue<T> {
+    clients: Vec<ClientQueue<T>>,
+    vtime: u64,
+    next_id: u64,
+    len: usize,
+}
+
+impl<T> Default for FairQueue<T> {
+    fn default() -> Self {
+        Self { clients: Vec::new(), vtime: 0, next_id: 0, len: 0 }
+    }
+}
+
+#[derive(Debug)]
+struct ClientQueue<T> {
+    name: Arc<str>,
+    last_finish: u64,
+    items: VecDeque<Item<T>>,
+}
+
+#[derive(Debug)]
+struct Item<T> {
+    id: u64,
+    start: u64,
+    finish: u64,
+    enqueued: Instant,
+    value: T,
+}
+
+impl<T> FairQueue<T> {
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Queues `value` for client `name`; returns an id to remove it by.
+    pub(super) fn push(&mut self, name: &Arc<str>, weight: u32, now: Instant, value: T) -> u64 {
+        let idx = match self.clients.iter().position(|c| c.name == *name) {
+            Some(i) => i,
+            None => {
+                self.clients.push(ClientQueue { name: name.clone(), last_finish: 0, items: VecDeque::new() });
+                self.clients.len() - 1
+            }
+        };
+        let vtime = self.vtime;
+        let c = &mut self.clients[idx];
+        let start = c.last_finish.max(vtime);
+        let finish = start + SCALE / u64::from(weight.max(1));
+        c.last_finish = finish;
+        let id = self.next_id;
+        self.next_id += 1;
+        c.items.push_back(Item { id, start, finish, enqueued: now, value });
+        self.len += 1;
+        id
+    }
+
+    /// The next call in fair order, with when it was queued.
+    pub(super) fn pop(&mut self) -> Option<(T, Instant)> {
+        let idx = self
+            .clients
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.items.front().map(|it| ((it.finish, it.id), i)))
+            .min()?
+            .1;
+        let item = self.clients[idx].items.pop_front()?;
+        self.vtime = self.vtime.max(item.start);
+        self.len -= 1;
+        Some((item.value, item.enqueued))
+    }
+
+    /// Takes out a call whose caller went away.
+    pub(super) fn remove(&mut self, name: &str, id: u64) -> Option<T> {
+        let c = self.clients.iter_mut().find(|c| &*c.name == name)?;
+        let i = c.items.iter().position(|it| it.id == id)?;
+        let item = c.items.remove(i)?;
+        self.len -= 1;
+        Some(item.value)
+    }
+
+    pub(super) fn drain(&mut self) -> Vec<T> {
+        self.len = 0;
+        self.clients.iter_mut().flat_map(|c| c.items.drain(..).map(|it| it.value)).collect()
+    }
+
+    pub(super) fn depths(&self) -> Vec<(Arc<str>, usize)> {
+        self.clients.iter().map(|c| (c.name.clone(), c.items.len())).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fifo_within_a_client_and_weighted_between() {
+        let now = Instant::now();
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let mut q = FairQueue::default();
+        for i in 0..6 {
+            q.push(&a, 2, now, format!("a{i}"));
+            q.push(&b, 1, now, format!("b{i}"));
+        }
+        let order: Vec<String> = std::iter::from_fn(|| q.pop().map(|(v, _)| v)).take(9).collect();
+        assert_eq!(order, ["a0", "b0", "a1", "a2", "b1", "a3", "a4", "b2", "a5"]);
+    }
+
+    #[test]
+    fn remove_takes_out_exactly_one() {
+        let now = Instant::now();
+        let a: Arc<str> = "a".into();
+        let mut q = FairQueue::default();
+        let id0 = q.push(&a, 1, now, 0);
+        q.push(&a, 1, now, 1);
+        assert_eq!(q.remove("a", id0), Some(0));
+        assert_eq!(q.remove("a", id0), None);
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.pop().map(|(v, _)| v), Some(1));
+    }
+
+    #[test]
+    fn an_idle_client_gets_no_credit_for_its_absence() {
+        let now = Instant::now();
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let mut q = FairQueue::default();
+        for i in 0..4 {
+            q.push(&a, 1, now, format!("a{i}"));
+        }
+        q.pop();
+        q.pop();
+        for i in 0..2 {
+            q.push(&b, 1, now, format!("b{i}"));
+        }
+        let order: Vec<String> = std::iter::from_fn(|| q.pop().map(|(v, _)| v)).collect();
+        assert_eq!(order, ["b0", "a2", "b1", "a3"]);
+    }
+}

@@ -1,0 +1,315 @@
+//! Admission: whether a call may go to Dastra now, later, or not at all.
+//!
+//! One [`Admission`] per quota key holds the [`WindowSet`] and a bounded queue.
+//! A call that finds the queue empty and a slot free goes at once (one lock,
+//! O(1)). Otherwise it waits in its client's FIFO; one releaser task per key
+//! sleeps until the exact instant the next slot frees and hands slots out in
+//! weighted-fair order, so there is no polling loop and no thundering herd.
+//!
+//! A slot is a [`Permit`]: dropped before the call was sent (the caller went
+//! away) or refunded after a connect failure, it is given back to the window.
+
+mod fair;
+mod keys;
+mod permit;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
+
+use crate::config::{AdmissionConfig, Limit, OnLimit};
+use crate::quota::{WindowSet, WindowState};
+use fair::FairQueue;
+pub use keys::Quotas;
+pub use permit::{Permit, SentPermit};
+
+/// Why a call may not go upstream; each maps to one error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A window is full (reject mode) or the projected start is past `max_wait`.
+    QuotaExhausted { retry_at: Instant },
+    /// `max_queue` calls already wait.
+    QueueFull { retry_at: Instant },
+    /// The proxy is draining and this call could not go in time.
+    ShuttingDown,
+}
+
+/// Who is asking, for fairness between clients and per-client queue depth.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub name: Arc<str>,
+    pub weight: u32,
+}
+
+/// The state of one quota key as `/quota`, metrics and headers show it.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub windows: Vec<WindowState>,
+    /// Time left of a pause ordered by an upstream 429.
+    pub paused_for: Option<Duration>,
+    /// Waiting calls per client that has ever queued.
+    pub queue: Vec<(Arc<str>, usize)>,
+}
+
+/// One quota key's windows and queue. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: Mutex<State>,
+    /// Wakes the releaser: a call queued, a slot came back, a pause changed.
+    wake: Notify,
+}
+
+#[derive(Debug)]
+struct State {
+    on_limit: OnLimit,
+    max_queue: usize,
+    max_wait: Duration,
+    windows: WindowSet,
+    queue: FairQueue<oneshot::Sender<Result<Permit, Refusal>>>,
+    /// The windows as they will be once every queued call has gone; rebuilt
+    /// lazily after anything invalidates it, extended by each new call.
+    projection: Option<(WindowSet, Instant)>,
+    paused_until: Option<Instant>,
+    closed: bool,
+}
+
+impl State {
+    /// When the next call could start, considering a pause: `now` if at once.
+    fn blocked_until(&self, now: Instant) -> Instant {
+        let at = self.windows.next_admit(now);
+        match self.paused_until {
+            Some(p) if p > at => p,
+            _ => at,
+        }
+    }
+
+    /// The instant a call queued behind everyone waiting now would start.
+    fn project(&mut self, now: Instant) -> Instant {
+        let from = self.paused_until.map_or(now, |p| p.max(now));
+        let waiting = self.queue.len();
+        let windows = &self.windows;
+        let (sim, last) = self.projection.get_or_insert_with(|| {
+            let mut sim = windows.clone();
+            let mut t = from;
+            for _ in 0..waiting {
+                t = sim.next_admit(t);
+                sim.record(t);
+            }
+            (sim, t)
+        });
+        sim.next_admit((*last).max(from))
+    }
+}
+
+impl Admission {
+    /// Starts the releaser task: must be called inside a tokio runtime.
+    pub fn new(limits: &[Limit], cfg: &AdmissionConfig) -> Self {
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State {
+                on_limit: cfg.on_limit,
+                max_queue: cfg.max_queue,
+                max_wait: cfg.max_wait,
+                windows: WindowSet::new(limits, cfg.margin),
+                queue: FairQueue::default(),
+                projection: None,
+                paused_until: None,
+                closed: false,
+            }),
+            wake: Notify::new(),
+        });
+        tokio::spawn(release_loop(inner.clone()));
+        Self { inner }
+    }
+
+    /// Waits for a slot, or says at once why there will be none in time.
+    pub async fn acquire(&self, caller: &Caller) -> Result<Permit, Refusal> {
+        let (id, rx) = {
+            let mut st = self.inner.lock();
+            if st.closed {
+                return Err(Refusal::ShuttingDown);
+            }
+            let now = Instant::now();
+            let blocked = st.blocked_until(now);
+            if blocked <= now && st.queue.is_empty() {
+                st.windows.record(now);
+                st.paused_until = None;
+                return Ok(Permit::new(self.inner.clone(), now, Duration::ZERO));
+            }
+            if st.on_limit == OnLimit::Reject {
+                return Err(Refusal::QuotaExhausted { retry_at: blocked.max(now) });
+            }
+            if st.queue.len() >= st.max_queue {
+                return Err(Refusal::QueueFull { retry_at: blocked.max(now) });
+            }
+            let start = st.project(now);
+            if start.duration_since(now) > st.max_wait {
+                return Err(Refusal::QuotaExhausted { retry_at: start });
+            }
+            if let Some((sim, last)) = st.projection.as_mut() {
+                sim.record(start);
+                *last = start;
+            }
+            let (tx, rx) = oneshot::channel();
+            let id = st.queue.push(&caller.name, caller.weight, now, tx);
+            drop(st);
+            self.inner.wake.notify_one();
+            (id, rx)
+        };
+        let guard = LeaveOnDrop { inner: &self.inner, caller: &caller.name, id: Some(id) };
+        let out = rx.await;
+        guard.disarm();
+        out.unwrap_or(Err(Refusal::ShuttingDown))
+    }
+
+    /// Holds every send until `until`, after Dastra itself answered 429.
+    pub fn pause_until(&self, until: Instant) {
+        let mut st = self.inner.lock();
+        if st.paused_until.is_none_or(|p| p < until) {
+            st.paused_until = Some(until);
+            st.projection = None;
+        }
+        drop(st);
+        self.inner.wake.notify_one();
+    }
+
+    /// The windows, pause and queue as they are now.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut st = self.inner.lock();
+        let now = Instant::now();
+        Snapshot {
+            windows: st.windows.snapshot(now),
+            paused_for: st.paused_until.and_then(|p| p.checked_duration_since(now)).filter(|d| !d.is_zero()),
+            queue: st.queue.depths(),
+        }
+    }
+
+    /// Applies reloaded limits and admission settings; recorded sends carry over.
+    pub fn reconfigure(&self, limits: &[Limit], cfg: &AdmissionConfig) {
+        let mut st = self.inner.lock();
+        let mut next = WindowSet::new(limits, cfg.margin);
+        st.windows.carry_into(&mut next);
+        st.windows = next;
+        st.on_limit = cfg.on_limit;
+        st.max_queue = cfg.max_queue;
+        st.max_wait = cfg.max_wait;
+        st.projection = None;
+        drop(st);
+        self.inner.wake.notify_one();
+    }
+
+    /// Refuses new calls and every queued one with `shutting_down`.
+    pub fn close(&self) {
+        let mut st = self.inner.lock();
+        st.closed = true;
+        for tx in st.queue.drain() {
+            let _ = tx.send(Err(Refusal::ShuttingDown));
+        }
+        st.projection = None;
+        drop(st);
+        self.inner.wake.notify_one();
+    }
+
+    /// Calls waiting now, over all clients.
+    pub fn waiting(&self) -> usize {
+        self.inner.lock().queue.len()
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind, still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn refund(&self, at: Instant) {
+        let mut st = self.lock();
+        st.windows.refund(at);
+        st.projection = None;
+        drop(st);
+        self.wake.notify_one();
+    }
+}
+
+/// Takes a queued call out of the queue when its caller goes away.
+struct LeaveOnDrop<'a> {
+    inner: &'a Inner,
+    caller: &'a str,
+    id: Option<u64>,
+}
+
+impl LeaveOnDrop<'_> {
+    fn disarm(mut self) {
+        self.id = None;
+    }
+}
+
+impl Drop for LeaveOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            let mut st = self.inner.lock();
+            if st.queue.remove(self.caller, id).is_some() {
+                st.projection = None;
+            }
+        }
+    }
+}
+
+/// Hands slots to queued calls as they free; sleeps in between.
+async fn release_loop(inner: Arc<Inner>) {
+    loop {
+        let next = release_ready(&inner);
+        match next {
+            Release::Sleep(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = inner.wake.notified() => {}
+                }
+            }
+            Release::Idle => inner.wake.notified().await,
+            Release::Closed => return,
+        }
+    }
+}
+
+enum Release {
+    Sleep(Instant),
+    Idle,
+    Closed,
+}
+
+fn release_ready(inner: &Arc<Inner>) -> Release {
+    let mut st = inner.lock();
+    let now = Instant::now();
+    loop {
+        if st.queue.is_empty() {
+            st.projection = None;
+            return if st.closed { Release::Closed } else { Release::Idle };
+        }
+        let at = st.blocked_until(now);
+        if at > now {
+            return Release::Sleep(at);
+        }
+        st.paused_until = None;
+        let Some((tx, enqueued)) = st.queue.pop() else {
+            continue;
+        };
+        st.windows.record(now);
+        let permit = Permit::new(inner.clone(), now, now.duration_since(enqueued));
+        if let Err(Ok(permit)) = tx.send(Ok(permit)) {
+            // The caller left between the queue and the grant: nothing was sent.
+            permit.defuse();
+            st.windows.refund(now);
+            st.projection = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

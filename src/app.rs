@@ -1,0 +1,121 @@
+//! Everything a request needs, built once from the config.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::access::Access;
+use crate::admission::Quotas;
+use crate::config::{Config, CredentialConfig, Upstream429};
+use crate::credential::Credential;
+use crate::guard::Guard;
+use crate::metrics::Metrics;
+use crate::upstream::{build_client, HttpClient, UpstreamError};
+
+/// The parts of the config that SIGHUP may change, swapped as one.
+#[derive(Debug)]
+pub struct Policy {
+    pub access: Access,
+    pub guard: Guard,
+    pub upstream_429: Upstream429,
+}
+
+impl Policy {
+    fn new(cfg: &Config) -> Self {
+        Self { access: Access::new(cfg), guard: Guard::new(cfg), upstream_429: cfg.admission.upstream_429 }
+    }
+}
+
+/// Shared state of the running proxy.
+#[derive(Debug)]
+pub struct App {
+    /// The config the process started with; listeners, upstream, credential
+    /// and store come from here and need a restart to change.
+    pub config: Config,
+    pub client: HttpClient,
+    pub credential: Credential,
+    pub quotas: Quotas,
+    pub metrics: Metrics,
+    /// Authority of `server.public_url`, accepted in absolute-form targets.
+    pub public_authority: Option<String>,
+    /// Set once both listeners are bound; `/readyz` reports it.
+    pub ready: AtomicBool,
+    policy: ArcSwap<Policy>,
+}
+
+/// Why a config that passed validation still cannot be started.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+/// Why SIGHUP left the running config in place.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("`{0}` cannot change on reload; restart the proxy to change it")]
+    NeedsRestart(&'static str),
+}
+
+impl App {
+    /// Must run inside a tokio runtime (admission starts its releaser task).
+    pub fn new(config: Config, metrics: Metrics) -> Result<Arc<Self>, AppError> {
+        let client = build_client(config.upstream.ca_file.as_deref(), config.upstream.connect_timeout)?;
+        let credential = Credential::new(&config.credential, client.clone(), metrics.clone());
+        let passthrough = matches!(config.credential, CredentialConfig::Passthrough);
+        let quotas = Quotas::new(&config.limits, &config.admission, passthrough);
+        for l in &config.limits {
+            metrics.window_limit.with_label_values(&[&l.name]).set(i64::from(l.requests));
+        }
+        for c in &config.clients {
+            metrics.queue_depth.with_label_values(&[&c.name]);
+        }
+        let public_authority = config
+            .server
+            .public_url
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| u.authority().map(|a| a.to_string()));
+        Ok(Arc::new(Self {
+            policy: ArcSwap::from_pointee(Policy::new(&config)),
+            config,
+            client,
+            credential,
+            quotas,
+            metrics,
+            public_authority,
+            ready: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn policy(&self) -> arc_swap::Guard<Arc<Policy>> {
+        self.policy.load()
+    }
+
+    /// Applies a new config's limits, admission, access and clients without
+    /// dropping connections, queued calls or recorded sends.
+    pub fn reload(&self, next: &Config) -> Result<(), ReloadError> {
+        let cur = &self.config;
+        // Debug shows secrets only by their source, so equal sources compare equal.
+        let same = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") == format!("{b:?}");
+        let fixed: [(&'static str, bool); 5] = [
+            ("[server]", same(&next.server, &cur.server)),
+            ("[upstream]", same(&next.upstream, &cur.upstream)),
+            ("[credential]", same(&next.credential, &cur.credential)),
+            ("[store]", same(&next.store, &cur.store)),
+            ("[log]", same(&next.log, &cur.log)),
+        ];
+        if let Some((section, _)) = fixed.iter().find(|(_, same)| !same) {
+            return Err(ReloadError::NeedsRestart(section));
+        }
+        self.quotas.reconfigure(&next.limits, &next.admission);
+        for l in &next.limits {
+            self.metrics.window_limit.with_label_values(&[&l.name]).set(i64::from(l.requests));
+        }
+        self.policy.store(Arc::new(Policy::new(next)));
+        Ok(())
+    }
+}

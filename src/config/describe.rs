@@ -1,0 +1,109 @@
+//! The effective settings as `dastra-proxy check` prints them: TOML-shaped,
+//! with every secret replaced by where it comes from.
+
+use std::fmt::{self, Write as _};
+
+use super::{Config, CredentialConfig, LogFormat, OnLimit, StoreConfig, StoreOnError, Upstream429};
+
+fn d(v: std::time::Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(v)
+}
+
+fn nets(v: &[ipnet::IpNet]) -> String {
+    let items: Vec<String> = v.iter().map(|n| format!("\"{n}\"")).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// Hides a password in `redis://user:pass@host` URLs.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}<redacted>@{}", &url[..s + 3], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    let mut o = String::new();
+    let s = &c.server;
+    writeln!(o, "# effective configuration from {}", c.source.display())?;
+    writeln!(o, "[server]\nlisten = \"{}\"\nadmin_listen = \"{}\"\npublic_url = \"{}\"", s.listen, s.admin_listen, s.public_url)?;
+    writeln!(o, "max_request_body = {}\nshutdown_grace = \"{}\"", s.max_request_body, d(s.shutdown_grace))?;
+    if let Some(t) = &s.tls {
+        writeln!(o, "tls = {{ cert_file = \"{}\", key_file = \"{}\" }}", t.cert_file.display(), t.key_file.display())?;
+    }
+    let u = &c.upstream;
+    writeln!(o, "\n[upstream]\nurl = \"{}{}\"\nconnect_timeout = \"{}\"\ntimeout = \"{}\"", u.origin(), u.base_path, d(u.connect_timeout), d(u.timeout))?;
+    if let Some(ca) = &u.ca_file {
+        writeln!(o, "ca_file = \"{}\"", ca.display())?;
+    }
+    writeln!(o, "\n[credential]")?;
+    match &c.credential {
+        CredentialConfig::ApiKey(k) => writeln!(o, "kind = \"api_key\"\napi_key = \"{k}\"")?,
+        CredentialConfig::Basic { public, private } => {
+            writeln!(o, "kind = \"basic\"\npublic_key = \"{public}\"\nprivate_key = \"{private}\"")?
+        }
+        CredentialConfig::OAuth2 { token_url, scope, public, private } => writeln!(
+            o,
+            "kind = \"oauth2\"\ntoken_url = \"{token_url}\"\nscope = \"{scope}\"\npublic_key = \"{public}\"\nprivate_key = \"{private}\""
+        )?,
+        CredentialConfig::Passthrough => writeln!(o, "kind = \"passthrough\"")?,
+    }
+    for l in &c.limits {
+        writeln!(o, "\n[[limits]]\nrequests = {}\nper = \"{}\"", l.requests, l.name)?;
+    }
+    let a = &c.admission;
+    let on_limit = match a.on_limit {
+        OnLimit::Queue => "queue",
+        OnLimit::Reject => "reject",
+    };
+    let u429 = match a.upstream_429 {
+        Upstream429::Pause => "pause",
+        Upstream429::Pass => "pass",
+    };
+    writeln!(
+        o,
+        "\n[admission]\non_limit = \"{on_limit}\"\nmax_queue = {}\nmax_wait = \"{}\"\nmargin = \"{}\"\nupstream_429 = \"{u429}\"",
+        a.max_queue,
+        d(a.max_wait),
+        d(a.margin)
+    )?;
+    writeln!(o, "\n[access]\nallow = {}\ntrusted_proxies = {}", nets(&c.access.allow), nets(&c.access.trusted_proxies))?;
+    for cl in &c.clients {
+        writeln!(o, "\n[[clients]]\nname = \"{}\"\nkey_sha256 = \"{}\"\nweight = {}", cl.name, hex::encode(cl.key_sha256), cl.weight)?;
+        if let Some(allow) = &cl.allow {
+            writeln!(o, "allow = {}", nets(allow))?;
+        }
+        if let Some(r) = cl.rate {
+            writeln!(o, "rate = \"{}/{}\"\nburst = {}", r.count, d(r.period), r.burst)?;
+        }
+    }
+    match &c.store {
+        StoreConfig::Memory => writeln!(o, "\n[store]\nkind = \"memory\"")?,
+        StoreConfig::Redis { url, key_prefix, on_error, replicas } => {
+            let on_error = match on_error {
+                StoreOnError::Local => "local",
+                StoreOnError::Reject => "reject",
+            };
+            writeln!(
+                o,
+                "\n[store]\nkind = \"redis\"\nurl = \"{}\"\nkey_prefix = \"{key_prefix}\"\non_error = \"{on_error}\"\nreplicas = {replicas}",
+                redact_url(url)
+            )?
+        }
+    }
+    let format = match c.log.format {
+        LogFormat::Text => "text",
+        LogFormat::Json => "json",
+    };
+    write!(o, "\n[log]\nformat = \"{format}\"\nlevel = \"{}\"", c.log.level)?;
+    f.write_str(&o)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redis_password_is_hidden() {
+        assert_eq!(super::redact_url("redis://u:pw@h:6379/0"), "redis://<redacted>@h:6379/0");
+        assert_eq!(super::redact_url("redis://h:6379"), "redis://h:6379");
+    }
+}

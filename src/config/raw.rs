@@ -1,0 +1,130 @@
+//! The TOML file as written: every field optional, unknown keys refused.
+//!
+//! Nothing outside `config` sees these types; [`super::Config`] is built from
+//! them by `validate`, so the rest of the proxy only handles checked values.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    #[serde(default)]
+    pub(crate) server: RawServer,
+    #[serde(default)]
+    pub(crate) upstream: RawUpstream,
+    #[serde(default)]
+    pub(crate) credential: RawCredential,
+    pub(crate) limits: Option<Vec<RawLimit>>,
+    #[serde(default)]
+    pub(crate) admission: RawAdmission,
+    #[serde(default)]
+    pub(crate) access: RawAccess,
+    #[serde(default)]
+    pub(crate) clients: Vec<RawClient>,
+    #[serde(default)]
+    pub(crate) store: RawStore,
+    #[serde(default)]
+    pub(crate) log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServer {
+    pub(crate) listen: Option<String>,
+    pub(crate) admin_listen: Option<String>,
+    pub(crate) public_url: Option<String>,
+    pub(crate) max_request_body: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) shutdown_grace: Option<Duration>,
+    pub(crate) tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    pub(crate) cert_file: PathBuf,
+    pub(crate) key_file: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstream {
+    pub(crate) url: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCredential {
+    pub(crate) kind: Option<String>,
+    pub(crate) api_key_env: Option<String>,
+    pub(crate) api_key_file: Option<PathBuf>,
+    pub(crate) public_key_env: Option<String>,
+    pub(crate) public_key_file: Option<PathBuf>,
+    pub(crate) private_key_env: Option<String>,
+    pub(crate) private_key_file: Option<PathBuf>,
+    pub(crate) token_url: Option<String>,
+    pub(crate) scope: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimit {
+    pub(crate) requests: i64,
+    pub(crate) per: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmission {
+    pub(crate) on_limit: Option<String>,
+    pub(crate) max_queue: Option<i64>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) max_wait: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) margin: Option<Duration>,
+    pub(crate) upstream_429: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAccess {
+    pub(crate) allow: Option<Vec<IpNet>>,
+    pub(crate) trusted_proxies: Option<Vec<IpNet>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawClient {
+    pub(crate) name: String,
+    pub(crate) key_sha256: String,
+    pub(crate) allow: Option<Vec<IpNet>>,
+    pub(crate) weight: Option<i64>,
+    pub(crate) rate: Option<String>,
+    pub(crate) burst: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStore {
+    pub(crate) kind: Option<String>,
+    pub(crate) url: Option<String>,
+    pub(crate) key_prefix: Option<String>,
+    pub(crate) on_error: Option<String>,
+    pub(crate) replicas: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLog {
+    pub(crate) format: Option<String>,
+    pub(crate) level: Option<String>,
+}

@@ -1,0 +1,107 @@
+//! The Dastra credential: held here, injected into every forwarded call, so
+//! apps only ever hold their own proxy keys.
+//!
+//! Whatever credential the caller sent is removed first; only `passthrough`
+//! lets the caller's own `X-API-Key` / `Authorization` through, and then a
+//! digest of it is the quota key, so each credential gets its own windows.
+
+mod oauth2;
+
+use base64::Engine as _;
+use http::{header, HeaderMap, HeaderValue};
+use sha2::{Digest, Sha256};
+
+use crate::config::CredentialConfig;
+use crate::metrics::Metrics;
+use crate::upstream::HttpClient;
+pub use oauth2::{TokenCache, TokenError};
+
+/// What the quota is kept per: one key for a held credential, a digest per
+/// caller credential in passthrough.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct QuotaKey(pub [u8; 32]);
+
+/// Injects the configured credential.
+#[derive(Debug)]
+pub enum Credential {
+    Static(HeaderValue, header::HeaderName),
+    OAuth2(TokenCache),
+    Passthrough,
+}
+
+impl Credential {
+    pub fn new(cfg: &CredentialConfig, client: HttpClient, metrics: Metrics) -> Self {
+        match cfg {
+            CredentialConfig::ApiKey(k) => Credential::Static(sensitive(k.expose()), header::HeaderName::from_static("x-api-key")),
+            CredentialConfig::Basic { public, private } => Credential::Static(
+                sensitive(&basic(public.expose(), private.expose())),
+                header::AUTHORIZATION,
+            ),
+            CredentialConfig::OAuth2 { token_url, scope, public, private } => Credential::OAuth2(TokenCache::new(
+                client,
+                token_url.clone(),
+                scope.clone(),
+                sensitive(&basic(public.expose(), private.expose())),
+                metrics,
+            )),
+            CredentialConfig::Passthrough => Credential::Passthrough,
+        }
+    }
+
+    /// The quota key of a call with these (caller) headers.
+    pub fn quota_key(&self, headers: &HeaderMap) -> QuotaKey {
+        match self {
+            Credential::Passthrough => {
+                let mut h = Sha256::new();
+                for name in ["x-api-key", "authorization"] {
+                    h.update(headers.get(name).map_or(&b""[..], |v| v.as_bytes()));
+                    h.update([0]);
+                }
+                QuotaKey(h.finalize().into())
+            }
+            _ => QuotaKey([0; 32]),
+        }
+    }
+
+    /// Whether a 401 from upstream may be fixed by a fresh credential.
+    pub fn refreshes(&self) -> bool {
+        matches!(self, Credential::OAuth2(_))
+    }
+
+    /// Replaces the caller's credential headers by the proxy's own.
+    pub async fn inject(&self, headers: &mut HeaderMap) -> Result<(), TokenError> {
+        if matches!(self, Credential::Passthrough) {
+            return Ok(());
+        }
+        headers.remove("x-api-key");
+        headers.remove(header::AUTHORIZATION);
+        match self {
+            Credential::Static(value, name) => {
+                headers.insert(name.clone(), value.clone());
+            }
+            Credential::OAuth2(cache) => {
+                headers.insert(header::AUTHORIZATION, cache.bearer().await?);
+            }
+            Credential::Passthrough => {}
+        }
+        Ok(())
+    }
+
+    /// After an upstream 401: forget `used` so the next call fetches a new token.
+    pub async fn invalidate(&self, used: Option<&HeaderValue>) {
+        if let (Credential::OAuth2(cache), Some(used)) = (self, used) {
+            cache.invalidate(used).await;
+        }
+    }
+}
+
+fn basic(public: &str, private: &str) -> String {
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{public}:{private}")))
+}
+
+/// A header value that hyper's HPACK never indexes and Debug never prints.
+fn sensitive(s: &str) -> HeaderValue {
+    let mut v = HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""));
+    v.set_sensitive(true);
+    v
+}

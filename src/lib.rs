@@ -1,0 +1,23 @@
+//! dastra-proxy: a local reverse proxy that lets many internal applications use
+//! the Dastra API without exceeding its quotas or spreading its API key.
+//!
+//! The request path is [`proxy`]; the quota arithmetic is [`quota`] and the
+//! queueing around it [`admission`]; [`config`] is the single place settings
+//! are checked. `main.rs` only parses the command line.
+
+pub mod access;
+pub mod admin;
+pub mod admission;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod credential;
+pub mod error;
+pub mod guard;
+pub mod logging;
+pub mod metrics;
+pub mod proxy;
+pub mod quota;
+pub mod secret;
+pub mod server;
+pub mod upstream;

@@ -1,0 +1,158 @@
+use std::io::Read as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use base64::Engine as _;
+use clap::Parser as _;
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use dastra_proxy::cli::{Cli, Command};
+use dastra_proxy::config::Config;
+use dastra_proxy::{access, logging, metrics::Metrics, server};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(&cli.config),
+        Command::Check => check(&cli.config),
+        Command::HashKey => hash_key(),
+        Command::GenKey => gen_key(),
+        Command::Healthcheck { url } => healthcheck(&cli.config, url),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", message(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and those of its causes that its message does not already say.
+fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    logging::init(&config.log);
+    for w in config.warnings() {
+        tracing::warn!("{w}");
+    }
+    runtime()?.block_on(async move {
+        let running = server::start(config, Metrics::new()).await?;
+        signals(&running, path).await?;
+        running.shutdown().await;
+        Ok(())
+    })
+}
+
+/// Waits for SIGTERM/SIGINT; reloads on SIGHUP in between.
+async fn signals(running: &server::Running, path: &std::path::Path) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                let metrics = &running.app.metrics;
+                let outcome = Config::load(path).map_err(|e| e.to_string()).and_then(|next| {
+                    running.app.reload(&next).map_err(|e| e.to_string())?;
+                    Ok(next.warnings())
+                });
+                match outcome {
+                    Ok(warnings) => {
+                        metrics.config_reloads_total.with_label_values(&["ok"]).inc();
+                        tracing::info!(config = %path.display(), "configuration reloaded");
+                        for w in warnings {
+                            tracing::warn!("{w}");
+                        }
+                    }
+                    Err(e) => {
+                        metrics.config_reloads_total.with_label_values(&["error"]).inc();
+                        tracing::error!(error = %e, "reload refused; the previous configuration stays in force");
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    println!("{config}");
+    let warnings = config.warnings();
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    eprintln!("{}: valid", path.display());
+    Ok(())
+}
+
+fn hash_key() -> anyhow::Result<()> {
+    let mut key = String::new();
+    std::io::stdin().read_to_string(&mut key).context("cannot read the key from stdin")?;
+    if key.trim().is_empty() {
+        bail!("no key on stdin");
+    }
+    println!("{}", access::hash_key(&key));
+    Ok(())
+}
+
+fn gen_key() -> anyhow::Result<()> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    println!("key        {key}");
+    println!("key_sha256 {}", access::hash_key(&key));
+    Ok(())
+}
+
+fn healthcheck(path: &std::path::Path, url: Option<String>) -> anyhow::Result<()> {
+    let url = match url {
+        Some(u) => u,
+        None => {
+            let admin = Config::load(path)
+                .map(|c| c.server.admin_listen)
+                .with_context(|| format!("cannot read the admin address from {}; pass --url", path.display()))?;
+            format!("http://{admin}/readyz")
+        }
+    };
+    let uri: http::Uri = url.parse().with_context(|| format!("`{url}` is not a URL"))?;
+    runtime()?.block_on(async move {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+        let resp = tokio::time::timeout(Duration::from_secs(5), client.get(uri))
+            .await
+            .context("timed out")?
+            .context("no answer")?;
+        if resp.status().is_success() {
+            println!("ready");
+            Ok(())
+        } else {
+            bail!("{url} answered {}", resp.status())
+        }
+    })
+}

@@ -1,0 +1,66 @@
+//! The IETF RateLimit fields (draft-ietf-httpapi-ratelimit-headers-11), one
+//! Structured-Field list item per configured window, named by the window.
+
+use std::time::Duration;
+
+use super::WindowState;
+
+/// Whole seconds, rounded up: a caller that waits this long is never early.
+pub fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// `"1m";q=500;w=60, "10m";q=10000;w=600`
+pub fn policy_header(windows: &[WindowState]) -> String {
+    windows
+        .iter()
+        .map(|w| format!("\"{}\";q={};w={}", w.name, w.limit, ceil_secs(w.period)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `"1m";r=0;t=17, "10m";r=9500;t=3`; `t` is until one slot frees, margin included.
+pub fn ratelimit_header(windows: &[WindowState]) -> String {
+    windows
+        .iter()
+        .map(|w| {
+            format!(
+                "\"{}\";r={};t={}",
+                w.name,
+                w.limit.saturating_sub(w.used),
+                ceil_secs(w.frees_in)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(name: &str, limit: u32, secs: u64, used: u32, frees_ms: u64) -> WindowState {
+        WindowState {
+            name: name.into(),
+            limit,
+            period: Duration::from_secs(secs),
+            used,
+            frees_in: Duration::from_millis(frees_ms),
+        }
+    }
+
+    #[test]
+    fn fields_follow_the_draft_shape() {
+        let w = [state("1m", 500, 60, 500, 16_001), state("10m", 10_000, 600, 500, 0)];
+        assert_eq!(policy_header(&w), "\"1m\";q=500;w=60, \"10m\";q=10000;w=600");
+        assert_eq!(ratelimit_header(&w), "\"1m\";r=0;t=17, \"10m\";r=9500;t=0");
+    }
+
+    #[test]
+    fn rounding_is_up_never_down() {
+        assert_eq!(ceil_secs(Duration::from_millis(1)), 1);
+        assert_eq!(ceil_secs(Duration::from_secs(2)), 2);
+        assert_eq!(ceil_secs(Duration::from_millis(2001)), 3);
+        assert_eq!(ceil_secs(Duration::ZERO), 0);
+    }
+}

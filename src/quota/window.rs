@@ -1,0 +1,232 @@
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::Limit;
+
+/// One window: at most `limit` sends in any interval of length `span`.
+#[derive(Debug, Clone)]
+struct Window {
+    limit: usize,
+    /// The configured period plus the admission margin.
+    span: Duration,
+    name: String,
+    period: Duration,
+    /// Send times, oldest first; never longer than `limit`.
+    log: VecDeque<Instant>,
+}
+
+impl Window {
+    /// When this window next has room at `now`: `None` if it has room now.
+    fn blocked_until(&self, now: Instant) -> Option<Instant> {
+        if self.log.len() < self.limit {
+            return None;
+        }
+        let frees = self.log[0] + self.span;
+        (frees > now).then_some(frees)
+    }
+
+    fn prune(&mut self, now: Instant) {
+        while self.log.front().is_some_and(|t| *t + self.span <= now) {
+            self.log.pop_front();
+        }
+    }
+}
+
+/// What one window looks like at an instant, for headers, `/quota` and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowState {
+    pub name: String,
+    pub limit: u32,
+    pub period: Duration,
+    /// Sends in the last `period + margin`.
+    pub used: u32,
+    /// Until the oldest counted send leaves the window (zero when empty).
+    pub frees_in: Duration,
+}
+
+/// The windows of one quota key, decided and recorded together.
+#[derive(Debug, Clone)]
+pub struct WindowSet {
+    windows: Vec<Window>,
+}
+
+impl WindowSet {
+    /// Each window is held as `per + margin`, so jitter between this proxy and
+    /// Dastra cannot make Dastra count N + 1 in its own window.
+    pub fn new(limits: &[Limit], margin: Duration) -> Self {
+        let windows = limits
+            .iter()
+            .map(|l| Window {
+                limit: l.requests as usize,
+                span: l.per + margin,
+                name: l.name.clone(),
+                period: l.per,
+                log: VecDeque::with_capacity(l.requests as usize),
+            })
+            .collect();
+        Self { windows }
+    }
+
+    /// The earliest instant at or after `now` at which every window has room;
+    /// `now` itself when a send may go now. Looks at one entry per window.
+    pub fn next_admit(&self, now: Instant) -> Instant {
+        self.windows
+            .iter()
+            .filter_map(|w| w.blocked_until(now))
+            .max()
+            .unwrap_or(now)
+    }
+
+    /// Admits and records a send at `now`, or says when one could go.
+    pub fn try_admit(&mut self, now: Instant) -> Result<(), Instant> {
+        let at = self.next_admit(now);
+        if at > now {
+            return Err(at);
+        }
+        self.record(now);
+        Ok(())
+    }
+
+    /// Records a send at `now`; the caller has checked [`Self::next_admit`].
+    /// `now` must not be earlier than the last recorded send.
+    pub fn record(&mut self, now: Instant) {
+        for w in &mut self.windows {
+            if w.log.len() == w.limit {
+                w.log.pop_front();
+            }
+            w.log.push_back(now);
+        }
+    }
+
+    /// Gives back a send recorded at `at` that never reached upstream.
+    pub fn refund(&mut self, at: Instant) {
+        for w in &mut self.windows {
+            if let Some(i) = w.log.iter().rposition(|t| *t == at) {
+                w.log.remove(i);
+            }
+        }
+    }
+
+    /// Each window's state at `now`.
+    pub fn snapshot(&mut self, now: Instant) -> Vec<WindowState> {
+        self.windows
+            .iter_mut()
+            .map(|w| {
+                w.prune(now);
+                WindowState {
+                    name: w.name.clone(),
+                    limit: w.limit as u32,
+                    period: w.period,
+                    used: w.log.len() as u32,
+                    frees_in: w
+                        .log
+                        .front()
+                        .map_or(Duration::ZERO, |t| (*t + w.span).saturating_duration_since(now)),
+                }
+            })
+            .collect()
+    }
+
+    /// Sends counted in each window at `now`, in configured order.
+    pub fn used(&mut self, now: Instant) -> Vec<u32> {
+        self.windows
+            .iter_mut()
+            .map(|w| {
+                w.prune(now);
+                w.log.len() as u32
+            })
+            .collect()
+    }
+
+    /// Carries recorded sends into a new window set (after a reload), so a
+    /// window whose N or W changed keeps the sends it already counted.
+    pub fn carry_into(&self, next: &mut WindowSet) {
+        // Every log is the newest part of one send sequence, so the longest
+        // holds all the others.
+        let Some(all) = self.windows.iter().map(|w| &w.log).max_by_key(|l| l.len()) else {
+            return;
+        };
+        for w in &mut next.windows {
+            let keep = all.len().saturating_sub(w.limit);
+            w.log.clear();
+            w.log.extend(all.iter().skip(keep).copied());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(spec: &[(u32, u64)]) -> Vec<Limit> {
+        spec.iter()
+            .map(|(n, ms)| Limit { requests: *n, per: Duration::from_millis(*ms), name: format!("{ms}ms") })
+            .collect()
+    }
+
+    #[test]
+    fn admits_n_then_refuses_until_oldest_plus_span() {
+        let t0 = Instant::now();
+        let mut w = WindowSet::new(&limits(&[(3, 1000)]), Duration::from_millis(100));
+        for i in 0..3 {
+            w.try_admit(t0 + Duration::from_millis(i * 10)).unwrap();
+        }
+        let at = w.try_admit(t0 + Duration::from_millis(50)).unwrap_err();
+        assert_eq!(at, t0 + Duration::from_millis(1100), "oldest + per + margin");
+        assert!(w.try_admit(at - Duration::from_nanos(1)).is_err());
+        assert!(w.try_admit(at).is_ok());
+        assert_eq!(w.try_admit(at).unwrap_err(), t0 + Duration::from_millis(1110));
+    }
+
+    #[test]
+    fn the_latest_blocking_window_decides() {
+        let t0 = Instant::now();
+        let mut w = WindowSet::new(&limits(&[(2, 100), (3, 1000)]), Duration::ZERO);
+        w.try_admit(t0).unwrap();
+        w.try_admit(t0).unwrap();
+        assert_eq!(w.try_admit(t0).unwrap_err(), t0 + Duration::from_millis(100));
+        w.try_admit(t0 + Duration::from_millis(100)).unwrap();
+        assert_eq!(
+            w.try_admit(t0 + Duration::from_millis(200)).unwrap_err(),
+            t0 + Duration::from_millis(1000),
+            "the long window is full although the short one has room"
+        );
+    }
+
+    #[test]
+    fn refund_frees_the_slot() {
+        let t0 = Instant::now();
+        let mut w = WindowSet::new(&limits(&[(1, 1000)]), Duration::ZERO);
+        w.try_admit(t0).unwrap();
+        assert!(w.try_admit(t0).is_err());
+        w.refund(t0);
+        assert!(w.try_admit(t0).is_ok());
+    }
+
+    #[test]
+    fn snapshot_reports_used_and_time_to_free() {
+        let t0 = Instant::now();
+        let mut w = WindowSet::new(&limits(&[(5, 1000)]), Duration::from_millis(250));
+        w.try_admit(t0).unwrap();
+        w.try_admit(t0 + Duration::from_millis(500)).unwrap();
+        let s = w.snapshot(t0 + Duration::from_millis(1000));
+        assert_eq!(s[0].used, 2);
+        assert_eq!(s[0].frees_in, Duration::from_millis(250));
+        let s = w.snapshot(t0 + Duration::from_millis(1250));
+        assert_eq!(s[0].used, 1);
+    }
+
+    #[test]
+    fn carry_keeps_recorded_sends_across_a_change_of_n_or_w() {
+        let t0 = Instant::now();
+        let mut old = WindowSet::new(&limits(&[(4, 1000)]), Duration::ZERO);
+        for _ in 0..4 {
+            old.try_admit(t0).unwrap();
+        }
+        let mut new = WindowSet::new(&limits(&[(2, 2000)]), Duration::ZERO);
+        old.carry_into(&mut new);
+        assert_eq!(new.try_admit(t0 + Duration::from_millis(1500)).unwrap_err(), t0 + Duration::from_millis(2000));
+    }
+}

@@ -1,0 +1,225 @@
+//! Listeners: accept loops for the proxy and admin ports, optional inbound
+//! TLS, and graceful shutdown.
+//!
+//! On shutdown the listeners close first; connections finish their in-flight
+//! and queued calls up to `server.shutdown_grace`; then whatever still waits
+//! for quota is answered `503 shutting_down` rather than dropped.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::app::{App, AppError};
+use crate::config::{Config, TlsFiles};
+use crate::metrics::Metrics;
+use crate::proxy::{self, ConnInfo};
+
+/// What keeps the proxy from starting, said plainly.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("server.tls {}: {message}", path.display())]
+    Tls { path: PathBuf, message: String },
+    #[error(transparent)]
+    App(#[from] AppError),
+}
+
+/// A started proxy: its bound addresses and the handle to stop it.
+#[derive(Debug)]
+pub struct Running {
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub app: Arc<App>,
+    stop: watch::Sender<bool>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, drains, and returns once everything is answered.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.done.await;
+    }
+
+    /// Asks for shutdown without waiting (for signal handlers).
+    pub fn trigger_shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Resolves when the server has stopped.
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// Binds both listeners and serves until shut down.
+pub async fn start(config: Config, metrics: Metrics) -> Result<Running, StartError> {
+    let tls = config.server.tls.as_ref().map(tls_acceptor).transpose()?;
+    let bind = |addr: SocketAddr, what: &'static str| async move {
+        TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, what, source })
+    };
+    let proxy_listener = bind(config.server.listen, "server.listen").await?;
+    let admin_listener = bind(config.server.admin_listen, "server.admin_listen").await?;
+    let proxy_addr = proxy_listener.local_addr().map_err(|source| StartError::Bind { addr: config.server.listen, what: "server.listen", source })?;
+    let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Bind { addr: config.server.admin_listen, what: "server.admin_listen", source })?;
+    let grace = config.server.shutdown_grace;
+    let app = App::new(config, metrics)?;
+    let (stop, stop_rx) = watch::channel(false);
+
+    let proxy_app = app.clone();
+    let proxy_task = tokio::spawn(accept_loop(proxy_listener, tls.clone(), stop_rx.clone(), move |conn| {
+        let app = proxy_app.clone();
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(proxy::serve(app, conn, req).await) }
+        })
+    }));
+    let router = crate::admin::router(app.clone());
+    let admin_task = tokio::spawn(accept_loop(admin_listener, None, stop_rx.clone(), move |_conn| {
+        hyper_util::service::TowerToHyperService::new(router.clone())
+    }));
+    app.ready.store(true, Ordering::SeqCst);
+    tracing::info!(%proxy_addr, %admin_addr, upstream = %app.config.upstream.origin(), "dastra-proxy listening");
+
+    let app2 = app.clone();
+    let done = tokio::spawn(async move {
+        let mut rx = stop_rx;
+        let _ = rx.wait_for(|s| *s).await;
+        app2.ready.store(false, Ordering::SeqCst);
+        tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down: draining in-flight and queued calls");
+        let deadline = tokio::time::Instant::now() + grace;
+        let (proxy_drain, admin_drain) = (proxy_task.await.ok(), admin_task.await.ok());
+        let drain = async {
+            if let Some(d) = proxy_drain {
+                d.shutdown().await;
+            }
+        };
+        tokio::pin!(drain);
+        if tokio::time::timeout_at(deadline, &mut drain).await.is_err() {
+            // What could not go in time is answered, not dropped.
+            app2.quotas.close();
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut drain).await;
+        }
+        if let Some(d) = admin_drain {
+            let _ = tokio::time::timeout(Duration::from_secs(1), d.shutdown()).await;
+        }
+        tracing::info!("shut down");
+    });
+    Ok(Running { proxy_addr, admin_addr, app, stop, done })
+}
+
+/// Accepts until told to stop, then hands back the graceful-shutdown watcher
+/// of the connections still open.
+async fn accept_loop<F, S>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    mut stop: watch::Receiver<bool>,
+    make_service: F,
+) -> GracefulShutdown
+where
+    F: Fn(ConnInfo) -> S + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = http::Response<axum::body::Body>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let graceful = GracefulShutdown::new();
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    let builder = Arc::new(builder);
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and similar: back off, keep serving.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = make_service(ConnInfo { peer, tls: tls.is_some() });
+        let builder = builder.clone();
+        match &tls {
+            None => {
+                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                spawn_conn(graceful.watch(conn));
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            let conn = builder.serve_connection(TokioIo::new(tls_stream), service).into_owned();
+                            if let Err(e) = watcher.watch(conn).await {
+                                tracing::debug!(error = %e, "connection ended with an error");
+                            }
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        }
+    }
+    graceful
+}
+
+fn spawn_conn<F, E>(fut: F)
+where
+    F: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    tokio::spawn(async move {
+        if let Err(e) = fut.await {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    });
+}
+
+fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, StartError> {
+    let err = |path: &PathBuf, message: String| StartError::Tls { path: path.clone(), message };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert_file)
+        .map_err(|e| err(&files.cert_file, e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| err(&files.cert_file, e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err(&files.cert_file, "holds no PEM certificate".into()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key_file).map_err(|e| err(&files.key_file, e.to_string()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(crate::upstream::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err(&files.cert_file, e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| err(&files.key_file, format!("certificate and key do not form a usable pair: {e}")))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
