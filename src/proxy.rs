@@ -14,13 +14,14 @@ use axum::body::Body;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt as _, Limited};
+use http_body_util::BodyExt as _;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::access::{Identity, ANONYMOUS};
 use crate::admission::{Admission, Caller, Refusal};
 use crate::app::App;
+use crate::body::LimitedBody;
 use crate::config::Upstream429;
 use crate::error::ProxyError;
 use crate::quota::{policy_header, ratelimit_header};
@@ -122,22 +123,23 @@ async fn forward(
 
     let uri = upstream_uri(app, &path_and_query).map_err(|e| fail(e))?;
     let mut headers = parts.headers;
+    let chunked = headers.contains_key(header::TRANSFER_ENCODING);
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
     add_forwarding(&mut headers, &identity, conn, request_id);
 
     // Small bodies of OAuth2 calls are kept so that a 401 can be retried once.
-    let replayable = app.credential.refreshes() && length.unwrap_or(0) <= REPLAYABLE_BODY
-        && (length.is_some() || parts.method == Method::GET || parts.method == Method::HEAD || parts.method == Method::DELETE);
+    let replayable = app.credential.refreshes() && !chunked && length.unwrap_or(0) <= REPLAYABLE_BODY;
+    let (limited, overflowed) = LimitedBody::new(body, limit);
     let mut body = if replayable {
-        let bytes = Limited::new(body, REPLAYABLE_BODY as usize)
+        let bytes = limited
             .collect()
             .await
             .map_err(|_| fail(ProxyError::BodyTooLarge { limit }))?
             .to_bytes();
         Outgoing::Kept(bytes)
     } else {
-        Outgoing::Stream(Some(Body::new(Limited::new(body, limit as usize))))
+        Outgoing::Stream(Some(Body::new(limited)))
     };
 
     let mut retried = false;
@@ -170,7 +172,7 @@ async fn forward(
         let resp = match result {
             Err(_) => return Err(fail(ProxyError::UpstreamTimeout(app.config.upstream.timeout))),
             Ok(Err(e)) => {
-                if is_body_limit(&e) {
+                if overflowed.load(Ordering::Acquire) {
                     return Err(fail(ProxyError::BodyTooLarge { limit }));
                 }
                 if e.is_connect() {
@@ -382,17 +384,6 @@ fn request_id(h: &HeaderMap) -> HeaderValue {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     HeaderValue::from_str(&format!("{:016x}{n:016x}", *PREFIX)).expect("hex is a valid header value")
-}
-
-fn is_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
 }
 
 /// An error and its causes on one line: hyper's top-level messages are terse.

@@ -1,0 +1,263 @@
+//! Shared test harness: a real TLS mock of Dastra on 127.0.0.1:0 with
+//! certificates made by rcgen, the real proxy started from a config file
+//! through the real loader, and a small HTTP client.
+#![allow(dead_code, unreachable_pub)]
+
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::BodyExt as _;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use dastra_proxy::config::Config;
+use dastra_proxy::metrics::Metrics;
+use dastra_proxy::server::{self, Running};
+pub use upstream::MockUpstream;
+
+/// A certificate authority and a localhost leaf it signed.
+pub struct TestPki {
+    pub dir: tempfile::TempDir,
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl TestPki {
+    pub fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "dastra-proxy test CA");
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let leaf_params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Self { dir, ca_pem: ca.pem(), cert_pem: leaf.pem(), key_pem: leaf_key.serialize_pem() };
+        std::fs::write(pki.ca_path(), &pki.ca_pem).unwrap();
+        std::fs::write(pki.dir.path().join("leaf.pem"), &pki.cert_pem).unwrap();
+        std::fs::write(pki.dir.path().join("leaf.key"), &pki.key_pem).unwrap();
+        pki
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+    pub fn cert_path(&self) -> PathBuf {
+        self.dir.path().join("leaf.pem")
+    }
+    pub fn key_path(&self) -> PathBuf {
+        self.dir.path().join("leaf.key")
+    }
+}
+
+/// Writes a config whose `[upstream]` points at `upstream`, plus `extra` TOML.
+pub fn write_config(dir: &std::path::Path, upstream: &MockUpstream, extra: &str) -> PathBuf {
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\npublic_url = \"http://proxy.test\"\nshutdown_grace = \"5s\"\n\n\
+         [upstream]\nurl = \"{}\"\nca_file = \"{}\"\nconnect_timeout = \"1s\"\ntimeout = \"2s\"\n\n\
+         [credential]\nkind = \"api_key\"\napi_key_env = \"TEST_DASTRA_KEY\"\n\n{extra}",
+        upstream.url(),
+        upstream.pki.ca_path().display()
+    );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The Dastra key the test configs inject.
+pub const DASTRA_KEY: &str = "dastra-secret-key-0123456789";
+
+pub fn set_env() {
+    // Every test process reads the same values, so setting them races with nobody.
+    unsafe_env_set("TEST_DASTRA_KEY", DASTRA_KEY);
+}
+
+fn unsafe_env_set(k: &str, v: &str) {
+    if std::env::var(k).ok().as_deref() != Some(v) {
+        // SAFETY-free: std::env::set_var is safe on edition 2021.
+        std::env::set_var(k, v);
+    }
+}
+
+/// The real proxy server stack, in this process.
+pub struct TestProxy {
+    pub running: Option<Running>,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub metrics: Metrics,
+}
+
+impl TestProxy {
+    pub async fn start(upstream: &MockUpstream, extra: &str) -> Self {
+        Self::start_edit(upstream, extra, |s| s).await
+    }
+
+    /// Like `start`, with `edit` applied to the generated config text.
+    pub async fn start_edit(upstream: &MockUpstream, extra: &str, edit: impl FnOnce(String) -> String) -> Self {
+        set_env();
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_config(dir.path(), upstream, extra);
+        std::fs::write(&path, edit(std::fs::read_to_string(&path).unwrap())).unwrap();
+        let config = Config::load(&path).expect("test config is valid");
+        let metrics = Metrics::new();
+        let running = server::start(config, metrics.clone()).await.expect("proxy starts");
+        Self { proxy: running.proxy_addr, admin: running.admin_addr, running: Some(running), dir, metrics }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.proxy, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+}
+
+/// The real binary, started on a config file.
+pub struct BinProxy {
+    pub child: Child,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl BinProxy {
+    /// Starts the binary on free ports; `extra` follows the generated sections.
+    pub fn start(dir: &std::path::Path, upstream: &MockUpstream, extra: &str) -> Self {
+        Self::start_edit(dir, upstream, extra, |s| s)
+    }
+
+    pub fn start_edit(dir: &std::path::Path, upstream: &MockUpstream, extra: &str, edit: impl FnOnce(String) -> String) -> Self {
+        let proxy = free_port();
+        let admin = free_port();
+        let path = write_config(dir, upstream, extra);
+        let text = edit(std::fs::read_to_string(&path).unwrap())
+            .replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"{proxy}\""), 1)
+            .replacen("admin_listen = \"127.0.0.1:0\"", &format!("admin_listen = \"{admin}\""), 1);
+        std::fs::write(&path, text).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_dastra-proxy"))
+            .arg("--config")
+            .arg(&path)
+            .env("TEST_DASTRA_KEY", DASTRA_KEY)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for_port(admin);
+        Self { child, proxy, admin }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.proxy, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident memory so far (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmHWM:")
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS:")
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().unwrap();
+        assert!(ok.success());
+    }
+}
+
+impl Drop for BinProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+pub fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Waits (bounded) until something listens on `addr`.
+pub fn wait_for_port(addr: SocketAddr) {
+    for _ in 0..500 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("nothing listens on {addr}");
+}
+
+pub type TestClient = Client<HttpConnector, Body>;
+
+pub fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A finished response: status, headers and the whole body.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|_| panic!("not JSON: {:?}", self.body))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    /// The `error.code` of a proxy error envelope.
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+pub async fn send(c: &TestClient, method: Method, url: &str, headers: &[(&str, &str)], body: impl Into<Body>) -> Reply {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = c.request(req.body(body.into()).unwrap()).await.expect("request reaches the proxy");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("whole body").to_bytes();
+    Reply { status: parts.status, headers: parts.headers, body }
+}
+
+pub async fn get(c: &TestClient, url: &str) -> Reply {
+    send(c, Method::GET, url, &[], Body::empty()).await
+}
