@@ -1,0 +1,117 @@
+//! Property tests of the sliding-window log, checked against a brute-force
+//! recount of the admitted sends.
+
+use std::time::Duration;
+
+use dastra_proxy::config::Limit;
+use dastra_proxy::quota::WindowSet;
+use proptest::prelude::*;
+use tokio::time::Instant;
+
+fn windows() -> impl Strategy<Value = Vec<(u32, u64)>> {
+    prop::collection::vec((1u32..12, 1u64..400), 1..4)
+}
+
+fn limits(spec: &[(u32, u64)]) -> Vec<Limit> {
+    spec.iter()
+        .enumerate()
+        .map(|(i, (n, ms))| Limit { requests: *n, per: Duration::from_millis(*ms), name: format!("w{i}") })
+        .collect()
+}
+
+/// Sends in the half-open interval [from, from + span).
+fn count_in(sent: &[Instant], from: Instant, span: Duration) -> usize {
+    sent.iter().filter(|t| **t >= from && **t < from + span).count()
+}
+
+/// Sends in (at - span, at]: what a window of that span holds at `at`.
+fn held_at(sent: &[Instant], at: Instant, span: Duration) -> usize {
+    sent.iter().filter(|t| **t <= at && **t + span > at).count()
+}
+
+fn check_no_window_over(spec: &[(u32, u64)], margin: Duration, sent: &[Instant]) -> Result<(), TestCaseError> {
+    for (n, ms) in spec {
+        let span = Duration::from_millis(*ms) + margin;
+        for t in sent {
+            let c = count_in(sent, *t, span);
+            prop_assert!(c <= *n as usize, "{c} sends within {span:?} of {t:?}, limit {n}");
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    /// Reject mode: (a) no interval of length W holds more than N admitted
+    /// sends; (b) every refusal happens while some window really is full, and
+    /// the instant it names is exactly when every window next has room.
+    #[test]
+    fn reject_mode_is_exact(spec in windows(), gaps in prop::collection::vec(0u64..120, 1..160), margin_ms in 0u64..30) {
+        let margin = Duration::from_millis(margin_ms);
+        let mut ws = WindowSet::new(&limits(&spec), margin);
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut sent = Vec::new();
+        for g in gaps {
+            now += Duration::from_millis(g);
+            match ws.try_admit(now) {
+                Ok(()) => sent.push(now),
+                Err(at) => {
+                    prop_assert!(at > now);
+                    let full = spec.iter().any(|(n, ms)| held_at(&sent, now, Duration::from_millis(*ms) + margin) >= *n as usize);
+                    prop_assert!(full, "refused at {:?} with room in every window", now - t0);
+                    for (n, ms) in &spec {
+                        let span = Duration::from_millis(*ms) + margin;
+                        prop_assert!(held_at(&sent, at, span) < *n as usize, "no room at the named instant");
+                    }
+                    let just_before = at - Duration::from_nanos(1);
+                    let full_before = spec.iter().any(|(n, ms)| held_at(&sent, just_before, Duration::from_millis(*ms) + margin) >= *n as usize);
+                    prop_assert!(full_before, "the named instant is later than needed");
+                }
+            }
+        }
+        check_no_window_over(&spec, margin, &sent)?;
+    }
+
+    /// Queue mode (every call waits for its slot, FIFO): sends never exceed any
+    /// window, and none waits while every window has room.
+    #[test]
+    fn queue_mode_wastes_nothing(spec in windows(), gaps in prop::collection::vec(0u64..60, 1..120)) {
+        let mut ws = WindowSet::new(&limits(&spec), Duration::ZERO);
+        let t0 = Instant::now();
+        let mut arrival = t0;
+        let mut last = t0;
+        let mut sent = Vec::new();
+        for g in gaps {
+            arrival += Duration::from_millis(g);
+            let ready = arrival.max(last);
+            let at = ws.next_admit(ready);
+            prop_assert!(ws.try_admit(at).is_ok());
+            if at > ready {
+                let just_before = at - Duration::from_nanos(1);
+                let full = spec.iter().any(|(n, ms)| held_at(&sent, just_before, Duration::from_millis(*ms)) >= *n as usize);
+                prop_assert!(full, "waited with room to spare");
+            }
+            sent.push(at);
+            last = at;
+        }
+        check_no_window_over(&spec, Duration::ZERO, &sent)?;
+    }
+
+    /// A refund gives back exactly one send.
+    #[test]
+    fn refund_restores_the_previous_state(spec in windows(), k in 1usize..10) {
+        let mut ws = WindowSet::new(&limits(&spec), Duration::ZERO);
+        let t0 = Instant::now();
+        for i in 0..k {
+            let _ = ws.try_admit(t0 + Duration::from_millis(i as u64));
+        }
+        let now = t0 + Duration::from_millis(k as u64);
+        let before = ws.clone().used(now);
+        if ws.try_admit(now).is_ok() {
+            ws.refund(now);
+            prop_assert_eq!(ws.used(now), before);
+        }
+    }
+}
