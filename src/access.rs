@@ -79,7 +79,11 @@ impl Access {
             return Ok(peer);
         }
         let chain = forwarded_chain(headers)?;
-        Ok(chain.into_iter().rev().find(|ip| !self.trusted(*ip)).unwrap_or(peer))
+        Ok(chain
+            .into_iter()
+            .rev()
+            .find(|ip| !self.trusted(*ip))
+            .unwrap_or(peer))
     }
 
     /// Applies the allow-list and the client keys; on success says who called.
@@ -90,7 +94,12 @@ impl Access {
             return Err(ProxyError::IpNotAllowed);
         }
         if self.clients.is_empty() {
-            return Ok(Identity { name: self.anonymous.clone(), weight: 1, index: None, addr });
+            return Ok(Identity {
+                name: self.anonymous.clone(),
+                weight: 1,
+                index: None,
+                addr,
+            });
         }
         let key = presented_key(headers).ok_or(ProxyError::Unauthenticated)?;
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
@@ -105,7 +114,12 @@ impl Access {
         if c.allow.as_deref().is_some_and(|list| !in_list(list)) {
             return Err(ProxyError::IpNotAllowed);
         }
-        Ok(Identity { name: c.name.clone(), weight: c.weight, index: Some(i), addr })
+        Ok(Identity {
+            name: c.name.clone(),
+            weight: c.weight,
+            index: Some(i),
+            addr,
+        })
     }
 }
 
@@ -157,7 +171,11 @@ fn parse_node(s: &str) -> Option<IpAddr> {
 /// password of `Authorization: Basic` — what existing Dastra clients send.
 fn presented_key(headers: &HeaderMap) -> Option<String> {
     if let Some(v) = headers.get("x-api-key") {
-        return v.to_str().ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+        return v
+            .to_str()
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty());
     }
     let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
     let (scheme, rest) = auth.split_once(' ')?;
@@ -165,7 +183,9 @@ fn presented_key(headers: &HeaderMap) -> Option<String> {
         return Some(rest.trim().to_owned()).filter(|s| !s.is_empty());
     }
     if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = base64::engine::general_purpose::STANDARD.decode(rest.trim()).ok()?;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest.trim())
+            .ok()?;
         let text = String::from_utf8(decoded).ok()?;
         let (_, password) = text.split_once(':')?;
         return Some(password.to_owned()).filter(|s| !s.is_empty());
@@ -206,7 +226,10 @@ mod tests {
         let h = headers(&[("x-forwarded-for", "10.1.1.1")]);
         let peer: IpAddr = "192.0.2.7".parse().unwrap();
         assert_eq!(a.client_addr(peer, &h).unwrap(), peer);
-        assert!(matches!(a.authorize(peer, &h), Err(ProxyError::IpNotAllowed)));
+        assert!(matches!(
+            a.authorize(peer, &h),
+            Err(ProxyError::IpNotAllowed)
+        ));
     }
 
     #[test]
@@ -214,11 +237,23 @@ mod tests {
         let a = access(&["10.0.0.0/8"], &["192.0.2.0/24"]);
         let h = headers(&[("x-forwarded-for", "10.9.9.9, 203.0.113.5, 192.0.2.9")]);
         let peer: IpAddr = "192.0.2.1".parse().unwrap();
-        assert_eq!(a.client_addr(peer, &h).unwrap(), "203.0.113.5".parse::<IpAddr>().unwrap());
-        let h = headers(&[("forwarded", "for=10.2.3.4;proto=https, for=\"[2001:db8::1]:443\"")]);
-        assert_eq!(a.client_addr(peer, &h).unwrap(), "2001:db8::1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            a.client_addr(peer, &h).unwrap(),
+            "203.0.113.5".parse::<IpAddr>().unwrap()
+        );
+        let h = headers(&[(
+            "forwarded",
+            "for=10.2.3.4;proto=https, for=\"[2001:db8::1]:443\"",
+        )]);
+        assert_eq!(
+            a.client_addr(peer, &h).unwrap(),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
         let h = headers(&[("x-forwarded-for", "not-an-ip")]);
-        assert!(matches!(a.client_addr(peer, &h), Err(ProxyError::BadRequest(_))));
+        assert!(matches!(
+            a.client_addr(peer, &h),
+            Err(ProxyError::BadRequest(_))
+        ));
     }
 
     #[test]
@@ -231,9 +266,21 @@ mod tests {
     #[test]
     fn keys_from_each_header() {
         let basic = base64::engine::general_purpose::STANDARD.encode("anything:k3y");
-        assert_eq!(presented_key(&headers(&[("x-api-key", "k3y")])).as_deref(), Some("k3y"));
-        assert_eq!(presented_key(&headers(&[("authorization", "Bearer k3y")])).as_deref(), Some("k3y"));
-        assert_eq!(presented_key(&headers(&[("authorization", &format!("Basic {basic}"))])).as_deref(), Some("k3y"));
-        assert_eq!(presented_key(&headers(&[("authorization", "Digest x")])), None);
+        assert_eq!(
+            presented_key(&headers(&[("x-api-key", "k3y")])).as_deref(),
+            Some("k3y")
+        );
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "Bearer k3y")])).as_deref(),
+            Some("k3y")
+        );
+        assert_eq!(
+            presented_key(&headers(&[("authorization", &format!("Basic {basic}"))])).as_deref(),
+            Some("k3y")
+        );
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "Digest x")])),
+            None
+        );
     }
 }

@@ -62,7 +62,10 @@ fn refresh_gauges(app: &App) {
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     refresh_gauges(&app);
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         app.metrics.render(),
     )
         .into_response()
@@ -125,7 +128,11 @@ impl ByCode for prometheus::IntCounterVec {
         let mut out = serde_json::Map::new();
         for mf in self.collect() {
             for m in mf.get_metric() {
-                let code = m.get_label().iter().find(|l| l.name() == "code").map(|l| l.value().to_owned());
+                let code = m
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == "code")
+                    .map(|l| l.value().to_owned());
                 if let Some(code) = code {
                     let v = m.get_counter().get_value() as u64;
                     let e = out.entry(code).or_insert(json!(0));

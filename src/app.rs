@@ -23,7 +23,11 @@ pub struct Policy {
 
 impl Policy {
     fn new(cfg: &Config) -> Self {
-        Self { access: Access::new(cfg), guard: Guard::new(cfg), upstream_429: cfg.admission.upstream_429 }
+        Self {
+            access: Access::new(cfg),
+            guard: Guard::new(cfg),
+            upstream_429: cfg.admission.upstream_429,
+        }
     }
 }
 
@@ -63,12 +67,18 @@ pub enum ReloadError {
 impl App {
     /// Must run inside a tokio runtime (admission starts its releaser task).
     pub fn new(config: Config, metrics: Metrics) -> Result<Arc<Self>, AppError> {
-        let client = build_client(config.upstream.ca_file.as_deref(), config.upstream.connect_timeout)?;
+        let client = build_client(
+            config.upstream.ca_file.as_deref(),
+            config.upstream.connect_timeout,
+        )?;
         let credential = Credential::new(&config.credential, client.clone(), metrics.clone());
         let passthrough = matches!(config.credential, CredentialConfig::Passthrough);
         let quotas = Quotas::new(&config.limits, &config.admission, passthrough);
         for l in &config.limits {
-            metrics.window_limit.with_label_values(&[&l.name]).set(i64::from(l.requests));
+            metrics
+                .window_limit
+                .with_label_values(&[&l.name])
+                .set(i64::from(l.requests));
         }
         for c in &config.clients {
             metrics.queue_depth.with_label_values(&[&c.name]);
@@ -100,7 +110,8 @@ impl App {
     pub fn reload(&self, next: &Config) -> Result<(), ReloadError> {
         let cur = &self.config;
         // Debug shows secrets only by their source, so equal sources compare equal.
-        let same = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") == format!("{b:?}");
+        let same =
+            |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") == format!("{b:?}");
         let fixed: [(&'static str, bool); 5] = [
             ("[server]", same(&next.server, &cur.server)),
             ("[upstream]", same(&next.upstream, &cur.upstream)),
@@ -113,7 +124,10 @@ impl App {
         }
         self.quotas.reconfigure(&next.limits, &next.admission);
         for l in &next.limits {
-            self.metrics.window_limit.with_label_values(&[&l.name]).set(i64::from(l.requests));
+            self.metrics
+                .window_limit
+                .with_label_values(&[&l.name])
+                .set(i64::from(l.requests));
         }
         self.policy.store(Arc::new(Policy::new(next)));
         Ok(())

@@ -34,7 +34,15 @@ impl<B> LimitedBody<B> {
     /// Returns the body and the flag that says whether it overflowed.
     pub fn new(inner: B, limit: u64) -> (Self, Arc<AtomicBool>) {
         let flag = Arc::new(AtomicBool::new(false));
-        (Self { inner, left: limit, limit, overflowed: flag.clone() }, flag)
+        (
+            Self {
+                inner,
+                left: limit,
+                limit,
+                overflowed: flag.clone(),
+            },
+            flag,
+        )
     }
 }
 
@@ -46,7 +54,10 @@ where
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {

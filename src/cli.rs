@@ -5,10 +5,19 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "dastra-proxy", version, about = "A quota-exact reverse proxy for the Dastra API")]
+#[command(
+    name = "dastra-proxy",
+    version,
+    about = "A quota-exact reverse proxy for the Dastra API"
+)]
 pub struct Cli {
     /// The configuration file.
-    #[arg(long, global = true, env = "DASTRA_PROXY_CONFIG", default_value = "config.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "DASTRA_PROXY_CONFIG",
+        default_value = "config.toml"
+    )]
     pub config: PathBuf,
     #[command(subcommand)]
     pub command: Option<Command>,

@@ -44,12 +44,14 @@ impl ProxyError {
             ProxyError::Unauthenticated => StatusCode::UNAUTHORIZED,
             ProxyError::IpNotAllowed => StatusCode::FORBIDDEN,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::QuotaExhausted { .. } | ProxyError::QueueFull { .. } | ProxyError::ClientRate { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            ProxyError::QuotaExhausted { .. }
+            | ProxyError::QueueFull { .. }
+            | ProxyError::ClientRate { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::ShuttingDown | ProxyError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ShuttingDown | ProxyError::StoreUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -90,7 +92,10 @@ impl ProxyError {
         let mut resp = Response::new(Body::from(body));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if let Some(d) = self.retry_after() {
             h.insert(header::RETRY_AFTER, HeaderValue::from(ceil_secs(d).max(1)));
         }
@@ -104,10 +109,16 @@ mod tests {
 
     #[test]
     fn retry_after_is_rounded_up_and_never_zero() {
-        let r = ProxyError::QuotaExhausted { retry_after: Duration::from_millis(16_001) }.into_response();
+        let r = ProxyError::QuotaExhausted {
+            retry_after: Duration::from_millis(16_001),
+        }
+        .into_response();
         assert_eq!(r.status(), 429);
         assert_eq!(r.headers()["retry-after"], "17");
-        let r = ProxyError::QueueFull { retry_after: Duration::ZERO }.into_response();
+        let r = ProxyError::QueueFull {
+            retry_after: Duration::ZERO,
+        }
+        .into_response();
         assert_eq!(r.headers()["retry-after"], "1");
     }
 }

@@ -37,12 +37,18 @@ impl Guard {
                 })
             })
             .collect();
-        Self { limiters, clock: DefaultClock::default() }
+        Self {
+            limiters,
+            clock: DefaultClock::default(),
+        }
     }
 
     /// Refuses with `client_rate` and the time until the guard lets one through.
     pub fn check(&self, id: &Identity) -> Result<(), ProxyError> {
-        let Some(Some(limiter)) = id.index.map(|i| self.limiters.get(i).and_then(Option::as_ref)) else {
+        let Some(Some(limiter)) = id
+            .index
+            .map(|i| self.limiters.get(i).and_then(Option::as_ref))
+        else {
             return Ok(());
         };
         limiter.check().map_err(|not_until| ProxyError::ClientRate {

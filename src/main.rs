@@ -114,7 +114,9 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
 
 fn hash_key() -> anyhow::Result<()> {
     let mut key = String::new();
-    std::io::stdin().read_to_string(&mut key).context("cannot read the key from stdin")?;
+    std::io::stdin()
+        .read_to_string(&mut key)
+        .context("cannot read the key from stdin")?;
     if key.trim().is_empty() {
         bail!("no key on stdin");
     }
@@ -137,11 +139,18 @@ fn healthcheck(path: &std::path::Path, url: Option<String>) -> anyhow::Result<()
         None => {
             let admin = Config::load(path)
                 .map(|c| c.server.admin_listen)
-                .with_context(|| format!("cannot read the admin address from {}; pass --url", path.display()))?;
+                .with_context(|| {
+                    format!(
+                        "cannot read the admin address from {}; pass --url",
+                        path.display()
+                    )
+                })?;
             format!("http://{admin}/readyz")
         }
     };
-    let uri: http::Uri = url.parse().with_context(|| format!("`{url}` is not a URL"))?;
+    let uri: http::Uri = url
+        .parse()
+        .with_context(|| format!("`{url}` is not a URL"))?;
     runtime()?.block_on(async move {
         let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
         let resp = tokio::time::timeout(Duration::from_secs(5), client.get(uri))

@@ -9,8 +9,8 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Handles to every metric; cheap to clone.
@@ -45,67 +45,118 @@ impl std::ops::Deref for Metrics {
 }
 
 /// Latency from a millisecond to a minute (the upstream timeout's range).
-const LATENCY: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+const LATENCY: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
 /// Queue waits up to minutes: a full 1-minute window makes calls wait ~60 s.
-const WAITS: &[f64] = &[0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0];
+const WAITS: &[f64] = &[
+    0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+];
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new_custom(Some("dastra_proxy".into()), None).expect("static prefix is valid");
+        let registry = Registry::new_custom(Some("dastra_proxy".into()), None)
+            .expect("static prefix is valid");
         macro_rules! reg {
             ($m:expr) => {{
                 let m = $m.expect("static metric definition is valid");
-                registry.register(Box::new(m.clone())).expect("each metric is registered once");
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("each metric is registered once");
                 m
             }};
         }
         let families = Families {
             requests_total: reg!(IntCounterVec::new(
-                Opts::new("requests_total", "Calls answered, by client, method and status."),
+                Opts::new(
+                    "requests_total",
+                    "Calls answered, by client, method and status."
+                ),
                 &["client", "method", "status"]
             )),
             request_duration_seconds: reg!(HistogramVec::new(
-                HistogramOpts::new("request_duration_seconds", "Time from request to response head, queueing included.").buckets(LATENCY.to_vec()),
+                HistogramOpts::new(
+                    "request_duration_seconds",
+                    "Time from request to response head, queueing included."
+                )
+                .buckets(LATENCY.to_vec()),
                 &["client", "method"]
             )),
             upstream_duration_seconds: reg!(HistogramVec::new(
-                HistogramOpts::new("upstream_duration_seconds", "Time Dastra took to send the response head.").buckets(LATENCY.to_vec()),
+                HistogramOpts::new(
+                    "upstream_duration_seconds",
+                    "Time Dastra took to send the response head."
+                )
+                .buckets(LATENCY.to_vec()),
                 &["method"]
             )),
             queue_wait_seconds: reg!(HistogramVec::new(
-                HistogramOpts::new("queue_wait_seconds", "Time admitted calls waited for a quota slot.").buckets(WAITS.to_vec()),
+                HistogramOpts::new(
+                    "queue_wait_seconds",
+                    "Time admitted calls waited for a quota slot."
+                )
+                .buckets(WAITS.to_vec()),
                 &["client"]
             )),
-            queue_depth: reg!(IntGaugeVec::new(Opts::new("queue_depth", "Calls waiting for a quota slot now."), &["client"])),
+            queue_depth: reg!(IntGaugeVec::new(
+                Opts::new("queue_depth", "Calls waiting for a quota slot now."),
+                &["client"]
+            )),
             rejected_total: reg!(IntCounterVec::new(
-                Opts::new("rejected_total", "Calls the proxy refused itself, by error code."),
+                Opts::new(
+                    "rejected_total",
+                    "Calls the proxy refused itself, by error code."
+                ),
                 &["client", "code"]
             )),
-            window_used: reg!(IntGaugeVec::new(Opts::new("window_used", "Sends counted in each quota window now."), &["window"])),
-            window_limit: reg!(IntGaugeVec::new(Opts::new("window_limit", "Sends allowed in each quota window."), &["window"])),
-            upstream_429_total: reg!(IntCounter::new("upstream_429_total", "429 answers received from Dastra.")),
+            window_used: reg!(IntGaugeVec::new(
+                Opts::new("window_used", "Sends counted in each quota window now."),
+                &["window"]
+            )),
+            window_limit: reg!(IntGaugeVec::new(
+                Opts::new("window_limit", "Sends allowed in each quota window."),
+                &["window"]
+            )),
+            upstream_429_total: reg!(IntCounter::new(
+                "upstream_429_total",
+                "429 answers received from Dastra."
+            )),
             token_refresh_total: reg!(IntCounterVec::new(
                 Opts::new("token_refresh_total", "OAuth2 token requests, by result."),
                 &["result"]
             )),
             store_errors_total: reg!(IntCounterVec::new(
-                Opts::new("store_errors_total", "Failed quota-store operations, by operation."),
+                Opts::new(
+                    "store_errors_total",
+                    "Failed quota-store operations, by operation."
+                ),
                 &["op"]
             )),
-            build_info: reg!(IntGaugeVec::new(Opts::new("build_info", "Always 1; the version is the label."), &["version"])),
+            build_info: reg!(IntGaugeVec::new(
+                Opts::new("build_info", "Always 1; the version is the label."),
+                &["version"]
+            )),
             config_reloads_total: reg!(IntCounterVec::new(
-                Opts::new("config_reloads_total", "Configuration reloads on SIGHUP, by result."),
+                Opts::new(
+                    "config_reloads_total",
+                    "Configuration reloads on SIGHUP, by result."
+                ),
                 &["result"]
             )),
             registry,
         };
-        families.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        families
+            .build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         for result in ["ok", "error"] {
             families.token_refresh_total.with_label_values(&[result]);
             families.config_reloads_total.with_label_values(&[result]);
         }
         families.store_errors_total.with_label_values(&["decide"]);
-        Self { inner: Arc::new(families) }
+        Self {
+            inner: Arc::new(families),
+        }
     }
 
     /// The text exposition format.

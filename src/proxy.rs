@@ -47,7 +47,11 @@ struct Outcome {
 }
 
 /// Serves one request: never fails, every error becomes its JSON response.
-pub async fn serve(app: Arc<App>, conn: ConnInfo, req: Request<hyper::body::Incoming>) -> Response<Body> {
+pub async fn serve(
+    app: Arc<App>,
+    conn: ConnInfo,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Body> {
     let started = Instant::now();
     let request_id = request_id(req.headers());
     let method = req.method().clone();
@@ -61,7 +65,10 @@ pub async fn serve(app: Arc<App>, conn: ConnInfo, req: Request<hyper::body::Inco
     let mut resp = match result {
         Ok(resp) => resp,
         Err((err, admission)) => {
-            app.metrics.rejected_total.with_label_values(&[&client, err.code()]).inc();
+            app.metrics
+                .rejected_total
+                .with_label_values(&[&client, err.code()])
+                .inc();
             let mut resp = err.into_response();
             if let Some(a) = admission {
                 add_ratelimit_fields(resp.headers_mut(), &a);
@@ -69,7 +76,8 @@ pub async fn serve(app: Arc<App>, conn: ConnInfo, req: Request<hyper::body::Inco
             resp
         }
     };
-    resp.headers_mut().insert(HeaderName::from_static("x-request-id"), request_id.clone());
+    resp.headers_mut()
+        .insert(HeaderName::from_static("x-request-id"), request_id.clone());
     let status = resp.status();
     let elapsed = started.elapsed();
     app.metrics
@@ -106,7 +114,10 @@ async fn forward(
 ) -> Result<Response<Body>, Failure> {
     let policy = app.policy();
     let path_and_query = check_target(app, &req).map_err(|e| (e, None))?;
-    let identity: Identity = policy.access.authorize(conn.peer.ip(), req.headers()).map_err(|e| (e, None))?;
+    let identity: Identity = policy
+        .access
+        .authorize(conn.peer.ip(), req.headers())
+        .map_err(|e| (e, None))?;
     outcome.client = Some(identity.name.clone());
     policy.guard.check(&identity).map_err(|e| (e, None))?;
 
@@ -118,7 +129,10 @@ async fn forward(
 
     let (parts, body) = req.into_parts();
     let admission = app.quotas.get(app.credential.quota_key(&parts.headers));
-    let caller = Caller { name: identity.name.clone(), weight: identity.weight };
+    let caller = Caller {
+        name: identity.name.clone(),
+        weight: identity.weight,
+    };
     let fail = |e: ProxyError| (e, Some(admission.clone()));
 
     let uri = upstream_uri(app, &path_and_query).map_err(|e| fail(e))?;
@@ -129,7 +143,8 @@ async fn forward(
     add_forwarding(&mut headers, &identity, conn, request_id);
 
     // Small bodies of OAuth2 calls are kept so that a 401 can be retried once.
-    let replayable = app.credential.refreshes() && !chunked && length.unwrap_or(0) <= REPLAYABLE_BODY;
+    let replayable =
+        app.credential.refreshes() && !chunked && length.unwrap_or(0) <= REPLAYABLE_BODY;
     let (limited, overflowed) = LimitedBody::new(body, limit);
     let mut body = if replayable {
         let bytes = limited
@@ -144,10 +159,16 @@ async fn forward(
 
     let mut retried = false;
     loop {
-        let permit = admission.acquire(&caller).await.map_err(|r| fail(refusal(r)))?;
+        let permit = admission
+            .acquire(&caller)
+            .await
+            .map_err(|r| fail(refusal(r)))?;
         outcome.queue_wait = Some(permit.waited());
         if !permit.waited().is_zero() {
-            app.metrics.queue_wait_seconds.with_label_values(&[&caller.name]).observe(permit.waited().as_secs_f64());
+            app.metrics
+                .queue_wait_seconds
+                .with_label_values(&[&caller.name])
+                .observe(permit.waited().as_secs_f64());
         }
         let mut h = headers.clone();
         app.credential
@@ -162,7 +183,8 @@ async fn forward(
 
         let sent_at = Instant::now();
         let sent = permit.sent();
-        let result = tokio::time::timeout(app.config.upstream.timeout, app.client.request(out)).await;
+        let result =
+            tokio::time::timeout(app.config.upstream.timeout, app.client.request(out)).await;
         let upstream_time = sent_at.elapsed();
         outcome.upstream = Some(upstream_time);
         app.metrics
@@ -170,7 +192,11 @@ async fn forward(
             .with_label_values(&[parts.method.as_str()])
             .observe(upstream_time.as_secs_f64());
         let resp = match result {
-            Err(_) => return Err(fail(ProxyError::UpstreamTimeout(app.config.upstream.timeout))),
+            Err(_) => {
+                return Err(fail(ProxyError::UpstreamTimeout(
+                    app.config.upstream.timeout,
+                )))
+            }
             Ok(Err(e)) => {
                 if overflowed.load(Ordering::Acquire) {
                     return Err(fail(ProxyError::BodyTooLarge { limit }));
@@ -191,7 +217,10 @@ async fn forward(
             app.metrics.upstream_429_total.inc();
             if policy.upstream_429 == Upstream429::Pause {
                 let pause = retry_after(resp.headers()).unwrap_or(DEFAULT_UPSTREAM_PAUSE);
-                tracing::warn!(pause_ms = pause.as_millis() as u64, "Dastra answered 429; holding all sends");
+                tracing::warn!(
+                    pause_ms = pause.as_millis() as u64,
+                    "Dastra answered 429; holding all sends"
+                );
                 admission.pause_until(Instant::now() + pause);
             }
         }
@@ -229,22 +258,38 @@ impl Outgoing {
 fn refusal(r: Refusal) -> ProxyError {
     let now = Instant::now();
     match r {
-        Refusal::QuotaExhausted { retry_at } => ProxyError::QuotaExhausted { retry_after: retry_at.saturating_duration_since(now) },
-        Refusal::QueueFull { retry_at } => ProxyError::QueueFull { retry_after: retry_at.saturating_duration_since(now) },
+        Refusal::QuotaExhausted { retry_at } => ProxyError::QuotaExhausted {
+            retry_after: retry_at.saturating_duration_since(now),
+        },
+        Refusal::QueueFull { retry_at } => ProxyError::QueueFull {
+            retry_after: retry_at.saturating_duration_since(now),
+        },
         Refusal::ShuttingDown => ProxyError::ShuttingDown,
     }
 }
 
-/// Origin-form targets only; absolute-form only when it names this proxy or
+/// Origin-form targets only; HTTP/1 absolute-form only when it names this proxy or
 /// Dastra itself. `CONNECT` never: this is not an open proxy.
 fn check_target(app: &App, req: &Request<hyper::body::Incoming>) -> Result<String, ProxyError> {
     if req.method() == Method::CONNECT {
-        return Err(ProxyError::BadRequest("CONNECT is not supported: this is not an open proxy".into()));
+        return Err(ProxyError::BadRequest(
+            "CONNECT is not supported: this is not an open proxy".into(),
+        ));
     }
     let uri = req.uri();
-    if let Some(authority) = uri.authority() {
-        let ours = [app.public_authority.as_deref(), Some(app.config.upstream.authority.as_str())];
-        if !ours.iter().flatten().any(|a| a.eq_ignore_ascii_case(authority.as_str())) {
+    // HTTP/2 always carries `:authority`; only HTTP/1 absolute-form is a
+    // forward-proxy request.
+    let absolute_form = req.version() < http::Version::HTTP_2;
+    if let Some(authority) = uri.authority().filter(|_| absolute_form) {
+        let ours = [
+            app.public_authority.as_deref(),
+            Some(app.config.upstream.authority.as_str()),
+        ];
+        if !ours
+            .iter()
+            .flatten()
+            .any(|a| a.eq_ignore_ascii_case(authority.as_str()))
+        {
             return Err(ProxyError::BadRequest(format!(
                 "absolute-form request to another host ({authority}) refused: this is not an open proxy"
             )));
@@ -252,7 +297,9 @@ fn check_target(app: &App, req: &Request<hyper::body::Incoming>) -> Result<Strin
     }
     let pq = uri.path_and_query().map_or("/", |p| p.as_str());
     if !pq.starts_with('/') {
-        return Err(ProxyError::BadRequest("the request target must start with /".into()));
+        return Err(ProxyError::BadRequest(
+            "the request target must start with /".into(),
+        ));
     }
     Ok(pq.to_owned())
 }
@@ -302,7 +349,9 @@ fn add_forwarding(h: &mut HeaderMap, id: &Identity, conn: ConnInfo, request_id: 
     // The chain is only extended when the peer was trusted to write it.
     let peer = conn.peer.ip();
     let chain = if id.addr != peer {
-        h.get("x-forwarded-for").and_then(|v| v.to_str().ok()).map(|v| format!("{v}, {peer}"))
+        h.get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| format!("{v}, {peer}"))
     } else {
         None
     };
@@ -318,7 +367,11 @@ fn add_forwarding(h: &mut HeaderMap, id: &Identity, conn: ConnInfo, request_id: 
     h.insert(HeaderName::from_static("x-request-id"), request_id.clone());
 }
 
-fn response(app: &App, resp: Response<hyper::body::Incoming>, admission: &Admission) -> Response<Body> {
+fn response(
+    app: &App,
+    resp: Response<hyper::body::Incoming>,
+    admission: &Admission,
+) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     for name in [header::LOCATION, header::CONTENT_LOCATION] {
@@ -365,7 +418,11 @@ fn retry_after(h: &HeaderMap) -> Option<Duration> {
         return Some(Duration::from_secs(secs.min(3600)));
     }
     let at = httpdate::parse_http_date(v).ok()?;
-    Some(at.duration_since(std::time::SystemTime::now()).unwrap_or_default().min(Duration::from_secs(3600)))
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default()
+            .min(Duration::from_secs(3600)),
+    )
 }
 
 /// Keeps a sane caller-sent id, or makes a unique one without a syscall.
@@ -383,7 +440,8 @@ fn request_id(h: &HeaderMap) -> HeaderValue {
     });
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::from_str(&format!("{:016x}{n:016x}", *PREFIX)).expect("hex is a valid header value")
+    HeaderValue::from_str(&format!("{:016x}{n:016x}", *PREFIX))
+        .expect("hex is a valid header value")
 }
 
 /// An error and its causes on one line: hyper's top-level messages are terse.

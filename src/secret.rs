@@ -125,7 +125,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("k");
         std::fs::write(&p, "abc\n").unwrap();
-        assert_eq!(Secret::load(SecretSource::File(p.clone())).unwrap().expose(), "abc");
+        assert_eq!(
+            Secret::load(SecretSource::File(p.clone()))
+                .unwrap()
+                .expose(),
+            "abc"
+        );
         std::fs::write(&p, "\n").unwrap();
         let err = Secret::load(SecretSource::File(p)).unwrap_err();
         assert!(matches!(err, SecretError::Empty(_)), "{err}");
@@ -133,7 +138,8 @@ mod tests {
 
     #[test]
     fn missing_env_names_the_variable() {
-        let err = Secret::load(SecretSource::Env("DASTRA_PROXY_TEST_UNSET_VAR".into())).unwrap_err();
+        let err =
+            Secret::load(SecretSource::Env("DASTRA_PROXY_TEST_UNSET_VAR".into())).unwrap_err();
         assert!(err.to_string().contains("DASTRA_PROXY_TEST_UNSET_VAR"));
     }
 }

@@ -76,28 +76,50 @@ impl Running {
 pub async fn start(config: Config, metrics: Metrics) -> Result<Running, StartError> {
     let tls = config.server.tls.as_ref().map(tls_acceptor).transpose()?;
     let bind = |addr: SocketAddr, what: &'static str| async move {
-        TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, what, source })
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, what, source })
     };
     let proxy_listener = bind(config.server.listen, "server.listen").await?;
     let admin_listener = bind(config.server.admin_listen, "server.admin_listen").await?;
-    let proxy_addr = proxy_listener.local_addr().map_err(|source| StartError::Bind { addr: config.server.listen, what: "server.listen", source })?;
-    let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Bind { addr: config.server.admin_listen, what: "server.admin_listen", source })?;
+    let proxy_addr = proxy_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: config.server.listen,
+            what: "server.listen",
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: config.server.admin_listen,
+            what: "server.admin_listen",
+            source,
+        })?;
     let grace = config.server.shutdown_grace;
     let app = App::new(config, metrics)?;
     let (stop, stop_rx) = watch::channel(false);
 
     let proxy_app = app.clone();
-    let proxy_task = tokio::spawn(accept_loop(proxy_listener, tls.clone(), stop_rx.clone(), move |conn| {
-        let app = proxy_app.clone();
-        hyper::service::service_fn(move |req: Request<Incoming>| {
-            let app = app.clone();
-            async move { Ok::<_, Infallible>(proxy::serve(app, conn, req).await) }
-        })
-    }));
+    let proxy_task = tokio::spawn(accept_loop(
+        proxy_listener,
+        tls.clone(),
+        stop_rx.clone(),
+        move |conn| {
+            let app = proxy_app.clone();
+            hyper::service::service_fn(move |req: Request<Incoming>| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(proxy::serve(app, conn, req).await) }
+            })
+        },
+    ));
     let router = crate::admin::router(app.clone());
-    let admin_task = tokio::spawn(accept_loop(admin_listener, None, stop_rx.clone(), move |_conn| {
-        hyper_util::service::TowerToHyperService::new(router.clone())
-    }));
+    let admin_task = tokio::spawn(accept_loop(
+        admin_listener,
+        None,
+        stop_rx.clone(),
+        move |_conn| hyper_util::service::TowerToHyperService::new(router.clone()),
+    ));
     app.ready.store(true, Ordering::SeqCst);
     tracing::info!(%proxy_addr, %admin_addr, upstream = %app.config.upstream.origin(), "dastra-proxy listening");
 
@@ -106,7 +128,10 @@ pub async fn start(config: Config, metrics: Metrics) -> Result<Running, StartErr
         let mut rx = stop_rx;
         let _ = rx.wait_for(|s| *s).await;
         app2.ready.store(false, Ordering::SeqCst);
-        tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down: draining in-flight and queued calls");
+        tracing::info!(
+            grace_ms = grace.as_millis() as u64,
+            "shutting down: draining in-flight and queued calls"
+        );
         let deadline = tokio::time::Instant::now() + grace;
         let (proxy_drain, admin_drain) = (proxy_task.await.ok(), admin_task.await.ok());
         let drain = async {
@@ -125,7 +150,13 @@ pub async fn start(config: Config, metrics: Metrics) -> Result<Running, StartErr
         }
         tracing::info!("shut down");
     });
-    Ok(Running { proxy_addr, admin_addr, app, stop, done })
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        app,
+        stop,
+        done,
+    })
 }
 
 /// Accepts until told to stop, then hands back the graceful-shutdown watcher
@@ -138,7 +169,9 @@ async fn accept_loop<F, S>(
 ) -> GracefulShutdown
 where
     F: Fn(ConnInfo) -> S + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = http::Response<axum::body::Body>> + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = http::Response<axum::body::Body>>
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -164,20 +197,29 @@ where
             }
         };
         let _ = stream.set_nodelay(true);
-        let service = make_service(ConnInfo { peer, tls: tls.is_some() });
+        let service = make_service(ConnInfo {
+            peer,
+            tls: tls.is_some(),
+        });
         let builder = builder.clone();
         match &tls {
             None => {
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let conn = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .into_owned();
                 spawn_conn(graceful.watch(conn));
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                        .await
+                    {
                         Ok(Ok(tls_stream)) => {
-                            let conn = builder.serve_connection(TokioIo::new(tls_stream), service).into_owned();
+                            let conn = builder
+                                .serve_connection(TokioIo::new(tls_stream), service)
+                                .into_owned();
                             if let Err(e) = watcher.watch(conn).await {
                                 tracing::debug!(error = %e, "connection ended with an error");
                             }
@@ -205,7 +247,10 @@ where
 }
 
 fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, StartError> {
-    let err = |path: &PathBuf, message: String| StartError::Tls { path: path.clone(), message };
+    let err = |path: &PathBuf, message: String| StartError::Tls {
+        path: path.clone(),
+        message,
+    };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert_file)
         .map_err(|e| err(&files.cert_file, e.to_string()))?
         .collect::<Result<_, _>>()
@@ -213,13 +258,19 @@ fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, StartError> {
     if certs.is_empty() {
         return Err(err(&files.cert_file, "holds no PEM certificate".into()));
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key_file).map_err(|e| err(&files.key_file, e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key_file)
+        .map_err(|e| err(&files.key_file, e.to_string()))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(crate::upstream::crypto_provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| err(&files.cert_file, e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| err(&files.key_file, format!("certificate and key do not form a usable pair: {e}")))?;
+        .map_err(|e| {
+            err(
+                &files.key_file,
+                format!("certificate and key do not form a usable pair: {e}"),
+            )
+        })?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }

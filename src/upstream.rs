@@ -31,9 +31,14 @@ pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 fn roots(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, UpstreamError> {
-    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
     if let Some(path) = ca_file {
-        let err = |message: String| UpstreamError::CaFile { path: path.to_owned(), message };
+        let err = |message: String| UpstreamError::CaFile {
+            path: path.to_owned(),
+            message,
+        };
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
             .map_err(|e| err(e.to_string()))?
             .collect::<Result<_, _>>()

@@ -37,42 +37,65 @@ const KEY: &str = "[credential]\napi_key_env = \"TEST_DASTRA_KEY\"\n";
 #[test]
 fn shipped_config_is_valid_and_check_redacts_secrets() {
     let out = bin()
-        .args(["check", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")])
+        .args([
+            "check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"),
+        ])
         .env("DASTRA_API_KEY", "super-secret-dastra-key")
         .output()
         .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
     assert!(out.status.success(), "{stderr}");
     assert!(!stdout.contains("super-secret") && !stderr.contains("super-secret"));
     assert!(stdout.contains("<redacted from env DASTRA_API_KEY>"));
-    assert!(stderr.contains("window \"10m\" (10000 per 10m) can never bind"), "{stderr}");
+    assert!(
+        stderr.contains("window \"10m\" (10000 per 10m) can never bind"),
+        "{stderr}"
+    );
     assert!(stderr.contains("500 x 10 = 5000"), "{stderr}");
 }
 
 #[test]
 fn unknown_key_names_file_line_column_and_key() {
-    let (code, _, err) = check(&format!("{KEY}\n[admission]\nmax_queue = 10\nmax_wiat = \"1s\"\n"));
+    let (code, _, err) = check(&format!(
+        "{KEY}\n[admission]\nmax_queue = 10\nmax_wiat = \"1s\"\n"
+    ));
     assert_eq!(code, 1);
     assert!(err.contains("config.toml:6:1"), "{err}");
-    assert!(err.contains("admission.max_wiat") && err.contains("unknown field"), "{err}");
+    assert!(
+        err.contains("admission.max_wiat") && err.contains("unknown field"),
+        "{err}"
+    );
 }
 
 #[test]
 fn bad_duration_and_bad_values_are_explained() {
     let (code, _, err) = check(&format!("{KEY}[server]\nshutdown_grace = \"30 parsecs\"\n"));
     assert_eq!(code, 1);
-    assert!(err.contains(":4:18") && err.contains("server.shutdown_grace"), "{err}");
+    assert!(
+        err.contains(":4:18") && err.contains("server.shutdown_grace"),
+        "{err}"
+    );
     let (code, _, err) = check(&format!("{KEY}[[limits]]\nrequests = 0\nper = \"1m\"\n"));
     assert_eq!(code, 1);
     assert!(err.contains("limits[0].requests"), "{err}");
-    let (code, _, err) = check(&format!("{KEY}[[limits]]\nrequests = 5\nper = \"1 fortnightish\"\n"));
+    let (code, _, err) = check(&format!(
+        "{KEY}[[limits]]\nrequests = 5\nper = \"1 fortnightish\"\n"
+    ));
     assert_eq!(code, 1);
     assert!(err.contains("limits[0].per"), "{err}");
 }
 
 #[test]
 fn missing_file_and_missing_secret_are_named() {
-    let out = bin().args(["check", "--config", "/nonexistent/dp.toml"]).output().unwrap();
+    let out = bin()
+        .args(["check", "--config", "/nonexistent/dp.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/dp.toml: cannot read"));
     let (code, _, err) = check("[credential]\napi_key_env = \"DP_TEST_SURELY_UNSET\"\n");
@@ -85,16 +108,43 @@ fn hash_key_and_gen_key_agree() {
     let out = bin().arg("gen-key").output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    let key = text.lines().find_map(|l| l.strip_prefix("key        ")).unwrap().to_owned();
-    let digest = text.lines().find_map(|l| l.strip_prefix("key_sha256 ")).unwrap().to_owned();
+    let key = text
+        .lines()
+        .find_map(|l| l.strip_prefix("key        "))
+        .unwrap()
+        .to_owned();
+    let digest = text
+        .lines()
+        .find_map(|l| l.strip_prefix("key_sha256 "))
+        .unwrap()
+        .to_owned();
     assert!(key.len() >= 43, "at least 256 bits");
-    assert!(key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "URL-safe");
-    let mut child = bin().arg("hash-key").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(format!("{key}\n").as_bytes()).unwrap();
+    assert!(
+        key.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        "URL-safe"
+    );
+    let mut child = bin()
+        .arg("hash-key")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{key}\n").as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), digest);
     // sha256("abc")
-    let mut child = bin().arg("hash-key").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = bin()
+        .arg("hash-key")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     child.stdin.take().unwrap().write_all(b"abc").unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(
@@ -120,7 +170,9 @@ async fn sigterm_drains_in_flight_calls_then_exits_0() {
     proxy.signal("TERM");
     let r = call.await.unwrap();
     assert_eq!(r.status, 200, "the in-flight call finished");
-    let status = tokio::task::spawn_blocking(move || proxy.child.wait().unwrap()).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || proxy.child.wait().unwrap())
+        .await
+        .unwrap();
     assert_eq!(status.code(), Some(0));
 }
 
@@ -137,7 +189,10 @@ async fn healthcheck_command_reads_readyz() {
         .unwrap();
     assert!(ok.success());
     let down = free_port();
-    let bad = bin().args(["healthcheck", "--url", &format!("http://{down}/readyz")]).status().unwrap();
+    let bad = bin()
+        .args(["healthcheck", "--url", &format!("http://{down}/readyz")])
+        .status()
+        .unwrap();
     assert_eq!(bad.code(), Some(1));
     drop(proxy);
 }
@@ -150,20 +205,26 @@ async fn large_bodies_stream_with_bounded_memory() {
     let up = MockUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let proxy = BinProxy::start_edit(dir.path(), &up, "", |s| {
-        s.replace("[server]\n", "[server]\nmax_request_body = \"1GiB\"\n").replace("timeout = \"2s\"", "timeout = \"120s\"")
+        s.replace("[server]\n", "[server]\nmax_request_body = \"1GiB\"\n")
+            .replace("timeout = \"2s\"", "timeout = \"120s\"")
     });
     let c = client();
     let before = proxy.peak_rss_kib();
 
     let chunk = bytes::Bytes::from(vec![7u8; 64 * 1024]);
-    let frames = (0..SIZE / chunk.len() as u64).map(move |_| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(chunk.clone())));
+    let frames = (0..SIZE / chunk.len() as u64)
+        .map(move |_| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(chunk.clone())));
     let body = Body::new(http_body_util::StreamBody::new(IterStream(frames)));
     let r = send(&c, Method::POST, &proxy.url("/upload"), &[], body).await;
     assert_eq!(r.status, 200);
     assert_eq!(std::str::from_utf8(&r.body).unwrap(), SIZE.to_string());
 
     let resp = c
-        .request(http::Request::get(proxy.url(&format!("/download/{SIZE}"))).body(Body::empty()).unwrap())
+        .request(
+            http::Request::get(proxy.url(&format!("/download/{SIZE}")))
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await
         .unwrap();
     let mut body = resp.into_body();
@@ -175,13 +236,19 @@ async fn large_bodies_stream_with_bounded_memory() {
     assert_eq!(got, SIZE);
     let peak = proxy.peak_rss_kib();
     eprintln!("proxy peak RSS: {before} KiB before, {peak} KiB after 2 x 200 MiB");
-    assert!(peak < 48 * 1024, "peak RSS {peak} KiB: bodies are being buffered");
+    assert!(
+        peak < 48 * 1024,
+        "peak RSS {peak} KiB: bodies are being buffered"
+    );
 }
 
 struct IterStream<I>(I);
 impl<I: Iterator + Unpin> futures_core::Stream for IterStream<I> {
     type Item = I::Item;
-    fn poll_next(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Option<I::Item>> {
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<I::Item>> {
         std::task::Poll::Ready(self.0.next())
     }
 }

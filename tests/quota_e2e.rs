@@ -12,12 +12,21 @@ use support::*;
 use tokio::time::Instant;
 
 /// 10 per 200 ms binds first; 25 per 1 s binds after the third burst.
-const TWO_WINDOWS: &str = "[[limits]]\nrequests = 10\nper = \"200ms\"\n[[limits]]\nrequests = 25\nper = \"1s\"\n";
+const TWO_WINDOWS: &str =
+    "[[limits]]\nrequests = 10\nper = \"200ms\"\n[[limits]]\nrequests = 25\nper = \"1s\"\n";
 
 fn scaled() -> Vec<Limit> {
     vec![
-        Limit { requests: 10, per: Duration::from_millis(200), name: "200ms".into() },
-        Limit { requests: 25, per: Duration::from_millis(1000), name: "1s".into() },
+        Limit {
+            requests: 10,
+            per: Duration::from_millis(200),
+            name: "200ms".into(),
+        },
+        Limit {
+            requests: 25,
+            per: Duration::from_millis(1000),
+            name: "1s".into(),
+        },
     ]
 }
 
@@ -25,8 +34,16 @@ fn scaled() -> Vec<Limit> {
 fn assert_no_violation(arrivals: &[Instant], limits: &[Limit]) {
     for l in limits {
         for t in arrivals {
-            let n = arrivals.iter().filter(|a| **a >= *t && **a < *t + l.per).count();
-            assert!(n <= l.requests as usize, "{n} arrivals within {:?} of one another, limit {}", l.per, l.requests);
+            let n = arrivals
+                .iter()
+                .filter(|a| **a >= *t && **a < *t + l.per)
+                .count();
+            assert!(
+                n <= l.requests as usize,
+                "{n} arrivals within {:?} of one another, limit {}",
+                l.per,
+                l.requests
+            );
         }
     }
 }
@@ -36,7 +53,9 @@ async fn queue_mode_sends_at_the_exact_schedule_with_both_windows_binding() {
     let up = MockUpstream::start().await;
     // The margin covers send-to-arrival skew; a cold TLS connect in a debug
     // build takes ~20 ms, so 60 ms leaves room.
-    let extra = format!("{TWO_WINDOWS}[admission]\non_limit = \"queue\"\nmargin = \"60ms\"\nmax_wait = \"10s\"\n");
+    let extra = format!(
+        "{TWO_WINDOWS}[admission]\non_limit = \"queue\"\nmargin = \"60ms\"\nmax_wait = \"10s\"\n"
+    );
     let proxy = TestProxy::start(&up, &extra).await;
     let c = client();
     let mut calls = Vec::new();
@@ -45,7 +64,11 @@ async fn queue_mode_sends_at_the_exact_schedule_with_both_windows_binding() {
         calls.push(tokio::spawn(async move { get(&c, &url).await.status }));
     }
     for call in calls {
-        assert_eq!(call.await.unwrap(), StatusCode::OK, "queued calls are served, not refused");
+        assert_eq!(
+            call.await.unwrap(),
+            StatusCode::OK,
+            "queued calls are served, not refused"
+        );
     }
     let mut arrivals = up.arrivals("/v1/q/");
     arrivals.sort();
@@ -63,12 +86,23 @@ async fn queue_mode_sends_at_the_exact_schedule_with_both_windows_binding() {
         schedule.push(t - t0);
     }
     assert_eq!(schedule[9], Duration::ZERO);
-    assert_eq!(schedule[10], Duration::from_millis(260), "the short window binds first");
-    assert_eq!(schedule[25], Duration::from_millis(1060), "then the long one");
+    assert_eq!(
+        schedule[10],
+        Duration::from_millis(260),
+        "the short window binds first"
+    );
+    assert_eq!(
+        schedule[25],
+        Duration::from_millis(1060),
+        "then the long one"
+    );
     let last = *arrivals.last().unwrap() - t0;
     let ideal_last = *schedule.last().unwrap();
     // The first arrival carries the TLS handshake; the margin absorbs such jitter.
-    assert!(last + Duration::from_millis(60) >= ideal_last, "sent earlier than the windows allow: {last:?} < {ideal_last:?}");
+    assert!(
+        last + Duration::from_millis(60) >= ideal_last,
+        "sent earlier than the windows allow: {last:?} < {ideal_last:?}"
+    );
     assert!(
         last <= ideal_last + Duration::from_millis(150),
         "quota wasted: the last call went at {last:?}, the windows allowed {ideal_last:?}"
@@ -93,11 +127,18 @@ async fn reject_mode_gives_exact_retry_after_and_ratelimit_fields() {
         match r.status {
             StatusCode::OK => {
                 ok += 1;
-                assert_eq!(r.header("ratelimit-policy"), Some("\"200ms\";q=10;w=1, \"1s\";q=25;w=1"));
+                assert_eq!(
+                    r.header("ratelimit-policy"),
+                    Some("\"200ms\";q=10;w=1, \"1s\";q=25;w=1")
+                );
             }
             StatusCode::TOO_MANY_REQUESTS => {
                 assert_eq!(r.code(), "quota_exhausted");
-                assert_eq!(r.header("retry-after"), Some("1"), "220 ms rounds up to 1 s");
+                assert_eq!(
+                    r.header("retry-after"),
+                    Some("1"),
+                    "220 ms rounds up to 1 s"
+                );
                 let rl = r.header("ratelimit").unwrap();
                 assert!(rl.starts_with("\"200ms\";r=0;t=1, \"1s\";r=15;t="), "{rl}");
             }
@@ -107,7 +148,12 @@ async fn reject_mode_gives_exact_retry_after_and_ratelimit_fields() {
     assert_eq!(ok, 10, "exactly the short window's N went through");
     assert_eq!(up.arrivals("/v1/r/").len(), 10);
     let metrics = proxy.metrics.render();
-    assert!(metrics.contains("dastra_proxy_rejected_total{client=\"anonymous\",code=\"quota_exhausted\"} 20"), "{metrics}");
+    assert!(
+        metrics.contains(
+            "dastra_proxy_rejected_total{client=\"anonymous\",code=\"quota_exhausted\"} 20"
+        ),
+        "{metrics}"
+    );
     proxy.shutdown().await;
 }
 
@@ -129,11 +175,17 @@ async fn a_client_that_disconnects_while_queued_spends_no_quota() {
     let _ = leaver.await;
     let deadline = Instant::now() + Duration::from_secs(2);
     while proxy.running.as_ref().unwrap().app.quotas.all()[0].waiting() != 0 {
-        assert!(Instant::now() < deadline, "the call stayed queued after its client left");
+        assert!(
+            Instant::now() < deadline,
+            "the call stayed queued after its client left"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(up.arrivals("/v1/leaver").is_empty(), "the abandoned call was never sent");
+    assert!(
+        up.arrivals("/v1/leaver").is_empty(),
+        "the abandoned call was never sent"
+    );
     let q = get(&c, &proxy.admin_url("/quota")).await.json();
     assert_eq!(q["windows"][0]["used"], 0, "and spent no quota: {q}");
     proxy.shutdown().await;
@@ -150,7 +202,11 @@ async fn an_upstream_429_pauses_all_sending_until_its_retry_after() {
     assert_eq!(r.status, 200, "queued, not failed");
     let first = up.arrivals("/status/429")[0];
     let next = up.arrivals("/v1/after-pause")[0];
-    assert!(next - first >= Duration::from_secs(1), "sent {:?} after the 429", next - first);
+    assert!(
+        next - first >= Duration::from_secs(1),
+        "sent {:?} after the 429",
+        next - first
+    );
     assert!(proxy.metrics.upstream_429_total.get() == 1);
     proxy.shutdown().await;
 }
@@ -169,7 +225,14 @@ async fn contending_clients_share_by_weight_and_keep_their_own_order() {
     );
     let proxy = TestProxy::start(&up, &extra).await;
     let c = client();
-    let r = support::send(&c, http::Method::GET, &proxy.url("/v1/seed"), &[("x-api-key", heavy)], axum::body::Body::empty()).await;
+    let r = support::send(
+        &c,
+        http::Method::GET,
+        &proxy.url("/v1/seed"),
+        &[("x-api-key", heavy)],
+        axum::body::Body::empty(),
+    )
+    .await;
     assert_eq!(r.status, 200);
     let mut calls = Vec::new();
     // Staggered so that the queue order is known; all are queued before the
@@ -178,7 +241,15 @@ async fn contending_clients_share_by_weight_and_keep_their_own_order() {
         for (name, key) in [("heavy", heavy), ("light", light)] {
             let (c, url) = (c.clone(), proxy.url(&format!("/v1/{name}/{i:02}")));
             calls.push(tokio::spawn(async move {
-                support::send(&c, http::Method::GET, &url, &[("x-api-key", key)], axum::body::Body::empty()).await.status
+                support::send(
+                    &c,
+                    http::Method::GET,
+                    &url,
+                    &[("x-api-key", key)],
+                    axum::body::Body::empty(),
+                )
+                .await
+                .status
             }));
             tokio::time::sleep(Duration::from_millis(3)).await;
         }
@@ -188,10 +259,17 @@ async fn contending_clients_share_by_weight_and_keep_their_own_order() {
     }
     let mut log = up.log();
     log.sort_by_key(|r| r.at);
-    let order: Vec<String> = log.iter().map(|r| r.target.clone()).filter(|t| !t.contains("seed")).collect();
+    let order: Vec<String> = log
+        .iter()
+        .map(|r| r.target.clone())
+        .filter(|t| !t.contains("seed"))
+        .collect();
     let first12 = &order[..12];
     let heavy_n = first12.iter().filter(|t| t.contains("heavy")).count();
-    assert!((8..=10).contains(&heavy_n), "weight 3:1 gives ~9 of 12 to heavy, got {heavy_n}: {order:?}");
+    assert!(
+        (8..=10).contains(&heavy_n),
+        "weight 3:1 gives ~9 of 12 to heavy, got {heavy_n}: {order:?}"
+    );
     for name in ["heavy", "light"] {
         let mine: Vec<&String> = order.iter().filter(|t| t.contains(name)).collect();
         let mut sorted = mine.clone();

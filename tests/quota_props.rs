@@ -15,13 +15,19 @@ fn windows() -> impl Strategy<Value = Vec<(u32, u64)>> {
 fn limits(spec: &[(u32, u64)]) -> Vec<Limit> {
     spec.iter()
         .enumerate()
-        .map(|(i, (n, ms))| Limit { requests: *n, per: Duration::from_millis(*ms), name: format!("w{i}") })
+        .map(|(i, (n, ms))| Limit {
+            requests: *n,
+            per: Duration::from_millis(*ms),
+            name: format!("w{i}"),
+        })
         .collect()
 }
 
 /// Sends in the half-open interval [from, from + span).
 fn count_in(sent: &[Instant], from: Instant, span: Duration) -> usize {
-    sent.iter().filter(|t| **t >= from && **t < from + span).count()
+    sent.iter()
+        .filter(|t| **t >= from && **t < from + span)
+        .count()
 }
 
 /// Sends in (at - span, at]: what a window of that span holds at `at`.
@@ -29,12 +35,19 @@ fn held_at(sent: &[Instant], at: Instant, span: Duration) -> usize {
     sent.iter().filter(|t| **t <= at && **t + span > at).count()
 }
 
-fn check_no_window_over(spec: &[(u32, u64)], margin: Duration, sent: &[Instant]) -> Result<(), TestCaseError> {
+fn check_no_window_over(
+    spec: &[(u32, u64)],
+    margin: Duration,
+    sent: &[Instant],
+) -> Result<(), TestCaseError> {
     for (n, ms) in spec {
         let span = Duration::from_millis(*ms) + margin;
         for t in sent {
             let c = count_in(sent, *t, span);
-            prop_assert!(c <= *n as usize, "{c} sends within {span:?} of {t:?}, limit {n}");
+            prop_assert!(
+                c <= *n as usize,
+                "{c} sends within {span:?} of {t:?}, limit {n}"
+            );
         }
     }
     Ok(())

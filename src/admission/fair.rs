@@ -22,7 +22,12 @@ pub(super) struct FairQueue<T> {
 
 impl<T> Default for FairQueue<T> {
     fn default() -> Self {
-        Self { clients: Vec::new(), vtime: 0, next_id: 0, len: 0 }
+        Self {
+            clients: Vec::new(),
+            vtime: 0,
+            next_id: 0,
+            len: 0,
+        }
     }
 }
 
@@ -56,7 +61,11 @@ impl<T> FairQueue<T> {
         let idx = match self.clients.iter().position(|c| c.name == *name) {
             Some(i) => i,
             None => {
-                self.clients.push(ClientQueue { name: name.clone(), last_finish: 0, items: VecDeque::new() });
+                self.clients.push(ClientQueue {
+                    name: name.clone(),
+                    last_finish: 0,
+                    items: VecDeque::new(),
+                });
                 self.clients.len() - 1
             }
         };
@@ -67,7 +76,13 @@ impl<T> FairQueue<T> {
         c.last_finish = finish;
         let id = self.next_id;
         self.next_id += 1;
-        c.items.push_back(Item { id, start, finish, enqueued: now, value });
+        c.items.push_back(Item {
+            id,
+            start,
+            finish,
+            enqueued: now,
+            value,
+        });
         self.len += 1;
         id
     }
@@ -98,11 +113,17 @@ impl<T> FairQueue<T> {
 
     pub(super) fn drain(&mut self) -> Vec<T> {
         self.len = 0;
-        self.clients.iter_mut().flat_map(|c| c.items.drain(..).map(|it| it.value)).collect()
+        self.clients
+            .iter_mut()
+            .flat_map(|c| c.items.drain(..).map(|it| it.value))
+            .collect()
     }
 
     pub(super) fn depths(&self) -> Vec<(Arc<str>, usize)> {
-        self.clients.iter().map(|c| (c.name.clone(), c.items.len())).collect()
+        self.clients
+            .iter()
+            .map(|c| (c.name.clone(), c.items.len()))
+            .collect()
     }
 }
 
@@ -119,8 +140,13 @@ mod tests {
             q.push(&a, 2, now, format!("a{i}"));
             q.push(&b, 1, now, format!("b{i}"));
         }
-        let order: Vec<String> = std::iter::from_fn(|| q.pop().map(|(v, _)| v)).take(9).collect();
-        assert_eq!(order, ["a0", "b0", "a1", "a2", "b1", "a3", "a4", "b2", "a5"]);
+        let order: Vec<String> = std::iter::from_fn(|| q.pop().map(|(v, _)| v))
+            .take(9)
+            .collect();
+        assert_eq!(
+            order,
+            ["a0", "b0", "a1", "a2", "b1", "a3", "a4", "b2", "a5"]
+        );
     }
 
     #[test]

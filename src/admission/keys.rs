@@ -26,7 +26,11 @@ impl Quotas {
         Self {
             single: Admission::new(limits, cfg),
             per_key: per_key.then(|| {
-                Mutex::new(KeyState { limits: limits.to_vec(), cfg: cfg.clone(), map: HashMap::new() })
+                Mutex::new(KeyState {
+                    limits: limits.to_vec(),
+                    cfg: cfg.clone(),
+                    map: HashMap::new(),
+                })
             }),
         }
     }
@@ -37,7 +41,9 @@ impl Quotas {
             Some(m) => {
                 let mut st = m.lock().unwrap_or_else(|e| e.into_inner());
                 let KeyState { limits, cfg, map } = &mut *st;
-                map.entry(key).or_insert_with(|| Admission::new(limits, cfg)).clone()
+                map.entry(key)
+                    .or_insert_with(|| Admission::new(limits, cfg))
+                    .clone()
             }
         }
     }

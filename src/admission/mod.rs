@@ -143,10 +143,14 @@ impl Admission {
                 return Ok(Permit::new(self.inner.clone(), now, Duration::ZERO));
             }
             if st.on_limit == OnLimit::Reject {
-                return Err(Refusal::QuotaExhausted { retry_at: blocked.max(now) });
+                return Err(Refusal::QuotaExhausted {
+                    retry_at: blocked.max(now),
+                });
             }
             if st.queue.len() >= st.max_queue {
-                return Err(Refusal::QueueFull { retry_at: blocked.max(now) });
+                return Err(Refusal::QueueFull {
+                    retry_at: blocked.max(now),
+                });
             }
             let start = st.project(now);
             if start.duration_since(now) > st.max_wait {
@@ -162,7 +166,11 @@ impl Admission {
             self.inner.wake.notify_one();
             (id, rx)
         };
-        let guard = LeaveOnDrop { inner: &self.inner, caller: &caller.name, id: Some(id) };
+        let guard = LeaveOnDrop {
+            inner: &self.inner,
+            caller: &caller.name,
+            id: Some(id),
+        };
         let out = rx.await;
         guard.disarm();
         out.unwrap_or(Err(Refusal::ShuttingDown))
@@ -185,7 +193,10 @@ impl Admission {
         let now = Instant::now();
         Snapshot {
             windows: st.windows.snapshot(now),
-            paused_for: st.paused_until.and_then(|p| p.checked_duration_since(now)).filter(|d| !d.is_zero()),
+            paused_for: st
+                .paused_until
+                .and_then(|p| p.checked_duration_since(now))
+                .filter(|d| !d.is_zero()),
             queue: st.queue.depths(),
         }
     }
@@ -290,7 +301,11 @@ fn release_ready(inner: &Arc<Inner>) -> Release {
     loop {
         if st.queue.is_empty() {
             st.projection = None;
-            return if st.closed { Release::Closed } else { Release::Idle };
+            return if st.closed {
+                Release::Closed
+            } else {
+                Release::Idle
+            };
         }
         let at = st.blocked_until(now);
         if at > now {

@@ -16,7 +16,11 @@ pub struct Permit {
 
 impl Permit {
     pub(super) fn new(inner: Arc<Inner>, at: Instant, waited: Duration) -> Self {
-        Self { inner: Some(inner), at, waited }
+        Self {
+            inner: Some(inner),
+            at,
+            waited,
+        }
     }
 
     /// How long the call waited in the queue.
@@ -26,7 +30,10 @@ impl Permit {
 
     /// The request is being sent: from here the slot is spent.
     pub fn sent(mut self) -> SentPermit {
-        SentPermit { inner: self.inner.take(), at: self.at }
+        SentPermit {
+            inner: self.inner.take(),
+            at: self.at,
+        }
     }
 
     /// Forgets the permit without touching the windows (the releaser holds the lock).

@@ -10,7 +10,11 @@ use crate::config::{AdmissionConfig, Limit, OnLimit, Upstream429};
 
 fn limits(spec: &[(u32, u64)]) -> Vec<Limit> {
     spec.iter()
-        .map(|(n, ms)| Limit { requests: *n, per: Duration::from_millis(*ms), name: format!("{ms}ms") })
+        .map(|(n, ms)| Limit {
+            requests: *n,
+            per: Duration::from_millis(*ms),
+            name: format!("{ms}ms"),
+        })
         .collect()
 }
 
@@ -25,12 +29,18 @@ fn cfg(on_limit: OnLimit, max_queue: usize, max_wait_ms: u64, margin_ms: u64) ->
 }
 
 fn caller(name: &str, weight: u32) -> Caller {
-    Caller { name: name.into(), weight }
+    Caller {
+        name: name.into(),
+        weight,
+    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn reject_mode_refuses_with_the_exact_freeing_instant() {
-    let a = Admission::new(&limits(&[(3, 1000)]), &cfg(OnLimit::Reject, 10, 30_000, 100));
+    let a = Admission::new(
+        &limits(&[(3, 1000)]),
+        &cfg(OnLimit::Reject, 10, 30_000, 100),
+    );
     let t0 = Instant::now();
     let c = caller("x", 1);
     for _ in 0..3 {
@@ -38,11 +48,16 @@ async fn reject_mode_refuses_with_the_exact_freeing_instant() {
         advance(Duration::from_millis(10)).await;
     }
     match a.acquire(&c).await {
-        Err(Refusal::QuotaExhausted { retry_at }) => assert_eq!(retry_at, t0 + Duration::from_millis(1100)),
+        Err(Refusal::QuotaExhausted { retry_at }) => {
+            assert_eq!(retry_at, t0 + Duration::from_millis(1100))
+        }
         other => panic!("{other:?}"),
     }
     advance(Duration::from_millis(1100) - t0.elapsed()).await;
-    assert!(a.acquire(&c).await.is_ok(), "a caller waiting exactly that long is admitted");
+    assert!(
+        a.acquire(&c).await.is_ok(),
+        "a caller waiting exactly that long is admitted"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -63,7 +78,10 @@ async fn queued_calls_go_exactly_as_slots_free() {
     for t in tasks {
         got.push(t.await.unwrap());
     }
-    let offsets: Vec<u64> = got.iter().map(|(_, at)| (*at - t0).as_millis() as u64).collect();
+    let offsets: Vec<u64> = got
+        .iter()
+        .map(|(_, at)| (*at - t0).as_millis() as u64)
+        .collect();
     assert_eq!(offsets, [0, 0, 1000, 1000, 2000, 2000]);
     assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "FIFO");
 }
@@ -76,12 +94,16 @@ async fn projected_start_past_max_wait_is_refused_at_once() {
     let mut waiting = Vec::new();
     for _ in 0..2 {
         let a = a.clone();
-        waiting.push(tokio::spawn(async move { a.acquire(&caller("x", 1)).await.map(|p| p.sent()) }));
+        waiting.push(tokio::spawn(async move {
+            a.acquire(&caller("x", 1)).await.map(|p| p.sent())
+        }));
         tokio::task::yield_now().await;
     }
     assert_eq!(a.waiting(), 2, "starts at 1 s and 2 s are within max_wait");
     match a.acquire(&caller("x", 1)).await {
-        Err(Refusal::QuotaExhausted { retry_at }) => assert_eq!(retry_at, t0 + Duration::from_secs(3)),
+        Err(Refusal::QuotaExhausted { retry_at }) => {
+            assert_eq!(retry_at, t0 + Duration::from_secs(3))
+        }
         other => panic!("{other:?}"),
     }
     for w in waiting {
@@ -96,7 +118,10 @@ async fn a_full_queue_refuses_with_queue_full() {
     let a2 = a.clone();
     let w = tokio::spawn(async move { a2.acquire(&caller("x", 1)).await.map(|p| p.sent()) });
     tokio::task::yield_now().await;
-    assert!(matches!(a.acquire(&caller("x", 1)).await, Err(Refusal::QueueFull { .. })));
+    assert!(matches!(
+        a.acquire(&caller("x", 1)).await,
+        Err(Refusal::QueueFull { .. })
+    ));
     w.await.unwrap().unwrap();
 }
 
@@ -114,23 +139,41 @@ async fn a_caller_that_leaves_the_queue_spends_nothing() {
     assert_eq!(a.waiting(), 0, "it left the queue at once");
     advance(Duration::from_millis(1000)).await;
     let p = a.acquire(&caller("x", 1)).await.unwrap();
-    assert_eq!(Instant::now() - t0, Duration::from_millis(1000), "the freed slot was still there");
+    assert_eq!(
+        Instant::now() - t0,
+        Duration::from_millis(1000),
+        "the freed slot was still there"
+    );
     drop(p);
-    assert!(a.acquire(&caller("x", 1)).await.is_ok(), "a permit dropped unsent is refunded");
+    assert!(
+        a.acquire(&caller("x", 1)).await.is_ok(),
+        "a permit dropped unsent is refunded"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn refund_after_connect_failure_lets_a_waiter_go_at_once() {
-    let a = Admission::new(&limits(&[(1, 60_000)]), &cfg(OnLimit::Queue, 10, 120_000, 0));
+    let a = Admission::new(
+        &limits(&[(1, 60_000)]),
+        &cfg(OnLimit::Queue, 10, 120_000, 0),
+    );
     let t0 = Instant::now();
     let sent = a.acquire(&caller("x", 1)).await.unwrap().sent();
     let a2 = a.clone();
-    let waiter = tokio::spawn(async move { a2.acquire(&caller("x", 1)).await.map(|p| (p.sent(), Instant::now())) });
+    let waiter = tokio::spawn(async move {
+        a2.acquire(&caller("x", 1))
+            .await
+            .map(|p| (p.sent(), Instant::now()))
+    });
     tokio::task::yield_now().await;
     advance(Duration::from_millis(5)).await;
     sent.refund();
     let (_, at) = waiter.await.unwrap().unwrap();
-    assert_eq!(at - t0, Duration::from_millis(5), "woken by the refund, not by the window");
+    assert_eq!(
+        at - t0,
+        Duration::from_millis(5),
+        "woken by the refund, not by the window"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -139,15 +182,24 @@ async fn an_upstream_429_pause_holds_everyone_until_it_ends() {
     let t0 = Instant::now();
     a.pause_until(t0 + Duration::from_secs(3));
     let a2 = a.clone();
-    let waiter = tokio::spawn(async move { a2.acquire(&caller("x", 1)).await.map(|p| (p.sent(), Instant::now())) });
+    let waiter = tokio::spawn(async move {
+        a2.acquire(&caller("x", 1))
+            .await
+            .map(|p| (p.sent(), Instant::now()))
+    });
     let (_, at) = waiter.await.unwrap().unwrap();
     assert_eq!(at - t0, Duration::from_secs(3));
     assert!(a.snapshot().paused_for.is_none());
 
-    let r = Admission::new(&limits(&[(100, 1000)]), &cfg(OnLimit::Reject, 10, 30_000, 0));
+    let r = Admission::new(
+        &limits(&[(100, 1000)]),
+        &cfg(OnLimit::Reject, 10, 30_000, 0),
+    );
     r.pause_until(Instant::now() + Duration::from_secs(2));
     match r.acquire(&caller("x", 1)).await {
-        Err(Refusal::QuotaExhausted { retry_at }) => assert_eq!(retry_at - Instant::now(), Duration::from_secs(2)),
+        Err(Refusal::QuotaExhausted { retry_at }) => {
+            assert_eq!(retry_at - Instant::now(), Duration::from_secs(2))
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -178,19 +230,28 @@ async fn contending_clients_share_by_weight() {
     assert_eq!(heavy, 9, "3:1 while both wait: {order:?}");
     let heavy_seq: Vec<&String> = order.iter().filter(|s| s.starts_with("heavy")).collect();
     let expected: Vec<String> = (0..12).map(|i| format!("heavy{i}")).collect();
-    assert!(heavy_seq.iter().zip(&expected).all(|(a, b)| *a == b), "FIFO within a client");
+    assert!(
+        heavy_seq.iter().zip(&expected).all(|(a, b)| *a == b),
+        "FIFO within a client"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn close_answers_every_queued_call() {
-    let a = Admission::new(&limits(&[(1, 60_000)]), &cfg(OnLimit::Queue, 10, 120_000, 0));
+    let a = Admission::new(
+        &limits(&[(1, 60_000)]),
+        &cfg(OnLimit::Queue, 10, 120_000, 0),
+    );
     a.acquire(&caller("x", 1)).await.unwrap().sent();
     let a2 = a.clone();
     let w = tokio::spawn(async move { a2.acquire(&caller("x", 1)).await.map(|p| p.sent()) });
     tokio::task::yield_now().await;
     a.close();
     assert!(matches!(w.await.unwrap(), Err(Refusal::ShuttingDown)));
-    assert!(matches!(a.acquire(&caller("x", 1)).await, Err(Refusal::ShuttingDown)));
+    assert!(matches!(
+        a.acquire(&caller("x", 1)).await,
+        Err(Refusal::ShuttingDown)
+    ));
 }
 
 #[tokio::test(start_paused = true)]
@@ -200,6 +261,9 @@ async fn reconfigure_keeps_recorded_sends() {
         a.acquire(&caller("x", 1)).await.unwrap().sent();
     }
     a.reconfigure(&limits(&[(3, 2000)]), &cfg(OnLimit::Reject, 10, 30_000, 0));
-    assert!(matches!(a.acquire(&caller("x", 1)).await, Err(Refusal::QuotaExhausted { .. })));
+    assert!(matches!(
+        a.acquire(&caller("x", 1)).await,
+        Err(Refusal::QuotaExhausted { .. })
+    ));
     assert_eq!(a.snapshot().windows[0].used, 3);
 }

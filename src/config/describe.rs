@@ -26,13 +26,34 @@ pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     let mut o = String::new();
     let s = &c.server;
     writeln!(o, "# effective configuration from {}", c.source.display())?;
-    writeln!(o, "[server]\nlisten = \"{}\"\nadmin_listen = \"{}\"\npublic_url = \"{}\"", s.listen, s.admin_listen, s.public_url)?;
-    writeln!(o, "max_request_body = {}\nshutdown_grace = \"{}\"", s.max_request_body, d(s.shutdown_grace))?;
+    writeln!(
+        o,
+        "[server]\nlisten = \"{}\"\nadmin_listen = \"{}\"\npublic_url = \"{}\"",
+        s.listen, s.admin_listen, s.public_url
+    )?;
+    writeln!(
+        o,
+        "max_request_body = {}\nshutdown_grace = \"{}\"",
+        s.max_request_body,
+        d(s.shutdown_grace)
+    )?;
     if let Some(t) = &s.tls {
-        writeln!(o, "tls = {{ cert_file = \"{}\", key_file = \"{}\" }}", t.cert_file.display(), t.key_file.display())?;
+        writeln!(
+            o,
+            "tls = {{ cert_file = \"{}\", key_file = \"{}\" }}",
+            t.cert_file.display(),
+            t.key_file.display()
+        )?;
     }
     let u = &c.upstream;
-    writeln!(o, "\n[upstream]\nurl = \"{}{}\"\nconnect_timeout = \"{}\"\ntimeout = \"{}\"", u.origin(), u.base_path, d(u.connect_timeout), d(u.timeout))?;
+    writeln!(
+        o,
+        "\n[upstream]\nurl = \"{}{}\"\nconnect_timeout = \"{}\"\ntimeout = \"{}\"",
+        u.origin(),
+        u.base_path,
+        d(u.connect_timeout),
+        d(u.timeout)
+    )?;
     if let Some(ca) = &u.ca_file {
         writeln!(o, "ca_file = \"{}\"", ca.display())?;
     }
@@ -49,7 +70,11 @@ pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         CredentialConfig::Passthrough => writeln!(o, "kind = \"passthrough\"")?,
     }
     for l in &c.limits {
-        writeln!(o, "\n[[limits]]\nrequests = {}\nper = \"{}\"", l.requests, l.name)?;
+        writeln!(
+            o,
+            "\n[[limits]]\nrequests = {}\nper = \"{}\"",
+            l.requests, l.name
+        )?;
     }
     let a = &c.admission;
     let on_limit = match a.on_limit {
@@ -67,19 +92,41 @@ pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         d(a.max_wait),
         d(a.margin)
     )?;
-    writeln!(o, "\n[access]\nallow = {}\ntrusted_proxies = {}", nets(&c.access.allow), nets(&c.access.trusted_proxies))?;
+    writeln!(
+        o,
+        "\n[access]\nallow = {}\ntrusted_proxies = {}",
+        nets(&c.access.allow),
+        nets(&c.access.trusted_proxies)
+    )?;
     for cl in &c.clients {
-        writeln!(o, "\n[[clients]]\nname = \"{}\"\nkey_sha256 = \"{}\"\nweight = {}", cl.name, hex::encode(cl.key_sha256), cl.weight)?;
+        writeln!(
+            o,
+            "\n[[clients]]\nname = \"{}\"\nkey_sha256 = \"{}\"\nweight = {}",
+            cl.name,
+            hex::encode(cl.key_sha256),
+            cl.weight
+        )?;
         if let Some(allow) = &cl.allow {
             writeln!(o, "allow = {}", nets(allow))?;
         }
         if let Some(r) = cl.rate {
-            writeln!(o, "rate = \"{}/{}\"\nburst = {}", r.count, d(r.period), r.burst)?;
+            writeln!(
+                o,
+                "rate = \"{}/{}\"\nburst = {}",
+                r.count,
+                d(r.period),
+                r.burst
+            )?;
         }
     }
     match &c.store {
         StoreConfig::Memory => writeln!(o, "\n[store]\nkind = \"memory\"")?,
-        StoreConfig::Redis { url, key_prefix, on_error, replicas } => {
+        StoreConfig::Redis {
+            url,
+            key_prefix,
+            on_error,
+            replicas,
+        } => {
             let on_error = match on_error {
                 StoreOnError::Local => "local",
                 StoreOnError::Reject => "reject",
@@ -95,7 +142,11 @@ pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         LogFormat::Text => "text",
         LogFormat::Json => "json",
     };
-    write!(o, "\n[log]\nformat = \"{format}\"\nlevel = \"{}\"", c.log.level)?;
+    write!(
+        o,
+        "\n[log]\nformat = \"{format}\"\nlevel = \"{}\"",
+        c.log.level
+    )?;
     f.write_str(&o)
 }
 
@@ -103,7 +154,10 @@ pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
 mod tests {
     #[test]
     fn redis_password_is_hidden() {
-        assert_eq!(super::redact_url("redis://u:pw@h:6379/0"), "redis://<redacted>@h:6379/0");
+        assert_eq!(
+            super::redact_url("redis://u:pw@h:6379/0"),
+            "redis://<redacted>@h:6379/0"
+        );
         assert_eq!(super::redact_url("redis://h:6379"), "redis://h:6379");
     }
 }

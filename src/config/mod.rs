@@ -323,15 +323,26 @@ impl Validator<'_> {
         }
     }
 
-    fn secret(&self, key: &str, env: Option<String>, file: Option<PathBuf>) -> Result<Secret, ConfigError> {
+    fn secret(
+        &self,
+        key: &str,
+        env: Option<String>,
+        file: Option<PathBuf>,
+    ) -> Result<Secret, ConfigError> {
         let source = match (env, file) {
             (Some(e), None) => SecretSource::Env(e),
             (None, Some(f)) => SecretSource::File(self.relative(&f)),
             (Some(_), Some(_)) => {
-                return Err(self.invalid(&format!("{key}_env"), format!("set either {key}_env or {key}_file, not both")))
+                return Err(self.invalid(
+                    &format!("{key}_env"),
+                    format!("set either {key}_env or {key}_file, not both"),
+                ))
             }
             (None, None) => {
-                return Err(self.invalid(&format!("{key}_env"), format!("missing: name the secret with {key}_env or {key}_file")))
+                return Err(self.invalid(
+                    &format!("{key}_env"),
+                    format!("missing: name the secret with {key}_env or {key}_file"),
+                ))
             }
         };
         Secret::load(source).map_err(|source| ConfigError::Secret {
@@ -357,10 +368,9 @@ impl Validator<'_> {
         let limits = self.limits(raw.limits)?;
         let admission = self.admission(raw.admission)?;
         let access = AccessConfig {
-            allow: raw
-                .access
-                .allow
-                .unwrap_or_else(|| vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]),
+            allow: raw.access.allow.unwrap_or_else(|| {
+                vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]
+            }),
             trusted_proxies: raw.access.trusted_proxies.unwrap_or_default(),
         };
         let clients = self.clients(raw.clients)?;
@@ -387,11 +397,16 @@ impl Validator<'_> {
     }
 
     fn server(&self, raw: raw::RawServer) -> Result<ServerConfig, ConfigError> {
-        let addr = |key: &str, v: Option<String>, default: &str| -> Result<SocketAddr, ConfigError> {
-            let v = v.unwrap_or_else(|| default.to_owned());
-            v.parse()
-                .map_err(|_| self.invalid(key, format!("`{v}` is not an address such as \"127.0.0.1:8080\"")))
-        };
+        let addr =
+            |key: &str, v: Option<String>, default: &str| -> Result<SocketAddr, ConfigError> {
+                let v = v.unwrap_or_else(|| default.to_owned());
+                v.parse().map_err(|_| {
+                    self.invalid(
+                        key,
+                        format!("`{v}` is not an address such as \"127.0.0.1:8080\""),
+                    )
+                })
+            };
         let listen = addr("server.listen", raw.listen, "127.0.0.1:8080")?;
         let admin_listen = addr("server.admin_listen", raw.admin_listen, "127.0.0.1:9090")?;
         if listen == admin_listen && listen.port() != 0 {
@@ -405,14 +420,18 @@ impl Validator<'_> {
         let public_url = raw
             .public_url
             .unwrap_or_else(|| format!("{scheme}://{listen}"));
-        let parsed: Uri = public_url
-            .parse()
-            .map_err(|_| self.invalid("server.public_url", format!("`{public_url}` is not a URL")))?;
+        let parsed: Uri = public_url.parse().map_err(|_| {
+            self.invalid("server.public_url", format!("`{public_url}` is not a URL"))
+        })?;
         if parsed.scheme().is_none() || parsed.authority().is_none() {
-            return Err(self.invalid("server.public_url", "needs a scheme and host, e.g. \"http://127.0.0.1:8080\""));
+            return Err(self.invalid(
+                "server.public_url",
+                "needs a scheme and host, e.g. \"http://127.0.0.1:8080\"",
+            ));
         }
-        let max_request_body = units::parse_size(raw.max_request_body.as_deref().unwrap_or("50MiB"))
-            .map_err(|m| self.invalid("server.max_request_body", m))?;
+        let max_request_body =
+            units::parse_size(raw.max_request_body.as_deref().unwrap_or("50MiB"))
+                .map_err(|m| self.invalid("server.max_request_body", m))?;
         Ok(ServerConfig {
             listen,
             admin_listen,
@@ -424,13 +443,21 @@ impl Validator<'_> {
     }
 
     fn upstream(&self, raw: raw::RawUpstream) -> Result<UpstreamConfig, ConfigError> {
-        let url = raw.url.unwrap_or_else(|| "https://api.dastra.eu".to_owned());
+        let url = raw
+            .url
+            .unwrap_or_else(|| "https://api.dastra.eu".to_owned());
         let uri: Uri = url
             .parse()
             .map_err(|_| self.invalid("upstream.url", format!("`{url}` is not a URL")))?;
-        let scheme = uri.scheme().cloned().filter(|s| *s == http::uri::Scheme::HTTPS || *s == http::uri::Scheme::HTTP);
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .filter(|s| *s == http::uri::Scheme::HTTPS || *s == http::uri::Scheme::HTTP);
         let (Some(scheme), Some(authority)) = (scheme, uri.authority().cloned()) else {
-            return Err(self.invalid("upstream.url", format!("`{url}` needs an https:// (or http://) scheme and a host")));
+            return Err(self.invalid(
+                "upstream.url",
+                format!("`{url}` needs an https:// (or http://) scheme and a host"),
+            ));
         };
         if uri.query().is_some() {
             return Err(self.invalid("upstream.url", "must not carry a query string"));
@@ -454,7 +481,10 @@ impl Validator<'_> {
         let kind = raw.kind.as_deref().unwrap_or("api_key");
         let unused = |keys: &[(&str, bool)]| -> Result<(), ConfigError> {
             match keys.iter().find(|(_, set)| *set) {
-                Some((k, _)) => Err(self.invalid(&format!("credential.{k}"), format!("not used by kind = \"{kind}\""))),
+                Some((k, _)) => Err(self.invalid(
+                    &format!("credential.{k}"),
+                    format!("not used by kind = \"{kind}\""),
+                )),
                 None => Ok(()),
             }
         };
@@ -467,14 +497,30 @@ impl Validator<'_> {
         match kind {
             "api_key" => {
                 unused(&[("public_key_env", pair_set), ("token_url", oauth_set)])?;
-                let env = if api_set { raw.api_key_env } else { Some("DASTRA_API_KEY".to_owned()) };
-                Ok(CredentialConfig::ApiKey(self.secret("credential.api_key", env, raw.api_key_file)?))
+                let env = if api_set {
+                    raw.api_key_env
+                } else {
+                    Some("DASTRA_API_KEY".to_owned())
+                };
+                Ok(CredentialConfig::ApiKey(self.secret(
+                    "credential.api_key",
+                    env,
+                    raw.api_key_file,
+                )?))
             }
             "basic" => {
                 unused(&[("api_key_env", api_set), ("token_url", oauth_set)])?;
                 Ok(CredentialConfig::Basic {
-                    public: self.secret("credential.public_key", raw.public_key_env, raw.public_key_file)?,
-                    private: self.secret("credential.private_key", raw.private_key_env, raw.private_key_file)?,
+                    public: self.secret(
+                        "credential.public_key",
+                        raw.public_key_env,
+                        raw.public_key_file,
+                    )?,
+                    private: self.secret(
+                        "credential.private_key",
+                        raw.private_key_env,
+                        raw.private_key_file,
+                    )?,
                 })
             }
             "oauth2" => {
@@ -486,16 +532,33 @@ impl Validator<'_> {
                     .parse()
                     .ok()
                     .filter(|u: &Uri| u.scheme().is_some() && u.authority().is_some())
-                    .ok_or_else(|| self.invalid("credential.token_url", format!("`{url}` is not an absolute URL")))?;
+                    .ok_or_else(|| {
+                        self.invalid(
+                            "credential.token_url",
+                            format!("`{url}` is not an absolute URL"),
+                        )
+                    })?;
                 Ok(CredentialConfig::OAuth2 {
                     token_url,
                     scope: raw.scope.unwrap_or_else(|| "api1".to_owned()),
-                    public: self.secret("credential.public_key", raw.public_key_env, raw.public_key_file)?,
-                    private: self.secret("credential.private_key", raw.private_key_env, raw.private_key_file)?,
+                    public: self.secret(
+                        "credential.public_key",
+                        raw.public_key_env,
+                        raw.public_key_file,
+                    )?,
+                    private: self.secret(
+                        "credential.private_key",
+                        raw.private_key_env,
+                        raw.private_key_file,
+                    )?,
                 })
             }
             "passthrough" => {
-                unused(&[("api_key_env", api_set), ("public_key_env", pair_set), ("token_url", oauth_set)])?;
+                unused(&[
+                    ("api_key_env", api_set),
+                    ("public_key_env", pair_set),
+                    ("token_url", oauth_set),
+                ])?;
                 Ok(CredentialConfig::Passthrough)
             }
             other => Err(self.invalid(
@@ -508,8 +571,16 @@ impl Validator<'_> {
     fn limits(&self, raw: Option<Vec<raw::RawLimit>>) -> Result<Vec<Limit>, ConfigError> {
         let Some(raw) = raw else {
             return Ok(vec![
-                Limit { requests: 500, per: Duration::from_secs(60), name: "1m".into() },
-                Limit { requests: 10_000, per: Duration::from_secs(600), name: "10m".into() },
+                Limit {
+                    requests: 500,
+                    per: Duration::from_secs(60),
+                    name: "1m".into(),
+                },
+                Limit {
+                    requests: 10_000,
+                    per: Duration::from_secs(600),
+                    name: "10m".into(),
+                },
             ]);
         };
         if raw.is_empty() {
@@ -521,16 +592,25 @@ impl Validator<'_> {
             let requests = u32::try_from(l.requests)
                 .ok()
                 .filter(|n| (1..=10_000_000).contains(n))
-                .ok_or_else(|| self.invalid(&format!("{key}.requests"), "must be between 1 and 10000000"))?;
+                .ok_or_else(|| {
+                    self.invalid(&format!("{key}.requests"), "must be between 1 and 10000000")
+                })?;
             let per = humantime::parse_duration(&l.per)
                 .map_err(|e| self.invalid(&format!("{key}.per"), format!("`{}`: {e}", l.per)))?;
             if per < Duration::from_millis(1) {
                 return Err(self.invalid(&format!("{key}.per"), "must be at least 1ms"));
             }
             if out.iter().any(|o| o.name == l.per) {
-                return Err(self.invalid(&format!("{key}.per"), format!("window \"{}\" is configured twice", l.per)));
+                return Err(self.invalid(
+                    &format!("{key}.per"),
+                    format!("window \"{}\" is configured twice", l.per),
+                ));
             }
-            out.push(Limit { requests, per, name: l.per });
+            out.push(Limit {
+                requests,
+                per,
+                name: l.per,
+            });
         }
         Ok(out)
     }
@@ -539,12 +619,22 @@ impl Validator<'_> {
         let on_limit = match raw.on_limit.as_deref().unwrap_or("queue") {
             "queue" => OnLimit::Queue,
             "reject" => OnLimit::Reject,
-            o => return Err(self.invalid("admission.on_limit", format!("`{o}`: use \"queue\" or \"reject\""))),
+            o => {
+                return Err(self.invalid(
+                    "admission.on_limit",
+                    format!("`{o}`: use \"queue\" or \"reject\""),
+                ))
+            }
         };
         let upstream_429 = match raw.upstream_429.as_deref().unwrap_or("pause") {
             "pause" => Upstream429::Pause,
             "pass" => Upstream429::Pass,
-            o => return Err(self.invalid("admission.upstream_429", format!("`{o}`: use \"pause\" or \"pass\""))),
+            o => {
+                return Err(self.invalid(
+                    "admission.upstream_429",
+                    format!("`{o}`: use \"pause\" or \"pass\""),
+                ))
+            }
         };
         let max_queue = usize::try_from(raw.max_queue.unwrap_or(1000))
             .ok()
@@ -563,36 +653,73 @@ impl Validator<'_> {
         let mut out: Vec<ClientConfig> = Vec::with_capacity(raw.len());
         for (i, c) in raw.into_iter().enumerate() {
             let key = format!("clients[{i}]");
-            if c.name.is_empty() || c.name.len() > 64 || !c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) {
-                return Err(self.invalid(&format!("{key}.name"), "1 to 64 characters of A-Z a-z 0-9 - _ ."));
+            if c.name.is_empty()
+                || c.name.len() > 64
+                || !c
+                    .name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+            {
+                return Err(self.invalid(
+                    &format!("{key}.name"),
+                    "1 to 64 characters of A-Z a-z 0-9 - _ .",
+                ));
             }
             if c.name == crate::access::ANONYMOUS || out.iter().any(|o| o.name == c.name) {
-                return Err(self.invalid(&format!("{key}.name"), format!("`{}` is reserved or used twice", c.name)));
+                return Err(self.invalid(
+                    &format!("{key}.name"),
+                    format!("`{}` is reserved or used twice", c.name),
+                ));
             }
             let digest = hex::decode(c.key_sha256.trim())
                 .ok()
                 .and_then(|d| <[u8; 32]>::try_from(d).ok())
-                .ok_or_else(|| self.invalid(&format!("{key}.key_sha256"), "must be 64 hex digits from `dastra-proxy hash-key`"))?;
+                .ok_or_else(|| {
+                    self.invalid(
+                        &format!("{key}.key_sha256"),
+                        "must be 64 hex digits from `dastra-proxy hash-key`",
+                    )
+                })?;
             if out.iter().any(|o| o.key_sha256 == digest) {
-                return Err(self.invalid(&format!("{key}.key_sha256"), "the same key is given to two clients"));
+                return Err(self.invalid(
+                    &format!("{key}.key_sha256"),
+                    "the same key is given to two clients",
+                ));
             }
             let weight = u32::try_from(c.weight.unwrap_or(1))
                 .ok()
                 .filter(|w| (1..=1000).contains(w))
-                .ok_or_else(|| self.invalid(&format!("{key}.weight"), "must be between 1 and 1000"))?;
+                .ok_or_else(|| {
+                    self.invalid(&format!("{key}.weight"), "must be between 1 and 1000")
+                })?;
             let rate = match (c.rate, c.burst) {
                 (None, None) => None,
-                (None, Some(_)) => return Err(self.invalid(&format!("{key}.burst"), "needs a rate")),
+                (None, Some(_)) => {
+                    return Err(self.invalid(&format!("{key}.burst"), "needs a rate"))
+                }
                 (Some(r), burst) => {
-                    let (count, period) = units::parse_rate(&r).map_err(|m| self.invalid(&format!("{key}.rate"), m))?;
+                    let (count, period) = units::parse_rate(&r)
+                        .map_err(|m| self.invalid(&format!("{key}.rate"), m))?;
                     let burst = u32::try_from(burst.unwrap_or(i64::from(count)))
                         .ok()
                         .filter(|b| *b >= 1)
-                        .ok_or_else(|| self.invalid(&format!("{key}.burst"), "must be at least 1"))?;
-                    Some(ClientRate { count, period, burst })
+                        .ok_or_else(|| {
+                            self.invalid(&format!("{key}.burst"), "must be at least 1")
+                        })?;
+                    Some(ClientRate {
+                        count,
+                        period,
+                        burst,
+                    })
                 }
             };
-            out.push(ClientConfig { name: c.name, key_sha256: digest, allow: c.allow, weight, rate });
+            out.push(ClientConfig {
+                name: c.name,
+                key_sha256: digest,
+                allow: c.allow,
+                weight,
+                rate,
+            });
         }
         Ok(out)
     }
@@ -600,21 +727,35 @@ impl Validator<'_> {
     fn store(&self, raw: raw::RawStore) -> Result<StoreConfig, ConfigError> {
         match raw.kind.as_deref().unwrap_or("memory") {
             "memory" => {
-                let set = [("url", raw.url.is_some()), ("key_prefix", raw.key_prefix.is_some()), ("on_error", raw.on_error.is_some()), ("replicas", raw.replicas.is_some())];
+                let set = [
+                    ("url", raw.url.is_some()),
+                    ("key_prefix", raw.key_prefix.is_some()),
+                    ("on_error", raw.on_error.is_some()),
+                    ("replicas", raw.replicas.is_some()),
+                ];
                 if let Some((k, _)) = set.iter().find(|(_, s)| *s) {
-                    return Err(self.invalid(&format!("store.{k}"), "only used with kind = \"redis\""));
+                    return Err(
+                        self.invalid(&format!("store.{k}"), "only used with kind = \"redis\"")
+                    );
                 }
                 Ok(StoreConfig::Memory)
             }
             "redis" => {
-                let url = raw.url.ok_or_else(|| self.invalid("store.url", "needed with kind = \"redis\""))?;
+                let url = raw
+                    .url
+                    .ok_or_else(|| self.invalid("store.url", "needed with kind = \"redis\""))?;
                 if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                     return Err(self.invalid("store.url", "must start with redis:// or rediss://"));
                 }
                 let on_error = match raw.on_error.as_deref().unwrap_or("local") {
                     "local" => StoreOnError::Local,
                     "reject" => StoreOnError::Reject,
-                    o => return Err(self.invalid("store.on_error", format!("`{o}`: use \"local\" or \"reject\""))),
+                    o => {
+                        return Err(self.invalid(
+                            "store.on_error",
+                            format!("`{o}`: use \"local\" or \"reject\""),
+                        ))
+                    }
                 };
                 let replicas = u32::try_from(raw.replicas.unwrap_or(1))
                     .ok()

@@ -18,15 +18,24 @@ fn the_shipped_config_parses_to_the_documented_defaults() {
     assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
     assert_eq!(c.server.max_request_body, 50 << 20);
     assert_eq!(c.limits.len(), 2);
-    assert_eq!((c.limits[0].requests, c.limits[0].per), (500, Duration::from_secs(60)));
-    assert_eq!((c.limits[1].requests, c.limits[1].per), (10_000, Duration::from_secs(600)));
+    assert_eq!(
+        (c.limits[0].requests, c.limits[0].per),
+        (500, Duration::from_secs(60))
+    );
+    assert_eq!(
+        (c.limits[1].requests, c.limits[1].per),
+        (10_000, Duration::from_secs(600))
+    );
     assert_eq!(c.admission.margin, Duration::from_millis(250));
     assert_eq!(c.admission.on_limit, OnLimit::Queue);
     assert!(matches!(c.credential, CredentialConfig::ApiKey(_)));
     assert!(matches!(c.store, StoreConfig::Memory));
     let empty = parse("").unwrap();
-    assert_eq!(format!("{empty}").replace(&empty.source.display().to_string(), ""), format!("{c}").replace(&c.source.display().to_string(), ""),
-        "config.toml states exactly the built-in defaults");
+    assert_eq!(
+        format!("{empty}").replace(&empty.source.display().to_string(), ""),
+        format!("{c}").replace(&c.source.display().to_string(), ""),
+        "config.toml states exactly the built-in defaults"
+    );
 }
 
 #[test]
@@ -34,14 +43,27 @@ fn unknown_keys_are_errors_with_position_and_key() {
     let err = parse(&format!("{KEY}[[limits]]\nrequests = 5\nperiod = \"1m\"\n")).unwrap_err();
     let msg = err.to_string();
     assert!(msg.starts_with("t.toml:"), "{msg}");
-    assert!(msg.contains("limits.period") && msg.contains("unknown field"), "{msg}");
+    assert!(
+        msg.contains("limits.period") && msg.contains("unknown field"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn windows_that_never_bind_are_explained() {
-    let c = parse(&format!("{KEY}[[limits]]\nrequests = 50\nper = \"1s\"\n[[limits]]\nrequests = 200\nper = \"10s\"\n")).unwrap();
-    assert!(c.warnings().is_empty(), "200/10s binds under 50/1s: {:?}", c.warnings());
-    let c = parse(&format!("{KEY}[[limits]]\nrequests = 50\nper = \"1s\"\n[[limits]]\nrequests = 500\nper = \"10s\"\n")).unwrap();
+    let c = parse(&format!(
+        "{KEY}[[limits]]\nrequests = 50\nper = \"1s\"\n[[limits]]\nrequests = 200\nper = \"10s\"\n"
+    ))
+    .unwrap();
+    assert!(
+        c.warnings().is_empty(),
+        "200/10s binds under 50/1s: {:?}",
+        c.warnings()
+    );
+    let c = parse(&format!(
+        "{KEY}[[limits]]\nrequests = 50\nper = \"1s\"\n[[limits]]\nrequests = 500\nper = \"10s\"\n"
+    ))
+    .unwrap();
     assert_eq!(c.warnings().len(), 1);
     assert!(c.warnings()[0].contains("50 x 10 = 500"));
 }
@@ -50,17 +72,27 @@ fn windows_that_never_bind_are_explained() {
 fn cross_field_rules() {
     let e = parse("[credential]\nkind = \"passthrough\"\n[[clients]]\nname = \"a\"\nkey_sha256 = \"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\"\n").unwrap_err();
     assert!(e.to_string().contains("credential.kind"), "{e}");
-    let e = parse("[credential]\napi_key_env = \"CFG_TEST_KEY\"\napi_key_file = \"/x\"\n").unwrap_err();
+    let e =
+        parse("[credential]\napi_key_env = \"CFG_TEST_KEY\"\napi_key_file = \"/x\"\n").unwrap_err();
     assert!(e.to_string().contains("not both"), "{e}");
-    let e = parse(&format!("{KEY}[[clients]]\nname = \"a\"\nkey_sha256 = \"abc\"\n")).unwrap_err();
+    let e = parse(&format!(
+        "{KEY}[[clients]]\nname = \"a\"\nkey_sha256 = \"abc\"\n"
+    ))
+    .unwrap_err();
     assert!(e.to_string().contains("clients[0].key_sha256"), "{e}");
-    let e = parse(&format!("{KEY}[[limits]]\nrequests = 5\nper = \"1m\"\n[[limits]]\nrequests = 6\nper = \"1m\"\n")).unwrap_err();
+    let e = parse(&format!(
+        "{KEY}[[limits]]\nrequests = 5\nper = \"1m\"\n[[limits]]\nrequests = 6\nper = \"1m\"\n"
+    ))
+    .unwrap_err();
     assert!(e.to_string().contains("twice"), "{e}");
     let e = parse(&format!("limits = []\n{KEY}")).unwrap_err();
     assert!(e.to_string().contains("at least one"), "{e}");
     let e = parse(&format!("{KEY}[store]\nurl = \"redis://x\"\n")).unwrap_err();
     assert!(e.to_string().contains("store.url"), "{e}");
-    let e = parse(&format!("{KEY}[server]\nmax_request_body = \"5 bananas\"\n")).unwrap_err();
+    let e = parse(&format!(
+        "{KEY}[server]\nmax_request_body = \"5 bananas\"\n"
+    ))
+    .unwrap_err();
     assert!(e.to_string().contains("server.max_request_body"), "{e}");
 }
 
@@ -77,11 +109,28 @@ fn client_rates_and_secret_files() {
     ))
     .unwrap();
     let r = c.clients[0].rate.unwrap();
-    assert_eq!((r.count, r.period, r.burst), (20, Duration::from_secs(1), 40));
-    let CredentialConfig::OAuth2 { public, scope, token_url, .. } = &c.credential else { panic!() };
+    assert_eq!(
+        (r.count, r.period, r.burst),
+        (20, Duration::from_secs(1), 40)
+    );
+    let CredentialConfig::OAuth2 {
+        public,
+        scope,
+        token_url,
+        ..
+    } = &c.credential
+    else {
+        panic!()
+    };
     assert_eq!(public.expose(), "public");
     assert_eq!(scope, "api1");
-    assert_eq!(token_url.to_string(), "https://account.dastra.eu/connect/token");
+    assert_eq!(
+        token_url.to_string(),
+        "https://account.dastra.eu/connect/token"
+    );
     assert!(!format!("{c}").contains("private") || !format!("{c}").contains("\"private\""));
-    assert!(!format!("{c:?}").contains("public\""), "Debug never shows a secret value");
+    assert!(
+        !format!("{c:?}").contains("public\""),
+        "Debug never shows a secret value"
+    );
 }

@@ -5,9 +5,7 @@ use std::time::Duration;
 /// Parses `"50MiB"`, `"512KiB"`, `"1GB"` or a bare byte count `"1024"`.
 pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: u64 = num
         .parse()

@@ -32,12 +32,20 @@ pub enum Credential {
 impl Credential {
     pub fn new(cfg: &CredentialConfig, client: HttpClient, metrics: Metrics) -> Self {
         match cfg {
-            CredentialConfig::ApiKey(k) => Credential::Static(sensitive(k.expose()), header::HeaderName::from_static("x-api-key")),
+            CredentialConfig::ApiKey(k) => Credential::Static(
+                sensitive(k.expose()),
+                header::HeaderName::from_static("x-api-key"),
+            ),
             CredentialConfig::Basic { public, private } => Credential::Static(
                 sensitive(&basic(public.expose(), private.expose())),
                 header::AUTHORIZATION,
             ),
-            CredentialConfig::OAuth2 { token_url, scope, public, private } => Credential::OAuth2(TokenCache::new(
+            CredentialConfig::OAuth2 {
+                token_url,
+                scope,
+                public,
+                private,
+            } => Credential::OAuth2(TokenCache::new(
                 client,
                 token_url.clone(),
                 scope.clone(),
@@ -96,7 +104,10 @@ impl Credential {
 }
 
 fn basic(public: &str, private: &str) -> String {
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{public}:{private}")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{public}:{private}"))
+    )
 }
 
 /// A header value that hyper's HPACK never indexes and Debug never prints.

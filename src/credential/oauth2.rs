@@ -61,8 +61,21 @@ struct TokenAnswer {
 }
 
 impl TokenCache {
-    pub(super) fn new(client: HttpClient, token_url: Uri, scope: String, basic: HeaderValue, metrics: Metrics) -> Self {
-        Self { client, token_url, scope, basic, metrics, state: Mutex::default() }
+    pub(super) fn new(
+        client: HttpClient,
+        token_url: Uri,
+        scope: String,
+        basic: HeaderValue,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            client,
+            token_url,
+            scope,
+            basic,
+            metrics,
+            state: Mutex::default(),
+        }
     }
 
     /// `Bearer <token>`, fetching a new token when there is none or it is due.
@@ -83,15 +96,23 @@ impl TokenCache {
                 st.token = Some((value.clone(), Instant::now() + lifetime - early));
                 st.failures = 0;
                 st.retry_at = None;
-                self.metrics.token_refresh_total.with_label_values(&["ok"]).inc();
+                self.metrics
+                    .token_refresh_total
+                    .with_label_values(&["ok"])
+                    .inc();
                 Ok(value)
             }
             Err(e) => {
                 st.failures += 1;
-                let backoff = Duration::from_millis(500u64.saturating_mul(1 << st.failures.min(10))).min(MAX_BACKOFF);
+                let backoff =
+                    Duration::from_millis(500u64.saturating_mul(1 << st.failures.min(10)))
+                        .min(MAX_BACKOFF);
                 st.retry_at = Some(Instant::now() + backoff);
                 st.token = None;
-                self.metrics.token_refresh_total.with_label_values(&["error"]).inc();
+                self.metrics
+                    .token_refresh_total
+                    .with_label_values(&["error"])
+                    .inc();
                 tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "OAuth2 token request failed");
                 Err(e)
             }
@@ -107,7 +128,10 @@ impl TokenCache {
     }
 
     async fn fetch(&self) -> Result<(HeaderValue, Duration), TokenError> {
-        let form = format!("grant_type=client_credentials&scope={}", form_encode(&self.scope));
+        let form = format!(
+            "grant_type=client_credentials&scope={}",
+            form_encode(&self.scope)
+        );
         let req = Request::builder()
             .method(Method::POST)
             .uri(self.token_url.clone())
@@ -129,9 +153,12 @@ impl TokenCache {
         if !status.is_success() {
             return Err(TokenError::Status(status.as_u16()));
         }
-        let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|e| TokenError::Malformed(e.to_string()))?;
-        let mut value = HeaderValue::from_str(&format!("Bearer {}", answer.access_token))
-            .map_err(|_| TokenError::Malformed("access_token is not a valid header value".into()))?;
+        let answer: TokenAnswer =
+            serde_json::from_slice(&body).map_err(|e| TokenError::Malformed(e.to_string()))?;
+        let mut value =
+            HeaderValue::from_str(&format!("Bearer {}", answer.access_token)).map_err(|_| {
+                TokenError::Malformed("access_token is not a valid header value".into())
+            })?;
         value.set_sensitive(true);
         let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(3600).max(1));
         Ok((value, lifetime))
@@ -142,7 +169,9 @@ impl TokenCache {
 fn form_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             b' ' => "+".to_owned(),
             _ => format!("%{b:02X}"),
         })

@@ -51,8 +51,14 @@ mod tests {
 
     #[test]
     fn fields_follow_the_draft_shape() {
-        let w = [state("1m", 500, 60, 500, 16_001), state("10m", 10_000, 600, 500, 0)];
-        assert_eq!(policy_header(&w), "\"1m\";q=500;w=60, \"10m\";q=10000;w=600");
+        let w = [
+            state("1m", 500, 60, 500, 16_001),
+            state("10m", 10_000, 600, 500, 0),
+        ];
+        assert_eq!(
+            policy_header(&w),
+            "\"1m\";q=500;w=60, \"10m\";q=10000;w=600"
+        );
         assert_eq!(ratelimit_header(&w), "\"1m\";r=0;t=17, \"10m\";r=9500;t=0");
     }
 

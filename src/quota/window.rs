@@ -120,10 +120,9 @@ impl WindowSet {
                     limit: w.limit as u32,
                     period: w.period,
                     used: w.log.len() as u32,
-                    frees_in: w
-                        .log
-                        .front()
-                        .map_or(Duration::ZERO, |t| (*t + w.span).saturating_duration_since(now)),
+                    frees_in: w.log.front().map_or(Duration::ZERO, |t| {
+                        (*t + w.span).saturating_duration_since(now)
+                    }),
                 }
             })
             .collect()
@@ -162,7 +161,11 @@ mod tests {
 
     fn limits(spec: &[(u32, u64)]) -> Vec<Limit> {
         spec.iter()
-            .map(|(n, ms)| Limit { requests: *n, per: Duration::from_millis(*ms), name: format!("{ms}ms") })
+            .map(|(n, ms)| Limit {
+                requests: *n,
+                per: Duration::from_millis(*ms),
+                name: format!("{ms}ms"),
+            })
             .collect()
     }
 
@@ -174,10 +177,17 @@ mod tests {
             w.try_admit(t0 + Duration::from_millis(i * 10)).unwrap();
         }
         let at = w.try_admit(t0 + Duration::from_millis(50)).unwrap_err();
-        assert_eq!(at, t0 + Duration::from_millis(1100), "oldest + per + margin");
+        assert_eq!(
+            at,
+            t0 + Duration::from_millis(1100),
+            "oldest + per + margin"
+        );
         assert!(w.try_admit(at - Duration::from_nanos(1)).is_err());
         assert!(w.try_admit(at).is_ok());
-        assert_eq!(w.try_admit(at).unwrap_err(), t0 + Duration::from_millis(1110));
+        assert_eq!(
+            w.try_admit(at).unwrap_err(),
+            t0 + Duration::from_millis(1110)
+        );
     }
 
     #[test]
@@ -186,7 +196,10 @@ mod tests {
         let mut w = WindowSet::new(&limits(&[(2, 100), (3, 1000)]), Duration::ZERO);
         w.try_admit(t0).unwrap();
         w.try_admit(t0).unwrap();
-        assert_eq!(w.try_admit(t0).unwrap_err(), t0 + Duration::from_millis(100));
+        assert_eq!(
+            w.try_admit(t0).unwrap_err(),
+            t0 + Duration::from_millis(100)
+        );
         w.try_admit(t0 + Duration::from_millis(100)).unwrap();
         assert_eq!(
             w.try_admit(t0 + Duration::from_millis(200)).unwrap_err(),
@@ -227,6 +240,9 @@ mod tests {
         }
         let mut new = WindowSet::new(&limits(&[(2, 2000)]), Duration::ZERO);
         old.carry_into(&mut new);
-        assert_eq!(new.try_admit(t0 + Duration::from_millis(1500)).unwrap_err(), t0 + Duration::from_millis(2000));
+        assert_eq!(
+            new.try_admit(t0 + Duration::from_millis(1500)).unwrap_err(),
+            t0 + Duration::from_millis(2000)
+        );
     }
 }

@@ -36,14 +36,22 @@ impl TestPki {
         use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "dastra-proxy test CA");
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "dastra-proxy test CA");
         let ca_key = KeyPair::generate().unwrap();
         let ca = ca_params.self_signed(&ca_key).unwrap();
-        let leaf_params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        let leaf_params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
         let leaf_key = KeyPair::generate().unwrap();
         let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let pki = Self { dir, ca_pem: ca.pem(), cert_pem: leaf.pem(), key_pem: leaf_key.serialize_pem() };
+        let pki = Self {
+            dir,
+            ca_pem: ca.pem(),
+            cert_pem: leaf.pem(),
+            key_pem: leaf_key.serialize_pem(),
+        };
         std::fs::write(pki.ca_path(), &pki.ca_pem).unwrap();
         std::fs::write(pki.dir.path().join("leaf.pem"), &pki.cert_pem).unwrap();
         std::fs::write(pki.dir.path().join("leaf.key"), &pki.key_pem).unwrap();
@@ -105,15 +113,27 @@ impl TestProxy {
     }
 
     /// Like `start`, with `edit` applied to the generated config text.
-    pub async fn start_edit(upstream: &MockUpstream, extra: &str, edit: impl FnOnce(String) -> String) -> Self {
+    pub async fn start_edit(
+        upstream: &MockUpstream,
+        extra: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> Self {
         set_env();
         let dir = tempfile::tempdir().unwrap();
         let path = write_config(dir.path(), upstream, extra);
         std::fs::write(&path, edit(std::fs::read_to_string(&path).unwrap())).unwrap();
         let config = Config::load(&path).expect("test config is valid");
         let metrics = Metrics::new();
-        let running = server::start(config, metrics.clone()).await.expect("proxy starts");
-        Self { proxy: running.proxy_addr, admin: running.admin_addr, running: Some(running), dir, metrics }
+        let running = server::start(config, metrics.clone())
+            .await
+            .expect("proxy starts");
+        Self {
+            proxy: running.proxy_addr,
+            admin: running.admin_addr,
+            running: Some(running),
+            dir,
+            metrics,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -144,13 +164,26 @@ impl BinProxy {
         Self::start_edit(dir, upstream, extra, |s| s)
     }
 
-    pub fn start_edit(dir: &std::path::Path, upstream: &MockUpstream, extra: &str, edit: impl FnOnce(String) -> String) -> Self {
+    pub fn start_edit(
+        dir: &std::path::Path,
+        upstream: &MockUpstream,
+        extra: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> Self {
         let proxy = free_port();
         let admin = free_port();
         let path = write_config(dir, upstream, extra);
         let text = edit(std::fs::read_to_string(&path).unwrap())
-            .replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"{proxy}\""), 1)
-            .replacen("admin_listen = \"127.0.0.1:0\"", &format!("admin_listen = \"{admin}\""), 1);
+            .replacen(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"{proxy}\""),
+                1,
+            )
+            .replacen(
+                "admin_listen = \"127.0.0.1:0\"",
+                &format!("admin_listen = \"{admin}\""),
+                1,
+            );
         std::fs::write(&path, text).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_dastra-proxy"))
             .arg("--config")
@@ -162,7 +195,11 @@ impl BinProxy {
             .spawn()
             .unwrap();
         wait_for_port(admin);
-        Self { child, proxy, admin }
+        Self {
+            child,
+            proxy,
+            admin,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -183,7 +220,11 @@ impl BinProxy {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().unwrap();
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
         assert!(ok.success());
     }
 }
@@ -243,19 +284,35 @@ impl Reply {
     }
     /// The `error.code` of a proxy error envelope.
     pub fn code(&self) -> String {
-        self.json()["error"]["code"].as_str().unwrap_or_default().to_owned()
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 }
 
-pub async fn send(c: &TestClient, method: Method, url: &str, headers: &[(&str, &str)], body: impl Into<Body>) -> Reply {
+pub async fn send(
+    c: &TestClient,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Body>,
+) -> Reply {
     let mut req = Request::builder().method(method).uri(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = c.request(req.body(body.into()).unwrap()).await.expect("request reaches the proxy");
+    let resp = c
+        .request(req.body(body.into()).unwrap())
+        .await
+        .expect("request reaches the proxy");
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.expect("whole body").to_bytes();
-    Reply { status: parts.status, headers: parts.headers, body }
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
 }
 
 pub async fn get(c: &TestClient, url: &str) -> Reply {

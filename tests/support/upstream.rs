@@ -66,14 +66,18 @@ impl MockUpstream {
     pub async fn start_with(alpn: &[&[u8]]) -> Self {
         let pki = TestPki::new();
         let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(pki.cert_pem.as_bytes()).collect::<Result<_, _>>().unwrap();
+            CertificateDer::pem_slice_iter(pki.cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap();
         let key = PrivateKeyDer::from_pem_slice(pki.key_pem.as_bytes()).unwrap();
-        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap();
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
         cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -83,20 +87,31 @@ impl MockUpstream {
         let st = state.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
                 let acceptor = acceptor.clone();
                 let st = st.clone();
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
                     let svc = hyper::service::service_fn(move |req| {
                         let st = st.clone();
                         async move { Ok::<_, Infallible>(handle(st, addr, req).await) }
                     });
-                    let _ = Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tls), svc).await;
+                    let _ = Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
                 });
             }
         });
-        Self { addr, pki, state, task }
+        Self {
+            addr,
+            pki,
+            state,
+            task,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -113,7 +128,11 @@ impl MockUpstream {
 
     /// Arrival times of calls whose target starts with `prefix`.
     pub fn arrivals(&self, prefix: &str) -> Vec<Instant> {
-        self.log().into_iter().filter(|r| r.target.starts_with(prefix)).map(|r| r.at).collect()
+        self.log()
+            .into_iter()
+            .filter(|r| r.target.starts_with(prefix))
+            .map(|r| r.at)
+            .collect()
     }
 }
 
@@ -126,7 +145,11 @@ fn text(status: u16, body: impl Into<Bytes>) -> Response<Body> {
 async fn handle(st: Arc<MockState>, addr: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let at = Instant::now();
     let (parts, body) = req.into_parts();
-    let target = parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default();
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
     let path = parts.uri.path().to_owned();
     st.in_flight.fetch_add(1, Ordering::SeqCst);
     // Count the body as it streams by; never hold it whole (uploads are large).
@@ -150,13 +173,29 @@ async fn handle(st: Arc<MockState>, addr: SocketAddr, req: Request<Incoming>) ->
             .uri
             .authority()
             .map(|a| a.to_string())
-            .or_else(|| parts.headers.get("host").and_then(|h| h.to_str().ok()).map(str::to_owned))
+            .or_else(|| {
+                parts
+                    .headers
+                    .get("host")
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            })
             .unwrap_or_default(),
         headers: parts.headers.clone(),
         body_len: len,
         at,
     });
-    let resp = route(&st, addr, &parts.method, &path, &target, &parts.headers, kept, len).await;
+    let resp = route(
+        &st,
+        addr,
+        &parts.method,
+        &path,
+        &target,
+        &parts.headers,
+        kept,
+        len,
+    )
+    .await;
     st.in_flight.fetch_sub(1, Ordering::SeqCst);
     resp
 }
@@ -173,7 +212,13 @@ async fn route(
     len: u64,
 ) -> Response<Body> {
     if let Some(auth) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
-        if st.revoked.lock().unwrap().contains(auth.trim_start_matches("Bearer ")) && path != "/connect/token" {
+        if st
+            .revoked
+            .lock()
+            .unwrap()
+            .contains(auth.trim_start_matches("Bearer "))
+            && path != "/connect/token"
+        {
             return text(401, "token revoked");
         }
     }
@@ -196,13 +241,24 @@ async fn route(
         ["redirect"] => {
             let mut r = text(302, "");
             let h = r.headers_mut();
-            h.insert("location", format!("https://localhost:{}/v1/after?x=1", addr.port()).parse().unwrap());
-            h.insert("content-location", format!("https://localhost:{}/v1/cl", addr.port()).parse().unwrap());
+            h.insert(
+                "location",
+                format!("https://localhost:{}/v1/after?x=1", addr.port())
+                    .parse()
+                    .unwrap(),
+            );
+            h.insert(
+                "content-location",
+                format!("https://localhost:{}/v1/cl", addr.port())
+                    .parse()
+                    .unwrap(),
+            );
             r
         }
         ["elsewhere"] => {
             let mut r = text(302, "");
-            r.headers_mut().insert("location", "https://example.org/x".parse().unwrap());
+            r.headers_mut()
+                .insert("location", "https://example.org/x".parse().unwrap());
             r
         }
         ["hop"] => {
@@ -232,19 +288,29 @@ async fn route(
                 return text(500, "token endpoint down");
             }
             let form = String::from_utf8_lossy(&body);
-            let auth_ok = headers.get("authorization").is_some_and(|v| v.to_str().unwrap_or("").starts_with("Basic "));
-            if !form.contains("grant_type=client_credentials") || !form.contains("scope=api1") || !auth_ok {
+            let auth_ok = headers
+                .get("authorization")
+                .is_some_and(|v| v.to_str().unwrap_or("").starts_with("Basic "));
+            if !form.contains("grant_type=client_credentials")
+                || !form.contains("scope=api1")
+                || !auth_ok
+            {
                 return text(400, "bad token request");
             }
             let exp = st.token_expires_in.load(Ordering::SeqCst);
-            let mut r = text(200, format!(r#"{{"access_token":"tok-{n}","expires_in":{exp},"token_type":"Bearer"}}"#));
-            r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+            let mut r = text(
+                200,
+                format!(r#"{{"access_token":"tok-{n}","expires_in":{exp},"token_type":"Bearer"}}"#),
+            );
+            r.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
             r
         }
         _ => {
             let v = serde_json::json!({ "method": method.as_str(), "target": target, "len": len });
             let mut r = text(200, v.to_string());
-            r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+            r.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
             r
         }
     }
