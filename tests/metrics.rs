@@ -1,0 +1,206 @@
+//! Metrics as SPEC §6 names them: promtool accepts them, counters move for
+//! each refusal, and every PromQL query of the Grafana dashboard returns data
+//! from a real Prometheus scraping the proxy under load.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use axum::body::Body;
+use http::Method;
+use support::*;
+
+const LOAD: &str =
+    "[[limits]]\nrequests = 5\nper = \"300ms\"\n[admission]\nmax_queue = 6\nmargin = \"10ms\"\n";
+
+/// 30 calls at once against 5 per 300 ms with room for 6 in the queue: some
+/// go at once, some wait, the rest are refused with queue_full.
+async fn load(proxy: &TestProxy) {
+    let c = client();
+    let calls: Vec<_> = (0..30)
+        .map(|i| {
+            let (c, url) = (c.clone(), proxy.url(&format!("/v1/m/{i}")));
+            tokio::spawn(async move { get(&c, &url).await.status.as_u16() })
+        })
+        .collect();
+    let mut codes = Vec::new();
+    for call in calls {
+        codes.push(call.await.unwrap());
+    }
+    assert!(codes.contains(&200) && codes.contains(&429), "{codes:?}");
+    let _ = send(
+        &c,
+        Method::GET,
+        &proxy.url("/status/503"),
+        &[],
+        Body::empty(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_accepts_the_exposition_and_counters_move() {
+    let up = MockUpstream::start().await;
+    let proxy = TestProxy::start(&up, LOAD).await;
+    load(&proxy).await;
+    let text = get(&client(), &proxy.admin_url("/metrics")).await.body;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (scripts/test installs Debian's prometheus)");
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(&text).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool: {report}"
+    );
+
+    let m = String::from_utf8_lossy(&text);
+    let value = |series: &str| -> f64 {
+        m.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no series {series} in\n{m}"))
+    };
+    let ok =
+        value("dastra_proxy_requests_total{client=\"anonymous\",method=\"GET\",status=\"200\"}");
+    let full = value("dastra_proxy_rejected_total{client=\"anonymous\",code=\"queue_full\"}");
+    let queued = value("dastra_proxy_queue_wait_seconds_count{client=\"anonymous\"}");
+    assert_eq!(ok + full, 30.0, "every call was either served or refused");
+    assert!(queued >= 1.0, "some calls waited in the queue");
+    assert_eq!(
+        value("dastra_proxy_requests_total{client=\"anonymous\",method=\"GET\",status=\"503\"}"),
+        1.0
+    );
+    assert_eq!(value("dastra_proxy_window_limit{window=\"300ms\"}"), 5.0);
+    assert_eq!(value("dastra_proxy_build_info{version=\"0.1.0\"}"), 1.0);
+    assert!(m.contains("dastra_proxy_queue_depth{client=\"anonymous\"} 0"));
+    proxy.shutdown().await;
+}
+
+fn dashboard_queries() -> Vec<String> {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/dashboards/dastra-proxy.json"
+    ))
+    .unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut out = Vec::new();
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            out.push(t["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(out.len() >= 15);
+    out
+}
+
+/// The query's JSON answer; `null` while Prometheus is still starting (503).
+async fn prom_query(c: &TestClient, base: &str, expr: &str) -> serde_json::Value {
+    let q: String = url_encode(expr);
+    let r = get(c, &format!("{base}/api/v1/query?query={q}")).await;
+    serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null)
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
+    let up = MockUpstream::start().await;
+    let proxy = TestProxy::start(&up, LOAD).await;
+    let dir = tempfile::tempdir().unwrap();
+    let prom_addr = free_port();
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: dastra-proxy\n    static_configs:\n      - targets: [\"{}\"]\n",
+            proxy.admin
+        ),
+    )
+    .unwrap();
+    let mut prom = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address={prom_addr}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("prom.log")).unwrap())
+        .spawn()
+        .expect("prometheus is installed (scripts/test installs Debian's prometheus)");
+    let base = format!("http://{prom_addr}");
+    let c = client();
+    wait_for_port(prom_addr);
+    // A scrape before the load and several after, so rate() has points to use.
+    let scraped = |n: usize| {
+        let (c, base) = (c.clone(), base.clone());
+        async move {
+            for _ in 0..100 {
+                let r = prom_query(&c, &base, "count_over_time(dastra_proxy_build_info[1m])").await;
+                if r["data"]["result"][0]["value"][1]
+                    .as_str()
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(0)
+                    >= n
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            panic!("prometheus never scraped the proxy {n} times");
+        }
+    };
+    scraped(1).await;
+    load(&proxy).await;
+    let before = prom_query(&c, &base, "count_over_time(dastra_proxy_build_info[1m])").await;
+    let n: usize = before["data"]["result"][0]["value"][1]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    scraped(n + 3).await;
+
+    let mut failures = Vec::new();
+    for expr in dashboard_queries() {
+        let e = expr
+            .replace("$instance", ".*")
+            .replace("$__rate_interval", "1m");
+        let r = prom_query(&c, &base, &e).await;
+        let results = r["data"]["result"].as_array().map_or(0, Vec::len);
+        if r["status"] != "success" || results == 0 {
+            failures.push(format!("{expr}\n  -> {r}"));
+        }
+    }
+    let _ = prom.kill();
+    let _ = prom.wait();
+    assert!(
+        failures.is_empty(),
+        "dashboard queries without data:\n{}",
+        failures.join("\n")
+    );
+    proxy.shutdown().await;
+}
