@@ -24,7 +24,6 @@ use crate::app::App;
 use crate::body::LimitedBody;
 use crate::config::Upstream429;
 use crate::error::ProxyError;
-use crate::quota::{policy_header, ratelimit_header};
 
 /// How long to hold sending after an upstream 429 that names no `Retry-After`.
 pub const DEFAULT_UPSTREAM_PAUSE: Duration = Duration::from_secs(10);
@@ -170,7 +169,8 @@ async fn forward(
                 .with_label_values(&[&caller.name])
                 .observe(permit.waited().as_secs_f64());
         }
-        let mut h = headers.clone();
+        // Only a call that may be retried after a 401 needs its headers twice.
+        let mut h = if body.can_replay() { headers.clone() } else { std::mem::take(&mut headers) };
         app.credential
             .inject(&mut h)
             .await
@@ -309,7 +309,11 @@ fn upstream_uri(app: &App, path_and_query: &str) -> Result<Uri, ProxyError> {
     Uri::builder()
         .scheme(u.scheme.clone())
         .authority(u.authority.clone())
-        .path_and_query(format!("{}{}", u.base_path, path_and_query))
+        .path_and_query(if u.base_path.is_empty() {
+            path_and_query.to_owned()
+        } else {
+            format!("{}{}", u.base_path, path_and_query)
+        })
         .build()
         .map_err(|e| ProxyError::BadRequest(format!("malformed request target: {e}")))
 }
@@ -318,30 +322,38 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
     h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-/// Removes the hop-by-hop headers of RFC 9110 §7.6.1 and those `Connection` names.
+/// The hop-by-hop headers of RFC 9110 §7.6.1 (and the legacy
+/// `Proxy-Connection` / `Keep-Alive`), parsed once.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes the hop-by-hop headers and those `Connection` names.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        h.remove(n);
+    if h.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
     }
-    for n in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ] {
-        h.remove(n);
+    for n in &HOP_BY_HOP {
+        if h.contains_key(n) {
+            h.remove(n);
+        }
     }
 }
 
@@ -402,13 +414,9 @@ fn rewrite_location(app: &App, v: &str) -> Option<HeaderValue> {
 }
 
 fn add_ratelimit_fields(h: &mut HeaderMap, admission: &Admission) {
-    let snap = admission.snapshot();
-    if let Ok(v) = HeaderValue::from_str(&policy_header(&snap.windows)) {
-        h.insert(HeaderName::from_static("ratelimit-policy"), v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&ratelimit_header(&snap.windows)) {
-        h.insert(HeaderName::from_static("ratelimit"), v);
-    }
+    let (policy, state) = admission.ratelimit_fields();
+    h.insert(HeaderName::from_static("ratelimit-policy"), policy);
+    h.insert(HeaderName::from_static("ratelimit"), state);
 }
 
 /// `Retry-After` as seconds or an HTTP date.
@@ -455,3 +463,4 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     s
 }
+

@@ -109,7 +109,9 @@ pub async fn start(config: Config, metrics: Metrics) -> Result<Running, StartErr
             let app = proxy_app.clone();
             hyper::service::service_fn(move |req: Request<Incoming>| {
                 let app = app.clone();
-                async move { Ok::<_, Infallible>(proxy::serve(app, conn, req).await) }
+                // Boxed once here: the request future is large, and hyper moves it.
+            let fut = Box::pin(proxy::serve(app, conn, req));
+            async move { Ok::<_, Infallible>(fut.await) }
             })
         },
     ));

@@ -20,7 +20,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::config::{AdmissionConfig, Limit, OnLimit};
-use crate::quota::{WindowSet, WindowState};
+use crate::quota::{policy_header, WindowSet, WindowState};
 use fair::FairQueue;
 pub use keys::Quotas;
 pub use permit::{Permit, SentPermit};
@@ -72,6 +72,8 @@ struct State {
     max_queue: usize,
     max_wait: Duration,
     windows: WindowSet,
+    /// `RateLimit-Policy`, fixed until the limits change.
+    policy: http::HeaderValue,
     queue: FairQueue<oneshot::Sender<Result<Permit, Refusal>>>,
     /// The windows as they will be once every queued call has gone; rebuilt
     /// lazily after anything invalidates it, extended by each new call.
@@ -117,6 +119,7 @@ impl Admission {
                 max_queue: cfg.max_queue,
                 max_wait: cfg.max_wait,
                 windows: WindowSet::new(limits, cfg.margin),
+                policy: policy_value(limits),
                 queue: FairQueue::default(),
                 projection: None,
                 paused_until: None,
@@ -201,12 +204,20 @@ impl Admission {
         }
     }
 
+    /// `RateLimit-Policy` and `RateLimit` as they stand now (hot path: no snapshot).
+    pub fn ratelimit_fields(&self) -> (http::HeaderValue, http::HeaderValue) {
+        let mut st = self.inner.lock();
+        let state = st.windows.ratelimit_value(Instant::now());
+        (st.policy.clone(), http::HeaderValue::from_str(&state).unwrap_or_else(|_| http::HeaderValue::from_static("")))
+    }
+
     /// Applies reloaded limits and admission settings; recorded sends carry over.
     pub fn reconfigure(&self, limits: &[Limit], cfg: &AdmissionConfig) {
         let mut st = self.inner.lock();
         let mut next = WindowSet::new(limits, cfg.margin);
         st.windows.carry_into(&mut next);
         st.windows = next;
+        st.policy = policy_value(limits);
         st.on_limit = cfg.on_limit;
         st.max_queue = cfg.max_queue;
         st.max_wait = cfg.max_wait;
@@ -231,6 +242,14 @@ impl Admission {
     pub fn waiting(&self) -> usize {
         self.inner.lock().queue.len()
     }
+}
+
+fn policy_value(limits: &[Limit]) -> http::HeaderValue {
+    let states: Vec<WindowState> = limits
+        .iter()
+        .map(|l| WindowState { name: l.name.clone(), limit: l.requests, period: l.per, used: 0, frees_in: Duration::ZERO })
+        .collect();
+    http::HeaderValue::from_str(&policy_header(&states)).unwrap_or_else(|_| http::HeaderValue::from_static(""))
 }
 
 impl Inner {

@@ -128,6 +128,22 @@ impl WindowSet {
             .collect()
     }
 
+    /// The `RateLimit` field at `now`, written without a snapshot: this runs
+    /// on every response.
+    pub fn ratelimit_value(&mut self, now: Instant) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::with_capacity(24 * self.windows.len());
+        for (i, w) in self.windows.iter_mut().enumerate() {
+            w.prune(now);
+            let frees_in = w.log.front().map_or(Duration::ZERO, |t| (*t + w.span).saturating_duration_since(now));
+            if i > 0 {
+                out.push_str(", ");
+            }
+            let _ = write!(out, "\"{}\";r={};t={}", w.name, w.limit - w.log.len(), super::ceil_secs(frees_in));
+        }
+        out
+    }
+
     /// Sends counted in each window at `now`, in configured order.
     pub fn used(&mut self, now: Instant) -> Vec<u32> {
         self.windows
@@ -216,6 +232,18 @@ mod tests {
         assert!(w.try_admit(t0).is_err());
         w.refund(t0);
         assert!(w.try_admit(t0).is_ok());
+    }
+
+    #[test]
+    fn ratelimit_value_matches_the_header_built_from_a_snapshot() {
+        let t0 = Instant::now();
+        let mut w = WindowSet::new(&limits(&[(5, 1000), (9, 3000)]), Duration::from_millis(250));
+        w.try_admit(t0).unwrap();
+        w.try_admit(t0 + Duration::from_millis(700)).unwrap();
+        let at = t0 + Duration::from_millis(900);
+        let fast = w.ratelimit_value(at);
+        assert_eq!(fast, crate::quota::ratelimit_header(&w.snapshot(at)));
+        assert_eq!(fast, "\"1000ms\";r=3;t=1, \"3000ms\";r=7;t=3");
     }
 
     #[test]

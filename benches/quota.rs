@@ -1,0 +1,63 @@
+//! The in-process cost of one admission decision with Dastra's two windows.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use dastra_proxy::config::Limit;
+use dastra_proxy::quota::WindowSet;
+use tokio::time::Instant;
+
+fn dastra() -> Vec<Limit> {
+    vec![
+        Limit { requests: 500, per: Duration::from_secs(60), name: "1m".into() },
+        Limit { requests: 10_000, per: Duration::from_secs(600), name: "10m".into() },
+    ]
+}
+
+fn decisions(c: &mut Criterion) {
+    let t0 = Instant::now();
+    let step = Duration::from_millis(120);
+
+    // Steady state: both logs are full, every decision pops one entry and pushes one.
+    c.bench_function("decide: admit with full logs (2 windows)", |b| {
+        let mut ws = WindowSet::new(&dastra(), Duration::from_millis(250));
+        let mut now = t0;
+        b.iter(|| {
+            now += step;
+            black_box(ws.try_admit(black_box(now))).ok();
+        })
+    });
+
+    c.bench_function("decide: refuse (window full)", |b| {
+        let mut ws = WindowSet::new(&dastra(), Duration::from_millis(250));
+        for _ in 0..500 {
+            ws.try_admit(t0).unwrap();
+        }
+        b.iter(|| black_box(ws.try_admit(black_box(t0 + Duration::from_secs(1)))))
+    });
+
+    c.bench_function("decide: through Admission (lock + windows + permit)", |b| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let limits = vec![
+            Limit { requests: u32::MAX / 4, per: Duration::from_millis(1), name: "1ms".into() },
+            Limit { requests: 10_000_000, per: Duration::from_millis(2), name: "2ms".into() },
+        ];
+        let cfg = dastra_proxy::config::AdmissionConfig {
+            on_limit: dastra_proxy::config::OnLimit::Reject,
+            max_queue: 0,
+            max_wait: Duration::ZERO,
+            margin: Duration::ZERO,
+            upstream_429: dastra_proxy::config::Upstream429::Pause,
+        };
+        let a = rt.block_on(async { dastra_proxy::admission::Admission::new(&limits[..1], &cfg) });
+        let caller = dastra_proxy::admission::Caller { name: "bench".into(), weight: 1 };
+        b.iter(|| {
+            let p = rt.block_on(a.acquire(&caller));
+            black_box(p.map(|p| p.sent()).ok());
+        })
+    });
+}
+
+criterion_group!(benches, decisions);
+criterion_main!(benches);

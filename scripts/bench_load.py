@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Load benchmark for dastra-proxy against a direct baseline, in one run.
+
+Three paths to the same local upstream (nginx answering 200 "ok"):
+  direct      wrk -> upstream
+  dastra      wrk -> dastra-proxy -> upstream
+  nginx       wrk -> nginx (1 worker, reverse proxy) -> upstream     (the peer)
+and the rejection path at saturation:
+  dastra-429  wrk -> dastra-proxy in reject mode with the window full
+  nginx-429   wrk -> nginx limit_req (limit_req_status 429)
+
+The proxy under test and the upstream share CPU 0; wrk runs on CPU 1, so each
+proxy gets the same single core. Rounds are interleaved and repeated; the
+median of each is reported, with ratios. Everything is on 127.0.0.1.
+"""
+import argparse, os, re, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "dastra-proxy")
+
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+
+def wait_port(port, timeout=10):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close(); return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def nginx(tmp, name, body, cpu="0"):
+    """Starts an nginx (one worker) with `body` inside its http block."""
+    d = os.path.join(tmp, name); os.makedirs(d, exist_ok=True)
+    conf = os.path.join(d, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};
+ uwsgi_temp_path {d}; scgi_temp_path {d}; keepalive_requests 1000000;
+{body}
+}}
+""")
+    return subprocess.Popen(["taskset", "-c", cpu, "nginx", "-c", conf, "-p", d], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def dastra(tmp, name, up_port, extra):
+    port, admin = free_port(), free_port()
+    d = os.path.join(tmp, name); os.makedirs(d, exist_ok=True)
+    conf = os.path.join(d, "config.toml")
+    with open(conf, "w") as f:
+        f.write(f"""[server]\nlisten = "127.0.0.1:{port}"\nadmin_listen = "127.0.0.1:{admin}"\n
+[upstream]\nurl = "http://127.0.0.1:{up_port}"\n
+[credential]\nkind = "api_key"\napi_key_env = "BENCH_KEY"\n
+[log]\nlevel = "warn"\n{extra}""")
+    env = dict(os.environ, BENCH_KEY="bench-key")
+    p = subprocess.Popen(["taskset", "-c", "0", BIN, "--config", conf], env=env, stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "log"), "w"))
+    wait_port(port); wait_port(admin)
+    return p, port
+
+
+UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def wrk(port, secs, conns):
+    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{secs}s", "--latency", f"http://127.0.0.1:{port}/v1/bench"],
+                         capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat = {}
+    for pct in ("50", "99"):
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        lat[pct] = float(m.group(1)) * UNIT[m.group(2)]
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return {"rps": rps, "p50": lat["50"], "p99": lat["99"], "non2xx": int(non2xx.group(1)) if non2xx else 0}
+
+
+def rss_kib(pid, field="VmHWM:"):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1])
+    return 0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=int, default=5, help="length of one wrk run")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved repetitions")
+    ap.add_argument("--connections", type=int, default=8)
+    a = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="dastra-bench-")
+    procs = []
+    try:
+        up_port = free_port()
+        procs.append(nginx(tmp, "upstream", f'server {{ listen 127.0.0.1:{up_port}; location / {{ return 200 "ok"; }} }}'))
+        wait_port(up_port)
+        ng_port, ng429_port = free_port(), free_port()
+        procs.append(nginx(tmp, "peer", f"""
+upstream backend {{ server 127.0.0.1:{up_port}; keepalive 64; }}
+limit_req_zone $binary_remote_addr zone=one:1m rate=1r/m;
+server {{ listen 127.0.0.1:{ng_port}; location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}
+server {{ listen 127.0.0.1:{ng429_port}; location / {{ limit_req zone=one burst=1 nodelay; limit_req_status 429; proxy_pass http://backend; }} }}"""))
+        wait_port(ng_port); wait_port(ng429_port)
+        # Windows far above what one core can send: admission runs on every call but never binds.
+        open_limits = '[[limits]]\nrequests = 10000000\nper = "1s"\n[admission]\nmargin = "0ms"\n'
+        dp, dp_port = dastra(tmp, "dastra", up_port, open_limits)
+        procs.append(dp)
+        full = '[[limits]]\nrequests = 1\nper = "1h"\n[admission]\non_limit = "reject"\n'
+        dr, dr_port = dastra(tmp, "dastra429", up_port, full)
+        procs.append(dr)
+        urllib.request.urlopen(f"http://127.0.0.1:{dr_port}/v1/fill").read()
+        idle_rss = rss_kib(dp.pid, "VmRSS:")
+
+        targets = {"direct": up_port, "dastra": dp_port, "nginx": ng_port, "dastra-429": dr_port, "nginx-429": ng429_port}
+        results = {k: [] for k in targets}
+        for r in range(a.rounds):
+            for name, port in targets.items():
+                results[name].append(wrk(port, a.seconds, a.connections))
+                print(f"round {r + 1} {name:<11} {results[name][-1]}", file=sys.stderr)
+        med = {k: {m: statistics.median(x[m] for x in v) for m in ("rps", "p50", "p99")} for k, v in results.items()}
+        for k in ("dastra-429", "nginx-429"):
+            assert all(x["non2xx"] > 0.99 * x["rps"] * a.seconds for x in results[k]), f"{k} did not answer 429"
+
+        print(f"\n{a.connections} connections, {a.seconds}s x {a.rounds} interleaved rounds; proxy+upstream on CPU 0, wrk on CPU 1\n")
+        print(f"{'path':<12}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
+        for k, m in med.items():
+            print(f"{k:<12}{m['rps']:>10.0f}{m['p50']:>9.3f}{m['p99']:>9.3f}")
+        d, n, x = med["dastra"], med["nginx"], med["direct"]
+        print("\nratios")
+        print(f"  dastra / nginx throughput       {d['rps'] / n['rps']:.2f}   (target >= 1.00)")
+        print(f"  dastra / direct throughput      {d['rps'] / x['rps']:.2f}")
+        print(f"  dastra added p99 vs direct      {d['p99'] - x['p99']:.3f} ms   (target <= 1 ms)")
+        print(f"  nginx added p99 vs direct       {n['p99'] - x['p99']:.3f} ms")
+        print(f"  dastra-429 / nginx-429 throughput {med['dastra-429']['rps'] / med['nginx-429']['rps']:.2f}   (target >= 1.00)")
+        print(f"\ndastra-proxy RSS: idle {idle_rss} KiB, peak under load {rss_kib(dp.pid)} KiB   (target <= 32 MiB)")
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+if __name__ == "__main__":
+    main()
