@@ -10,8 +10,16 @@ use tokio::time::Instant;
 
 fn dastra() -> Vec<Limit> {
     vec![
-        Limit { requests: 500, per: Duration::from_secs(60), name: "1m".into() },
-        Limit { requests: 10_000, per: Duration::from_secs(600), name: "10m".into() },
+        Limit {
+            requests: 500,
+            per: Duration::from_secs(60),
+            name: "1m".into(),
+        },
+        Limit {
+            requests: 10_000,
+            per: Duration::from_secs(600),
+            name: "10m".into(),
+        },
     ]
 }
 
@@ -38,10 +46,21 @@ fn decisions(c: &mut Criterion) {
     });
 
     c.bench_function("decide: through Admission (lock + windows + permit)", |b| {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
         let limits = vec![
-            Limit { requests: u32::MAX / 4, per: Duration::from_millis(1), name: "1ms".into() },
-            Limit { requests: 10_000_000, per: Duration::from_millis(2), name: "2ms".into() },
+            Limit {
+                requests: u32::MAX / 4,
+                per: Duration::from_millis(1),
+                name: "1ms".into(),
+            },
+            Limit {
+                requests: 10_000_000,
+                per: Duration::from_millis(2),
+                name: "2ms".into(),
+            },
         ];
         let cfg = dastra_proxy::config::AdmissionConfig {
             on_limit: dastra_proxy::config::OnLimit::Reject,
@@ -51,7 +70,10 @@ fn decisions(c: &mut Criterion) {
             upstream_429: dastra_proxy::config::Upstream429::Pause,
         };
         let a = rt.block_on(async { dastra_proxy::admission::Admission::new(&limits[..1], &cfg) });
-        let caller = dastra_proxy::admission::Caller { name: "bench".into(), weight: 1 };
+        let caller = dastra_proxy::admission::Caller {
+            name: "bench".into(),
+            weight: 1,
+        };
         b.iter(|| {
             let p = rt.block_on(a.acquire(&caller));
             black_box(p.map(|p| p.sent()).ok());

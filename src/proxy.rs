@@ -170,7 +170,11 @@ async fn forward(
                 .observe(permit.waited().as_secs_f64());
         }
         // Only a call that may be retried after a 401 needs its headers twice.
-        let mut h = if body.can_replay() { headers.clone() } else { std::mem::take(&mut headers) };
+        let mut h = if body.can_replay() {
+            headers.clone()
+        } else {
+            std::mem::take(&mut headers)
+        };
         app.credential
             .inject(&mut h)
             .await
@@ -211,7 +215,10 @@ async fn forward(
                     error_chain(&e)
                 ))));
             }
-            Ok(Ok(resp)) => resp,
+            Ok(Ok(resp)) => {
+                sent.landed();
+                resp
+            }
         };
         if resp.status() == StatusCode::TOO_MANY_REQUESTS {
             app.metrics.upstream_429_total.inc();
@@ -463,4 +470,3 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     s
 }
-

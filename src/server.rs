@@ -110,8 +110,8 @@ pub async fn start(config: Config, metrics: Metrics) -> Result<Running, StartErr
             hyper::service::service_fn(move |req: Request<Incoming>| {
                 let app = app.clone();
                 // Boxed once here: the request future is large, and hyper moves it.
-            let fut = Box::pin(proxy::serve(app, conn, req));
-            async move { Ok::<_, Infallible>(fut.await) }
+                let fut = Box::pin(proxy::serve(app, conn, req));
+                async move { Ok::<_, Infallible>(fut.await) }
             })
         },
     ));

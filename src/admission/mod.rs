@@ -99,6 +99,7 @@ impl State {
         let windows = &self.windows;
         let (sim, last) = self.projection.get_or_insert_with(|| {
             let mut sim = windows.clone();
+            sim.settle(from);
             let mut t = from;
             for _ in 0..waiting {
                 t = sim.next_admit(t);
@@ -141,9 +142,9 @@ impl Admission {
             let now = Instant::now();
             let blocked = st.blocked_until(now);
             if blocked <= now && st.queue.is_empty() {
-                st.windows.record(now);
+                st.windows.reserve();
                 st.paused_until = None;
-                return Ok(Permit::new(self.inner.clone(), now, Duration::ZERO));
+                return Ok(Permit::new(self.inner.clone(), Duration::ZERO));
             }
             if st.on_limit == OnLimit::Reject {
                 return Err(Refusal::QuotaExhausted {
@@ -208,7 +209,11 @@ impl Admission {
     pub fn ratelimit_fields(&self) -> (http::HeaderValue, http::HeaderValue) {
         let mut st = self.inner.lock();
         let state = st.windows.ratelimit_value(Instant::now());
-        (st.policy.clone(), http::HeaderValue::from_str(&state).unwrap_or_else(|_| http::HeaderValue::from_static("")))
+        (
+            st.policy.clone(),
+            http::HeaderValue::from_str(&state)
+                .unwrap_or_else(|_| http::HeaderValue::from_static("")),
+        )
     }
 
     /// Applies reloaded limits and admission settings; recorded sends carry over.
@@ -247,9 +252,16 @@ impl Admission {
 fn policy_value(limits: &[Limit]) -> http::HeaderValue {
     let states: Vec<WindowState> = limits
         .iter()
-        .map(|l| WindowState { name: l.name.clone(), limit: l.requests, period: l.per, used: 0, frees_in: Duration::ZERO })
+        .map(|l| WindowState {
+            name: l.name.clone(),
+            limit: l.requests,
+            period: l.per,
+            used: 0,
+            frees_in: Duration::ZERO,
+        })
         .collect();
-    http::HeaderValue::from_str(&policy_header(&states)).unwrap_or_else(|_| http::HeaderValue::from_static(""))
+    http::HeaderValue::from_str(&policy_header(&states))
+        .unwrap_or_else(|_| http::HeaderValue::from_static(""))
 }
 
 impl Inner {
@@ -258,12 +270,18 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn refund(&self, at: Instant) {
+    fn release(&self) {
         let mut st = self.lock();
-        st.windows.refund(at);
+        st.windows.release();
         st.projection = None;
         drop(st);
         self.wake.notify_one();
+    }
+
+    fn land(&self) {
+        let mut st = self.lock();
+        st.windows.land(Instant::now());
+        st.projection = None;
     }
 }
 
@@ -334,12 +352,12 @@ fn release_ready(inner: &Arc<Inner>) -> Release {
         let Some((tx, enqueued)) = st.queue.pop() else {
             continue;
         };
-        st.windows.record(now);
-        let permit = Permit::new(inner.clone(), now, now.duration_since(enqueued));
+        st.windows.reserve();
+        let permit = Permit::new(inner.clone(), now.duration_since(enqueued));
         if let Err(Ok(permit)) = tx.send(Ok(permit)) {
             // The caller left between the queue and the grant: nothing was sent.
             permit.defuse();
-            st.windows.refund(now);
+            st.windows.release();
             st.projection = None;
         }
     }

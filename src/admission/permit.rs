@@ -1,24 +1,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use super::Inner;
 
-/// One recorded send. Dropped before [`Permit::sent`], it gives the slot back:
-/// the caller went away, so nothing reached Dastra.
+/// One reserved quota slot. Dropped before [`Permit::sent`], it gives the slot
+/// back: the caller went away, so nothing reached Dastra.
 #[derive(Debug)]
 pub struct Permit {
     inner: Option<Arc<Inner>>,
-    at: Instant,
     waited: Duration,
 }
 
 impl Permit {
-    pub(super) fn new(inner: Arc<Inner>, at: Instant, waited: Duration) -> Self {
+    pub(super) fn new(inner: Arc<Inner>, waited: Duration) -> Self {
         Self {
             inner: Some(inner),
-            at,
             waited,
         }
     }
@@ -32,7 +28,6 @@ impl Permit {
     pub fn sent(mut self) -> SentPermit {
         SentPermit {
             inner: self.inner.take(),
-            at: self.at,
         }
     }
 
@@ -45,24 +40,35 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.take() {
-            inner.refund(self.at);
+            inner.release();
         }
     }
 }
 
-/// A slot whose call went out; it can still be refunded if the connection
-/// never opened.
+/// A slot whose call went out. It is logged when the response head arrives
+/// (or the call fails after leaving, or is abandoned) — the latest moment
+/// Dastra can have counted it — and given back if the connection never opened.
 #[derive(Debug)]
 pub struct SentPermit {
     inner: Option<Arc<Inner>>,
-    at: Instant,
 }
 
 impl SentPermit {
     /// The call never reached Dastra (connect or TLS failure): give the slot back.
     pub fn refund(mut self) {
         if let Some(inner) = self.inner.take() {
-            inner.refund(self.at);
+            inner.release();
+        }
+    }
+
+    /// The response head arrived: the slot now ages from this instant.
+    pub fn landed(self) {}
+}
+
+impl Drop for SentPermit {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            inner.land();
         }
     }
 }

@@ -6,6 +6,11 @@ use tokio::time::Instant;
 use crate::config::Limit;
 
 /// One window: at most `limit` sends in any interval of length `span`.
+///
+/// A send is first *reserved* (in flight), and written to the log when its
+/// response head arrives: by then Dastra has surely counted it, so every log
+/// entry is at or after the moment Dastra saw the call, however long the
+/// connection took to open. Reserved and logged sends both count.
 #[derive(Debug, Clone)]
 struct Window {
     limit: usize,
@@ -13,23 +18,60 @@ struct Window {
     span: Duration,
     name: String,
     period: Duration,
-    /// Send times, oldest first; never longer than `limit`.
+    /// Landing times, oldest first; `log.len() + in_flight <= limit`.
     log: VecDeque<Instant>,
+    in_flight: usize,
 }
 
 impl Window {
     /// When this window next has room at `now`: `None` if it has room now.
     fn blocked_until(&self, now: Instant) -> Option<Instant> {
-        if self.log.len() < self.limit {
+        if self.log.len() + self.in_flight < self.limit {
             return None;
         }
-        let frees = self.log[0] + self.span;
-        (frees > now).then_some(frees)
+        match self.log.front() {
+            Some(t) if *t + self.span <= now => None,
+            Some(t) => Some(*t + self.span),
+            // Every slot is in flight: none frees before one lands and ages out.
+            None => Some(now + self.span),
+        }
+    }
+
+    /// Takes a slot; the caller has checked `blocked_until(now)` is `None`.
+    fn reserve(&mut self) {
+        if self.log.len() + self.in_flight >= self.limit {
+            self.log.pop_front();
+        }
+        self.in_flight += 1;
+    }
+
+    fn land(&mut self, now: Instant) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if self.log.len() >= self.limit {
+            self.log.pop_front();
+        }
+        self.log.push_back(now);
+    }
+
+    fn release(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
     }
 
     fn prune(&mut self, now: Instant) {
         while self.log.front().is_some_and(|t| *t + self.span <= now) {
             self.log.pop_front();
+        }
+    }
+
+    fn used(&self) -> usize {
+        self.log.len() + self.in_flight
+    }
+
+    fn frees_in(&self, now: Instant) -> Duration {
+        match self.log.front() {
+            Some(t) => (*t + self.span).saturating_duration_since(now),
+            None if self.in_flight > 0 => self.span,
+            None => Duration::ZERO,
         }
     }
 }
@@ -64,6 +106,7 @@ impl WindowSet {
                 name: l.name.clone(),
                 period: l.per,
                 log: VecDeque::with_capacity(l.requests as usize),
+                in_flight: 0,
             })
             .collect();
         Self { windows }
@@ -79,7 +122,7 @@ impl WindowSet {
             .unwrap_or(now)
     }
 
-    /// Admits and records a send at `now`, or says when one could go.
+    /// Admits a send that lands at once (no latency), or says when one could go.
     pub fn try_admit(&mut self, now: Instant) -> Result<(), Instant> {
         let at = self.next_admit(now);
         if at > now {
@@ -89,24 +132,43 @@ impl WindowSet {
         Ok(())
     }
 
-    /// Records a send at `now`; the caller has checked [`Self::next_admit`].
-    /// `now` must not be earlier than the last recorded send.
-    pub fn record(&mut self, now: Instant) {
+    /// Reserves a slot in every window; the caller has checked
+    /// [`Self::next_admit`] is `now`.
+    pub fn reserve(&mut self) {
         for w in &mut self.windows {
-            if w.log.len() == w.limit {
-                w.log.pop_front();
-            }
-            w.log.push_back(now);
+            w.reserve();
         }
     }
 
-    /// Gives back a send recorded at `at` that never reached upstream.
-    pub fn refund(&mut self, at: Instant) {
+    /// A reserved send's response head arrived (or it failed after leaving):
+    /// it is logged at `now`, which must not be earlier than the last landing.
+    pub fn land(&mut self, now: Instant) {
         for w in &mut self.windows {
-            if let Some(i) = w.log.iter().rposition(|t| *t == at) {
-                w.log.remove(i);
+            w.land(now);
+        }
+    }
+
+    /// Gives back a reserved send that never reached upstream.
+    pub fn release(&mut self) {
+        for w in &mut self.windows {
+            w.release();
+        }
+    }
+
+    /// Lands every in-flight send at `now`: how a projection treats calls
+    /// whose answer is still on its way.
+    pub fn settle(&mut self, now: Instant) {
+        for w in &mut self.windows {
+            while w.in_flight > 0 {
+                w.land(now);
             }
         }
+    }
+
+    /// Reserves and lands at `now` (a send without latency; projections).
+    pub fn record(&mut self, now: Instant) {
+        self.reserve();
+        self.land(now);
     }
 
     /// Each window's state at `now`.
@@ -135,11 +197,16 @@ impl WindowSet {
         let mut out = String::with_capacity(24 * self.windows.len());
         for (i, w) in self.windows.iter_mut().enumerate() {
             w.prune(now);
-            let frees_in = w.log.front().map_or(Duration::ZERO, |t| (*t + w.span).saturating_duration_since(now));
             if i > 0 {
                 out.push_str(", ");
             }
-            let _ = write!(out, "\"{}\";r={};t={}", w.name, w.limit - w.log.len(), super::ceil_secs(frees_in));
+            let r = w.limit.saturating_sub(w.used());
+            let _ = write!(
+                out,
+                "\"{}\";r={r};t={}",
+                w.name,
+                super::ceil_secs(w.frees_in(now))
+            );
         }
         out
     }
@@ -150,7 +217,7 @@ impl WindowSet {
             .iter_mut()
             .map(|w| {
                 w.prune(now);
-                w.log.len() as u32
+                w.used() as u32
             })
             .collect()
     }
@@ -163,10 +230,14 @@ impl WindowSet {
         let Some(all) = self.windows.iter().map(|w| &w.log).max_by_key(|l| l.len()) else {
             return;
         };
+        let in_flight = self.windows.first().map_or(0, |w| w.in_flight);
         for w in &mut next.windows {
-            let keep = all.len().saturating_sub(w.limit);
+            let keep = all
+                .len()
+                .saturating_sub(w.limit.saturating_sub(in_flight.min(w.limit)));
             w.log.clear();
             w.log.extend(all.iter().skip(keep).copied());
+            w.in_flight = in_flight;
         }
     }
 }
@@ -225,13 +296,29 @@ mod tests {
     }
 
     #[test]
-    fn refund_frees_the_slot() {
+    fn release_frees_a_reserved_slot() {
         let t0 = Instant::now();
         let mut w = WindowSet::new(&limits(&[(1, 1000)]), Duration::ZERO);
-        w.try_admit(t0).unwrap();
-        assert!(w.try_admit(t0).is_err());
-        w.refund(t0);
+        w.reserve();
+        assert_eq!(
+            w.next_admit(t0),
+            t0 + Duration::from_millis(1000),
+            "in flight counts"
+        );
+        w.release();
         assert!(w.try_admit(t0).is_ok());
+    }
+
+    #[test]
+    fn a_slot_ages_from_its_landing_not_its_reservation() {
+        let t0 = Instant::now();
+        let mut w = WindowSet::new(&limits(&[(1, 1000)]), Duration::ZERO);
+        w.reserve();
+        w.land(t0 + Duration::from_millis(300));
+        assert_eq!(
+            w.next_admit(t0 + Duration::from_millis(300)),
+            t0 + Duration::from_millis(1300)
+        );
     }
 
     #[test]
