@@ -103,6 +103,7 @@ async fn signals(running: &server::Running, path: &std::path::Path) -> anyhow::R
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
+    server::preflight(&config)?;
     println!("{config}");
     let warnings = config.warnings();
     for w in &warnings {

@@ -72,16 +72,25 @@ impl Running {
     }
 }
 
+/// Loads every file the config names beyond the secrets (inbound TLS pair,
+/// `upstream.ca_file`), so `check` finds what start-up would trip on.
+pub fn preflight(config: &Config) -> Result<(), StartError> {
+    if let Some(t) = &config.server.tls {
+        tls_acceptor(t)?;
+    }
+    crate::upstream::build_client(config.upstream.ca_file.as_deref(), config.upstream.connect_timeout)
+        .map_err(AppError::from)?;
+    Ok(())
+}
+
 /// Binds both listeners and serves until shut down.
 pub async fn start(config: Config, metrics: Metrics) -> Result<Running, StartError> {
     let tls = config.server.tls.as_ref().map(tls_acceptor).transpose()?;
-    let bind = |addr: SocketAddr, what: &'static str| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, what, source })
+    let bind = |addr: SocketAddr, what: &'static str| {
+        listen(addr).map_err(|source| StartError::Bind { addr, what, source })
     };
-    let proxy_listener = bind(config.server.listen, "server.listen").await?;
-    let admin_listener = bind(config.server.admin_listen, "server.admin_listen").await?;
+    let proxy_listener = bind(config.server.listen, "server.listen")?;
+    let admin_listener = bind(config.server.admin_listen, "server.admin_listen")?;
     let proxy_addr = proxy_listener
         .local_addr()
         .map_err(|source| StartError::Bind {
@@ -159,6 +168,20 @@ pub async fn start(config: Config, metrics: Metrics) -> Result<Running, StartErr
         stop,
         done,
     })
+}
+
+/// A listener with a backlog for bursts: tokio's default of 1024 drops SYNs
+/// when thousands of callers connect at once, and they then wait a second for
+/// the retransmit.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// Accepts until told to stop, then hands back the graceful-shutdown watcher

@@ -1,0 +1,95 @@
+//! SIGHUP: limits, admission, access and clients change without a restart,
+//! without dropped calls or lost window state; a broken file changes nothing.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::*;
+use tokio::time::Instant;
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn wait_metric(c: &TestClient, admin: std::net::SocketAddr, series: &str, want: f64) -> Instant {
+    for _ in 0..300 {
+        let m = get(c, &format!("http://{admin}/metrics")).await;
+        if metric(&String::from_utf8_lossy(&m.body), series) >= want {
+            return Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{series} never reached {want}");
+}
+
+const BEFORE: &str = "[[limits]]\nrequests = 10\nper = \"300ms\"\n[admission]\nmargin = \"30ms\"\nmax_wait = \"20s\"\n";
+const AFTER: &str = "[[limits]]\nrequests = 4\nper = \"300ms\"\n[admission]\nmargin = \"30ms\"\nmax_wait = \"20s\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_changes_under_load_with_no_failed_call_and_no_violation() {
+    let up = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Arc::new(BinProxy::start(dir.path(), &up, BEFORE));
+    let c = client();
+    let stop = Instant::now() + Duration::from_millis(2400);
+    let mut workers = Vec::new();
+    for w in 0..12 {
+        let (c, url) = (c.clone(), proxy.url(&format!("/v1/load/{w}")));
+        workers.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while Instant::now() < stop {
+                statuses.push(get(&c, &url).await.status.as_u16());
+            }
+            statuses
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let path = dir.path().join("config.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(BEFORE, AFTER);
+    std::fs::write(&path, text).unwrap();
+    proxy.signal("HUP");
+    let reloaded = wait_metric(&c, proxy.admin, "dastra_proxy_config_reloads_total{result=\"ok\"}", 1.0).await;
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.unwrap());
+    }
+    assert!(all.len() > 30, "load ran: {} calls", all.len());
+    assert!(all.iter().all(|s| *s == 200), "no call failed across the reload: {all:?}");
+    let mut arrivals = up.arrivals("/v1/load/");
+    arrivals.sort();
+    let per = Duration::from_millis(300);
+    for (i, t) in arrivals.iter().enumerate() {
+        let n = arrivals[i..].iter().take_while(|a| **a < *t + per).count();
+        assert!(n <= 10, "{n} in 300 ms under the old limit");
+        if *t > reloaded + Duration::from_millis(50) {
+            assert!(n <= 4, "{n} in 300 ms after the reload to 4");
+        }
+    }
+    let q = get(&c, &format!("http://{}/quota", proxy.admin)).await.json();
+    assert_eq!(q["windows"][0]["limit"], 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_reload_keeps_the_old_config_serving() {
+    let up = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = BinProxy::start(dir.path(), &up, BEFORE);
+    let c = client();
+    let path = dir.path().join("config.toml");
+    let good = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{good}\n[admission]\nmax_wiat = \"1s\"\n")).unwrap();
+    proxy.signal("HUP");
+    wait_metric(&c, proxy.admin, "dastra_proxy_config_reloads_total{result=\"error\"}", 1.0).await;
+    assert_eq!(get(&c, &proxy.url("/v1/still")).await.status, 200, "still serving");
+    let q = get(&c, &format!("http://{}/quota", proxy.admin)).await.json();
+    assert_eq!(q["windows"][0]["limit"], 10, "the old limits stay in force");
+    std::fs::write(&path, good.replace("[server]\n", "[server]\nmax_request_body = \"1KiB\"\n")).unwrap();
+    proxy.signal("HUP");
+    wait_metric(&c, proxy.admin, "dastra_proxy_config_reloads_total{result=\"error\"}", 2.0).await;
+}
