@@ -53,6 +53,8 @@ pub struct App {
 pub enum AppError {
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Credential(#[from] crate::credential::CredentialError),
 }
 
 /// Why SIGHUP left the running config in place.
@@ -71,7 +73,7 @@ impl App {
             config.upstream.ca_file.as_deref(),
             config.upstream.connect_timeout,
         )?;
-        let credential = Credential::new(&config.credential, client.clone(), metrics.clone());
+        let credential = Credential::new(&config.credential, client.clone(), metrics.clone())?;
         let passthrough = matches!(config.credential, CredentialConfig::Passthrough);
         let quotas = Quotas::new(&config.limits, &config.admission, passthrough);
         for l in &config.limits {

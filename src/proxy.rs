@@ -134,7 +134,7 @@ async fn forward(
     };
     let fail = |e: ProxyError| (e, Some(admission.clone()));
 
-    let uri = upstream_uri(app, &path_and_query).map_err(|e| fail(e))?;
+    let uri = upstream_uri(app, &path_and_query).map_err(fail)?;
     let mut headers = parts.headers;
     let chunked = headers.contains_key(header::TRANSFER_ENCODING);
     strip_hop_by_hop(&mut headers);

@@ -78,8 +78,11 @@ pub fn preflight(config: &Config) -> Result<(), StartError> {
     if let Some(t) = &config.server.tls {
         tls_acceptor(t)?;
     }
-    crate::upstream::build_client(config.upstream.ca_file.as_deref(), config.upstream.connect_timeout)
-        .map_err(AppError::from)?;
+    crate::upstream::build_client(
+        config.upstream.ca_file.as_deref(),
+        config.upstream.connect_timeout,
+    )
+    .map_err(AppError::from)?;
     Ok(())
 }
 

@@ -4,7 +4,9 @@ use std::process::Command;
 
 fn check(example: &str, secrets: &std::path::Path) {
     let path = format!("{}/examples/{example}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).unwrap().replace("/run/secrets", &secrets.display().to_string());
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("/run/secrets", &secrets.display().to_string());
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join(example);
     std::fs::write(&cfg, text).unwrap();
@@ -26,14 +28,25 @@ fn check_loads_the_tls_files_too() {
         std::fs::write(secrets.path().join(f), "placeholder\n").unwrap();
     }
     std::fs::write(secrets.path().join("gw.crt"), "not a certificate\n").unwrap();
-    let text = std::fs::read_to_string(format!("{}/examples/gateway.toml", env!("CARGO_MANIFEST_DIR")))
-        .unwrap()
-        .replace("/run/secrets", &secrets.path().display().to_string());
+    let text = std::fs::read_to_string(format!(
+        "{}/examples/gateway.toml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+    .replace("/run/secrets", &secrets.path().display().to_string());
     let cfg = secrets.path().join("gateway.toml");
     std::fs::write(&cfg, text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_dastra-proxy")).args(["check", "--config"]).arg(&cfg).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dastra-proxy"))
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("gw.crt"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("gw.crt"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -43,7 +56,10 @@ fn each_example_passes_check() {
         std::fs::write(secrets.path().join(f), "placeholder\n").unwrap();
     }
     let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["dastra-gw.corp.example".to_string()]).unwrap().self_signed(&key).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["dastra-gw.corp.example".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
     std::fs::write(secrets.path().join("gw.crt"), cert.pem()).unwrap();
     std::fs::write(secrets.path().join("gw.key"), key.serialize_pem()).unwrap();
     for example in ["sidecar.toml", "gateway.toml"] {

@@ -17,7 +17,12 @@ fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn wait_metric(c: &TestClient, admin: std::net::SocketAddr, series: &str, want: f64) -> Instant {
+async fn wait_metric(
+    c: &TestClient,
+    admin: std::net::SocketAddr,
+    series: &str,
+    want: f64,
+) -> Instant {
     for _ in 0..300 {
         let m = get(c, &format!("http://{admin}/metrics")).await;
         if metric(&String::from_utf8_lossy(&m.body), series) >= want {
@@ -51,16 +56,27 @@ async fn a_limit_changes_under_load_with_no_failed_call_and_no_violation() {
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
     let path = dir.path().join("config.toml");
-    let text = std::fs::read_to_string(&path).unwrap().replace(BEFORE, AFTER);
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(BEFORE, AFTER);
     std::fs::write(&path, text).unwrap();
     proxy.signal("HUP");
-    let reloaded = wait_metric(&c, proxy.admin, "dastra_proxy_config_reloads_total{result=\"ok\"}", 1.0).await;
+    let reloaded = wait_metric(
+        &c,
+        proxy.admin,
+        "dastra_proxy_config_reloads_total{result=\"ok\"}",
+        1.0,
+    )
+    .await;
     let mut all = Vec::new();
     for w in workers {
         all.extend(w.await.unwrap());
     }
     assert!(all.len() > 30, "load ran: {} calls", all.len());
-    assert!(all.iter().all(|s| *s == 200), "no call failed across the reload: {all:?}");
+    assert!(
+        all.iter().all(|s| *s == 200),
+        "no call failed across the reload: {all:?}"
+    );
     let mut arrivals = up.arrivals("/v1/load/");
     arrivals.sort();
     let per = Duration::from_millis(300);
@@ -71,7 +87,9 @@ async fn a_limit_changes_under_load_with_no_failed_call_and_no_violation() {
             assert!(n <= 4, "{n} in 300 ms after the reload to 4");
         }
     }
-    let q = get(&c, &format!("http://{}/quota", proxy.admin)).await.json();
+    let q = get(&c, &format!("http://{}/quota", proxy.admin))
+        .await
+        .json();
     assert_eq!(q["windows"][0]["limit"], 4);
 }
 
@@ -85,11 +103,33 @@ async fn a_broken_reload_keeps_the_old_config_serving() {
     let good = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, format!("{good}\n[admission]\nmax_wiat = \"1s\"\n")).unwrap();
     proxy.signal("HUP");
-    wait_metric(&c, proxy.admin, "dastra_proxy_config_reloads_total{result=\"error\"}", 1.0).await;
-    assert_eq!(get(&c, &proxy.url("/v1/still")).await.status, 200, "still serving");
-    let q = get(&c, &format!("http://{}/quota", proxy.admin)).await.json();
+    wait_metric(
+        &c,
+        proxy.admin,
+        "dastra_proxy_config_reloads_total{result=\"error\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        get(&c, &proxy.url("/v1/still")).await.status,
+        200,
+        "still serving"
+    );
+    let q = get(&c, &format!("http://{}/quota", proxy.admin))
+        .await
+        .json();
     assert_eq!(q["windows"][0]["limit"], 10, "the old limits stay in force");
-    std::fs::write(&path, good.replace("[server]\n", "[server]\nmax_request_body = \"1KiB\"\n")).unwrap();
+    std::fs::write(
+        &path,
+        good.replace("[server]\n", "[server]\nmax_request_body = \"1KiB\"\n"),
+    )
+    .unwrap();
     proxy.signal("HUP");
-    wait_metric(&c, proxy.admin, "dastra_proxy_config_reloads_total{result=\"error\"}", 2.0).await;
+    wait_metric(
+        &c,
+        proxy.admin,
+        "dastra_proxy_config_reloads_total{result=\"error\"}",
+        2.0,
+    )
+    .await;
 }

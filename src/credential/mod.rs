@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::CredentialConfig;
 use crate::metrics::Metrics;
+use crate::secret::{Secret, SecretSource};
 use crate::upstream::HttpClient;
 pub use oauth2::{TokenCache, TokenError};
 
@@ -25,19 +26,23 @@ pub struct QuotaKey(pub [u8; 32]);
 #[derive(Debug)]
 pub enum Credential {
     Static(HeaderValue, header::HeaderName),
-    OAuth2(TokenCache),
+    OAuth2(Box<TokenCache>),
     Passthrough,
 }
 
 impl Credential {
-    pub fn new(cfg: &CredentialConfig, client: HttpClient, metrics: Metrics) -> Self {
-        match cfg {
+    pub fn new(
+        cfg: &CredentialConfig,
+        client: HttpClient,
+        metrics: Metrics,
+    ) -> Result<Self, CredentialError> {
+        Ok(match cfg {
             CredentialConfig::ApiKey(k) => Credential::Static(
-                sensitive(k.expose()),
+                sensitive(k.expose(), k)?,
                 header::HeaderName::from_static("x-api-key"),
             ),
             CredentialConfig::Basic { public, private } => Credential::Static(
-                sensitive(&basic(public.expose(), private.expose())),
+                sensitive(&basic(public.expose(), private.expose()), public)?,
                 header::AUTHORIZATION,
             ),
             CredentialConfig::OAuth2 {
@@ -45,15 +50,15 @@ impl Credential {
                 scope,
                 public,
                 private,
-            } => Credential::OAuth2(TokenCache::new(
+            } => Credential::OAuth2(Box::new(TokenCache::new(
                 client,
                 token_url.clone(),
                 scope.clone(),
-                sensitive(&basic(public.expose(), private.expose())),
+                sensitive(&basic(public.expose(), private.expose()), public)?,
                 metrics,
-            )),
+            ))),
             CredentialConfig::Passthrough => Credential::Passthrough,
-        }
+        })
     }
 
     /// The quota key of a call with these (caller) headers.
@@ -110,9 +115,14 @@ fn basic(public: &str, private: &str) -> String {
     )
 }
 
+/// A secret that cannot be sent: names where it came from, never its value.
+#[derive(Debug, thiserror::Error)]
+#[error("the secret from {0} holds characters that cannot go in an HTTP header")]
+pub struct CredentialError(SecretSource);
+
 /// A header value that hyper's HPACK never indexes and Debug never prints.
-fn sensitive(s: &str) -> HeaderValue {
-    let mut v = HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""));
+fn sensitive(s: &str, from: &Secret) -> Result<HeaderValue, CredentialError> {
+    let mut v = HeaderValue::from_str(s).map_err(|_| CredentialError(from.source().clone()))?;
     v.set_sensitive(true);
-    v
+    Ok(v)
 }
