@@ -90,24 +90,13 @@ pub fn preflight(config: &Config) -> Result<(), StartError> {
 pub async fn start(config: Config, metrics: Metrics) -> Result<Running, StartError> {
     let tls = config.server.tls.as_ref().map(tls_acceptor).transpose()?;
     let bind = |addr: SocketAddr, what: &'static str| {
-        listen(addr).map_err(|source| StartError::Bind { addr, what, source })
+        let err = |source| StartError::Bind { addr, what, source };
+        let listener = listen(addr).map_err(err)?;
+        let bound = listener.local_addr().map_err(err)?;
+        Ok::<_, StartError>((listener, bound))
     };
-    let proxy_listener = bind(config.server.listen, "server.listen")?;
-    let admin_listener = bind(config.server.admin_listen, "server.admin_listen")?;
-    let proxy_addr = proxy_listener
-        .local_addr()
-        .map_err(|source| StartError::Bind {
-            addr: config.server.listen,
-            what: "server.listen",
-            source,
-        })?;
-    let admin_addr = admin_listener
-        .local_addr()
-        .map_err(|source| StartError::Bind {
-            addr: config.server.admin_listen,
-            what: "server.admin_listen",
-            source,
-        })?;
+    let (proxy_listener, proxy_addr) = bind(config.server.listen, "server.listen")?;
+    let (admin_listener, admin_addr) = bind(config.server.admin_listen, "server.admin_listen")?;
     let grace = config.server.shutdown_grace;
     let app = App::new(config, metrics)?;
     let (stop, stop_rx) = watch::channel(false);

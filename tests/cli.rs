@@ -124,6 +124,15 @@ fn hash_key_and_gen_key_agree() {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
         "URL-safe"
     );
+    assert_eq!(hash_key(&format!("{key}\n")), digest);
+    assert_eq!(
+        hash_key("abc"),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+        "sha256(\"abc\")"
+    );
+}
+
+fn hash_key(input: &str) -> String {
     let mut child = bin()
         .arg("hash-key")
         .stdin(Stdio::piped())
@@ -134,23 +143,10 @@ fn hash_key_and_gen_key_agree() {
         .stdin
         .take()
         .unwrap()
-        .write_all(format!("{key}\n").as_bytes())
+        .write_all(input.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), digest);
-    // sha256("abc")
-    let mut child = bin()
-        .arg("hash-key")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"abc").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        String::from_utf8(out.stdout).unwrap().trim(),
-        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -518,23 +518,14 @@ impl Validator<'_> {
             }
             "basic" => {
                 unused(&[("api_key_env", api_set), ("token_url", oauth_set)])?;
-                Ok(CredentialConfig::Basic {
-                    public: self.secret(
-                        "credential.public_key",
-                        raw.public_key_env,
-                        raw.public_key_file,
-                    )?,
-                    private: self.secret(
-                        "credential.private_key",
-                        raw.private_key_env,
-                        raw.private_key_file,
-                    )?,
-                })
+                let (public, private) = self.key_pair(raw)?;
+                Ok(CredentialConfig::Basic { public, private })
             }
             "oauth2" => {
                 unused(&[("api_key_env", api_set)])?;
                 let url = raw
                     .token_url
+                    .clone()
                     .unwrap_or_else(|| "https://account.dastra.eu/connect/token".to_owned());
                 let token_url: Uri = url
                     .parse()
@@ -546,19 +537,13 @@ impl Validator<'_> {
                             format!("`{url}` is not an absolute URL"),
                         )
                     })?;
+                let scope = raw.scope.clone().unwrap_or_else(|| "api1".to_owned());
+                let (public, private) = self.key_pair(raw)?;
                 Ok(CredentialConfig::OAuth2 {
                     token_url,
-                    scope: raw.scope.unwrap_or_else(|| "api1".to_owned()),
-                    public: self.secret(
-                        "credential.public_key",
-                        raw.public_key_env,
-                        raw.public_key_file,
-                    )?,
-                    private: self.secret(
-                        "credential.private_key",
-                        raw.private_key_env,
-                        raw.private_key_file,
-                    )?,
+                    scope,
+                    public,
+                    private,
                 })
             }
             "passthrough" => {
@@ -574,6 +559,22 @@ impl Validator<'_> {
                 format!("unknown kind `{other}` (api_key, basic, oauth2 or passthrough)"),
             )),
         }
+    }
+
+    /// Dastra's public/private key pair, used by both `basic` and `oauth2`.
+    fn key_pair(&self, raw: raw::RawCredential) -> Result<(Secret, Secret), ConfigError> {
+        Ok((
+            self.secret(
+                "credential.public_key",
+                raw.public_key_env,
+                raw.public_key_file,
+            )?,
+            self.secret(
+                "credential.private_key",
+                raw.private_key_env,
+                raw.private_key_file,
+            )?,
+        ))
     }
 
     fn limits(&self, raw: Option<Vec<raw::RawLimit>>) -> Result<Vec<Limit>, ConfigError> {
