@@ -103,8 +103,10 @@ impl App {
         }))
     }
 
-    pub fn policy(&self) -> arc_swap::Guard<Arc<Policy>> {
-        self.policy.load()
+    /// The current policy, owned: a request holds it across awaits, which
+    /// arc-swap's short-lived guards are not meant for.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
     }
 
     /// Applies a new config's limits, admission, access and clients without
