@@ -146,8 +146,7 @@ async fn forward(
         app.credential.refreshes() && !chunked && length.unwrap_or(0) <= REPLAYABLE_BODY;
     let (limited, overflowed) = LimitedBody::new(body, limit);
     let mut body = if replayable {
-        let bytes = limited
-            .collect()
+        let bytes = Box::pin(limited.collect())
             .await
             .map_err(|_| fail(ProxyError::BodyTooLarge { limit }))?
             .to_bytes();

@@ -93,7 +93,9 @@ impl Credential {
                 headers.insert(name.clone(), value.clone());
             }
             Credential::OAuth2(cache) => {
-                headers.insert(header::AUTHORIZATION, cache.bearer().await?);
+                // Boxed: the token fetch is large and rare; unboxed it would sit
+                // in every queued call's future.
+                headers.insert(header::AUTHORIZATION, Box::pin(cache.bearer()).await?);
             }
             Credential::Passthrough => {}
         }
@@ -103,7 +105,7 @@ impl Credential {
     /// After an upstream 401: forget `used` so the next call fetches a new token.
     pub async fn invalidate(&self, used: Option<&HeaderValue>) {
         if let (Credential::OAuth2(cache), Some(used)) = (self, used) {
-            cache.invalidate(used).await;
+            Box::pin(cache.invalidate(used)).await;
         }
     }
 }
