@@ -25,10 +25,19 @@ pub fn router(app: Arc<App>) -> Router {
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {
-    if app.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
+    let store_up = app.store_healthy.load(Ordering::Relaxed);
+    if !app.ready.load(Ordering::SeqCst) {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    } else if !store_up && app.store_rejects {
+        (StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n").into_response()
+    } else if !store_up {
+        (
+            StatusCode::OK,
+            "ready (store unreachable: holding this replica's share)\n",
+        )
+            .into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
     }
 }
 
@@ -106,6 +115,10 @@ async fn quota(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
             "responses_429": app.metrics.upstream_429_total.get(),
         },
         "ready": app.ready.load(Ordering::SeqCst),
+        "store": {
+            "kind": match app.config.store { crate::config::StoreConfig::Memory => "memory", crate::config::StoreConfig::Redis { .. } => "redis" },
+            "reachable": app.store_healthy.load(Ordering::Relaxed),
+        },
         "version": env!("CARGO_PKG_VERSION"),
     }))
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::access::Access;
-use crate::admission::Quotas;
-use crate::config::{Config, CredentialConfig, Upstream429};
+use crate::admission::{Quotas, SharedStore};
+use crate::config::{Config, CredentialConfig, StoreConfig, StoreOnError, Upstream429};
 use crate::credential::Credential;
 use crate::guard::Guard;
 use crate::metrics::Metrics;
@@ -45,6 +45,10 @@ pub struct App {
     pub public_authority: Option<String>,
     /// Set once both listeners are bound; `/readyz` reports it.
     pub ready: AtomicBool,
+    /// Whether the shared store answered last time (always true in memory).
+    pub store_healthy: Arc<AtomicBool>,
+    /// Without the store this replica refuses calls (`on_error = "reject"`).
+    pub store_rejects: bool,
     policy: ArcSwap<Policy>,
 }
 
@@ -55,6 +59,8 @@ pub enum AppError {
     Upstream(#[from] UpstreamError),
     #[error(transparent)]
     Credential(#[from] crate::credential::CredentialError),
+    #[error("store.url: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Why SIGHUP left the running config in place.
@@ -75,7 +81,32 @@ impl App {
         )?;
         let credential = Credential::new(&config.credential, client.clone(), metrics.clone())?;
         let passthrough = matches!(config.credential, CredentialConfig::Passthrough);
-        let quotas = Quotas::new(&config.limits, &config.admission, passthrough);
+        let store_healthy = Arc::new(AtomicBool::new(true));
+        let shared = match &config.store {
+            StoreConfig::Memory => None,
+            StoreConfig::Redis {
+                url,
+                key_prefix,
+                on_error,
+                replicas,
+            } => Some(SharedStore {
+                url: url.clone(),
+                key_prefix: key_prefix.clone(),
+                on_error: *on_error,
+                replicas: *replicas,
+                flight: config.upstream.connect_timeout + config.upstream.timeout,
+                metrics: metrics.clone(),
+                healthy: store_healthy.clone(),
+            }),
+        };
+        let store_rejects = matches!(
+            config.store,
+            StoreConfig::Redis {
+                on_error: StoreOnError::Reject,
+                ..
+            }
+        );
+        let quotas = Quotas::new(&config.limits, &config.admission, passthrough, shared)?;
         for l in &config.limits {
             metrics
                 .window_limit
@@ -100,6 +131,8 @@ impl App {
             metrics,
             public_authority,
             ready: AtomicBool::new(false),
+            store_healthy,
+            store_rejects,
         }))
     }
 

@@ -21,4 +21,5 @@ pub mod proxy;
 pub mod quota;
 pub mod secret;
 pub mod server;
+pub mod store;
 pub mod upstream;

@@ -271,6 +271,7 @@ fn refusal(r: Refusal) -> ProxyError {
             retry_after: retry_at.saturating_duration_since(now),
         },
         Refusal::ShuttingDown => ProxyError::ShuttingDown,
+        Refusal::StoreUnavailable => ProxyError::StoreUnavailable,
     }
 }
 

@@ -1,10 +1,59 @@
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use crate::config::{AdmissionConfig, Limit};
+use crate::config::{AdmissionConfig, Limit, StoreOnError};
 use crate::credential::QuotaKey;
+use crate::metrics::Metrics;
+use crate::store::{RedisStore, StoreError};
 
-use super::Admission;
+use super::{Admission, Remote};
+
+/// What a Redis-backed key needs besides its limits.
+#[derive(Debug, Clone)]
+pub struct SharedStore {
+    pub url: String,
+    pub key_prefix: String,
+    pub on_error: StoreOnError,
+    pub replicas: u32,
+    /// How long a reservation may stay in flight before Redis forgets it.
+    pub flight: Duration,
+    pub metrics: Metrics,
+    /// Whether Redis answered the last time it was asked.
+    pub healthy: Arc<AtomicBool>,
+}
+
+impl SharedStore {
+    fn admission(
+        &self,
+        key: QuotaKey,
+        limits: &[Limit],
+        cfg: &AdmissionConfig,
+    ) -> Result<Admission, StoreError> {
+        let store = RedisStore::new(
+            &self.url,
+            &self.key_prefix,
+            &hex::encode(&key.0[..8]),
+            limits,
+            cfg.margin,
+            self.flight,
+        )?;
+        let remote = Remote {
+            store: Arc::new(store),
+            on_error: self.on_error,
+            metrics: self.metrics.clone(),
+            healthy: self.healthy.clone(),
+            replicas: self.replicas,
+        };
+        // While Redis is unreachable each replica holds only its share.
+        Ok(Admission::with_remote(
+            &remote.share(limits),
+            cfg,
+            Some(remote),
+        ))
+    }
+}
 
 /// The admission state of every quota key: one for a held credential, one per
 /// caller credential in passthrough (created on first use).
@@ -12,6 +61,7 @@ use super::Admission;
 pub struct Quotas {
     single: Admission,
     per_key: Option<Mutex<KeyState>>,
+    shared: Option<SharedStore>,
 }
 
 #[derive(Debug)]
@@ -22,9 +72,18 @@ struct KeyState {
 }
 
 impl Quotas {
-    pub fn new(limits: &[Limit], cfg: &AdmissionConfig, per_key: bool) -> Self {
-        Self {
-            single: Admission::new(limits, cfg),
+    pub fn new(
+        limits: &[Limit],
+        cfg: &AdmissionConfig,
+        per_key: bool,
+        shared: Option<SharedStore>,
+    ) -> Result<Self, StoreError> {
+        let single = match &shared {
+            Some(s) => s.admission(QuotaKey([0; 32]), limits, cfg)?,
+            None => Admission::new(limits, cfg),
+        };
+        Ok(Self {
+            single,
             per_key: per_key.then(|| {
                 Mutex::new(KeyState {
                     limits: limits.to_vec(),
@@ -32,7 +91,8 @@ impl Quotas {
                     map: HashMap::new(),
                 })
             }),
-        }
+            shared,
+        })
     }
 
     pub fn get(&self, key: QuotaKey) -> Admission {
@@ -41,9 +101,17 @@ impl Quotas {
             Some(m) => {
                 let mut st = m.lock().unwrap_or_else(|e| e.into_inner());
                 let KeyState { limits, cfg, map } = &mut *st;
-                map.entry(key)
-                    .or_insert_with(|| Admission::new(limits, cfg))
-                    .clone()
+                if let Some(a) = map.get(&key) {
+                    return a.clone();
+                }
+                let a = match &self.shared {
+                    Some(s) => s
+                        .admission(key, limits, cfg)
+                        .unwrap_or_else(|_| Admission::new(limits, cfg)),
+                    None => Admission::new(limits, cfg),
+                };
+                map.insert(key, a.clone());
+                a
             }
         }
     }

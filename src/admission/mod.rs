@@ -19,10 +19,14 @@ use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
-use crate::config::{AdmissionConfig, Limit, OnLimit};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::config::{AdmissionConfig, Limit, OnLimit, StoreOnError};
+use crate::metrics::Metrics;
 use crate::quota::{policy_header, WindowSet, WindowState};
+use crate::store::{Decision, RedisStore, StoreError};
 use fair::FairQueue;
-pub use keys::Quotas;
+pub use keys::{Quotas, SharedStore};
 pub use permit::{Permit, SentPermit};
 
 /// Why a call may not go upstream; each maps to one error code.
@@ -34,6 +38,8 @@ pub enum Refusal {
     QueueFull { retry_at: Instant },
     /// The proxy is draining and this call could not go in time.
     ShuttingDown,
+    /// The shared store is unreachable and `store.on_error = "reject"`.
+    StoreUnavailable,
 }
 
 /// Who is asking, for fairness between clients and per-client queue depth.
@@ -64,6 +70,83 @@ struct Inner {
     state: Mutex<State>,
     /// Wakes the releaser: a call queued, a slot came back, a pause changed.
     wake: Notify,
+    /// The shared store, when replicas share the quota; `state.windows` is
+    /// then this replica's fallback share.
+    remote: Option<Arc<Remote>>,
+}
+
+/// Admission through Redis, and what to do when it does not answer.
+#[derive(Debug)]
+pub struct Remote {
+    pub store: Arc<RedisStore>,
+    pub on_error: StoreOnError,
+    pub metrics: Metrics,
+    pub healthy: Arc<AtomicBool>,
+    pub replicas: u32,
+}
+
+impl Remote {
+    /// Reserves a slot in Redis: `Ok(Ok(member))`, `Ok(Err(wait))`, or
+    /// `Err(())` when Redis failed (counted and logged).
+    async fn reserve(&self) -> Result<Result<String, Duration>, ()> {
+        let member = self.store.member();
+        match self.store.reserve(&member).await {
+            Ok(Decision::Admitted) => {
+                self.up();
+                Ok(Ok(member))
+            }
+            Ok(Decision::Wait(d)) => {
+                self.up();
+                Ok(Err(d))
+            }
+            Err(e) => {
+                self.failed("decide", &e);
+                Err(())
+            }
+        }
+    }
+
+    /// This replica's share of `limits`, held while Redis is unreachable.
+    pub fn share(&self, limits: &[Limit]) -> Vec<Limit> {
+        limits
+            .iter()
+            .map(|l| Limit {
+                requests: (l.requests / self.replicas).max(1),
+                ..l.clone()
+            })
+            .collect()
+    }
+
+    fn up(&self) {
+        if !self.healthy.swap(true, Ordering::Relaxed) {
+            tracing::info!("quota store reachable again; deciding through Redis");
+        }
+    }
+
+    fn failed(&self, op: &str, e: &StoreError) {
+        self.metrics
+            .store_errors_total
+            .with_label_values(&[op])
+            .inc();
+        if !matches!(e, StoreError::Backoff(_)) && self.healthy.swap(false, Ordering::Relaxed) {
+            tracing::warn!(error = %e, on_error = ?self.on_error, "quota store unreachable");
+        }
+    }
+
+    /// Lands or releases a remote slot in the background (from `Drop`).
+    fn finish(self: &Arc<Self>, member: String, land: bool) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let r = if land {
+                me.store.land(&member, None).await
+            } else {
+                me.store.release(&member).await
+            };
+            if let Err(e) = r {
+                me.failed(if land { "land" } else { "release" }, &e);
+            }
+        });
+    }
 }
 
 #[derive(Debug)]
@@ -114,7 +197,13 @@ impl State {
 impl Admission {
     /// Starts the releaser task: must be called inside a tokio runtime.
     pub fn new(limits: &[Limit], cfg: &AdmissionConfig) -> Self {
+        Self::with_remote(limits, cfg, None)
+    }
+
+    /// With a shared store, `limits` are this replica's fallback share.
+    pub fn with_remote(limits: &[Limit], cfg: &AdmissionConfig, remote: Option<Remote>) -> Self {
         let inner = Arc::new(Inner {
+            remote: remote.map(Arc::new),
             state: Mutex::new(State {
                 on_limit: cfg.on_limit,
                 max_queue: cfg.max_queue,
@@ -134,14 +223,40 @@ impl Admission {
 
     /// Waits for a slot, or says at once why there will be none in time.
     pub async fn acquire(&self, caller: &Caller) -> Result<Permit, Refusal> {
+        // With a shared store, a call asks Redis itself only when nobody waits
+        // here; otherwise it queues behind them.
+        let mut remote_wait = None;
+        if let Some(remote) = &self.inner.remote {
+            let ask = {
+                let st = self.inner.lock();
+                if st.closed {
+                    return Err(Refusal::ShuttingDown);
+                }
+                st.queue.is_empty() && st.paused_until.is_none_or(|p| p <= Instant::now())
+            };
+            if ask {
+                match remote.reserve().await {
+                    Ok(Ok(member)) => {
+                        return Ok(Permit::remote(self.inner.clone(), member, Duration::ZERO))
+                    }
+                    Ok(Err(wait)) => remote_wait = Some(Instant::now() + wait),
+                    Err(()) if remote.on_error == StoreOnError::Reject => {
+                        return Err(Refusal::StoreUnavailable)
+                    }
+                    Err(()) => {}
+                }
+            } else if remote.healthy.load(Ordering::Relaxed) {
+                remote_wait = Some(Instant::now());
+            }
+        }
         let (id, rx) = {
             let mut st = self.inner.lock();
             if st.closed {
                 return Err(Refusal::ShuttingDown);
             }
             let now = Instant::now();
-            let blocked = st.blocked_until(now);
-            if blocked <= now && st.queue.is_empty() {
+            let blocked = remote_wait.unwrap_or_else(|| st.blocked_until(now));
+            if remote_wait.is_none() && blocked <= now && st.queue.is_empty() {
                 st.windows.reserve();
                 st.paused_until = None;
                 return Ok(Permit::new(self.inner.clone(), Duration::ZERO));
@@ -156,7 +271,12 @@ impl Admission {
                     retry_at: blocked.max(now),
                 });
             }
-            let start = st.project(now);
+            // Through Redis only the store's answer for this call is known.
+            let start = if remote_wait.is_some() {
+                blocked
+            } else {
+                st.project(now)
+            };
             if start.duration_since(now) > st.max_wait {
                 return Err(Refusal::QuotaExhausted { retry_at: start });
             }
@@ -182,6 +302,14 @@ impl Admission {
 
     /// Holds every send until `until`, after Dastra itself answered 429.
     pub fn pause_until(&self, until: Instant) {
+        if let Some(remote) = self.inner.remote.clone() {
+            let d = until.saturating_duration_since(Instant::now());
+            tokio::spawn(async move {
+                if let Err(e) = remote.store.pause(d).await {
+                    remote.failed("pause", &e);
+                }
+            });
+        }
         let mut st = self.inner.lock();
         if st.paused_until.is_none_or(|p| p < until) {
             st.paused_until = Some(until);
@@ -218,6 +346,14 @@ impl Admission {
 
     /// Applies reloaded limits and admission settings; recorded sends carry over.
     pub fn reconfigure(&self, limits: &[Limit], cfg: &AdmissionConfig) {
+        if let Some(remote) = &self.inner.remote {
+            remote.store.reconfigure(limits, cfg.margin);
+        }
+        let limits = &self
+            .inner
+            .remote
+            .as_ref()
+            .map_or_else(|| limits.to_vec(), |r| r.share(limits));
         let mut st = self.inner.lock();
         let mut next = WindowSet::new(limits, cfg.margin);
         st.windows.carry_into(&mut next);
@@ -270,6 +406,21 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Ends a slot: lands it (its answer arrived) or releases it (never sent),
+    /// in Redis when Redis reserved it.
+    fn finish(&self, member: Option<String>, land: bool) {
+        match (member, &self.remote) {
+            (Some(m), Some(remote)) => {
+                remote.finish(m, land);
+                if !land {
+                    self.wake.notify_one();
+                }
+            }
+            _ if land => self.land(),
+            _ => self.release(),
+        }
+    }
+
     fn release(&self) {
         let mut st = self.lock();
         st.windows.release();
@@ -312,7 +463,10 @@ impl Drop for LeaveOnDrop<'_> {
 /// Hands slots to queued calls as they free; sleeps in between.
 async fn release_loop(inner: Arc<Inner>) {
     loop {
-        let next = release_ready(&inner);
+        let next = match &inner.remote {
+            Some(remote) => release_remote(&inner, remote).await,
+            None => release_ready(&inner),
+        };
         match next {
             Release::Sleep(at) => {
                 tokio::select! {
@@ -323,6 +477,61 @@ async fn release_loop(inner: Arc<Inner>) {
             Release::Idle => inner.wake.notified().await,
             Release::Closed => return,
         }
+    }
+}
+
+/// One step of the releaser through Redis: grant the head of the queue a
+/// slot, or learn how long until one frees.
+async fn release_remote(inner: &Arc<Inner>, remote: &Arc<Remote>) -> Release {
+    {
+        let st = inner.lock();
+        if st.queue.is_empty() {
+            return if st.closed {
+                Release::Closed
+            } else {
+                Release::Idle
+            };
+        }
+        if let Some(p) = st.paused_until.filter(|p| *p > Instant::now()) {
+            return Release::Sleep(p);
+        }
+    }
+    match remote.reserve().await {
+        Ok(Ok(member)) => {
+            let mut st = inner.lock();
+            let now = Instant::now();
+            match st.queue.pop() {
+                Some((tx, enqueued)) => {
+                    let permit =
+                        Permit::remote(inner.clone(), member, now.duration_since(enqueued));
+                    if let Err(Ok(permit)) = tx.send(Ok(permit)) {
+                        drop(st);
+                        drop(permit);
+                    }
+                }
+                None => {
+                    drop(st);
+                    remote.finish(member, false);
+                }
+            }
+            Release::Sleep(Instant::now())
+        }
+        Ok(Err(wait)) => Release::Sleep(Instant::now() + wait),
+        Err(()) if remote.on_error == StoreOnError::Reject => {
+            let mut st = inner.lock();
+            for tx in st.queue.drain() {
+                let _ = tx.send(Err(Refusal::StoreUnavailable));
+            }
+            Release::Idle
+        }
+        // Fall back to this replica's share until Redis answers again.
+        Err(()) => match release_ready(inner) {
+            Release::Idle => Release::Idle,
+            Release::Closed => Release::Closed,
+            Release::Sleep(at) => {
+                Release::Sleep(at.min(Instant::now() + Duration::from_millis(500)))
+            }
+        },
     }
 }
 

@@ -8,6 +8,8 @@ use super::Inner;
 #[derive(Debug)]
 pub struct Permit {
     inner: Option<Arc<Inner>>,
+    /// The call id in Redis when the shared store reserved the slot.
+    member: Option<String>,
     waited: Duration,
 }
 
@@ -15,6 +17,15 @@ impl Permit {
     pub(super) fn new(inner: Arc<Inner>, waited: Duration) -> Self {
         Self {
             inner: Some(inner),
+            member: None,
+            waited,
+        }
+    }
+
+    pub(super) fn remote(inner: Arc<Inner>, member: String, waited: Duration) -> Self {
+        Self {
+            inner: Some(inner),
+            member: Some(member),
             waited,
         }
     }
@@ -28,6 +39,7 @@ impl Permit {
     pub fn sent(mut self) -> SentPermit {
         SentPermit {
             inner: self.inner.take(),
+            member: self.member.take(),
         }
     }
 
@@ -40,7 +52,7 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.take() {
-            inner.release();
+            inner.finish(self.member.take(), false);
         }
     }
 }
@@ -51,13 +63,14 @@ impl Drop for Permit {
 #[derive(Debug)]
 pub struct SentPermit {
     inner: Option<Arc<Inner>>,
+    member: Option<String>,
 }
 
 impl SentPermit {
     /// The call never reached Dastra (connect or TLS failure): give the slot back.
     pub fn refund(mut self) {
         if let Some(inner) = self.inner.take() {
-            inner.release();
+            inner.finish(self.member.take(), false);
         }
     }
 
@@ -68,7 +81,7 @@ impl SentPermit {
 impl Drop for SentPermit {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.take() {
-            inner.land();
+            inner.finish(self.member.take(), true);
         }
     }
 }

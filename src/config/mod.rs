@@ -381,14 +381,6 @@ impl Validator<'_> {
             ));
         }
         let store = self.store(raw.store)?;
-        if matches!(store, StoreConfig::Redis { .. }) {
-            // The section is checked in full, but refused until the Redis store
-            // exists: an accepted key must never be silently ignored.
-            return Err(self.invalid(
-                "store.kind",
-                "\"redis\" (replicas sharing one quota) is not available in this version; use \"memory\"",
-            ));
-        }
         let log = self.log(raw.log)?;
         Ok(Config {
             source: self.path.to_owned(),

@@ -1,0 +1,46 @@
+-- The sliding-window log of one quota key, shared by every replica.
+-- KEYS[1..n]: one sorted set per window (member = call id, score = µs it ages
+-- from); KEYS[n+1]: the upstream-429 pause. Redis TIME is the clock, so the
+-- replicas' own clocks do not matter. ARGV: op, member, flight_us, now_us
+-- (empty: Redis TIME; set only by tests), then per window: limit, span_us.
+-- A reservation is scored now + flight_us (a crashed replica's reservations
+-- still expire); `land` moves it to the moment its answer arrived.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if ARGV[4] ~= '' then now = tonumber(ARGV[4]) end
+local n = #KEYS - 1
+local op = ARGV[1]
+local member = ARGV[2]
+if op == 'land' then
+  for i = 1, n do redis.call('ZADD', KEYS[i], 'XX', now, member) end
+  return {1, now}
+elseif op == 'release' then
+  for i = 1, n do redis.call('ZREM', KEYS[i], member) end
+  return {1, now}
+elseif op == 'pause' then
+  local ms = tonumber(ARGV[5])
+  if redis.call('PTTL', KEYS[n + 1]) < ms then redis.call('SET', KEYS[n + 1], '1', 'PX', ms) end
+  return {1, now}
+end
+local paused = redis.call('PTTL', KEYS[n + 1])
+if paused > 0 then return {0, paused * 1000} end
+local flight = tonumber(ARGV[3])
+local wait = 0
+for i = 1, n do
+  local limit = tonumber(ARGV[3 + 2 * i])
+  local span = tonumber(ARGV[4 + 2 * i])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - span)
+  if redis.call('ZCARD', KEYS[i]) >= limit then
+    local oldest = tonumber(redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')[2])
+    -- Every slot still in flight: none frees before one lands and ages out.
+    if oldest > now then oldest = now end
+    if oldest + span - now > wait then wait = oldest + span - now end
+  end
+end
+if wait > 0 then return {0, wait} end
+for i = 1, n do
+  local span = tonumber(ARGV[4 + 2 * i])
+  redis.call('ZADD', KEYS[i], now + flight, member)
+  redis.call('PEXPIRE', KEYS[i], math.ceil((span + flight) / 1000) + 1000)
+end
+return {1, now}
