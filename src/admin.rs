@@ -42,11 +42,11 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 }
 
 /// Sets the state gauges from the admission state, so they are exact at scrape time.
-fn refresh_gauges(app: &App) {
+async fn refresh_gauges(app: &App) {
     let mut used: Vec<(String, i64)> = Vec::new();
     let mut depth: Vec<(Arc<str>, i64)> = Vec::new();
     for a in app.quotas.all() {
-        let snap = a.snapshot();
+        let snap = a.shared_snapshot().await;
         for w in snap.windows {
             match used.iter_mut().find(|(n, _)| *n == w.name) {
                 Some((_, u)) => *u = (*u).max(i64::from(w.used)),
@@ -69,7 +69,7 @@ fn refresh_gauges(app: &App) {
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    refresh_gauges(&app);
+    refresh_gauges(&app).await;
     (
         [(
             header::CONTENT_TYPE,
@@ -82,10 +82,13 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 
 async fn quota(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
     let admissions = app.quotas.all();
-    let keys: Vec<_> = admissions
+    let mut snaps = Vec::with_capacity(admissions.len());
+    for a in &admissions {
+        snaps.push(a.shared_snapshot().await);
+    }
+    let keys: Vec<_> = snaps
         .iter()
-        .map(|a| {
-            let s = a.snapshot();
+        .map(|s| {
             json!({
                 "windows": s.windows.iter().map(|w| json!({
                     "window": w.name,

@@ -62,7 +62,7 @@ fn each_example_passes_check() {
         .unwrap();
     std::fs::write(secrets.path().join("gw.crt"), cert.pem()).unwrap();
     std::fs::write(secrets.path().join("gw.key"), key.serialize_pem()).unwrap();
-    for example in ["sidecar.toml", "gateway.toml"] {
+    for example in ["sidecar.toml", "gateway.toml", "redis.toml"] {
         check(example, secrets.path());
     }
 }

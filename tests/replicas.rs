@@ -47,6 +47,18 @@ async fn three_replicas_hold_one_quota_exactly_and_use_it_fully() {
         let n = arrivals[i..].iter().take_while(|a| **a < *t + w).count();
         assert!(n <= 20, "{n} arrivals within 1 s across the replicas");
     }
+    let q = get(&c, &format!("http://{}/quota", replicas[1].admin))
+        .await
+        .json();
+    assert_eq!(
+        q["windows"][0]["limit"], 20,
+        "the shared window, not this replica's share: {q}"
+    );
+    let used = q["windows"][0]["used"].as_u64().unwrap();
+    assert!(
+        (10..=20).contains(&used),
+        "every replica's sends are counted: {q}"
+    );
     // 90 calls need at least 4 full windows after the first burst.
     let took = *arrivals.last().unwrap() - arrivals[0];
     let ideal = Duration::from_secs(4);

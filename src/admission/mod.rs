@@ -344,6 +344,18 @@ impl Admission {
         )
     }
 
+    /// The windows as all replicas share them (Redis), or this process's own.
+    pub async fn shared_snapshot(&self) -> Snapshot {
+        let mut snap = self.snapshot();
+        if let Some(remote) = &self.inner.remote {
+            match remote.store.peek().await {
+                Ok(windows) => snap.windows = windows,
+                Err(e) => remote.failed("peek", &e),
+            }
+        }
+        snap
+    }
+
     /// Applies reloaded limits and admission settings; recorded sends carry over.
     pub fn reconfigure(&self, limits: &[Limit], cfg: &AdmissionConfig) {
         if let Some(remote) = &self.inner.remote {

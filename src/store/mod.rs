@@ -14,6 +14,7 @@ use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
 
 use crate::config::Limit;
+use crate::quota::WindowState;
 
 /// What the store said about one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +56,7 @@ pub struct RedisStore {
 struct Layout {
     keys: Vec<String>,
     windows: Vec<(u32, u64)>,
+    limits: Vec<Limit>,
 }
 
 impl Layout {
@@ -63,6 +65,7 @@ impl Layout {
         keys.push(format!("{tag}:pause"));
         Self {
             keys,
+            limits: limits.to_vec(),
             windows: limits
                 .iter()
                 .map(|l| (l.requests, (l.per + margin).as_micros() as u64))
@@ -150,6 +153,42 @@ impl RedisStore {
                 Err(StoreError::Timeout(self.op_timeout))
             }
         }
+    }
+
+    /// The shared windows as they stand now, for `/quota` and the gauges.
+    pub async fn peek(&self) -> Result<Vec<WindowState>, StoreError> {
+        let mut conn = self.connection().await?;
+        let layout = self
+            .layout
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut inv = self.script.prepare_invoke();
+        for k in &layout.keys {
+            inv.key(k);
+        }
+        inv.arg("peek").arg("").arg(self.flight_us).arg("");
+        for (limit, span) in &layout.windows {
+            inv.arg(*limit).arg(*span);
+        }
+        let v: Vec<i64> = tokio::time::timeout(self.op_timeout, inv.invoke_async(&mut conn))
+            .await
+            .map_err(|_| StoreError::Timeout(self.op_timeout))?
+            .map_err(|e| StoreError::Redis(e.to_string()))?;
+        Ok(layout
+            .limits
+            .iter()
+            .enumerate()
+            .map(|(i, l)| WindowState {
+                name: l.name.clone(),
+                limit: l.requests,
+                period: l.per,
+                used: v.get(2 * i).copied().unwrap_or(0).max(0) as u32,
+                frees_in: Duration::from_micros(
+                    v.get(2 * i + 1).copied().unwrap_or(0).max(0) as u64
+                ),
+            })
+            .collect())
     }
 
     /// Runs the script; `now_us` overrides Redis TIME (tests only).

@@ -22,6 +22,22 @@ elseif op == 'pause' then
   if redis.call('PTTL', KEYS[n + 1]) < ms then redis.call('SET', KEYS[n + 1], '1', 'PX', ms) end
   return {1, now}
 end
+if op == 'peek' then
+  -- Per window: sends counted now, and µs until the oldest leaves.
+  local out = {}
+  for i = 1, n do
+    local span = tonumber(ARGV[4 + 2 * i])
+    -- Scores are whole µs: "after now - span" is "from now - span + 1". Numbers
+    -- go to redis.call exactly; `..` would round them to 14 digits.
+    local used = redis.call('ZCOUNT', KEYS[i], now - span + 1, '+inf')
+    local oldest = redis.call('ZRANGEBYSCORE', KEYS[i], now - span + 1, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    local frees = 0
+    if oldest[2] then frees = math.max(0, math.min(tonumber(oldest[2]), now) + span - now) end
+    out[2 * i - 1] = used
+    out[2 * i] = frees
+  end
+  return out
+end
 local paused = redis.call('PTTL', KEYS[n + 1])
 if paused > 0 then return {0, paused * 1000} end
 local flight = tonumber(ARGV[3])
