@@ -240,3 +240,52 @@ async fn reloaded_limits_apply_in_redis_and_keep_the_recorded_sends() {
         "5 in the window now, 3 of them already spent"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_429_on_one_replica_pauses_all_of_them() {
+    let up = MockUpstream::start().await;
+    let redis = RedisServer::start();
+    let extra = format!(
+        "[admission]\nupstream_429 = \"pause\"\n{}",
+        store(&redis, "local", 2)
+    );
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = BinProxy::start(da.path(), &up, &extra);
+    let b = BinProxy::start(db.path(), &up, &extra);
+    let c = client();
+    assert_eq!(
+        get(&c, &a.url("/status/429")).await.status,
+        429,
+        "Dastra's 429 (Retry-After: 1) reaches replica A"
+    );
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*:pause")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pause never reached Redis");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        get(&c, &b.url("/v1/on-b")).await.status,
+        200,
+        "queued on B, not failed"
+    );
+    let first = up.arrivals("/status/429")[0];
+    let next = up.arrivals("/v1/on-b")[0];
+    assert!(
+        next - first >= Duration::from_millis(900),
+        "B held back {:?} after A's 429",
+        next - first
+    );
+}
