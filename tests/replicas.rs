@@ -29,8 +29,14 @@ async fn three_replicas_hold_one_quota_exactly_and_use_it_fully() {
         .map(|d| BinProxy::start(d.path(), &up, &extra))
         .collect();
     let c = client();
+    let first = get(&c, &replicas[0].url("/v1/r/first")).await;
+    assert_eq!(
+        first.header("ratelimit-policy"),
+        Some("\"1s\";q=20;w=1"),
+        "the whole quota, not a replica's share"
+    );
     let mut calls = Vec::new();
-    for i in 0..90 {
+    for i in 0..89 {
         let (c, url) = (c.clone(), replicas[i % 3].url(&format!("/v1/r/{i}")));
         calls.push(tokio::spawn(
             async move { get(&c, &url).await.status.as_u16() },
@@ -42,6 +48,22 @@ async fn three_replicas_hold_one_quota_exactly_and_use_it_fully() {
     let mut arrivals = up.arrivals("/v1/r/");
     arrivals.sort();
     assert_eq!(arrivals.len(), 90);
+    let r = get(&c, &replicas[2].url("/v1/r/last")).await;
+    let rl = r.header("ratelimit").unwrap_or_default().to_owned();
+    assert!(rl.starts_with("\"1s\";r="), "{rl}");
+    let remaining: u32 = rl
+        .split(";r=")
+        .nth(1)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        remaining < 20,
+        "the shared window is counted, not this replica's: {rl}"
+    );
     let w = Duration::from_secs(1);
     for (i, t) in arrivals.iter().enumerate() {
         let n = arrivals[i..].iter().take_while(|a| **a < *t + w).count();

@@ -47,11 +47,7 @@ impl SharedStore {
             replicas: self.replicas,
         };
         // While Redis is unreachable each replica holds only its share.
-        Ok(Admission::with_remote(
-            &remote.share(limits),
-            cfg,
-            Some(remote),
-        ))
+        Ok(Admission::with_remote(limits, cfg, Some(remote)))
     }
 }
 

@@ -202,6 +202,11 @@ impl Admission {
 
     /// With a shared store, `limits` are this replica's fallback share.
     pub fn with_remote(limits: &[Limit], cfg: &AdmissionConfig, remote: Option<Remote>) -> Self {
+        let policy = policy_value(limits);
+        let local = remote
+            .as_ref()
+            .map_or_else(|| limits.to_vec(), |r| r.share(limits));
+        let limits = &local;
         let inner = Arc::new(Inner {
             remote: remote.map(Arc::new),
             state: Mutex::new(State {
@@ -209,7 +214,7 @@ impl Admission {
                 max_queue: cfg.max_queue,
                 max_wait: cfg.max_wait,
                 windows: WindowSet::new(limits, cfg.margin),
-                policy: policy_value(limits),
+                policy,
                 queue: FairQueue::default(),
                 projection: None,
                 paused_until: None,
@@ -335,8 +340,14 @@ impl Admission {
 
     /// `RateLimit-Policy` and `RateLimit` as they stand now (hot path: no snapshot).
     pub fn ratelimit_fields(&self) -> (http::HeaderValue, http::HeaderValue) {
+        let now = Instant::now();
+        let shared = self
+            .inner
+            .remote
+            .as_ref()
+            .and_then(|r| r.store.ratelimit_value(now));
         let mut st = self.inner.lock();
-        let state = st.windows.ratelimit_value(Instant::now());
+        let state = shared.unwrap_or_else(|| st.windows.ratelimit_value(now));
         (
             st.policy.clone(),
             http::HeaderValue::from_str(&state)
@@ -361,6 +372,7 @@ impl Admission {
         if let Some(remote) = &self.inner.remote {
             remote.store.reconfigure(limits, cfg.margin);
         }
+        let policy = policy_value(limits);
         let limits = &self
             .inner
             .remote
@@ -370,7 +382,7 @@ impl Admission {
         let mut next = WindowSet::new(limits, cfg.margin);
         st.windows.carry_into(&mut next);
         st.windows = next;
-        st.policy = policy_value(limits);
+        st.policy = policy;
         st.on_limit = cfg.on_limit;
         st.max_queue = cfg.max_queue;
         st.max_wait = cfg.max_wait;

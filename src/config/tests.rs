@@ -87,6 +87,29 @@ fn cross_field_rules() {
     assert!(e.to_string().contains("twice"), "{e}");
     let e = parse(&format!("limits = []\n{KEY}")).unwrap_err();
     assert!(e.to_string().contains("at least one"), "{e}");
+    let e = parse(&format!(
+        "{KEY}[store]\nkind = \"redis\"\nurl = \"http://x\"\n"
+    ))
+    .unwrap_err();
+    assert!(e.to_string().contains("store.url"), "{e}");
+    let e = parse(&format!(
+        "{KEY}[store]\nkind = \"redis\"\nurl = \"redis://x\"\nreplicas = 0\n"
+    ))
+    .unwrap_err();
+    assert!(e.to_string().contains("store.replicas"), "{e}");
+    let c = parse(&format!("{KEY}[store]\nkind = \"redis\"\nurl = \"redis://:pw@x:6379\"\nreplicas = 3\non_error = \"reject\"\n")).unwrap();
+    assert!(matches!(
+        c.store,
+        StoreConfig::Redis {
+            replicas: 3,
+            on_error: StoreOnError::Reject,
+            ..
+        }
+    ));
+    assert!(
+        !format!("{c}").contains(":pw@"),
+        "check redacts the Redis password"
+    );
     let e = parse(&format!("{KEY}[store]\nurl = \"redis://x\"\n")).unwrap_err();
     assert!(e.to_string().contains("store.url"), "{e}");
     let e = parse(&format!(

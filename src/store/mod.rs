@@ -48,6 +48,8 @@ pub struct RedisStore {
     op_timeout: Duration,
     next_id: AtomicU64,
     id_prefix: u64,
+    /// The windows as the last decision saw them: (when, [used, frees_us]*).
+    last: Mutex<Option<(Instant, Vec<i64>)>>,
 }
 
 /// The windows as Redis sees them: keys by position, so a reload that changes
@@ -103,6 +105,7 @@ impl RedisStore {
             op_timeout: Duration::from_millis(500),
             next_id: AtomicU64::new(0),
             id_prefix: u64::from_le_bytes(prefix),
+            last: Mutex::new(None),
         })
     }
 
@@ -155,6 +158,39 @@ impl RedisStore {
         }
     }
 
+    /// The `RateLimit` field from the last decision, aged to `now`; `None`
+    /// before the first one.
+    pub fn ratelimit_value(&self, now: Instant) -> Option<String> {
+        use std::fmt::Write as _;
+        let last = self
+            .last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        let layout = self
+            .layout
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let elapsed = now.saturating_duration_since(last.0).as_micros() as i64;
+        let mut out = String::new();
+        for (i, l) in layout.limits.iter().enumerate() {
+            let used = last.1.get(2 * i).copied().unwrap_or(0).max(0) as u32;
+            let frees = (last.1.get(2 * i + 1).copied().unwrap_or(0) - elapsed).max(0) as u64;
+            if i > 0 {
+                out.push_str(", ");
+            }
+            let t = crate::quota::ceil_secs(Duration::from_micros(frees));
+            let _ = write!(
+                out,
+                "\"{}\";r={};t={t}",
+                l.name,
+                l.requests.saturating_sub(used)
+            );
+        }
+        Some(out)
+    }
+
     /// The shared windows as they stand now, for `/quota` and the gauges.
     pub async fn peek(&self) -> Result<Vec<WindowState>, StoreError> {
         let mut conn = self.connection().await?;
@@ -199,6 +235,20 @@ impl RedisStore {
         now_us: Option<u64>,
         extra: Option<u64>,
     ) -> Result<(i64, i64), StoreError> {
+        let v = self.run_raw(op, member, now_us, extra).await?;
+        Ok((
+            v.first().copied().unwrap_or(0),
+            v.get(1).copied().unwrap_or(0),
+        ))
+    }
+
+    async fn run_raw(
+        &self,
+        op: &str,
+        member: &str,
+        now_us: Option<u64>,
+        extra: Option<u64>,
+    ) -> Result<Vec<i64>, StoreError> {
         let mut conn = self.connection().await?;
         let layout = self
             .layout
@@ -224,7 +274,7 @@ impl RedisStore {
             }
         }
         let result =
-            tokio::time::timeout(self.op_timeout, inv.invoke_async::<(i64, i64)>(&mut conn)).await;
+            tokio::time::timeout(self.op_timeout, inv.invoke_async::<Vec<i64>>(&mut conn)).await;
         match result {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => {
@@ -249,11 +299,17 @@ impl RedisStore {
         member: &str,
         now_us: Option<u64>,
     ) -> Result<Decision, StoreError> {
-        let (ok, v) = self.run("reserve", member, now_us, None).await?;
+        let v = self.run_raw("reserve", member, now_us, None).await?;
+        let (ok, wait) = (
+            v.first().copied().unwrap_or(0),
+            v.get(1).copied().unwrap_or(0),
+        );
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Instant::now(), v.into_iter().skip(2).collect()));
         Ok(if ok == 1 {
             Decision::Admitted
         } else {
-            Decision::Wait(Duration::from_micros(v.max(1) as u64))
+            Decision::Wait(Duration::from_micros(wait.max(1) as u64))
         })
     }
 

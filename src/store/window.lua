@@ -38,8 +38,21 @@ if op == 'peek' then
   end
   return out
 end
+-- Appends each window's count and µs until its oldest send leaves, so the
+-- replica can write the RateLimit fields without asking again.
+local function with_state(out)
+  for i = 1, n do
+    local span = tonumber(ARGV[4 + 2 * i])
+    local frees = 0
+    local o = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')[2]
+    if o then frees = math.min(tonumber(o), now) + span - now end
+    out[#out + 1] = redis.call('ZCARD', KEYS[i])
+    out[#out + 1] = frees
+  end
+  return out
+end
 local paused = redis.call('PTTL', KEYS[n + 1])
-if paused > 0 then return {0, paused * 1000} end
+if paused > 0 then return with_state({0, paused * 1000}) end
 local flight = tonumber(ARGV[3])
 local wait = 0
 for i = 1, n do
@@ -53,10 +66,10 @@ for i = 1, n do
     if oldest + span - now > wait then wait = oldest + span - now end
   end
 end
-if wait > 0 then return {0, wait} end
+if wait > 0 then return with_state({0, wait}) end
 for i = 1, n do
   local span = tonumber(ARGV[4 + 2 * i])
   redis.call('ZADD', KEYS[i], now + flight, member)
   redis.call('PEXPIRE', KEYS[i], math.ceil((span + flight) / 1000) + 1000)
 end
-return {1, now}
+return with_state({1, now})
