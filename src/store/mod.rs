@@ -193,24 +193,12 @@ impl RedisStore {
 
     /// The shared windows as they stand now, for `/quota` and the gauges.
     pub async fn peek(&self) -> Result<Vec<WindowState>, StoreError> {
-        let mut conn = self.connection().await?;
+        let v = self.run_raw("peek", "", None, None).await?;
         let layout = self
             .layout
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let mut inv = self.script.prepare_invoke();
-        for k in &layout.keys {
-            inv.key(k);
-        }
-        inv.arg("peek").arg("").arg(self.flight_us).arg("");
-        for (limit, span) in &layout.windows {
-            inv.arg(*limit).arg(*span);
-        }
-        let v: Vec<i64> = tokio::time::timeout(self.op_timeout, inv.invoke_async(&mut conn))
-            .await
-            .map_err(|_| StoreError::Timeout(self.op_timeout))?
-            .map_err(|e| StoreError::Redis(e.to_string()))?;
         Ok(layout
             .limits
             .iter()
