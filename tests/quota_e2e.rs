@@ -217,7 +217,7 @@ async fn contending_clients_share_by_weight_and_keep_their_own_order() {
     let heavy = "heavy-key-0123456789abcdef";
     let light = "light-key-0123456789abcdef";
     let extra = format!(
-        "[[limits]]\nrequests = 1\nper = \"100ms\"\n[admission]\nmargin = \"0ms\"\nmax_wait = \"20s\"\n\
+        "[[limits]]\nrequests = 1\nper = \"250ms\"\n[admission]\nmargin = \"0ms\"\nmax_wait = \"20s\"\n\
          [[clients]]\nname = \"heavy\"\nkey_sha256 = \"{}\"\nweight = 3\n\
          [[clients]]\nname = \"light\"\nkey_sha256 = \"{}\"\nweight = 1\n",
         dastra_proxy::access::hash_key(heavy),
@@ -235,8 +235,8 @@ async fn contending_clients_share_by_weight_and_keep_their_own_order() {
     .await;
     assert_eq!(r.status, 200);
     let mut calls = Vec::new();
-    // Staggered so that the queue order is known; all are queued before the
-    // first slot frees at 100 ms.
+    // One at a time, so that the queue order is known; all are normally queued
+    // before the first slot frees at 250 ms.
     for i in 0..12 {
         for (name, key) in [("heavy", heavy), ("light", light)] {
             let (c, url) = (c.clone(), proxy.url(&format!("/v1/{name}/{i:02}")));
@@ -251,7 +251,20 @@ async fn contending_clients_share_by_weight_and_keep_their_own_order() {
                 .await
                 .status
             }));
-            tokio::time::sleep(Duration::from_millis(3)).await;
+            // Send the next call only once this one waits: the queue order is then known.
+            let queued = 2 * i + usize::from(name == "light") + 1;
+            let admission = proxy.running.as_ref().unwrap().app.quotas.all()[0].clone();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let released = || {
+                up.log()
+                    .iter()
+                    .filter(|r| !r.target.contains("seed"))
+                    .count()
+            };
+            while admission.waiting() + released() < queued {
+                assert!(Instant::now() < deadline, "call {queued} never queued");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
         }
     }
     for call in calls {

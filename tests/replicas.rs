@@ -20,7 +20,7 @@ async fn three_replicas_hold_one_quota_exactly_and_use_it_fully() {
     let up = MockUpstream::start().await;
     let redis = RedisServer::start();
     let extra = format!(
-        "[[limits]]\nrequests = 20\nper = \"1s\"\n[admission]\nmargin = \"10ms\"\nmax_wait = \"30s\"\n{}",
+        "[[limits]]\nrequests = 20\nper = \"2s\"\n[admission]\nmargin = \"10ms\"\nmax_wait = \"30s\"\n{}",
         store(&redis, "local", 3)
     );
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -32,11 +32,11 @@ async fn three_replicas_hold_one_quota_exactly_and_use_it_fully() {
     let first = get(&c, &replicas[0].url("/v1/r/first")).await;
     assert_eq!(
         first.header("ratelimit-policy"),
-        Some("\"1s\";q=20;w=1"),
+        Some("\"2s\";q=20;w=2"),
         "the whole quota, not a replica's share"
     );
     let mut calls = Vec::new();
-    for i in 0..89 {
+    for i in 0..69 {
         let (c, url) = (c.clone(), replicas[i % 3].url(&format!("/v1/r/{i}")));
         calls.push(tokio::spawn(
             async move { get(&c, &url).await.status.as_u16() },
@@ -47,10 +47,10 @@ async fn three_replicas_hold_one_quota_exactly_and_use_it_fully() {
     }
     let mut arrivals = up.arrivals("/v1/r/");
     arrivals.sort();
-    assert_eq!(arrivals.len(), 90);
+    assert_eq!(arrivals.len(), 70);
     let r = get(&c, &replicas[2].url("/v1/r/last")).await;
     let rl = r.header("ratelimit").unwrap_or_default().to_owned();
-    assert!(rl.starts_with("\"1s\";r="), "{rl}");
+    assert!(rl.starts_with("\"2s\";r="), "{rl}");
     let remaining: u32 = rl
         .split(";r=")
         .nth(1)
@@ -64,10 +64,10 @@ async fn three_replicas_hold_one_quota_exactly_and_use_it_fully() {
         remaining < 20,
         "the shared window is counted, not this replica's: {rl}"
     );
-    let w = Duration::from_secs(1);
+    let w = Duration::from_secs(2);
     for (i, t) in arrivals.iter().enumerate() {
         let n = arrivals[i..].iter().take_while(|a| **a < *t + w).count();
-        assert!(n <= 20, "{n} arrivals within 1 s across the replicas");
+        assert!(n <= 20, "{n} arrivals within 2 s across the replicas");
     }
     let q = get(&c, &format!("http://{}/quota", replicas[1].admin))
         .await
@@ -81,9 +81,9 @@ async fn three_replicas_hold_one_quota_exactly_and_use_it_fully() {
         (10..=20).contains(&used),
         "every replica's sends are counted: {q}"
     );
-    // 90 calls need at least 4 full windows after the first burst.
+    // 70 calls need 3 full windows, each held as W + margin, after the first burst.
     let took = *arrivals.last().unwrap() - arrivals[0];
-    let ideal = Duration::from_secs(4);
+    let ideal = Duration::from_millis(3 * 2010);
     assert!(took >= ideal);
     let utilisation = ideal.as_secs_f64() / took.as_secs_f64();
     assert!(
