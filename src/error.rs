@@ -84,11 +84,18 @@ impl ProxyError {
     /// The JSON error envelope; 429s carry `Retry-After` in whole seconds,
     /// rounded up so that a caller waiting that long is never early.
     pub fn into_response(self) -> Response<Body> {
-        let mut error = serde_json::json!({ "code": self.code(), "message": self.to_string() });
-        if matches!(self, ProxyError::QuotaExhausted { .. }) {
-            error["type"] = "https://iana.org/assignments/http-problem-types#quota-exceeded".into();
-        }
-        let body = serde_json::json!({ "error": error }).to_string();
+        // Written directly (no serde_json::Value): this is the 429 hot path.
+        // Codes are fixed identifiers; only the message needs JSON escaping.
+        let message = serde_json::to_string(&self.to_string()).unwrap_or_else(|_| "\"\"".into());
+        let kind = if matches!(self, ProxyError::QuotaExhausted { .. }) {
+            r#","type":"https://iana.org/assignments/http-problem-types#quota-exceeded""#
+        } else {
+            ""
+        };
+        let body = format!(
+            r#"{{"error":{{"code":"{}","message":{message}{kind}}}}}"#,
+            self.code()
+        );
         let mut resp = Response::new(Body::from(body));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
@@ -106,6 +113,36 @@ impl ProxyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_body_is_the_json_error_envelope() {
+        let r = ProxyError::BadRequest("a \"quoted\" host\n".into()).into_response();
+        let body = futures_body(r);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"]["code"], "bad_request");
+        assert_eq!(v["error"]["message"], "a \"quoted\" host\n");
+        let r = ProxyError::QuotaExhausted {
+            retry_after: Duration::from_secs(3),
+        }
+        .into_response();
+        let v: serde_json::Value = serde_json::from_str(&futures_body(r)).unwrap();
+        assert_eq!(v["error"]["code"], "quota_exhausted");
+        assert!(v["error"]["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("#quota-exceeded"));
+    }
+
+    fn futures_body(r: Response<Body>) -> String {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let bytes = rt
+            .block_on(http_body_util::BodyExt::collect(r.into_body()))
+            .unwrap()
+            .to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
 
     #[test]
     fn retry_after_is_rounded_up_and_never_zero() {

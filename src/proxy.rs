@@ -133,6 +133,15 @@ async fn forward(
         weight: identity.weight,
     };
     let fail = |e: ProxyError| (e, Some(admission.clone()));
+    let take_slot = || async {
+        admission
+            .acquire(&caller)
+            .await
+            .map_err(|r| (refusal(r), Some(admission.clone())))
+    };
+    // Admission before the upstream request is prepared: a refused call costs
+    // no more than the refusal.
+    let mut first_slot = Some(take_slot().await?);
 
     let uri = upstream_uri(app, &path_and_query).map_err(fail)?;
     let mut headers = parts.headers;
@@ -157,10 +166,10 @@ async fn forward(
 
     let mut retried = false;
     loop {
-        let permit = admission
-            .acquire(&caller)
-            .await
-            .map_err(|r| fail(refusal(r)))?;
+        let permit = match first_slot.take() {
+            Some(p) => p,
+            None => take_slot().await?,
+        };
         outcome.queue_wait = Some(permit.waited());
         if !permit.waited().is_zero() {
             app.metrics
