@@ -135,8 +135,13 @@ impl Remote {
 
     /// Lands or releases a remote slot in the background (from `Drop`).
     fn finish(self: &Arc<Self>, member: String, land: bool) {
+        // A permit may be dropped while the runtime shuts down: then there is
+        // nobody left to tell, and Redis expires the reservation by itself.
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let me = self.clone();
-        tokio::spawn(async move {
+        rt.spawn(async move {
             let r = if land {
                 me.store.land(&member, None).await
             } else {
