@@ -311,3 +311,51 @@ async fn an_upstream_429_on_one_replica_pauses_all_of_them() {
         next - first
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_queued_when_redis_dies_are_served_from_the_local_share() {
+    let up = MockUpstream::start().await;
+    let mut redis = RedisServer::start();
+    let extra = format!(
+        "[[limits]]\nrequests = 2\nper = \"1500ms\"\n[admission]\nmargin = \"0ms\"\nmax_wait = \"10s\"\n{}",
+        store(&redis, "local", 1)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = BinProxy::start(dir.path(), &up, &extra);
+    let c = client();
+    for i in 0..2 {
+        assert_eq!(
+            get(&c, &proxy.url(&format!("/v1/fill/{i}"))).await.status,
+            200
+        );
+    }
+    let queued: Vec<_> = (0..2)
+        .map(|i| {
+            let (c, url) = (c.clone(), proxy.url(&format!("/v1/queued/{i}")));
+            tokio::spawn(async move { get(&c, &url).await.status.as_u16() })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let q = get(&c, &format!("http://{}/quota", proxy.admin))
+            .await
+            .json();
+        if q["queue_total"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the calls never queued: {q}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    redis.stop();
+    for q in queued {
+        let status = tokio::time::timeout(Duration::from_secs(10), q)
+            .await
+            .expect("no hung call")
+            .unwrap();
+        assert_eq!(
+            status, 200,
+            "a queued call is not lost when Redis goes away"
+        );
+    }
+    assert_eq!(up.arrivals("/v1/queued/").len(), 2);
+}
