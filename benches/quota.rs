@@ -8,28 +8,13 @@ use dastra_proxy::config::Limit;
 use dastra_proxy::quota::WindowSet;
 use tokio::time::Instant;
 
-fn dastra() -> Vec<Limit> {
-    vec![
-        Limit {
-            requests: 500,
-            per: Duration::from_secs(60),
-            name: "1m".into(),
-        },
-        Limit {
-            requests: 10_000,
-            per: Duration::from_secs(600),
-            name: "10m".into(),
-        },
-    ]
-}
-
 fn decisions(c: &mut Criterion) {
     let t0 = Instant::now();
     let step = Duration::from_millis(120);
 
     // Steady state: both logs are full, every decision pops one entry and pushes one.
     c.bench_function("decide: admit with full logs (2 windows)", |b| {
-        let mut ws = WindowSet::new(&dastra(), Duration::from_millis(250));
+        let mut ws = WindowSet::new(&Limit::dastra(), Duration::from_millis(250));
         let mut now = t0;
         b.iter(|| {
             now += step;
@@ -38,7 +23,7 @@ fn decisions(c: &mut Criterion) {
     });
 
     c.bench_function("decide: refuse (window full)", |b| {
-        let mut ws = WindowSet::new(&dastra(), Duration::from_millis(250));
+        let mut ws = WindowSet::new(&Limit::dastra(), Duration::from_millis(250));
         for _ in 0..500 {
             ws.try_admit(t0).unwrap();
         }

@@ -60,16 +60,6 @@ impl Running {
         let _ = self.stop.send(true);
         let _ = self.done.await;
     }
-
-    /// Asks for shutdown without waiting (for signal handlers).
-    pub fn trigger_shutdown(&self) {
-        let _ = self.stop.send(true);
-    }
-
-    /// Resolves when the server has stopped.
-    pub async fn wait(self) {
-        let _ = self.done.await;
-    }
 }
 
 /// Loads every file the config names beyond the secrets (inbound TLS pair,

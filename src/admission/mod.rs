@@ -415,17 +415,7 @@ impl Admission {
 }
 
 fn policy_value(limits: &[Limit]) -> http::HeaderValue {
-    let states: Vec<WindowState> = limits
-        .iter()
-        .map(|l| WindowState {
-            name: l.name.clone(),
-            limit: l.requests,
-            period: l.per,
-            used: 0,
-            frees_in: Duration::ZERO,
-        })
-        .collect();
-    http::HeaderValue::from_str(&policy_header(&states))
+    http::HeaderValue::from_str(&policy_header(limits))
         .unwrap_or_else(|_| http::HeaderValue::from_static(""))
 }
 

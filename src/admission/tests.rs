@@ -6,17 +6,9 @@ use std::time::Duration;
 use tokio::time::{advance, Instant};
 
 use super::*;
-use crate::config::{AdmissionConfig, Limit, OnLimit, Upstream429};
+use crate::config::{AdmissionConfig, OnLimit, Upstream429};
 
-fn limits(spec: &[(u32, u64)]) -> Vec<Limit> {
-    spec.iter()
-        .map(|(n, ms)| Limit {
-            requests: *n,
-            per: Duration::from_millis(*ms),
-            name: format!("{ms}ms"),
-        })
-        .collect()
-}
+use crate::quota::test_limits as limits;
 
 fn cfg(on_limit: OnLimit, max_queue: usize, max_wait_ms: u64, margin_ms: u64) -> AdmissionConfig {
     AdmissionConfig {

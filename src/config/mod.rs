@@ -102,6 +102,25 @@ pub struct Limit {
     pub name: String,
 }
 
+impl Limit {
+    /// Dastra's documented quotas, the default when no `[[limits]]` are given:
+    /// 500 per minute and 10,000 per 10 minutes.
+    pub fn dastra() -> Vec<Limit> {
+        vec![
+            Limit {
+                requests: 500,
+                per: Duration::from_secs(60),
+                name: "1m".into(),
+            },
+            Limit {
+                requests: 10_000,
+                per: Duration::from_secs(600),
+                name: "10m".into(),
+            },
+        ]
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnLimit {
     Queue,
@@ -571,18 +590,7 @@ impl Validator<'_> {
 
     fn limits(&self, raw: Option<Vec<raw::RawLimit>>) -> Result<Vec<Limit>, ConfigError> {
         let Some(raw) = raw else {
-            return Ok(vec![
-                Limit {
-                    requests: 500,
-                    per: Duration::from_secs(60),
-                    name: "1m".into(),
-                },
-                Limit {
-                    requests: 10_000,
-                    per: Duration::from_secs(600),
-                    name: "10m".into(),
-                },
-            ]);
+            return Ok(Limit::dastra());
         };
         if raw.is_empty() {
             return Err(self.invalid("limits", "at least one [[limits]] window is needed"));

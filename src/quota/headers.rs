@@ -4,35 +4,44 @@
 use std::time::Duration;
 
 use super::WindowState;
+use crate::config::Limit;
 
 /// Whole seconds, rounded up: a caller that waits this long is never early.
 pub fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-/// `"1m";q=500;w=60, "10m";q=10000;w=600`
-pub fn policy_header(windows: &[WindowState]) -> String {
-    windows
+/// `"1m";q=500;w=60, "10m";q=10000;w=600`, from the configured windows.
+pub fn policy_header(limits: &[Limit]) -> String {
+    limits
         .iter()
-        .map(|w| format!("\"{}\";q={};w={}", w.name, w.limit, ceil_secs(w.period)))
+        .map(|l| format!("\"{}\";q={};w={}", l.name, l.requests, ceil_secs(l.per)))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
+/// Appends one `RateLimit` item, `"1m";r=0;t=17`: the one place its shape is
+/// written, for the local windows and the shared (Redis) ones alike.
+pub fn push_ratelimit_item(out: &mut String, name: &str, remaining: u32, frees_in: Duration) {
+    use std::fmt::Write as _;
+    if !out.is_empty() {
+        out.push_str(", ");
+    }
+    let _ = write!(out, "\"{name}\";r={remaining};t={}", ceil_secs(frees_in));
+}
+
 /// `"1m";r=0;t=17, "10m";r=9500;t=3`; `t` is until one slot frees, margin included.
 pub fn ratelimit_header(windows: &[WindowState]) -> String {
-    windows
-        .iter()
-        .map(|w| {
-            format!(
-                "\"{}\";r={};t={}",
-                w.name,
-                w.limit.saturating_sub(w.used),
-                ceil_secs(w.frees_in)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+    let mut out = String::new();
+    for w in windows {
+        push_ratelimit_item(
+            &mut out,
+            &w.name,
+            w.limit.saturating_sub(w.used),
+            w.frees_in,
+        );
+    }
+    out
 }
 
 #[cfg(test)]
@@ -56,7 +65,7 @@ mod tests {
             state("10m", 10_000, 600, 500, 0),
         ];
         assert_eq!(
-            policy_header(&w),
+            policy_header(&Limit::dastra()),
             "\"1m\";q=500;w=60, \"10m\";q=10000;w=600"
         );
         assert_eq!(ratelimit_header(&w), "\"1m\";r=0;t=17, \"10m\";r=9500;t=0");

@@ -12,5 +12,17 @@
 mod headers;
 mod window;
 
-pub use headers::{ceil_secs, policy_header, ratelimit_header};
+pub use headers::{ceil_secs, policy_header, push_ratelimit_item, ratelimit_header};
+
+/// Windows of `n` per `ms` milliseconds, named `"<ms>ms"`, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_limits(spec: &[(u32, u64)]) -> Vec<crate::config::Limit> {
+    spec.iter()
+        .map(|(n, ms)| crate::config::Limit {
+            requests: *n,
+            per: std::time::Duration::from_millis(*ms),
+            name: format!("{ms}ms"),
+        })
+        .collect()
+}
 pub use window::{WindowSet, WindowState};

@@ -193,20 +193,11 @@ impl WindowSet {
     /// The `RateLimit` field at `now`, written without a snapshot: this runs
     /// on every response.
     pub fn ratelimit_value(&mut self, now: Instant) -> String {
-        use std::fmt::Write as _;
         let mut out = String::with_capacity(24 * self.windows.len());
-        for (i, w) in self.windows.iter_mut().enumerate() {
+        for w in &mut self.windows {
             w.prune(now);
-            if i > 0 {
-                out.push_str(", ");
-            }
-            let r = w.limit.saturating_sub(w.used());
-            let _ = write!(
-                out,
-                "\"{}\";r={r};t={}",
-                w.name,
-                super::ceil_secs(w.frees_in(now))
-            );
+            let r = w.limit.saturating_sub(w.used()) as u32;
+            super::push_ratelimit_item(&mut out, &w.name, r, w.frees_in(now));
         }
         out
     }
@@ -246,15 +237,7 @@ impl WindowSet {
 mod tests {
     use super::*;
 
-    fn limits(spec: &[(u32, u64)]) -> Vec<Limit> {
-        spec.iter()
-            .map(|(n, ms)| Limit {
-                requests: *n,
-                per: Duration::from_millis(*ms),
-                name: format!("{ms}ms"),
-            })
-            .collect()
-    }
+    use crate::quota::test_limits as limits;
 
     #[test]
     fn admits_n_then_refuses_until_oldest_plus_span() {

@@ -161,7 +161,6 @@ impl RedisStore {
     /// The `RateLimit` field from the last decision, aged to `now`; `None`
     /// before the first one.
     pub fn ratelimit_value(&self, now: Instant) -> Option<String> {
-        use std::fmt::Write as _;
         let last = self
             .last
             .lock()
@@ -177,15 +176,12 @@ impl RedisStore {
         for (i, l) in layout.limits.iter().enumerate() {
             let used = last.1.get(2 * i).copied().unwrap_or(0).max(0) as u32;
             let frees = (last.1.get(2 * i + 1).copied().unwrap_or(0) - elapsed).max(0) as u64;
-            if i > 0 {
-                out.push_str(", ");
-            }
-            let t = crate::quota::ceil_secs(Duration::from_micros(frees));
-            let _ = write!(
-                out,
-                "\"{}\";r={};t={t}",
-                l.name,
-                l.requests.saturating_sub(used)
+            let remaining = l.requests.saturating_sub(used);
+            crate::quota::push_ratelimit_item(
+                &mut out,
+                &l.name,
+                remaining,
+                Duration::from_micros(frees),
             );
         }
         Some(out)

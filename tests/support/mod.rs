@@ -215,10 +215,6 @@ impl BinProxy {
         proc_status_kib(self.pid(), "VmHWM:")
     }
 
-    pub fn rss_kib(&self) -> u64 {
-        proc_status_kib(self.pid(), "VmRSS:")
-    }
-
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .arg(format!("-{sig}"))
