@@ -15,11 +15,26 @@ use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::Config;
-use crate::error::ProxyError;
+use crate::config::{Config, ANONYMOUS};
 
-/// The client label used when no `[[clients]]` are configured.
-pub const ANONYMOUS: &str = "anonymous";
+/// The connection a request came in on: the peer the allow-lists start from,
+/// and whether it spoke TLS (for `X-Forwarded-Proto`).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// Why a caller may not use the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AccessError {
+    #[error("the client address is not in the allow-list")]
+    IpNotAllowed,
+    #[error("a valid client key is required (X-API-Key, Authorization: Bearer or Basic)")]
+    Unauthenticated,
+    #[error("malformed X-Forwarded-For or Forwarded header")]
+    BadForwarded,
+}
 
 /// An authenticated (or anonymous) caller.
 #[derive(Debug, Clone)]
@@ -73,7 +88,7 @@ impl Access {
     }
 
     /// The address the allow-lists apply to.
-    pub fn client_addr(&self, peer: IpAddr, headers: &HeaderMap) -> Result<IpAddr, ProxyError> {
+    pub fn client_addr(&self, peer: IpAddr, headers: &HeaderMap) -> Result<IpAddr, AccessError> {
         let peer = canonical(peer);
         if !self.trusted(peer) {
             return Ok(peer);
@@ -87,11 +102,11 @@ impl Access {
     }
 
     /// Applies the allow-list and the client keys; on success says who called.
-    pub fn authorize(&self, peer: IpAddr, headers: &HeaderMap) -> Result<Identity, ProxyError> {
+    pub fn authorize(&self, peer: IpAddr, headers: &HeaderMap) -> Result<Identity, AccessError> {
         let addr = self.client_addr(peer, headers)?;
         let in_list = |list: &[IpNet]| list.iter().any(|n| n.contains(&addr));
         if !in_list(&self.allow) {
-            return Err(ProxyError::IpNotAllowed);
+            return Err(AccessError::IpNotAllowed);
         }
         if self.clients.is_empty() {
             return Ok(Identity {
@@ -101,7 +116,7 @@ impl Access {
                 addr,
             });
         }
-        let key = presented_key(headers).ok_or(ProxyError::Unauthenticated)?;
+        let key = presented_key(headers).ok_or(AccessError::Unauthenticated)?;
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         let mut found = None;
         for (i, c) in self.clients.iter().enumerate() {
@@ -109,10 +124,10 @@ impl Access {
                 found = Some(i);
             }
         }
-        let i = found.ok_or(ProxyError::Unauthenticated)?;
+        let i = found.ok_or(AccessError::Unauthenticated)?;
         let c = &self.clients[i];
         if c.allow.as_deref().is_some_and(|list| !in_list(list)) {
-            return Err(ProxyError::IpNotAllowed);
+            return Err(AccessError::IpNotAllowed);
         }
         Ok(Identity {
             name: c.name.clone(),
@@ -132,8 +147,8 @@ fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 /// The addresses of `X-Forwarded-For`, or else of `Forwarded`'s `for=`, in order.
-fn forwarded_chain(headers: &HeaderMap) -> Result<Vec<IpAddr>, ProxyError> {
-    let bad = || ProxyError::BadRequest("malformed X-Forwarded-For or Forwarded header".into());
+fn forwarded_chain(headers: &HeaderMap) -> Result<Vec<IpAddr>, AccessError> {
+    let bad = || AccessError::BadForwarded;
     let xff: Vec<_> = headers.get_all("x-forwarded-for").iter().collect();
     let mut out = Vec::new();
     if !xff.is_empty() {
@@ -228,7 +243,7 @@ mod tests {
         assert_eq!(a.client_addr(peer, &h).unwrap(), peer);
         assert!(matches!(
             a.authorize(peer, &h),
-            Err(ProxyError::IpNotAllowed)
+            Err(AccessError::IpNotAllowed)
         ));
     }
 
@@ -252,7 +267,7 @@ mod tests {
         let h = headers(&[("x-forwarded-for", "not-an-ip")]);
         assert!(matches!(
             a.client_addr(peer, &h),
-            Err(ProxyError::BadRequest(_))
+            Err(AccessError::BadForwarded)
         ));
     }
 

@@ -11,7 +11,8 @@ use crate::config::{Config, CredentialConfig, StoreConfig, StoreOnError, Upstrea
 use crate::credential::Credential;
 use crate::guard::Guard;
 use crate::metrics::Metrics;
-use crate::upstream::{build_client, HttpClient, UpstreamError};
+use crate::target::Target;
+use crate::upstream::{build_client, upstream, Upstream, UpstreamError};
 
 /// The parts of the config that SIGHUP may change, swapped as one.
 #[derive(Debug)]
@@ -25,7 +26,7 @@ impl Policy {
     fn new(cfg: &Config) -> Self {
         Self {
             access: Access::new(cfg),
-            guard: Guard::new(cfg),
+            guard: Guard::new(&cfg.clients),
             upstream_429: cfg.admission.upstream_429,
         }
     }
@@ -37,12 +38,13 @@ pub struct App {
     /// The config the process started with; listeners, upstream, credential
     /// and store come from here and need a restart to change.
     pub config: Config,
-    pub client: HttpClient,
+    /// Every outbound call (Dastra and the token endpoint) goes through it.
+    pub upstream: Upstream,
+    /// Which request targets are ours (not an open proxy).
+    pub target: Target,
     pub credential: Credential,
     pub quotas: Quotas,
     pub metrics: Metrics,
-    /// Authority of `server.public_url`, accepted in absolute-form targets.
-    pub public_authority: Option<String>,
     /// Set once both listeners are bound; `/readyz` reports it.
     pub ready: AtomicBool,
     /// Whether the shared store answered last time (always true in memory).
@@ -79,7 +81,18 @@ impl App {
             config.upstream.ca_file.as_deref(),
             config.upstream.connect_timeout,
         )?;
-        let credential = Credential::new(&config.credential, client.clone(), metrics.clone())?;
+        let origin = config.upstream.origin();
+        Self::with_upstream(config, metrics, upstream(client, origin))
+    }
+
+    /// With `upstream` in place of the HTTPS client: tests pass a
+    /// `service_fn` and run the whole request path without sockets.
+    pub fn with_upstream(
+        config: Config,
+        metrics: Metrics,
+        upstream: Upstream,
+    ) -> Result<Arc<Self>, AppError> {
+        let credential = Credential::new(&config.credential, upstream.clone(), metrics.clone())?;
         let passthrough = matches!(config.credential, CredentialConfig::Passthrough);
         let store_healthy = Arc::new(AtomicBool::new(true));
         let shared = match &config.store {
@@ -122,14 +135,18 @@ impl App {
             .parse::<http::Uri>()
             .ok()
             .and_then(|u| u.authority().map(|a| a.to_string()));
+        let target = Target::new(
+            public_authority.as_deref(),
+            config.upstream.authority.as_str(),
+        );
         Ok(Arc::new(Self {
             policy: ArcSwap::from_pointee(Policy::new(&config)),
             config,
-            client,
+            upstream,
+            target,
             credential,
             quotas,
             metrics,
-            public_authority,
             ready: AtomicBool::new(false),
             store_healthy,
             store_rejects,
@@ -146,15 +163,12 @@ impl App {
     /// dropping connections, queued calls or recorded sends.
     pub fn reload(&self, next: &Config) -> Result<(), ReloadError> {
         let cur = &self.config;
-        // Debug shows secrets only by their source, so equal sources compare equal.
-        let same =
-            |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") == format!("{b:?}");
         let fixed: [(&'static str, bool); 5] = [
-            ("[server]", same(&next.server, &cur.server)),
-            ("[upstream]", same(&next.upstream, &cur.upstream)),
-            ("[credential]", same(&next.credential, &cur.credential)),
-            ("[store]", same(&next.store, &cur.store)),
-            ("[log]", same(&next.log, &cur.log)),
+            ("[server]", next.server == cur.server),
+            ("[upstream]", next.upstream == cur.upstream),
+            ("[credential]", next.credential == cur.credential),
+            ("[store]", next.store == cur.store),
+            ("[log]", next.log == cur.log),
         ];
         if let Some((section, _)) = fixed.iter().find(|(_, same)| !same) {
             return Err(ReloadError::NeedsRestart(section));

@@ -7,76 +7,112 @@ use std::time::Duration;
 
 use axum::body::Body;
 use http::{header, HeaderValue, Response, StatusCode};
+use tokio::time::Instant;
 
+use crate::access::AccessError;
+use crate::admission::Refusal;
+use crate::body::TooLarge;
+use crate::credential::TokenError;
+use crate::guard::GuardError;
 use crate::quota::ceil_secs;
+use crate::target::TargetError;
+use crate::upstream::CallError;
 
-/// A call the proxy answers itself instead of forwarding.
+/// A call the proxy answers itself instead of forwarding: one variant per
+/// stage of the request path, each holding that stage's own error.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("a valid client key is required (X-API-Key, Authorization: Bearer or Basic)")]
-    Unauthenticated,
-    #[error("the client address is not in the allow-list")]
-    IpNotAllowed,
-    #[error("the request body is larger than {limit} bytes")]
-    BodyTooLarge { limit: u64 },
-    #[error("the Dastra quota is used up; retry after {} s", ceil_secs(*retry_after))]
-    QuotaExhausted { retry_after: Duration },
-    #[error("too many calls are already waiting for quota; retry after {} s", ceil_secs(*retry_after))]
-    QueueFull { retry_after: Duration },
-    #[error("this client's own rate limit is exceeded; retry after {} s", ceil_secs(*retry_after))]
-    ClientRate { retry_after: Duration },
-    #[error("{0}")]
-    UpstreamUnreachable(String),
-    #[error("the upstream sent no response head within {} ms", .0.as_millis())]
-    UpstreamTimeout(Duration),
-    #[error("the proxy is shutting down")]
-    ShuttingDown,
-    #[error("the shared quota store is unreachable")]
-    StoreUnavailable,
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    #[error(transparent)]
+    Guard(#[from] GuardError),
+    #[error(transparent)]
+    Body(#[from] TooLarge),
+    /// Admission said no; the duration is until a slot frees, from when it said so.
+    #[error("{}", refusal_message(.0, .1))]
+    Refused(Refusal, Duration),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error(transparent)]
+    Upstream(#[from] CallError),
+}
+
+impl From<Refusal> for ProxyError {
+    fn from(r: Refusal) -> Self {
+        let retry_at = match r {
+            Refusal::QuotaExhausted { retry_at } | Refusal::QueueFull { retry_at } => retry_at,
+            Refusal::ShuttingDown | Refusal::StoreUnavailable => Instant::now(),
+        };
+        ProxyError::Refused(r, retry_at.saturating_duration_since(Instant::now()))
+    }
+}
+
+fn refusal_message(r: &Refusal, retry_after: &Duration) -> String {
+    let secs = ceil_secs(*retry_after).max(1);
+    match r {
+        Refusal::QuotaExhausted { .. } => {
+            format!("the Dastra quota is used up; retry after {secs} s")
+        }
+        Refusal::QueueFull { .. } => {
+            format!("too many calls are already waiting for quota; retry after {secs} s")
+        }
+        Refusal::ShuttingDown => "the proxy is shutting down".to_owned(),
+        Refusal::StoreUnavailable => "the shared quota store is unreachable".to_owned(),
+    }
 }
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::Unauthenticated => StatusCode::UNAUTHORIZED,
-            ProxyError::IpNotAllowed => StatusCode::FORBIDDEN,
-            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::QuotaExhausted { .. }
-            | ProxyError::QueueFull { .. }
-            | ProxyError::ClientRate { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::ShuttingDown | ProxyError::StoreUnavailable => {
+            ProxyError::Target(_) | ProxyError::Access(AccessError::BadForwarded) => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::Access(AccessError::Unauthenticated) => StatusCode::UNAUTHORIZED,
+            ProxyError::Access(AccessError::IpNotAllowed) => StatusCode::FORBIDDEN,
+            ProxyError::Body(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Guard(_)
+            | ProxyError::Refused(Refusal::QuotaExhausted { .. } | Refusal::QueueFull { .. }, _) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ProxyError::Refused(Refusal::ShuttingDown | Refusal::StoreUnavailable, _) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ProxyError::Token(_)
+            | ProxyError::Upstream(CallError::NotConnected(_) | CallError::Failed(_)) => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::Upstream(CallError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
     /// The stable code of SPEC §4, also the `code` label of `rejected_total`.
     pub fn code(&self) -> &'static str {
         match self {
-            ProxyError::BadRequest(_) => "bad_request",
-            ProxyError::Unauthenticated => "unauthenticated",
-            ProxyError::IpNotAllowed => "ip_not_allowed",
-            ProxyError::BodyTooLarge { .. } => "body_too_large",
-            ProxyError::QuotaExhausted { .. } => "quota_exhausted",
-            ProxyError::QueueFull { .. } => "queue_full",
-            ProxyError::ClientRate { .. } => "client_rate",
-            ProxyError::UpstreamUnreachable(_) => "upstream_unreachable",
-            ProxyError::UpstreamTimeout(_) => "upstream_timeout",
-            ProxyError::ShuttingDown => "shutting_down",
-            ProxyError::StoreUnavailable => "store_unavailable",
+            ProxyError::Target(_) | ProxyError::Access(AccessError::BadForwarded) => "bad_request",
+            ProxyError::Access(AccessError::Unauthenticated) => "unauthenticated",
+            ProxyError::Access(AccessError::IpNotAllowed) => "ip_not_allowed",
+            ProxyError::Body(_) => "body_too_large",
+            ProxyError::Guard(_) => "client_rate",
+            ProxyError::Refused(Refusal::QuotaExhausted { .. }, _) => "quota_exhausted",
+            ProxyError::Refused(Refusal::QueueFull { .. }, _) => "queue_full",
+            ProxyError::Refused(Refusal::ShuttingDown, _) => "shutting_down",
+            ProxyError::Refused(Refusal::StoreUnavailable, _) => "store_unavailable",
+            ProxyError::Token(_)
+            | ProxyError::Upstream(CallError::NotConnected(_) | CallError::Failed(_)) => {
+                "upstream_unreachable"
+            }
+            ProxyError::Upstream(CallError::Timeout(_)) => "upstream_timeout",
         }
     }
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            ProxyError::QuotaExhausted { retry_after }
-            | ProxyError::QueueFull { retry_after }
-            | ProxyError::ClientRate { retry_after } => Some(*retry_after),
+            ProxyError::Refused(Refusal::QuotaExhausted { .. } | Refusal::QueueFull { .. }, d) => {
+                Some(*d)
+            }
+            ProxyError::Guard(g) => Some(g.retry_after),
             _ => None,
         }
     }
@@ -87,7 +123,7 @@ impl ProxyError {
         // Written directly (no serde_json::Value): this is the 429 hot path.
         // Codes are fixed identifiers; only the message needs JSON escaping.
         let message = serde_json::to_string(&self.to_string()).unwrap_or_else(|_| "\"\"".into());
-        let kind = if matches!(self, ProxyError::QuotaExhausted { .. }) {
+        let kind = if matches!(self, ProxyError::Refused(Refusal::QuotaExhausted { .. }, _)) {
             r#","type":"https://iana.org/assignments/http-problem-types#quota-exceeded""#
         } else {
             ""
@@ -116,14 +152,21 @@ mod tests {
 
     #[test]
     fn the_body_is_the_json_error_envelope() {
-        let r = ProxyError::BadRequest("a \"quoted\" host\n".into()).into_response();
+        let r = ProxyError::Target(TargetError::OtherHost("a \"quoted\" host\n".into()))
+            .into_response();
         let body = futures_body(r);
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["error"]["code"], "bad_request");
-        assert_eq!(v["error"]["message"], "a \"quoted\" host\n");
-        let r = ProxyError::QuotaExhausted {
-            retry_after: Duration::from_secs(3),
-        }
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("(a \"quoted\" host\n)"));
+        let r = ProxyError::Refused(
+            Refusal::QuotaExhausted {
+                retry_at: Instant::now(),
+            },
+            Duration::from_secs(3),
+        )
         .into_response();
         let v: serde_json::Value = serde_json::from_str(&futures_body(r)).unwrap();
         assert_eq!(v["error"]["code"], "quota_exhausted");
@@ -146,15 +189,21 @@ mod tests {
 
     #[test]
     fn retry_after_is_rounded_up_and_never_zero() {
-        let r = ProxyError::QuotaExhausted {
-            retry_after: Duration::from_millis(16_001),
-        }
+        let r = ProxyError::Refused(
+            Refusal::QuotaExhausted {
+                retry_at: Instant::now(),
+            },
+            Duration::from_millis(16_001),
+        )
         .into_response();
         assert_eq!(r.status(), 429);
         assert_eq!(r.headers()["retry-after"], "17");
-        let r = ProxyError::QueueFull {
-            retry_after: Duration::ZERO,
-        }
+        let r = ProxyError::Refused(
+            Refusal::QueueFull {
+                retry_at: Instant::now(),
+            },
+            Duration::ZERO,
+        )
         .into_response();
         assert_eq!(r.headers()["retry-after"], "1");
     }

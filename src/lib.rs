@@ -22,4 +22,5 @@ pub mod quota;
 pub mod secret;
 pub mod server;
 pub mod store;
+pub mod target;
 pub mod upstream;

@@ -1,3 +1,5 @@
+//! The command line: parses it and hands each verb to the library.
+
 use std::io::Read as _;
 use std::process::ExitCode;
 use std::time::Duration;

@@ -3,10 +3,56 @@
 //! The value lives in a [`secrecy::SecretString`], so `Debug`, logs, errors and
 //! `check` output can only ever show where a secret came from, never what it is.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 
 use secrecy::{ExposeSecret, SecretString};
+use subtle::ConstantTimeEq as _;
+
+/// Where `*_env` secrets are looked up: the process environment, or a fixed
+/// map so that tests never mutate the process environment (which races with
+/// every other thread reading it). Files are read from disk either way.
+#[derive(Debug, Clone, Default)]
+pub struct SecretEnv {
+    fixed: Option<HashMap<String, String>>,
+}
+
+impl SecretEnv {
+    /// The process environment.
+    pub fn system() -> Self {
+        Self { fixed: None }
+    }
+
+    /// Only these variables exist.
+    pub fn fixed<K: Into<String>, V: Into<String>>(vars: impl IntoIterator<Item = (K, V)>) -> Self {
+        Self {
+            fixed: Some(
+                vars.into_iter()
+                    .map(|(k, v)| (k.into(), v.into()))
+                    .collect(),
+            ),
+        }
+    }
+
+    fn var(&self, name: &str) -> Result<String, SecretError> {
+        match &self.fixed {
+            Some(map) => map
+                .get(name)
+                .cloned()
+                .ok_or_else(|| SecretError::MissingEnv(name.to_owned())),
+            None => match std::env::var(name) {
+                Ok(v) => Ok(v),
+                Err(std::env::VarError::NotPresent) => {
+                    Err(SecretError::MissingEnv(name.to_owned()))
+                }
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    Err(SecretError::NotUnicode(name.to_owned()))
+                }
+            },
+        }
+    }
+}
 
 /// Where a secret is read from: the config names the place, never the value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,17 +96,9 @@ pub struct Secret {
 impl Secret {
     /// Reads the secret now; a missing or empty one is an error, so a
     /// misconfigured proxy stops at start-up instead of sending no credential.
-    pub fn load(source: SecretSource) -> Result<Self, SecretError> {
+    pub fn load(source: SecretSource, env: &SecretEnv) -> Result<Self, SecretError> {
         let raw = match &source {
-            SecretSource::Env(name) => match std::env::var(name) {
-                Ok(v) => v,
-                Err(std::env::VarError::NotPresent) => {
-                    return Err(SecretError::MissingEnv(name.clone()))
-                }
-                Err(std::env::VarError::NotUnicode(_)) => {
-                    return Err(SecretError::NotUnicode(name.clone()))
-                }
-            },
+            SecretSource::Env(name) => env.var(name)?,
             SecretSource::File(path) => {
                 std::fs::read_to_string(path).map_err(|source| SecretError::File {
                     path: path.clone(),
@@ -96,6 +134,17 @@ impl Secret {
     }
 }
 
+/// Same source and same value (compared in constant time): a reload that
+/// names the same secret, still holding the same value, changes nothing.
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+            && bool::from(self.expose().as_bytes().ct_eq(other.expose().as_bytes()))
+    }
+}
+
+impl Eq for Secret {}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "<redacted from {}>", self.source)
@@ -126,20 +175,23 @@ mod tests {
         let p = dir.path().join("k");
         std::fs::write(&p, "abc\n").unwrap();
         assert_eq!(
-            Secret::load(SecretSource::File(p.clone()))
+            Secret::load(SecretSource::File(p.clone()), &SecretEnv::system())
                 .unwrap()
                 .expose(),
             "abc"
         );
         std::fs::write(&p, "\n").unwrap();
-        let err = Secret::load(SecretSource::File(p)).unwrap_err();
+        let err = Secret::load(SecretSource::File(p), &SecretEnv::system()).unwrap_err();
         assert!(matches!(err, SecretError::Empty(_)), "{err}");
     }
 
     #[test]
     fn missing_env_names_the_variable() {
-        let err =
-            Secret::load(SecretSource::Env("DASTRA_PROXY_TEST_UNSET_VAR".into())).unwrap_err();
+        let err = Secret::load(
+            SecretSource::Env("DASTRA_PROXY_TEST_UNSET_VAR".into()),
+            &SecretEnv::fixed([("OTHER", "x")]),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("DASTRA_PROXY_TEST_UNSET_VAR"));
     }
 }

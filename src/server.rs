@@ -5,7 +5,6 @@
 //! and queued calls up to `server.shutdown_grace`; then whatever still waits
 //! for quota is answered `503 shutting_down` rather than dropped.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,16 +17,20 @@ use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+use tower::util::MapRequest;
+use tower::ServiceExt as _;
 
+use crate::access::ConnInfo;
 use crate::app::{App, AppError};
 use crate::config::{Config, TlsFiles};
 use crate::metrics::Metrics;
-use crate::proxy::{self, ConnInfo};
+use crate::proxy;
 
 /// What keeps the proxy from starting, said plainly.
 #[derive(Debug, thiserror::Error)]
@@ -91,27 +94,21 @@ pub async fn start(config: Config, metrics: Metrics) -> Result<Running, StartErr
     let app = App::new(config, metrics)?;
     let (stop, stop_rx) = watch::channel(false);
 
-    let proxy_app = app.clone();
+    // The request path is served through axum like the admin side: the
+    // router's only route is the fallback, the proxy stack.
+    let proxy_router = axum::Router::new().fallback_service(proxy::stack(app.clone()));
     let proxy_task = tokio::spawn(accept_loop(
         proxy_listener,
         tls.clone(),
         stop_rx.clone(),
-        move |conn| {
-            let app = proxy_app.clone();
-            hyper::service::service_fn(move |req: Request<Incoming>| {
-                let app = app.clone();
-                // Boxed once here: the request future is large, and hyper moves it.
-                let fut = Box::pin(proxy::serve(app, conn, req));
-                async move { Ok::<_, Infallible>(fut.await) }
-            })
-        },
+        move |conn| with_conn(proxy_router.clone(), conn),
     ));
     let router = crate::admin::router(app.clone());
     let admin_task = tokio::spawn(accept_loop(
         admin_listener,
         None,
         stop_rx.clone(),
-        move |_conn| hyper_util::service::TowerToHyperService::new(router.clone()),
+        move |conn| with_conn(router.clone(), conn),
     ));
     app.ready.store(true, Ordering::SeqCst);
     tracing::info!(%proxy_addr, %admin_addr, upstream = %app.config.upstream.origin(), "dastra-proxy listening");
@@ -239,6 +236,19 @@ where
         }
     }
     graceful
+}
+
+/// A router for one connection: each request carries the connection's facts.
+fn with_conn(
+    router: axum::Router,
+    conn: ConnInfo,
+) -> TowerToHyperService<
+    MapRequest<axum::Router, impl FnMut(Request<Incoming>) -> Request<Incoming> + Clone>,
+> {
+    TowerToHyperService::new(router.map_request(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(conn);
+        req
+    }))
 }
 
 fn spawn_conn<F, E>(fut: F)

@@ -1,21 +1,78 @@
 //! The one pooled HTTPS client used for every outbound call (Dastra and the
 //! OAuth2 token endpoint): rustls with the web-PKI roots plus `ca_file`,
 //! HTTP/1.1 or HTTP/2 as ALPN decides.
+//!
+//! The rest of the proxy sees it only as an [`Upstream`], a tower service, so
+//! the whole request path runs in unit tests against a `service_fn`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
+use http::{Request, Response};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::CertificateDer;
+use tower::util::BoxCloneSyncService;
 
 /// The shared outbound client.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+/// Every outbound HTTP call goes through this service.
+pub type Upstream = BoxCloneSyncService<Request<Body>, Response<Body>, CallError>;
+
+/// An outbound call that produced no response head.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// No connection was made (connect or TLS failure): nothing reached the
+    /// other side, so a quota slot taken for it can be given back.
+    #[error("{0}")]
+    NotConnected(String),
+    /// The request may have been seen before the call failed.
+    #[error("{0}")]
+    Failed(String),
+    /// No response head within `upstream.timeout`.
+    #[error("the upstream sent no response head within {} ms", .0.as_millis())]
+    Timeout(Duration),
+}
+
+/// `client` as an [`Upstream`]; `origin` names it in error messages.
+pub fn upstream(client: HttpClient, origin: String) -> Upstream {
+    let origin: Arc<str> = origin.into();
+    BoxCloneSyncService::new(tower::service_fn(move |req: Request<Body>| {
+        let call = client.request(req);
+        let origin = origin.clone();
+        async move {
+            match call.await {
+                Ok(resp) => Ok(resp.map(Body::new)),
+                Err(e) => {
+                    let message = format!("cannot reach {origin}: {}", error_chain(&e));
+                    Err(if e.is_connect() {
+                        CallError::NotConnected(message)
+                    } else {
+                        CallError::Failed(message)
+                    })
+                }
+            }
+        }
+    }))
+}
+
+/// An error and its causes on one line: hyper's top-level messages are terse.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        s.push_str(": ");
+        s.push_str(&err.to_string());
+        cur = err.source();
+    }
+    s
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {

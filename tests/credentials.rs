@@ -20,8 +20,6 @@ async fn proxy_with(up: &MockUpstream, credential: &str, extra: &str) -> TestPro
 }
 
 fn oauth2_section(up: &MockUpstream) -> String {
-    std::env::set_var("TEST_DASTRA_PUBLIC", "pub-id");
-    std::env::set_var("TEST_DASTRA_PRIVATE", "priv-secret");
     format!(
         "[credential]\nkind = \"oauth2\"\ntoken_url = \"{}/connect/token\"\nscope = \"api1\"\n\
          public_key_env = \"TEST_DASTRA_PUBLIC\"\nprivate_key_env = \"TEST_DASTRA_PRIVATE\"\n",
@@ -32,8 +30,6 @@ fn oauth2_section(up: &MockUpstream) -> String {
 #[tokio::test]
 async fn basic_credential_is_injected_and_the_callers_removed() {
     let up = MockUpstream::start().await;
-    std::env::set_var("TEST_DASTRA_PUBLIC", "pub-id");
-    std::env::set_var("TEST_DASTRA_PRIVATE", "priv-secret");
     let section = "[credential]\nkind = \"basic\"\npublic_key_env = \"TEST_DASTRA_PUBLIC\"\nprivate_key_env = \"TEST_DASTRA_PRIVATE\"\n";
     let proxy = proxy_with(&up, section, "").await;
     let r = send(

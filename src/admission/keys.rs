@@ -1,3 +1,6 @@
+//! One [`Admission`] per quota key: a single key for a held credential, one
+//! per caller credential in passthrough, made on first use.
+
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};

@@ -12,6 +12,8 @@
 mod fair;
 mod keys;
 mod permit;
+mod releaser;
+mod remote;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -19,15 +21,15 @@ use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use crate::config::{AdmissionConfig, Limit, OnLimit, StoreOnError};
-use crate::metrics::Metrics;
 use crate::quota::{policy_header, WindowSet, WindowState};
-use crate::store::{Decision, RedisStore, StoreError};
 use fair::FairQueue;
 pub use keys::{Quotas, SharedStore};
 pub use permit::{Permit, SentPermit};
+use releaser::release_loop;
+pub use remote::Remote;
 
 /// Why a call may not go upstream; each maps to one error code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,85 +75,6 @@ struct Inner {
     /// The shared store, when replicas share the quota; `state.windows` is
     /// then this replica's fallback share.
     remote: Option<Arc<Remote>>,
-}
-
-/// Admission through Redis, and what to do when it does not answer.
-#[derive(Debug)]
-pub struct Remote {
-    pub store: Arc<RedisStore>,
-    pub on_error: StoreOnError,
-    pub metrics: Metrics,
-    pub healthy: Arc<AtomicBool>,
-    pub replicas: u32,
-}
-
-impl Remote {
-    /// Reserves a slot in Redis: `Ok(Ok(member))`, `Ok(Err(wait))`, or
-    /// `Err(())` when Redis failed (counted and logged).
-    async fn reserve(&self) -> Result<Result<String, Duration>, ()> {
-        let member = self.store.member();
-        match self.store.reserve(&member).await {
-            Ok(Decision::Admitted) => {
-                self.up();
-                Ok(Ok(member))
-            }
-            Ok(Decision::Wait(d)) => {
-                self.up();
-                Ok(Err(d))
-            }
-            Err(e) => {
-                self.failed("decide", &e);
-                Err(())
-            }
-        }
-    }
-
-    /// This replica's share of `limits`, held while Redis is unreachable.
-    pub fn share(&self, limits: &[Limit]) -> Vec<Limit> {
-        limits
-            .iter()
-            .map(|l| Limit {
-                requests: (l.requests / self.replicas).max(1),
-                ..l.clone()
-            })
-            .collect()
-    }
-
-    fn up(&self) {
-        if !self.healthy.swap(true, Ordering::Relaxed) {
-            tracing::info!("quota store reachable again; deciding through Redis");
-        }
-    }
-
-    fn failed(&self, op: &str, e: &StoreError) {
-        self.metrics
-            .store_errors_total
-            .with_label_values(&[op])
-            .inc();
-        if !matches!(e, StoreError::Backoff(_)) && self.healthy.swap(false, Ordering::Relaxed) {
-            tracing::warn!(error = %e, on_error = ?self.on_error, "quota store unreachable");
-        }
-    }
-
-    /// Lands or releases a remote slot in the background (from `Drop`).
-    fn finish(self: &Arc<Self>, member: String, land: bool) {
-        // A permit may be dropped while the runtime shuts down: then there is
-        // nobody left to tell, and Redis expires the reservation by itself.
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let me = self.clone();
-        rt.spawn(async move {
-            let r = if land {
-                me.store.land(&member, None).await
-            } else {
-                me.store.release(&member).await
-            };
-            if let Err(e) = r {
-                me.failed(if land { "land" } else { "release" }, &e);
-            }
-        });
-    }
 }
 
 #[derive(Debug)]
@@ -475,118 +398,6 @@ impl Drop for LeaveOnDrop<'_> {
             if st.queue.remove(self.caller, id).is_some() {
                 st.projection = None;
             }
-        }
-    }
-}
-
-/// Hands slots to queued calls as they free; sleeps in between.
-async fn release_loop(inner: Arc<Inner>) {
-    loop {
-        let next = match &inner.remote {
-            Some(remote) => release_remote(&inner, remote).await,
-            None => release_ready(&inner),
-        };
-        match next {
-            Release::Sleep(at) => {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(at) => {}
-                    _ = inner.wake.notified() => {}
-                }
-            }
-            Release::Idle => inner.wake.notified().await,
-            Release::Closed => return,
-        }
-    }
-}
-
-/// One step of the releaser through Redis: grant the head of the queue a
-/// slot, or learn how long until one frees.
-async fn release_remote(inner: &Arc<Inner>, remote: &Arc<Remote>) -> Release {
-    {
-        let st = inner.lock();
-        if st.queue.is_empty() {
-            return if st.closed {
-                Release::Closed
-            } else {
-                Release::Idle
-            };
-        }
-        if let Some(p) = st.paused_until.filter(|p| *p > Instant::now()) {
-            return Release::Sleep(p);
-        }
-    }
-    match remote.reserve().await {
-        Ok(Ok(member)) => {
-            let mut st = inner.lock();
-            let now = Instant::now();
-            match st.queue.pop() {
-                Some((tx, enqueued)) => {
-                    let permit =
-                        Permit::remote(inner.clone(), member, now.duration_since(enqueued));
-                    if let Err(Ok(permit)) = tx.send(Ok(permit)) {
-                        drop(st);
-                        drop(permit);
-                    }
-                }
-                None => {
-                    drop(st);
-                    remote.finish(member, false);
-                }
-            }
-            Release::Sleep(Instant::now())
-        }
-        Ok(Err(wait)) => Release::Sleep(Instant::now() + wait),
-        Err(()) if remote.on_error == StoreOnError::Reject => {
-            let mut st = inner.lock();
-            for tx in st.queue.drain() {
-                let _ = tx.send(Err(Refusal::StoreUnavailable));
-            }
-            Release::Idle
-        }
-        // Fall back to this replica's share until Redis answers again.
-        Err(()) => match release_ready(inner) {
-            Release::Idle => Release::Idle,
-            Release::Closed => Release::Closed,
-            Release::Sleep(at) => {
-                Release::Sleep(at.min(Instant::now() + Duration::from_millis(500)))
-            }
-        },
-    }
-}
-
-enum Release {
-    Sleep(Instant),
-    Idle,
-    Closed,
-}
-
-fn release_ready(inner: &Arc<Inner>) -> Release {
-    let mut st = inner.lock();
-    let now = Instant::now();
-    loop {
-        if st.queue.is_empty() {
-            st.projection = None;
-            return if st.closed {
-                Release::Closed
-            } else {
-                Release::Idle
-            };
-        }
-        let at = st.blocked_until(now);
-        if at > now {
-            return Release::Sleep(at);
-        }
-        st.paused_until = None;
-        let Some((tx, enqueued)) = st.queue.pop() else {
-            continue;
-        };
-        st.windows.reserve();
-        let permit = Permit::new(inner.clone(), now.duration_since(enqueued));
-        if let Err(Ok(permit)) = tx.send(Ok(permit)) {
-            // The caller left between the queue and the grant: nothing was sent.
-            permit.defuse();
-            st.windows.release();
-            st.projection = None;
         }
     }
 }

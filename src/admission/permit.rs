@@ -1,3 +1,6 @@
+//! Quota slots as values: a [`Permit`] reserved, a [`SentPermit`] in flight;
+//! dropping either does the right thing for the window.
+
 use std::sync::Arc;
 use std::time::Duration;
 

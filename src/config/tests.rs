@@ -1,20 +1,29 @@
+//! Config loading and validation, through the real parser, on fixed secrets.
+
 use std::path::Path;
 use std::time::Duration;
 
 use super::*;
 
+/// The only variables these tests' configs may read.
+fn env() -> SecretEnv {
+    SecretEnv::fixed([
+        ("CFG_TEST_KEY", "k"),
+        ("DASTRA_API_KEY", "k"),
+        ("CFG_TEST_PRIV", "private"),
+    ])
+}
+
 fn parse(text: &str) -> Result<Config, ConfigError> {
-    std::env::set_var("CFG_TEST_KEY", "k");
-    Config::parse(text, Path::new("t.toml"))
+    Config::parse_with(text, Path::new("t.toml"), &env())
 }
 
 const KEY: &str = "[credential]\napi_key_env = \"CFG_TEST_KEY\"\n";
 
 #[test]
 fn the_shipped_config_parses_to_the_documented_defaults() {
-    std::env::set_var("DASTRA_API_KEY", "k");
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
-    let c = Config::load(&path).unwrap();
+    let c = Config::load_with(&path, &env()).unwrap();
     assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
     assert_eq!(c.server.max_request_body, 50 << 20);
     assert_eq!(c.limits.len(), 2);
@@ -124,7 +133,6 @@ fn client_rates_and_secret_files() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("pub");
     std::fs::write(&f, "public\n").unwrap();
-    std::env::set_var("CFG_TEST_PRIV", "private");
     let c = parse(&format!(
         "[credential]\nkind = \"oauth2\"\npublic_key_file = \"{}\"\nprivate_key_env = \"CFG_TEST_PRIV\"\n\
          [[clients]]\nname = \"crm\"\nkey_sha256 = \"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\"\nrate = \"20/s\"\nburst = 40\n",

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::config::CredentialConfig;
 use crate::metrics::Metrics;
 use crate::secret::{Secret, SecretSource};
-use crate::upstream::HttpClient;
+use crate::upstream::Upstream;
 pub use oauth2::{TokenCache, TokenError};
 
 /// What the quota is kept per: one key for a held credential, a digest per
@@ -33,7 +33,7 @@ pub enum Credential {
 impl Credential {
     pub fn new(
         cfg: &CredentialConfig,
-        client: HttpClient,
+        upstream: Upstream,
         metrics: Metrics,
     ) -> Result<Self, CredentialError> {
         Ok(match cfg {
@@ -51,7 +51,7 @@ impl Credential {
                 public,
                 private,
             } => Credential::OAuth2(Box::new(TokenCache::new(
-                client,
+                upstream,
                 token_url.clone(),
                 scope.clone(),
                 sensitive(&basic(public.expose(), private.expose()), public)?,

@@ -14,7 +14,9 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
-use crate::upstream::HttpClient;
+use tower::ServiceExt as _;
+
+use crate::upstream::Upstream;
 
 /// Longest backoff between two failing token requests.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -45,7 +47,7 @@ struct TokenState {
 /// Holds the current bearer token and refreshes it when due.
 #[derive(Debug)]
 pub struct TokenCache {
-    client: HttpClient,
+    upstream: Upstream,
     token_url: Uri,
     scope: String,
     basic: HeaderValue,
@@ -62,14 +64,14 @@ struct TokenAnswer {
 
 impl TokenCache {
     pub(super) fn new(
-        client: HttpClient,
+        upstream: Upstream,
         token_url: Uri,
         scope: String,
         basic: HeaderValue,
         metrics: Metrics,
     ) -> Self {
         Self {
-            client,
+            upstream,
             token_url,
             scope,
             basic,
@@ -140,10 +142,11 @@ impl TokenCache {
             .header(header::ACCEPT, "application/json")
             .body(Body::from(form))
             .map_err(|e| TokenError::Unreachable(e.to_string()))?;
-        let resp = tokio::time::timeout(Duration::from_secs(15), self.client.request(req))
-            .await
-            .map_err(|_| TokenError::Unreachable("timed out".into()))?
-            .map_err(|e| TokenError::Unreachable(crate::proxy::error_chain(&e)))?;
+        let resp =
+            tokio::time::timeout(Duration::from_secs(15), self.upstream.clone().oneshot(req))
+                .await
+                .map_err(|_| TokenError::Unreachable("timed out".into()))?
+                .map_err(|e| TokenError::Unreachable(e.to_string()))?;
         let status = resp.status();
         let body = Limited::new(resp.into_body(), MAX_ANSWER)
             .collect()

@@ -1,3 +1,6 @@
+//! The sliding-window log of one quota key: one ring of send times per
+//! window, so "may I send now?" and "when does a slot free?" are O(1).
+
 use std::collections::VecDeque;
 use std::time::Duration;
 

@@ -20,6 +20,7 @@ use hyper_util::rt::TokioExecutor;
 
 use dastra_proxy::config::Config;
 use dastra_proxy::metrics::Metrics;
+use dastra_proxy::secret::SecretEnv;
 use dastra_proxy::server::{self, Running};
 pub use upstream::MockUpstream;
 
@@ -86,16 +87,14 @@ pub fn write_config(dir: &std::path::Path, upstream: &MockUpstream, extra: &str)
 /// The Dastra key the test configs inject.
 pub const DASTRA_KEY: &str = "dastra-secret-key-0123456789";
 
-pub fn set_env() {
-    // Every test process reads the same values, so setting them races with nobody.
-    unsafe_env_set("TEST_DASTRA_KEY", DASTRA_KEY);
-}
-
-fn unsafe_env_set(k: &str, v: &str) {
-    if std::env::var(k).ok().as_deref() != Some(v) {
-        // SAFETY-free: std::env::set_var is safe on edition 2021.
-        std::env::set_var(k, v);
-    }
+/// The only environment the in-process proxies' configs read: tests never
+/// mutate the process environment (see `.clippy.toml`).
+pub fn test_env() -> SecretEnv {
+    SecretEnv::fixed([
+        ("TEST_DASTRA_KEY", DASTRA_KEY),
+        ("TEST_DASTRA_PUBLIC", "pub-id"),
+        ("TEST_DASTRA_PRIVATE", "priv-secret"),
+    ])
 }
 
 /// The real proxy server stack, in this process.
@@ -118,11 +117,10 @@ impl TestProxy {
         extra: &str,
         edit: impl FnOnce(String) -> String,
     ) -> Self {
-        set_env();
         let dir = tempfile::tempdir().unwrap();
         let path = write_config(dir.path(), upstream, extra);
         std::fs::write(&path, edit(std::fs::read_to_string(&path).unwrap())).unwrap();
-        let config = Config::load(&path).expect("test config is valid");
+        let config = Config::load_with(&path, &test_env()).expect("test config is valid");
         let metrics = Metrics::new();
         let running = server::start(config, metrics.clone())
             .await

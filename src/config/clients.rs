@@ -1,0 +1,146 @@
+//! Validation of `[[clients]]`, `[store]` and `[log]`.
+
+use super::error::ConfigError;
+use super::raw;
+use super::types::*;
+use super::validate::Validator;
+
+impl Validator<'_> {
+    pub(super) fn clients(
+        &self,
+        raw: Vec<raw::RawClient>,
+    ) -> Result<Vec<ClientConfig>, ConfigError> {
+        let mut out: Vec<ClientConfig> = Vec::with_capacity(raw.len());
+        for (i, c) in raw.into_iter().enumerate() {
+            let key = format!("clients[{i}]");
+            if c.name.is_empty()
+                || c.name.len() > 64
+                || !c
+                    .name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+            {
+                return Err(self.invalid(
+                    &format!("{key}.name"),
+                    "1 to 64 characters of A-Z a-z 0-9 - _ .",
+                ));
+            }
+            if c.name == super::ANONYMOUS || out.iter().any(|o| o.name == c.name) {
+                return Err(self.invalid(
+                    &format!("{key}.name"),
+                    format!("`{}` is reserved or used twice", c.name),
+                ));
+            }
+            let digest = hex::decode(c.key_sha256.trim())
+                .ok()
+                .and_then(|d| <[u8; 32]>::try_from(d).ok())
+                .ok_or_else(|| {
+                    self.invalid(
+                        &format!("{key}.key_sha256"),
+                        "must be 64 hex digits from `dastra-proxy hash-key`",
+                    )
+                })?;
+            if out.iter().any(|o| o.key_sha256 == digest) {
+                return Err(self.invalid(
+                    &format!("{key}.key_sha256"),
+                    "the same key is given to two clients",
+                ));
+            }
+            let weight = u32::try_from(c.weight.unwrap_or(1))
+                .ok()
+                .filter(|w| (1..=1000).contains(w))
+                .ok_or_else(|| {
+                    self.invalid(&format!("{key}.weight"), "must be between 1 and 1000")
+                })?;
+            let rate = match (c.rate, c.burst) {
+                (None, None) => None,
+                (None, Some(_)) => {
+                    return Err(self.invalid(&format!("{key}.burst"), "needs a rate"))
+                }
+                (Some(r), burst) => {
+                    let (count, period) = super::units::parse_rate(&r)
+                        .map_err(|m| self.invalid(&format!("{key}.rate"), m))?;
+                    let burst = u32::try_from(burst.unwrap_or(i64::from(count)))
+                        .ok()
+                        .filter(|b| *b >= 1)
+                        .ok_or_else(|| {
+                            self.invalid(&format!("{key}.burst"), "must be at least 1")
+                        })?;
+                    Some(ClientRate {
+                        count,
+                        period,
+                        burst,
+                    })
+                }
+            };
+            out.push(ClientConfig {
+                name: c.name,
+                key_sha256: digest,
+                allow: c.allow,
+                weight,
+                rate,
+            });
+        }
+        Ok(out)
+    }
+
+    pub(super) fn store(&self, raw: raw::RawStore) -> Result<StoreConfig, ConfigError> {
+        match raw.kind.as_deref().unwrap_or("memory") {
+            "memory" => {
+                let set = [
+                    ("url", raw.url.is_some()),
+                    ("key_prefix", raw.key_prefix.is_some()),
+                    ("on_error", raw.on_error.is_some()),
+                    ("replicas", raw.replicas.is_some()),
+                ];
+                if let Some((k, _)) = set.iter().find(|(_, s)| *s) {
+                    return Err(
+                        self.invalid(&format!("store.{k}"), "only used with kind = \"redis\"")
+                    );
+                }
+                Ok(StoreConfig::Memory)
+            }
+            "redis" => {
+                let url = raw
+                    .url
+                    .ok_or_else(|| self.invalid("store.url", "needed with kind = \"redis\""))?;
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    return Err(self.invalid("store.url", "must start with redis:// or rediss://"));
+                }
+                let on_error = match raw.on_error.as_deref().unwrap_or("local") {
+                    "local" => StoreOnError::Local,
+                    "reject" => StoreOnError::Reject,
+                    o => {
+                        return Err(self.invalid(
+                            "store.on_error",
+                            format!("`{o}`: use \"local\" or \"reject\""),
+                        ))
+                    }
+                };
+                let replicas = u32::try_from(raw.replicas.unwrap_or(1))
+                    .ok()
+                    .filter(|r| *r >= 1)
+                    .ok_or_else(|| self.invalid("store.replicas", "must be at least 1"))?;
+                Ok(StoreConfig::Redis {
+                    url,
+                    key_prefix: raw.key_prefix.unwrap_or_else(|| "dastra-proxy".to_owned()),
+                    on_error,
+                    replicas,
+                })
+            }
+            o => Err(self.invalid("store.kind", format!("`{o}`: use \"memory\" or \"redis\""))),
+        }
+    }
+
+    pub(super) fn log(&self, raw: raw::RawLog) -> Result<LogConfig, ConfigError> {
+        let format = match raw.format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            o => return Err(self.invalid("log.format", format!("`{o}`: use \"text\" or \"json\""))),
+        };
+        let level = raw.level.unwrap_or_else(|| "info".to_owned());
+        tracing_subscriber::EnvFilter::try_new(&level)
+            .map_err(|e| self.invalid("log.level", format!("`{level}`: {e}")))?;
+        Ok(LogConfig { format, level })
+    }
+}

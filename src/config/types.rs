@@ -1,0 +1,191 @@
+//! The validated configuration: plain typed values, what the rest of the
+//! proxy sees. Only [`super::validate`] builds them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::Uri;
+use ipnet::IpNet;
+
+use crate::secret::Secret;
+
+/// The validated configuration the proxy runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it came from, for messages and reloads.
+    pub source: PathBuf,
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub credential: CredentialConfig,
+    /// Every window is enforced on the same quota key.
+    pub limits: Vec<Limit>,
+    pub admission: AdmissionConfig,
+    pub access: AccessConfig,
+    /// Empty: no client keys are asked for (sidecar use).
+    pub clients: Vec<ClientConfig>,
+    pub store: StoreConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// Base that upstream `Location` headers are rewritten to, without a trailing `/`.
+    pub public_url: String,
+    pub max_request_body: u64,
+    pub shutdown_grace: Duration,
+    /// Inbound TLS, so client keys never cross the network in clear.
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    /// `http` or `https`; plain http only exists for tests and local mocks.
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// Path prefix of `upstream.url`, without a trailing `/` (usually empty).
+    pub base_path: String,
+    pub connect_timeout: Duration,
+    /// Until the response head arrives; bodies may stream for longer.
+    pub timeout: Duration,
+    pub ca_file: Option<PathBuf>,
+}
+
+impl UpstreamConfig {
+    /// `scheme://authority`, as upstream `Location` headers spell it.
+    pub fn origin(&self) -> String {
+        format!("{}://{}", self.scheme, self.authority)
+    }
+}
+
+/// How the proxy authenticates to Dastra.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CredentialConfig {
+    /// Sent as `X-API-Key`.
+    ApiKey(Secret),
+    /// Sent as `Authorization: Basic base64(public:private)`.
+    Basic { public: Secret, private: Secret },
+    /// Client-credentials grant; the token is cached and refreshed.
+    OAuth2 {
+        token_url: Uri,
+        scope: String,
+        public: Secret,
+        private: Secret,
+    },
+    /// The caller's own credential goes through; its digest is the quota key.
+    Passthrough,
+}
+
+/// One sliding window: at most `requests` sends in any interval of length `per`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limit {
+    pub requests: u32,
+    pub per: Duration,
+    /// `per` as written (`"1m"`), used in metric labels and RateLimit fields.
+    pub name: String,
+}
+
+impl Limit {
+    /// Dastra's documented quotas, the default when no `[[limits]]` are given:
+    /// 500 per minute and 10,000 per 10 minutes.
+    pub fn dastra() -> Vec<Limit> {
+        vec![
+            Limit {
+                requests: 500,
+                per: Duration::from_secs(60),
+                name: "1m".into(),
+            },
+            Limit {
+                requests: 10_000,
+                per: Duration::from_secs(600),
+                name: "10m".into(),
+            },
+        ]
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnLimit {
+    Queue,
+    Reject,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upstream429 {
+    /// Hold all sending until Dastra's `Retry-After`.
+    Pause,
+    /// Pass the 429 on and change nothing.
+    Pass,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdmissionConfig {
+    pub on_limit: OnLimit,
+    pub max_queue: usize,
+    pub max_wait: Duration,
+    /// Added to every window, to absorb jitter between here and Dastra.
+    pub margin: Duration,
+    pub upstream_429: Upstream429,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessConfig {
+    pub allow: Vec<IpNet>,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientConfig {
+    pub name: String,
+    pub key_sha256: [u8; 32],
+    /// Narrows `[access].allow` for this client.
+    pub allow: Option<Vec<IpNet>>,
+    pub weight: u32,
+    pub rate: Option<ClientRate>,
+}
+
+/// The optional per-client guard: `count` per `period`, bursting to `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientRate {
+    pub count: u32,
+    pub period: Duration,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreConfig {
+    Memory,
+    Redis {
+        /// May carry a password, so it is treated as a secret when printed.
+        url: String,
+        key_prefix: String,
+        on_error: StoreOnError,
+        replicas: u32,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOnError {
+    Local,
+    Reject,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}

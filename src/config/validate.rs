@@ -1,0 +1,345 @@
+//! Turning the raw file into a [`Config`]: every rule that spans fields is
+//! checked here, so an invalid file stops the process before any socket is bound.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Uri;
+
+use super::error::ConfigError;
+use super::raw::{self, RawConfig};
+use super::types::*;
+use crate::secret::{Secret, SecretEnv, SecretSource};
+
+pub(super) struct Validator<'a> {
+    pub(super) path: &'a Path,
+    /// Where `*_env` and `*_file` secrets are read from.
+    pub(super) env: &'a SecretEnv,
+}
+
+impl Validator<'_> {
+    pub(super) fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    fn secret(
+        &self,
+        key: &str,
+        env: Option<String>,
+        file: Option<PathBuf>,
+    ) -> Result<Secret, ConfigError> {
+        let source = match (env, file) {
+            (Some(e), None) => SecretSource::Env(e),
+            (None, Some(f)) => SecretSource::File(self.relative(&f)),
+            (Some(_), Some(_)) => {
+                return Err(self.invalid(
+                    &format!("{key}_env"),
+                    format!("set either {key}_env or {key}_file, not both"),
+                ))
+            }
+            (None, None) => {
+                return Err(self.invalid(
+                    &format!("{key}_env"),
+                    format!("missing: name the secret with {key}_env or {key}_file"),
+                ))
+            }
+        };
+        Secret::load(source, self.env).map_err(|source| ConfigError::Secret {
+            path: self.path.to_owned(),
+            key: key.to_owned(),
+            source,
+        })
+    }
+
+    /// Paths in the file are relative to the file, not to the working directory.
+    fn relative(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.path.parent().unwrap_or(Path::new(".")).join(p)
+        }
+    }
+
+    pub(super) fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let server = self.server(raw.server)?;
+        let upstream = self.upstream(raw.upstream)?;
+        let credential = self.credential(raw.credential)?;
+        let limits = self.limits(raw.limits)?;
+        let admission = self.admission(raw.admission)?;
+        let access = AccessConfig {
+            allow: raw.access.allow.unwrap_or_else(|| {
+                vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]
+            }),
+            trusted_proxies: raw.access.trusted_proxies.unwrap_or_default(),
+        };
+        let clients = self.clients(raw.clients)?;
+        if matches!(credential, CredentialConfig::Passthrough) && !clients.is_empty() {
+            return Err(self.invalid(
+                "credential.kind",
+                "\"passthrough\" cannot be combined with [[clients]]: the caller's credential would be both a client key and the Dastra credential",
+            ));
+        }
+        let store = self.store(raw.store)?;
+        let log = self.log(raw.log)?;
+        Ok(Config {
+            source: self.path.to_owned(),
+            server,
+            upstream,
+            credential,
+            limits,
+            admission,
+            access,
+            clients,
+            store,
+            log,
+        })
+    }
+
+    fn server(&self, raw: raw::RawServer) -> Result<ServerConfig, ConfigError> {
+        let addr =
+            |key: &str, v: Option<String>, default: &str| -> Result<SocketAddr, ConfigError> {
+                let v = v.unwrap_or_else(|| default.to_owned());
+                v.parse().map_err(|_| {
+                    self.invalid(
+                        key,
+                        format!("`{v}` is not an address such as \"127.0.0.1:8080\""),
+                    )
+                })
+            };
+        let listen = addr("server.listen", raw.listen, "127.0.0.1:8080")?;
+        let admin_listen = addr("server.admin_listen", raw.admin_listen, "127.0.0.1:9090")?;
+        if listen == admin_listen && listen.port() != 0 {
+            return Err(self.invalid("server.admin_listen", "must differ from server.listen"));
+        }
+        let tls = raw.tls.map(|t| TlsFiles {
+            cert_file: self.relative(&t.cert_file),
+            key_file: self.relative(&t.key_file),
+        });
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let public_url = raw
+            .public_url
+            .unwrap_or_else(|| format!("{scheme}://{listen}"));
+        let parsed: Uri = public_url.parse().map_err(|_| {
+            self.invalid("server.public_url", format!("`{public_url}` is not a URL"))
+        })?;
+        if parsed.scheme().is_none() || parsed.authority().is_none() {
+            return Err(self.invalid(
+                "server.public_url",
+                "needs a scheme and host, e.g. \"http://127.0.0.1:8080\"",
+            ));
+        }
+        let max_request_body =
+            super::units::parse_size(raw.max_request_body.as_deref().unwrap_or("50MiB"))
+                .map_err(|m| self.invalid("server.max_request_body", m))?;
+        Ok(ServerConfig {
+            listen,
+            admin_listen,
+            public_url: public_url.trim_end_matches('/').to_owned(),
+            max_request_body,
+            shutdown_grace: raw.shutdown_grace.unwrap_or(Duration::from_secs(30)),
+            tls,
+        })
+    }
+
+    fn upstream(&self, raw: raw::RawUpstream) -> Result<UpstreamConfig, ConfigError> {
+        let url = raw
+            .url
+            .unwrap_or_else(|| "https://api.dastra.eu".to_owned());
+        let uri: Uri = url
+            .parse()
+            .map_err(|_| self.invalid("upstream.url", format!("`{url}` is not a URL")))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .filter(|s| *s == http::uri::Scheme::HTTPS || *s == http::uri::Scheme::HTTP);
+        let (Some(scheme), Some(authority)) = (scheme, uri.authority().cloned()) else {
+            return Err(self.invalid(
+                "upstream.url",
+                format!("`{url}` needs an https:// (or http://) scheme and a host"),
+            ));
+        };
+        if uri.query().is_some() {
+            return Err(self.invalid("upstream.url", "must not carry a query string"));
+        }
+        let connect_timeout = raw.connect_timeout.unwrap_or(Duration::from_secs(5));
+        let timeout = raw.timeout.unwrap_or(Duration::from_secs(60));
+        if connect_timeout.is_zero() || timeout.is_zero() {
+            return Err(self.invalid("upstream.timeout", "timeouts must be greater than zero"));
+        }
+        Ok(UpstreamConfig {
+            scheme,
+            authority,
+            base_path: uri.path().trim_end_matches('/').to_owned(),
+            connect_timeout,
+            timeout,
+            ca_file: raw.ca_file.map(|p| self.relative(&p)),
+        })
+    }
+
+    fn credential(&self, raw: raw::RawCredential) -> Result<CredentialConfig, ConfigError> {
+        let kind = raw.kind.as_deref().unwrap_or("api_key");
+        let unused = |keys: &[(&str, bool)]| -> Result<(), ConfigError> {
+            match keys.iter().find(|(_, set)| *set) {
+                Some((k, _)) => Err(self.invalid(
+                    &format!("credential.{k}"),
+                    format!("not used by kind = \"{kind}\""),
+                )),
+                None => Ok(()),
+            }
+        };
+        let api_set = raw.api_key_env.is_some() || raw.api_key_file.is_some();
+        let pair_set = raw.public_key_env.is_some()
+            || raw.public_key_file.is_some()
+            || raw.private_key_env.is_some()
+            || raw.private_key_file.is_some();
+        let oauth_set = raw.token_url.is_some() || raw.scope.is_some();
+        match kind {
+            "api_key" => {
+                unused(&[("public_key_env", pair_set), ("token_url", oauth_set)])?;
+                let env = if api_set {
+                    raw.api_key_env
+                } else {
+                    Some("DASTRA_API_KEY".to_owned())
+                };
+                Ok(CredentialConfig::ApiKey(self.secret(
+                    "credential.api_key",
+                    env,
+                    raw.api_key_file,
+                )?))
+            }
+            "basic" => {
+                unused(&[("api_key_env", api_set), ("token_url", oauth_set)])?;
+                let (public, private) = self.key_pair(raw)?;
+                Ok(CredentialConfig::Basic { public, private })
+            }
+            "oauth2" => {
+                unused(&[("api_key_env", api_set)])?;
+                let url = raw
+                    .token_url
+                    .clone()
+                    .unwrap_or_else(|| "https://account.dastra.eu/connect/token".to_owned());
+                let token_url: Uri = url
+                    .parse()
+                    .ok()
+                    .filter(|u: &Uri| u.scheme().is_some() && u.authority().is_some())
+                    .ok_or_else(|| {
+                        self.invalid(
+                            "credential.token_url",
+                            format!("`{url}` is not an absolute URL"),
+                        )
+                    })?;
+                let scope = raw.scope.clone().unwrap_or_else(|| "api1".to_owned());
+                let (public, private) = self.key_pair(raw)?;
+                Ok(CredentialConfig::OAuth2 {
+                    token_url,
+                    scope,
+                    public,
+                    private,
+                })
+            }
+            "passthrough" => {
+                unused(&[
+                    ("api_key_env", api_set),
+                    ("public_key_env", pair_set),
+                    ("token_url", oauth_set),
+                ])?;
+                Ok(CredentialConfig::Passthrough)
+            }
+            other => Err(self.invalid(
+                "credential.kind",
+                format!("unknown kind `{other}` (api_key, basic, oauth2 or passthrough)"),
+            )),
+        }
+    }
+
+    /// Dastra's public/private key pair, used by both `basic` and `oauth2`.
+    fn key_pair(&self, raw: raw::RawCredential) -> Result<(Secret, Secret), ConfigError> {
+        Ok((
+            self.secret(
+                "credential.public_key",
+                raw.public_key_env,
+                raw.public_key_file,
+            )?,
+            self.secret(
+                "credential.private_key",
+                raw.private_key_env,
+                raw.private_key_file,
+            )?,
+        ))
+    }
+
+    fn limits(&self, raw: Option<Vec<raw::RawLimit>>) -> Result<Vec<Limit>, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(Limit::dastra());
+        };
+        if raw.is_empty() {
+            return Err(self.invalid("limits", "at least one [[limits]] window is needed"));
+        }
+        let mut out: Vec<Limit> = Vec::with_capacity(raw.len());
+        for (i, l) in raw.into_iter().enumerate() {
+            let key = format!("limits[{i}]");
+            let requests = u32::try_from(l.requests)
+                .ok()
+                .filter(|n| (1..=10_000_000).contains(n))
+                .ok_or_else(|| {
+                    self.invalid(&format!("{key}.requests"), "must be between 1 and 10000000")
+                })?;
+            let per = humantime::parse_duration(&l.per)
+                .map_err(|e| self.invalid(&format!("{key}.per"), format!("`{}`: {e}", l.per)))?;
+            if per < Duration::from_millis(1) {
+                return Err(self.invalid(&format!("{key}.per"), "must be at least 1ms"));
+            }
+            if out.iter().any(|o| o.name == l.per) {
+                return Err(self.invalid(
+                    &format!("{key}.per"),
+                    format!("window \"{}\" is configured twice", l.per),
+                ));
+            }
+            out.push(Limit {
+                requests,
+                per,
+                name: l.per,
+            });
+        }
+        Ok(out)
+    }
+
+    fn admission(&self, raw: raw::RawAdmission) -> Result<AdmissionConfig, ConfigError> {
+        let on_limit = match raw.on_limit.as_deref().unwrap_or("queue") {
+            "queue" => OnLimit::Queue,
+            "reject" => OnLimit::Reject,
+            o => {
+                return Err(self.invalid(
+                    "admission.on_limit",
+                    format!("`{o}`: use \"queue\" or \"reject\""),
+                ))
+            }
+        };
+        let upstream_429 = match raw.upstream_429.as_deref().unwrap_or("pause") {
+            "pause" => Upstream429::Pause,
+            "pass" => Upstream429::Pass,
+            o => {
+                return Err(self.invalid(
+                    "admission.upstream_429",
+                    format!("`{o}`: use \"pause\" or \"pass\""),
+                ))
+            }
+        };
+        let max_queue = usize::try_from(raw.max_queue.unwrap_or(1000))
+            .ok()
+            .filter(|n| *n <= 1_000_000)
+            .ok_or_else(|| self.invalid("admission.max_queue", "must be between 0 and 1000000"))?;
+        Ok(AdmissionConfig {
+            on_limit,
+            max_queue,
+            max_wait: raw.max_wait.unwrap_or(Duration::from_secs(30)),
+            margin: raw.margin.unwrap_or(Duration::from_millis(250)),
+            upstream_429,
+        })
+    }
+}

@@ -1,0 +1,125 @@
+//! The admission stage: a quota slot for the call, held for exactly as long
+//! as the call is in flight. The permit lives in this stage's future: it is
+//! spent when the inner stages send, logged when the response head arrives,
+//! and given back when nothing reached Dastra (connect failure, no token) or
+//! the caller went away while queued.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use http::{Request, Response, StatusCode};
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+use super::headers::{add_ratelimit_fields, retry_after};
+use super::observe::Outcome;
+use super::StageFuture;
+use crate::access::Identity;
+use crate::admission::Caller;
+use crate::app::{App, Policy};
+use crate::config::{Upstream429, ANONYMOUS};
+use crate::error::ProxyError;
+use crate::upstream::CallError;
+
+/// How long to hold sending after an upstream 429 that names no `Retry-After`.
+pub const DEFAULT_UPSTREAM_PAUSE: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub(crate) struct AdmitLayer(pub(crate) Arc<App>);
+
+impl<S> Layer<S> for AdmitLayer {
+    type Service = Admit<S>;
+    fn layer(&self, inner: S) -> Admit<S> {
+        Admit {
+            app: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Admit<S> {
+    app: Arc<App>,
+    inner: S,
+}
+
+impl<S> Service<Request<Body>> for Admit<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = Response<Body>;
+    type Error = ProxyError;
+    type Future = StageFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> StageFuture {
+        let app = self.app.clone();
+        let mut inner = self.inner.clone();
+        Box::pin(async move {
+            let ext = req.extensions();
+            let caller = ext.get::<Identity>().map_or_else(
+                || Caller {
+                    name: ANONYMOUS.into(),
+                    weight: 1,
+                },
+                |id| Caller {
+                    name: id.name.clone(),
+                    weight: id.weight,
+                },
+            );
+            let pause = ext
+                .get::<Arc<Policy>>()
+                .is_none_or(|p| p.upstream_429 == Upstream429::Pause);
+            let outcome = ext.get::<Arc<Outcome>>().cloned();
+            // Hop-by-hop headers are gone by now: the key is the credential
+            // that will actually be forwarded.
+            let admission = app.quotas.get(app.credential.quota_key(req.headers()));
+            if let Some(o) = &outcome {
+                o.lock().admission = Some(admission.clone());
+            }
+            let permit = admission.acquire(&caller).await?;
+            let waited = permit.waited();
+            if let Some(o) = &outcome {
+                o.lock().queue_wait = Some(waited);
+            }
+            if !waited.is_zero() {
+                app.metrics
+                    .queue_wait_seconds
+                    .with_label_values(&[&caller.name])
+                    .observe(waited.as_secs_f64());
+            }
+            let sent = permit.sent();
+            let result = inner.call(req).await;
+            match &result {
+                Ok(_) => sent.landed(),
+                Err(ProxyError::Upstream(CallError::NotConnected(_)) | ProxyError::Token(_)) => {
+                    sent.refund()
+                }
+                // Timed out or failed after sending: counted as landed now.
+                Err(_) => drop(sent),
+            }
+            let mut resp = result?;
+            if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+                app.metrics.upstream_429_total.inc();
+                if pause {
+                    let d = retry_after(resp.headers()).unwrap_or(DEFAULT_UPSTREAM_PAUSE);
+                    tracing::warn!(
+                        pause_ms = d.as_millis() as u64,
+                        "Dastra answered 429; holding all sends"
+                    );
+                    admission.pause_until(Instant::now() + d);
+                }
+            }
+            add_ratelimit_fields(resp.headers_mut(), &admission);
+            Ok(resp)
+        })
+    }
+}

@@ -1,0 +1,120 @@
+//! The innermost stage: the call as Dastra sees it (its URL, forwarding
+//! headers), sent through the injectable [`Upstream`] within
+//! `upstream.timeout`, and the answer as the caller sees it (hop-by-hop
+//! headers out, upstream URLs rewritten to ours).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use http::{header, Request, Response, Uri, Version};
+use tokio::time::Instant;
+use tower::Service;
+
+use super::headers::{add_forwarding, rewrite_location};
+use super::observe::{method_label, Outcome};
+use super::stages::BodyOverflow;
+use super::StageFuture;
+use crate::access::{ConnInfo, Identity};
+use crate::app::App;
+use crate::body::TooLarge;
+use crate::error::ProxyError;
+use crate::target::{strip_hop_by_hop, TargetError};
+use crate::upstream::{CallError, Upstream};
+
+#[derive(Debug, Clone)]
+pub(crate) struct Forward {
+    app: Arc<App>,
+    upstream: Upstream,
+}
+
+impl Forward {
+    pub(crate) fn new(app: Arc<App>, upstream: Upstream) -> Self {
+        Self { app, upstream }
+    }
+}
+
+impl Service<Request<Body>> for Forward {
+    type Response = Response<Body>;
+    type Error = ProxyError;
+    type Future = StageFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.upstream.poll_ready(cx).map_err(ProxyError::from)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> StageFuture {
+        let app = self.app.clone();
+        let (mut parts, body) = req.into_parts();
+        let ext = std::mem::take(&mut parts.extensions);
+        let outcome = ext.get::<Arc<Outcome>>().cloned();
+        let overflow = ext.get::<BodyOverflow>().cloned();
+        let uri = match upstream_uri(&app, &parts.uri) {
+            Ok(u) => u,
+            Err(e) => return Box::pin(std::future::ready(Err(e.into()))),
+        };
+        parts.headers.remove(header::HOST);
+        if let Some(conn) = ext.get::<ConnInfo>() {
+            let client = ext.get::<Identity>().map_or(conn.peer.ip(), |i| i.addr);
+            add_forwarding(&mut parts.headers, client, *conn);
+        }
+        let method = method_label(&parts.method);
+        let mut out = Request::new(body);
+        *out.method_mut() = parts.method;
+        *out.uri_mut() = uri;
+        // The pool speaks HTTP/1.1 or HTTP/2 as ALPN decides, whatever the caller spoke.
+        *out.version_mut() = Version::HTTP_11;
+        *out.headers_mut() = parts.headers;
+        let call = self.upstream.call(out);
+        Box::pin(async move {
+            let sent_at = Instant::now();
+            let timeout = app.config.upstream.timeout;
+            let result = tokio::time::timeout(timeout, call).await;
+            let took = sent_at.elapsed();
+            if let Some(o) = &outcome {
+                o.lock().upstream = Some(took);
+            }
+            app.metrics
+                .upstream_duration_seconds
+                .with_label_values(&[method])
+                .observe(took.as_secs_f64());
+            let resp = match result {
+                Err(_) => return Err(CallError::Timeout(timeout).into()),
+                Ok(Err(e)) => {
+                    if overflow.is_some_and(|f| f.0.load(Ordering::Acquire)) {
+                        return Err(TooLarge(app.config.server.max_request_body).into());
+                    }
+                    tracing::warn!(error = %e, "upstream call failed");
+                    return Err(e.into());
+                }
+                Ok(Ok(resp)) => resp,
+            };
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            for name in [header::LOCATION, header::CONTENT_LOCATION] {
+                if let Some(v) = parts.headers.get(&name).and_then(|v| v.to_str().ok()) {
+                    if let Some(rewritten) = rewrite_location(&app.config, v) {
+                        parts.headers.insert(name, rewritten);
+                    }
+                }
+            }
+            Ok(Response::from_parts(parts, body))
+        })
+    }
+}
+
+fn upstream_uri(app: &App, uri: &Uri) -> Result<Uri, TargetError> {
+    let u = &app.config.upstream;
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    Uri::builder()
+        .scheme(u.scheme.clone())
+        .authority(u.authority.clone())
+        .path_and_query(if u.base_path.is_empty() {
+            pq.to_owned()
+        } else {
+            format!("{}{}", u.base_path, pq)
+        })
+        .build()
+        .map_err(|e| TargetError::Malformed(e.to_string()))
+}

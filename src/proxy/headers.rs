@@ -1,0 +1,172 @@
+//! Header helpers of the request path: what Dastra is told about the caller,
+//! what the caller is told about the quota, and upstream URLs turned into
+//! ours. Pure functions, so each is tested on its own.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Request;
+use tower_http::request_id::{MakeRequestId, RequestId};
+
+use crate::access::ConnInfo;
+use crate::admission::Admission;
+use crate::config::Config;
+
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// `X-Forwarded-For` and `-Proto` for Dastra. The chain a peer sent is only
+/// extended when that peer was trusted to write it (`client` differs from it).
+pub(crate) fn add_forwarding(h: &mut HeaderMap, client: IpAddr, conn: ConnInfo) {
+    let peer = conn.peer.ip();
+    let chain = if client != peer {
+        h.get(&X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| format!("{v}, {peer}"))
+    } else {
+        None
+    };
+    let xff = chain.unwrap_or_else(|| peer.to_string());
+    h.remove(header::FORWARDED);
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    h.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+    );
+}
+
+/// `https://api.dastra.eu/v1/x` → `<public_url>/v1/x`; other hosts untouched.
+/// The base path is only removed at a path boundary.
+pub(crate) fn rewrite_location(cfg: &Config, v: &str) -> Option<HeaderValue> {
+    let u = &cfg.upstream;
+    let origin = u.origin();
+    let head = v.get(..origin.len())?;
+    if !head.eq_ignore_ascii_case(&origin) {
+        return None;
+    }
+    let at_boundary = |r: &str| r.is_empty() || r.starts_with(['/', '?', '#']);
+    let rest = &v[origin.len()..];
+    if !at_boundary(rest) {
+        return None;
+    }
+    let rest = rest
+        .strip_prefix(u.base_path.as_str())
+        .filter(|r| at_boundary(r))
+        .unwrap_or(rest);
+    HeaderValue::from_str(&format!("{}{}", cfg.server.public_url, rest)).ok()
+}
+
+/// `RateLimit-Policy` and `RateLimit` of the call's quota key.
+pub(crate) fn add_ratelimit_fields(h: &mut HeaderMap, admission: &Admission) {
+    let (policy, state) = admission.ratelimit_fields();
+    h.insert(HeaderName::from_static("ratelimit-policy"), policy);
+    h.insert(HeaderName::from_static("ratelimit"), state);
+}
+
+/// `Retry-After` as seconds or an HTTP date, at most an hour.
+pub(crate) fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    let v = h.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs.min(3600)));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default()
+            .min(Duration::from_secs(3600)),
+    )
+}
+
+/// A caller's `X-Request-Id` is kept only when it is sane for logs: 1 to 128
+/// visible ASCII characters. Anything else is replaced.
+pub(crate) fn drop_insane_request_id<B>(mut req: Request<B>) -> Request<B> {
+    if let Some(v) = req.headers().get(&X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if b.is_empty() || b.len() > 128 || !b.iter().all(u8::is_ascii_graphic) {
+            req.headers_mut().remove(&X_REQUEST_ID);
+        }
+    }
+    req
+}
+
+/// Unique ids without a syscall per call: a random prefix per process and a counter.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CounterId;
+
+impl MakeRequestId for CounterId {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        static PREFIX: LazyLock<u64> = LazyLock::new(|| {
+            let mut b = [0u8; 8];
+            let _ = getrandom::fill(&mut b);
+            u64::from_le_bytes(b)
+        });
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{:016x}{n:016x}", *PREFIX))
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::SecretEnv;
+
+    fn config(url: &str) -> Config {
+        let text = format!(
+            "[server]\npublic_url = \"https://proxy.example.com\"\n[upstream]\nurl = \"{url}\"\n\
+             [credential]\napi_key_env = \"K\"\n"
+        );
+        Config::parse_with(
+            &text,
+            std::path::Path::new("t.toml"),
+            &SecretEnv::fixed([("K", "k")]),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn location_rewrite_only_at_a_path_boundary() {
+        let c = config("https://api.dastra.eu/api");
+        let r = |v: &str| rewrite_location(&c, v).map(|h| h.to_str().unwrap().to_owned());
+        assert_eq!(
+            r("https://api.dastra.eu/api/v1/x").as_deref(),
+            Some("https://proxy.example.com/v1/x")
+        );
+        assert_eq!(
+            r("https://api.dastra.eu/api").as_deref(),
+            Some("https://proxy.example.com")
+        );
+        // `/api.evil.com/x` does not start with the base path `/api` + boundary.
+        assert_eq!(
+            r("https://api.dastra.eu/api.evil.com/x").as_deref(),
+            Some("https://proxy.example.com/api.evil.com/x")
+        );
+        assert_eq!(r("https://api.dastra.eu.evil.com/x"), None);
+        assert_eq!(r("https://other.example/x"), None);
+    }
+
+    #[test]
+    fn insane_request_ids_are_dropped() {
+        let with = |v: &str| {
+            let req = Request::builder()
+                .header("x-request-id", v)
+                .body(())
+                .unwrap();
+            drop_insane_request_id(req)
+                .headers()
+                .get("x-request-id")
+                .is_some()
+        };
+        assert!(with("req-abc-123"));
+        assert!(!with("has space"));
+        assert!(!with(&"x".repeat(129)));
+    }
+}

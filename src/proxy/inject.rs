@@ -1,0 +1,67 @@
+//! The credential stage: the caller's credential out, the proxy's in; after
+//! an upstream 401 the token that was used is dropped so the next call (or
+//! the replay stage's one retry) fetches a fresh one.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use http::{header, Request, Response, StatusCode};
+use tower::{Layer, Service};
+
+use super::StageFuture;
+use crate::app::App;
+use crate::error::ProxyError;
+
+#[derive(Debug, Clone)]
+pub(crate) struct InjectLayer(pub(crate) Arc<App>);
+
+impl<S> Layer<S> for InjectLayer {
+    type Service = Inject<S>;
+    fn layer(&self, inner: S) -> Inject<S> {
+        Inject {
+            app: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Inject<S> {
+    app: Arc<App>,
+    inner: S,
+}
+
+impl<S> Service<Request<Body>> for Inject<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = Response<Body>;
+    type Error = ProxyError;
+    type Future = StageFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> StageFuture {
+        let app = self.app.clone();
+        let mut inner = self.inner.clone();
+        Box::pin(async move {
+            app.credential.inject(req.headers_mut()).await?;
+            let refreshes = app.credential.refreshes();
+            let used = refreshes
+                .then(|| req.headers().get(header::AUTHORIZATION).cloned())
+                .flatten();
+            let resp = inner.call(req).await?;
+            if refreshes && resp.status() == StatusCode::UNAUTHORIZED {
+                app.credential.invalidate(used.as_ref()).await;
+            }
+            Ok(resp)
+        })
+    }
+}

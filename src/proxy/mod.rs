@@ -1,0 +1,95 @@
+//! Forwarding one call to Dastra, as SPEC §4 describes it: a tower service
+//! stack built in one place, [`stack`], where each stage can answer by itself.
+//!
+//! Cheap refusals come before admission, so no refused call ever spends a
+//! quota slot; the upstream is an injectable [`Upstream`], so the whole path
+//! runs in unit tests without sockets.
+
+mod admit;
+mod check;
+mod forward;
+mod headers;
+mod inject;
+mod observe;
+mod replay;
+mod rescue;
+mod stages;
+#[cfg(test)]
+mod tests;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::body::Body;
+use http::{header, HeaderName, Request, Response};
+use tower::util::BoxCloneSyncService;
+use tower::ServiceBuilder;
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+
+use crate::app::App;
+use crate::error::ProxyError;
+use check::CheckLayer;
+use headers::{drop_insane_request_id, CounterId, X_REQUEST_ID};
+use stages::{AccessStage, BodyLimitStage, GuardStage, TargetStage};
+
+pub use admit::DEFAULT_UPSTREAM_PAUSE;
+
+/// The whole request path as one service; every error is already a response.
+pub type ProxyService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+
+/// The future of an asynchronous stage: boxed once per stage, which also keeps
+/// a queued call's future small.
+pub(crate) type StageFuture =
+    Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
+
+/// Builds the request path, outermost first. Requests go down the list,
+/// answers come back up it.
+pub fn stack(app: Arc<App>) -> ProxyService {
+    let limit = app.config.server.max_request_body;
+    let replay = app
+        .credential
+        .refreshes()
+        .then_some(replay::ReplayLayer { limit });
+    let upstream = forward::Forward::new(app.clone(), app.upstream.clone());
+    let svc = ServiceBuilder::new()
+        // Request id first: it never refuses, and the access log and every
+        // stage's own logs carry it. A caller's id is kept only if sane.
+        .map_request(drop_insane_request_id)
+        .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), CounterId))
+        // Access log and metrics outside everything that can refuse, so every
+        // refusal is logged and counted once, with its client and code.
+        .layer(observe::ObserveLayer(app.clone()))
+        // The id goes back on every answer, error envelopes included.
+        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
+        // Caller credentials are marked sensitive at once: never HPACK-indexed
+        // upstream (passthrough), never printed by a Debug of the headers.
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+            HeaderName::from_static("x-api-key"),
+        ]))
+        // The one place a stage's error becomes its JSON envelope (error.rs);
+        // everything below answers with typed errors.
+        .layer(rescue::RescueLayer)
+        // Not an open proxy; hop-by-hop headers out before anything reads them.
+        .layer(CheckLayer(TargetStage(app.clone())))
+        // Allow-lists and client keys: nothing below runs for a stranger.
+        .layer(CheckLayer(AccessStage(app.clone())))
+        // The client's own rate before it can queue for the shared quota.
+        .layer(CheckLayer(GuardStage))
+        // 413 by Content-Length before a slot is taken, and a streaming cut.
+        // Hand-written: tower-http's RequestBodyLimit answers its own plain
+        // 413 instead of an error the rescue stage can turn into our envelope.
+        .layer(CheckLayer(BodyLimitStage(limit)))
+        // OAuth2 replay outside admission: the body is read before a slot is
+        // taken, and the one retry takes a slot of its own.
+        .option_layer(replay)
+        // The quota slot, held by this stage's future until the answer's head.
+        .layer(admit::AdmitLayer(app.clone()))
+        // The Dastra credential, injected as late as possible.
+        .layer(inject::InjectLayer(app.clone()))
+        .service(upstream);
+    BoxCloneSyncService::new(svc)
+}

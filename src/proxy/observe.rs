@@ -1,0 +1,144 @@
+//! The outermost stage: every call, forwarded or refused, is counted and
+//! written to the access log once, after its answer is known.
+//!
+//! Inner stages say what they learned (who called, how long it queued and
+//! waited for Dastra, which refusal) through the [`Outcome`] this stage puts
+//! in the request's extensions.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use http::{Method, Request, Response};
+use tokio::time::Instant;
+use tower::{Layer, Service};
+use tracing::Instrument as _;
+
+use crate::admission::Admission;
+use crate::app::App;
+use crate::config::ANONYMOUS;
+
+/// What the inner stages learned about one call.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome(Mutex<Record>);
+
+#[derive(Debug, Default)]
+pub(crate) struct Record {
+    pub(crate) client: Option<Arc<str>>,
+    /// The quota key's admission, once chosen: refusals carry its RateLimit fields.
+    pub(crate) admission: Option<Admission>,
+    pub(crate) queue_wait: Option<Duration>,
+    pub(crate) upstream: Option<Duration>,
+    /// The error code the rescue stage answered with.
+    pub(crate) code: Option<&'static str>,
+}
+
+impl Outcome {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Record> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn set_client(&self, name: Arc<str>) {
+        self.lock().client = Some(name);
+    }
+}
+
+/// The `method` label: the seven verbs of SPEC §1 and `other`, so a client
+/// inventing methods cannot grow `/metrics`.
+pub(crate) fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ObserveLayer(pub(crate) Arc<App>);
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            app: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Observe<S> {
+    app: Arc<App>,
+    inner: S,
+}
+
+impl<S> Service<Request<Body>> for Observe<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let started = Instant::now();
+        let outcome = Arc::new(Outcome::default());
+        req.extensions_mut().insert(outcome.clone());
+        let method = method_label(req.method());
+        let uri = req.uri().clone();
+        let request_id = req.headers().get("x-request-id").cloned();
+        let span = tracing::info_span!(
+            "request",
+            request_id = request_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+            method
+        );
+        let call = self.inner.call(req).instrument(span.clone());
+        let app = self.app.clone();
+        Box::pin(async move {
+            let resp = call.await?;
+            let rec = std::mem::take(&mut *outcome.lock());
+            let client = rec.client.unwrap_or_else(|| ANONYMOUS.into());
+            let status = resp.status();
+            let elapsed = started.elapsed();
+            let m = &app.metrics;
+            if let Some(code) = rec.code {
+                m.rejected_total.with_label_values(&[&client, code]).inc();
+            }
+            m.requests_total
+                .with_label_values(&[&client, method, status.as_str()])
+                .inc();
+            m.request_duration_seconds
+                .with_label_values(&[&client, method])
+                .observe(elapsed.as_secs_f64());
+            let ms = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+            let _enter = span.enter();
+            tracing::info!(
+                target: "dastra_proxy::access",
+                client = %client,
+                path = %uri.path(),
+                status = status.as_u16(),
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                queue_ms = ms(rec.queue_wait),
+                upstream_ms = ms(rec.upstream),
+                "request"
+            );
+            Ok(resp)
+        })
+    }
+}

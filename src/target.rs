@@ -1,0 +1,142 @@
+//! Which requests the proxy takes at all: origin-form targets, or HTTP/1
+//! absolute-form naming this proxy or Dastra — never `CONNECT` or another
+//! host, because this is not an open proxy — and what of a request may cross
+//! the hop (RFC 9110 §7.6.1).
+
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Method, Request, Version};
+
+/// A request target the proxy will not forward.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    #[error("CONNECT is not supported: this is not an open proxy")]
+    Connect,
+    #[error("absolute-form request to another host ({0}) refused: this is not an open proxy")]
+    OtherHost(String),
+    #[error("the request target must start with /")]
+    NotOriginForm,
+    #[error("malformed request target: {0}")]
+    Malformed(String),
+}
+
+/// The authorities an absolute-form target may name.
+#[derive(Debug, Clone)]
+pub struct Target {
+    ours: Vec<String>,
+}
+
+impl Target {
+    /// `public` is `server.public_url`'s authority, `upstream` Dastra's.
+    pub fn new(public: Option<&str>, upstream: &str) -> Self {
+        Self {
+            ours: public
+                .into_iter()
+                .chain([upstream])
+                .map(str::to_owned)
+                .collect(),
+        }
+    }
+
+    /// Accepts the request's target or says why not.
+    pub fn check<B>(&self, req: &Request<B>) -> Result<(), TargetError> {
+        if req.method() == Method::CONNECT {
+            return Err(TargetError::Connect);
+        }
+        let uri = req.uri();
+        // HTTP/2 always carries `:authority`; only HTTP/1 absolute-form is a
+        // forward-proxy request.
+        if let Some(authority) = uri.authority().filter(|_| req.version() < Version::HTTP_2) {
+            if !self
+                .ours
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(authority.as_str()))
+            {
+                return Err(TargetError::OtherHost(authority.to_string()));
+            }
+        }
+        match uri.path_and_query() {
+            Some(pq) if !pq.as_str().starts_with('/') => Err(TargetError::NotOriginForm),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The hop-by-hop headers of RFC 9110 §7.6.1 (and the legacy
+/// `Proxy-Connection` / `Keep-Alive`), parsed once.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes the hop-by-hop headers and those `Connection` names.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if h.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
+    }
+    for n in &HOP_BY_HOP {
+        if h.contains_key(n) {
+            h.remove(n);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: Method, uri: &str, version: Version) -> Request<()> {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .version(version)
+            .body(())
+            .unwrap()
+    }
+
+    #[test]
+    fn only_origin_form_or_our_own_authorities() {
+        let t = Target::new(Some("proxy.test"), "api.dastra.eu");
+        let ok = |u, v| t.check(&req(Method::GET, u, v));
+        assert_eq!(ok("/v1/x?a=1", Version::HTTP_11), Ok(()));
+        assert_eq!(ok("http://proxy.test/v1/x", Version::HTTP_11), Ok(()));
+        assert_eq!(ok("https://API.dastra.eu/v1/x", Version::HTTP_11), Ok(()));
+        assert_eq!(
+            ok("http://evil.test/v1/x", Version::HTTP_11),
+            Err(TargetError::OtherHost("evil.test".into()))
+        );
+        // HTTP/2 always has an authority: it is not a proxy request.
+        assert_eq!(ok("http://evil.test/v1/x", Version::HTTP_2), Ok(()));
+        assert_eq!(
+            t.check(&req(Method::CONNECT, "evil.test:443", Version::HTTP_11)),
+            Err(TargetError::Connect)
+        );
+    }
+
+    #[test]
+    fn connection_named_headers_go_too() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "close, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+}
