@@ -102,11 +102,21 @@ impl<T> FairQueue<T> {
         Some((item.value, item.enqueued))
     }
 
-    /// Takes out a call whose caller went away.
+    /// Takes out a call whose caller went away, and gives its client back
+    /// the virtual time it had claimed: the calls behind it move up, and the
+    /// client's next call is tagged as if the departed one never queued.
     pub(super) fn remove(&mut self, name: &str, id: u64) -> Option<T> {
         let c = self.clients.iter_mut().find(|c| &*c.name == name)?;
         let i = c.items.iter().position(|it| it.id == id)?;
         let item = c.items.remove(i)?;
+        let cost = item.finish - item.start;
+        // Every later call of this client started at or after the departed
+        // one's finish, so shifting them by its cost keeps the chain intact.
+        for later in c.items.iter_mut().skip(i) {
+            later.start -= cost;
+            later.finish -= cost;
+        }
+        c.last_finish -= cost;
         self.len -= 1;
         Some(item.value)
     }
@@ -130,6 +140,32 @@ impl<T> FairQueue<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_whose_calls_left_is_not_pushed_to_the_back() {
+        let now = Instant::now();
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let mut q = FairQueue::default();
+        for i in 0..100 {
+            q.push(&a, 1, now, format!("a{i}"));
+        }
+        let gone: Vec<u64> = (0..100)
+            .map(|_| q.push(&b, 1, now, "gone".into()))
+            .collect();
+        let kept = q.push(&b, 1, now, "b-kept".into());
+        // All but the last of b's calls leave; the one behind them moves up.
+        for id in gone {
+            assert_eq!(q.remove("b", id).as_deref(), Some("gone"));
+        }
+        assert_eq!(q.pop().unwrap().0, "a0");
+        assert_eq!(q.pop().unwrap().0, "b-kept");
+        assert_eq!(q.remove("b", kept), None, "already served");
+        // And b's next call is tagged from where it stands now, not 100 calls on.
+        q.push(&b, 1, now, "b-next".into());
+        assert_eq!(q.pop().unwrap().0, "a1");
+        assert_eq!(q.pop().unwrap().0, "b-next");
+        assert_eq!(q.len(), 98);
+    }
 
     #[test]
     fn fifo_within_a_client_and_weighted_between() {
