@@ -91,7 +91,8 @@ def main():
     ap.add_argument("--seconds", type=int, default=5, help="length of one wrk run")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved repetitions")
     ap.add_argument("--connections", type=int, default=8)
-    ap.add_argument("--baseline", metavar="BIN", help="another dastra-proxy binary (e.g. the previous commit's) run interleaved as 'before'")
+    ap.add_argument("--baseline", metavar="NAME=BIN", action="append", default=[],
+                    help="another dastra-proxy binary (e.g. the previous commit's) run interleaved under NAME; repeatable")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="dastra-bench-")
     procs = []
@@ -117,19 +118,20 @@ server {{ listen 127.0.0.1:{ng429_port}; location / {{ limit_req zone=one burst=
         idle_rss = rss_kib(dp.pid, "VmRSS:")
 
         targets = {"direct": up_port, "dastra": dp_port, "nginx": ng_port, "dastra-429": dr_port, "nginx-429": ng429_port}
-        if a.baseline:
-            bp, bp_port = dastra(tmp, "before", up_port, open_limits, a.baseline)
-            br, br_port = dastra(tmp, "before429", up_port, full, a.baseline)
+        for spec in a.baseline:
+            name, binary = spec.split("=", 1)
+            bp, bp_port = dastra(tmp, name, up_port, open_limits, binary)
+            br, br_port = dastra(tmp, name + "429", up_port, full, binary)
             procs += [bp, br]
             urllib.request.urlopen(f"http://127.0.0.1:{br_port}/v1/fill").read()
-            targets.update({"before": bp_port, "before-429": br_port})
+            targets.update({name: bp_port, name + "-429": br_port})
         results = {k: [] for k in targets}
         for r in range(a.rounds):
             for name, port in targets.items():
                 results[name].append(wrk(port, a.seconds, a.connections))
                 print(f"round {r + 1} {name:<11} {results[name][-1]}", file=sys.stderr)
         med = {k: {m: statistics.median(x[m] for x in v) for m in ("rps", "p50", "p99")} for k, v in results.items()}
-        for k in [k for k in ("dastra-429", "nginx-429", "before-429") if k in results]:
+        for k in [k for k in results if k.endswith("-429")]:
             assert all(x["non2xx"] > 0.99 * x["rps"] * a.seconds for x in results[k]), f"{k} did not answer 429"
 
         print(f"\n{a.connections} connections, {a.seconds}s x {a.rounds} interleaved rounds; proxy+upstream on CPU 0, wrk on CPU 1\n")
@@ -143,9 +145,10 @@ server {{ listen 127.0.0.1:{ng429_port}; location / {{ limit_req zone=one burst=
         print(f"  dastra added p99 vs direct      {d['p99'] - x['p99']:.3f} ms   (target <= 1 ms)")
         print(f"  nginx added p99 vs direct       {n['p99'] - x['p99']:.3f} ms")
         print(f"  dastra-429 / nginx-429 throughput {med['dastra-429']['rps'] / med['nginx-429']['rps']:.2f}   (target >= 1.00)")
-        if a.baseline:
-            print(f"  dastra / before throughput      {d['rps'] / med['before']['rps']:.2f}")
-            print(f"  dastra-429 / before-429         {med['dastra-429']['rps'] / med['before-429']['rps']:.2f}")
+        for spec in a.baseline:
+            name = spec.split("=", 1)[0]
+            print(f"  dastra / {name:<22}{d['rps'] / med[name]['rps']:.2f}")
+            print(f"  dastra-429 / {name + '-429':<18}{med['dastra-429']['rps'] / med[name + '-429']['rps']:.2f}")
         print(f"\ndastra-proxy RSS: idle {idle_rss} KiB, peak under load {rss_kib(dp.pid)} KiB   (target <= 32 MiB)")
     finally:
         for p in procs:

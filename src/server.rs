@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use hyper::body::Incoming;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -94,14 +95,14 @@ pub async fn start(config: Config, metrics: Metrics) -> Result<Running, StartErr
     let app = App::new(config, metrics)?;
     let (stop, stop_rx) = watch::channel(false);
 
-    // The request path is served through axum like the admin side: the
-    // router's only route is the fallback, the proxy stack.
-    let proxy_router = axum::Router::new().fallback_service(proxy::stack(app.clone()));
+    // The proxy stack is served straight from hyper: through axum's Router
+    // (fallback_service) the proxied path measured slower (README, design notes).
+    let stack = proxy::stack(app.clone());
     let proxy_task = tokio::spawn(accept_loop(
         proxy_listener,
         tls.clone(),
         stop_rx.clone(),
-        move |conn| with_conn(proxy_router.clone(), conn),
+        move |conn| with_conn(stack.clone(), conn),
     ));
     let router = crate::admin::router(app.clone());
     let admin_task = tokio::spawn(accept_loop(
@@ -238,14 +239,18 @@ where
     graceful
 }
 
-/// A router for one connection: each request carries the connection's facts.
-fn with_conn(
-    router: axum::Router,
+/// A service for one connection: each request carries the connection's
+/// facts, and its body as the one body type the services take (axum's Router
+/// for the admin side, the proxy stack for the other).
+fn with_conn<S>(
+    svc: S,
     conn: ConnInfo,
-) -> TowerToHyperService<
-    MapRequest<axum::Router, impl FnMut(Request<Incoming>) -> Request<Incoming> + Clone>,
-> {
-    TowerToHyperService::new(router.map_request(move |mut req: Request<Incoming>| {
+) -> TowerToHyperService<MapRequest<S, impl FnMut(Request<Incoming>) -> Request<Body> + Clone>>
+where
+    S: tower::Service<Request<Body>>,
+{
+    TowerToHyperService::new(svc.map_request(move |req: Request<Incoming>| {
+        let mut req = req.map(Body::new);
         req.extensions_mut().insert(conn);
         req
     }))

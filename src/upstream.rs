@@ -5,8 +5,12 @@
 //! The rest of the proxy sees it only as an [`Upstream`], a tower service, so
 //! the whole request path runs in unit tests against a `service_fn`.
 
+use std::fmt;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -17,13 +21,53 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::CertificateDer;
-use tower::util::BoxCloneSyncService;
+use tower::{Service, ServiceExt as _};
 
 /// The shared outbound client.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 
-/// Every outbound HTTP call goes through this service.
-pub type Upstream = BoxCloneSyncService<Request<Body>, Response<Body>, CallError>;
+type UpstreamFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, CallError>> + Send>>;
+
+/// Every outbound HTTP call goes through this service. Cloning it is one
+/// `Arc` increment: stages clone their inner service on every call.
+#[derive(Clone)]
+pub struct Upstream(Arc<dyn Fn(Request<Body>) -> UpstreamFuture + Send + Sync>);
+
+impl Upstream {
+    /// Any tower service in place of the HTTPS client (tests pass a
+    /// `service_fn`); it is cloned for each call.
+    pub fn new<S>(svc: S) -> Self
+    where
+        S: Service<Request<Body>, Response = Response<Body>, Error = CallError>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        Self(Arc::new(move |req| Box::pin(svc.clone().oneshot(req))))
+    }
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Upstream")
+    }
+}
+
+impl Service<Request<Body>> for Upstream {
+    type Response = Response<Body>;
+    type Error = CallError;
+    type Future = UpstreamFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), CallError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> UpstreamFuture {
+        (self.0)(req)
+    }
+}
 
 /// An outbound call that produced no response head.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,10 +87,11 @@ pub enum CallError {
 /// `client` as an [`Upstream`]; `origin` names it in error messages.
 pub fn upstream(client: HttpClient, origin: String) -> Upstream {
     let origin: Arc<str> = origin.into();
-    BoxCloneSyncService::new(tower::service_fn(move |req: Request<Body>| {
+    // The client's `request` takes `&self`: no clone of the pool per call.
+    Upstream(Arc::new(move |req: Request<Body>| {
         let call = client.request(req);
         let origin = origin.clone();
-        async move {
+        Box::pin(async move {
             match call.await {
                 Ok(resp) => Ok(resp.map(Body::new)),
                 Err(e) => {
@@ -58,7 +103,7 @@ pub fn upstream(client: HttpClient, origin: String) -> Upstream {
                     })
                 }
             }
-        }
+        })
     }))
 }
 

@@ -13,11 +13,10 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use super::headers::{add_ratelimit_fields, retry_after};
-use super::observe::Outcome;
+use super::stages::outcome;
 use super::StageFuture;
-use crate::access::Identity;
 use crate::admission::Caller;
-use crate::app::{App, Policy};
+use crate::app::App;
 use crate::config::{Upstream429, ANONYMOUS};
 use crate::error::ProxyError;
 use crate::upstream::CallError;
@@ -64,32 +63,32 @@ where
         let app = self.app.clone();
         let mut inner = self.inner.clone();
         Box::pin(async move {
-            let ext = req.extensions();
-            let caller = ext.get::<Identity>().map_or_else(
-                || Caller {
-                    name: ANONYMOUS.into(),
-                    weight: 1,
-                },
-                |id| Caller {
-                    name: id.name.clone(),
-                    weight: id.weight,
-                },
-            );
-            let pause = ext
-                .get::<Arc<Policy>>()
-                .is_none_or(|p| p.upstream_429 == Upstream429::Pause);
-            let outcome = ext.get::<Arc<Outcome>>().cloned();
+            let outcome = outcome(&req).clone();
+            let (caller, pause) = {
+                let rec = outcome.lock();
+                let caller = rec.identity.as_ref().map_or_else(
+                    || Caller {
+                        name: ANONYMOUS.into(),
+                        weight: 1,
+                    },
+                    |id| Caller {
+                        name: id.name.clone(),
+                        weight: id.weight,
+                    },
+                );
+                let pause = rec
+                    .policy
+                    .as_ref()
+                    .is_none_or(|p| p.upstream_429 == Upstream429::Pause);
+                (caller, pause)
+            };
             // Hop-by-hop headers are gone by now: the key is the credential
             // that will actually be forwarded.
             let admission = app.quotas.get(app.credential.quota_key(req.headers()));
-            if let Some(o) = &outcome {
-                o.lock().admission = Some(admission.clone());
-            }
+            outcome.lock().admission = Some(admission.clone());
             let permit = admission.acquire(&caller).await?;
             let waited = permit.waited();
-            if let Some(o) = &outcome {
-                o.lock().queue_wait = Some(waited);
-            }
+            outcome.lock().queue_wait = Some(waited);
             if !waited.is_zero() {
                 app.metrics
                     .queue_wait_seconds

@@ -14,9 +14,8 @@ use tower::Service;
 
 use super::headers::{add_forwarding, rewrite_location};
 use super::observe::{method_label, Outcome};
-use super::stages::BodyOverflow;
 use super::StageFuture;
-use crate::access::{ConnInfo, Identity};
+use crate::access::ConnInfo;
 use crate::app::App;
 use crate::body::TooLarge;
 use crate::error::ProxyError;
@@ -49,15 +48,17 @@ impl Service<Request<Body>> for Forward {
         let (mut parts, body) = req.into_parts();
         let ext = std::mem::take(&mut parts.extensions);
         let outcome = ext.get::<Arc<Outcome>>().cloned();
-        let overflow = ext.get::<BodyOverflow>().cloned();
+        let (client, overflow) = outcome.as_ref().map_or((None, None), |o| {
+            let rec = o.lock();
+            (rec.identity.as_ref().map(|i| i.addr), rec.overflow.clone())
+        });
         let uri = match upstream_uri(&app, &parts.uri) {
             Ok(u) => u,
             Err(e) => return Box::pin(std::future::ready(Err(e.into()))),
         };
         parts.headers.remove(header::HOST);
         if let Some(conn) = ext.get::<ConnInfo>() {
-            let client = ext.get::<Identity>().map_or(conn.peer.ip(), |i| i.addr);
-            add_forwarding(&mut parts.headers, client, *conn);
+            add_forwarding(&mut parts.headers, client.unwrap_or(conn.peer.ip()), *conn);
         }
         let method = method_label(&parts.method);
         let mut out = Request::new(body);
@@ -82,7 +83,7 @@ impl Service<Request<Body>> for Forward {
             let resp = match result {
                 Err(_) => return Err(CallError::Timeout(timeout).into()),
                 Ok(Err(e)) => {
-                    if overflow.is_some_and(|f| f.0.load(Ordering::Acquire)) {
+                    if overflow.is_some_and(|f| f.load(Ordering::Acquire)) {
                         return Err(TooLarge(app.config.server.max_request_body).into());
                     }
                     tracing::warn!(error = %e, "upstream call failed");

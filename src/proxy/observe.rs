@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -17,17 +18,26 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 use tracing::Instrument as _;
 
+use crate::access::Identity;
 use crate::admission::Admission;
-use crate::app::App;
+use crate::app::{App, Policy};
 use crate::config::ANONYMOUS;
 
-/// What the inner stages learned about one call.
+/// What the inner stages learned about one call; the one per-call value in
+/// the request's extensions, so stages share it without more allocations.
 #[derive(Debug, Default)]
 pub(crate) struct Outcome(Mutex<Record>);
 
 #[derive(Debug, Default)]
 pub(crate) struct Record {
     pub(crate) client: Option<Arc<str>>,
+    /// Who called, once the access stage knows.
+    pub(crate) identity: Option<Identity>,
+    /// The config generation this call runs under, loaded once.
+    pub(crate) policy: Option<Arc<Policy>>,
+    /// Set when the streamed body passed the limit: HTTP/2 turns the body
+    /// error into a bare stream reset, and the forward stage needs the cause.
+    pub(crate) overflow: Option<Arc<AtomicBool>>,
     /// The quota key's admission, once chosen: refusals carry its RateLimit fields.
     pub(crate) admission: Option<Admission>,
     pub(crate) queue_wait: Option<Duration>,
@@ -41,9 +51,6 @@ impl Outcome {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn set_client(&self, name: Arc<str>) {
-        self.lock().client = Some(name);
-    }
 }
 
 /// The `method` label: the seven verbs of SPEC §1 and `other`, so a client

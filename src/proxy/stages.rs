@@ -2,16 +2,16 @@
 //! the client's guard, the body limit. Each only adapts its concern's module
 //! to the request path.
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use axum::body::Body;
 use http::{header, HeaderMap, Request};
+use http_body::Body as _;
 
 use super::check::Check;
 use super::observe::Outcome;
-use crate::access::{AccessError, ConnInfo, Identity};
-use crate::app::{App, Policy};
+use crate::access::{AccessError, ConnInfo};
+use crate::app::App;
 use crate::body::{LimitedBody, TooLarge};
 use crate::guard::GuardError;
 use crate::target::{strip_hop_by_hop, TargetError};
@@ -45,11 +45,10 @@ impl Check for AccessStage {
             .peer
             .ip();
         let identity = policy.access.authorize(peer, req.headers())?;
-        if let Some(o) = req.extensions().get::<Arc<Outcome>>() {
-            o.set_client(identity.name.clone());
-        }
-        req.extensions_mut().insert(identity);
-        req.extensions_mut().insert(policy);
+        let mut rec = outcome(req).lock();
+        rec.client = Some(identity.name.clone());
+        rec.identity = Some(identity);
+        rec.policy = Some(policy);
         Ok(())
     }
 }
@@ -61,21 +60,16 @@ pub(crate) struct GuardStage;
 impl Check for GuardStage {
     type Error = GuardError;
     fn check(&self, req: &mut Request<Body>) -> Result<(), GuardError> {
-        let ext = req.extensions();
-        match (ext.get::<Arc<Policy>>(), ext.get::<Identity>()) {
+        let rec = outcome(req).lock();
+        match (&rec.policy, &rec.identity) {
             (Some(policy), Some(id)) => policy.guard.check(id),
             _ => Ok(()),
         }
     }
 }
 
-/// Set when the streamed body passed the limit: HTTP/2 turns the body error
-/// into a bare stream reset, and the forward stage needs the cause.
-#[derive(Debug, Clone)]
-pub(crate) struct BodyOverflow(pub(crate) Arc<AtomicBool>);
-
 /// `Content-Length` over the limit is refused here; a body without one is
-/// cut while streaming.
+/// cut while streaming. An empty body is left alone (nothing to count).
 #[derive(Debug, Clone)]
 pub(crate) struct BodyLimitStage(pub(crate) u64);
 
@@ -86,12 +80,22 @@ impl Check for BodyLimitStage {
         if content_length(req.headers()).is_some_and(|n| n > limit) {
             return Err(TooLarge(limit));
         }
+        if req.body().is_end_stream() {
+            return Ok(());
+        }
         let body = std::mem::take(req.body_mut());
         let (limited, overflowed) = LimitedBody::new(body, limit);
         *req.body_mut() = Body::new(limited);
-        req.extensions_mut().insert(BodyOverflow(overflowed));
+        outcome(req).lock().overflow = Some(overflowed);
         Ok(())
     }
+}
+
+/// The call's [`Outcome`], which the observe stage always puts in place.
+pub(crate) fn outcome<B>(req: &Request<B>) -> &Arc<Outcome> {
+    req.extensions()
+        .get::<Arc<Outcome>>()
+        .expect("the observe stage inserts the Outcome")
 }
 
 fn content_length(h: &HeaderMap) -> Option<u64> {

@@ -22,8 +22,7 @@ use crate::upstream::{CallError, Upstream};
 type Seen = Arc<Mutex<Vec<(Method, String, HeaderMap)>>>;
 type Answer = dyn Fn(&Request<Body>, usize) -> Result<Response<Body>, CallError> + Send + Sync;
 
-const BASE: &str =
-    "[server]\npublic_url = \"https://proxy.example.com\"\nmax_request_body = \"1KiB\"\n\
+const BASE: &str = "[store]\nstate_file = \"\"\n[server]\npublic_url = \"https://proxy.example.com\"\nmax_request_body = \"1KiB\"\n\
                     [upstream]\nurl = \"https://api.dastra.eu\"\n";
 const API_KEY: &str = "[credential]\napi_key_env = \"K\"\n";
 
