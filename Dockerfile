@@ -13,10 +13,19 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin dastra-proxy \
     && install -D -m 0755 target/release/dastra-proxy /out/dastra-proxy
+# The window log survives restarts in a volume the non-root user can write;
+# the image's config points its state_file there.
+COPY config.toml ./
+RUN install -d -m 0750 -o 65532 -g 65532 /out/state \
+    && sed 's|^state_file = "dastra-proxy.state"|state_file = "/var/lib/dastra-proxy/dastra-proxy.state"|' \
+       config.toml > /out/config.toml \
+    && grep -q '^state_file = "/var/lib/dastra-proxy/dastra-proxy.state"' /out/config.toml
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/dastra-proxy /usr/local/bin/dastra-proxy
-COPY config.toml /etc/dastra-proxy/config.toml
+COPY --from=build /out/config.toml /etc/dastra-proxy/config.toml
+COPY --from=build --chown=65532:65532 /out/state /var/lib/dastra-proxy
+VOLUME /var/lib/dastra-proxy
 ENV DASTRA_PROXY_CONFIG=/etc/dastra-proxy/config.toml
 USER 65532:65532
 # 8080: the proxy; 9090: admin (/metrics, /healthz, /readyz, /quota, status page).

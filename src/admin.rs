@@ -119,7 +119,7 @@ async fn quota(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
         },
         "ready": app.ready.load(Ordering::SeqCst),
         "store": {
-            "kind": match app.config.store { crate::config::StoreConfig::Memory => "memory", crate::config::StoreConfig::Redis { .. } => "redis" },
+            "kind": match app.config.store { crate::config::StoreConfig::Memory { .. } => "memory", crate::config::StoreConfig::Redis { .. } => "redis" },
             "reachable": app.store_healthy.load(Ordering::Relaxed),
         },
         "version": env!("CARGO_PKG_VERSION"),

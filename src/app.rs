@@ -1,16 +1,17 @@
 //! Everything a request needs, built once from the config.
 
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
 use crate::access::Access;
-use crate::admission::{Quotas, SharedStore};
+use crate::admission::{LocalState, Quotas, SharedStore};
 use crate::config::{Config, CredentialConfig, StoreConfig, StoreOnError, Upstream429};
 use crate::credential::Credential;
 use crate::guard::Guard;
 use crate::metrics::Metrics;
+use crate::state_file::{StateError, StateFile};
 use crate::target::Target;
 use crate::upstream::{build_client, upstream, Upstream, UpstreamError};
 
@@ -63,6 +64,26 @@ pub enum AppError {
     Credential(#[from] crate::credential::CredentialError),
     #[error("store.url: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// The state file's ring: at least the largest window's N (and Dastra's
+/// 10,000, so a reload up to it stays exact); in passthrough, room for the
+/// sends of several credentials together.
+pub fn state_slots(config: &Config) -> u64 {
+    let n = config
+        .limits
+        .iter()
+        .map(|l| u64::from(l.requests))
+        .max()
+        .unwrap_or(0)
+        .max(10_000);
+    if matches!(config.credential, CredentialConfig::Passthrough) {
+        n * 4
+    } else {
+        n
+    }
 }
 
 /// Why SIGHUP left the running config in place.
@@ -96,7 +117,7 @@ impl App {
         let passthrough = matches!(config.credential, CredentialConfig::Passthrough);
         let store_healthy = Arc::new(AtomicBool::new(true));
         let shared = match &config.store {
-            StoreConfig::Memory => None,
+            StoreConfig::Memory { .. } => None,
             StoreConfig::Redis {
                 url,
                 key_prefix,
@@ -119,7 +140,30 @@ impl App {
                 ..
             }
         );
-        let quotas = Quotas::new(&config.limits, &config.admission, passthrough, shared)?;
+        let local = match &config.store {
+            StoreConfig::Memory {
+                state_file: Some(path),
+            } => {
+                let (file, restored) = StateFile::open(path, state_slots(&config))?;
+                let n = restored.sends.len();
+                if n > 0 {
+                    tracing::info!(path = %path.display(), sends = n, "state file: the previous process's sends still count");
+                }
+                Some(LocalState {
+                    file,
+                    restored: Mutex::new(restored),
+                    metrics: metrics.clone(),
+                })
+            }
+            _ => None,
+        };
+        let quotas = Quotas::new(
+            &config.limits,
+            &config.admission,
+            passthrough,
+            shared,
+            local,
+        )?;
         for l in &config.limits {
             metrics
                 .window_limit

@@ -31,7 +31,7 @@ pub enum ProxyError {
     #[error(transparent)]
     Body(#[from] TooLarge),
     /// Admission said no; the duration is until a slot frees, from when it said so.
-    #[error("{}", refusal_message(.0, .1))]
+    #[error("{}", RefusalText(.0, .1))]
     Refused(Refusal, Duration),
     #[error(transparent)]
     Token(#[from] TokenError),
@@ -49,17 +49,23 @@ impl From<Refusal> for ProxyError {
     }
 }
 
-fn refusal_message(r: &Refusal, retry_after: &Duration) -> String {
-    let secs = ceil_secs(*retry_after).max(1);
-    match r {
-        Refusal::QuotaExhausted { .. } => {
-            format!("the Dastra quota is used up; retry after {secs} s")
+/// A refusal's message, written straight into the formatter (the 429 path).
+struct RefusalText<'a>(&'a Refusal, &'a Duration);
+
+impl std::fmt::Display for RefusalText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = ceil_secs(*self.1).max(1);
+        match self.0 {
+            Refusal::QuotaExhausted { .. } => {
+                write!(f, "the Dastra quota is used up; retry after {secs} s")
+            }
+            Refusal::QueueFull { .. } => write!(
+                f,
+                "too many calls are already waiting for quota; retry after {secs} s"
+            ),
+            Refusal::ShuttingDown => f.write_str("the proxy is shutting down"),
+            Refusal::StoreUnavailable => f.write_str("the shared quota store is unreachable"),
         }
-        Refusal::QueueFull { .. } => {
-            format!("too many calls are already waiting for quota; retry after {secs} s")
-        }
-        Refusal::ShuttingDown => "the proxy is shutting down".to_owned(),
-        Refusal::StoreUnavailable => "the shared quota store is unreachable".to_owned(),
     }
 }
 
@@ -120,18 +126,31 @@ impl ProxyError {
     /// The JSON error envelope; 429s carry `Retry-After` in whole seconds,
     /// rounded up so that a caller waiting that long is never early.
     pub fn into_response(self) -> Response<Body> {
-        // Written directly (no serde_json::Value): this is the 429 hot path.
-        // Codes are fixed identifiers; only the message needs JSON escaping.
-        let message = serde_json::to_string(&self.to_string()).unwrap_or_else(|_| "\"\"".into());
-        let kind = if matches!(self, ProxyError::Refused(Refusal::QuotaExhausted { .. }, _)) {
-            r#","type":"https://iana.org/assignments/http-problem-types#quota-exceeded""#
-        } else {
-            ""
-        };
-        let body = format!(
-            r#"{{"error":{{"code":"{}","message":{message}{kind}}}}}"#,
-            self.code()
-        );
+        use std::fmt::Write as _;
+        // Written into one buffer (no serde_json::Value): this is the 429 hot
+        // path. Codes are fixed identifiers; the message is escaped only when
+        // it holds something JSON must escape (a caller-sent host, say).
+        let mut body = String::with_capacity(192);
+        body.push_str(r#"{"error":{"code":""#);
+        body.push_str(self.code());
+        body.push_str(r#"","message":"#);
+        let at = body.len();
+        let _ = write!(body, "\"{self}\"");
+        let inner = &body[at + 1..body.len() - 1];
+        if inner
+            .bytes()
+            .any(|b| b < 0x20 || b == b'"' || b == b'\\' || b >= 0x7f)
+        {
+            let escaped = serde_json::to_string(inner).unwrap_or_else(|_| "\"\"".into());
+            body.truncate(at);
+            body.push_str(&escaped);
+        }
+        if matches!(self, ProxyError::Refused(Refusal::QuotaExhausted { .. }, _)) {
+            body.push_str(
+                r#","type":"https://iana.org/assignments/http-problem-types#quota-exceeded""#,
+            );
+        }
+        body.push_str("}}");
         let mut resp = Response::new(Body::from(body));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();

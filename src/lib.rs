@@ -21,6 +21,7 @@ pub mod proxy;
 pub mod quota;
 pub mod secret;
 pub mod server;
+pub mod state_file;
 pub mod store;
 pub mod target;
 pub mod upstream;

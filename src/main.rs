@@ -12,7 +12,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use dastra_proxy::cli::{Cli, Command};
-use dastra_proxy::config::Config;
+use dastra_proxy::config::{Config, StoreConfig};
+use dastra_proxy::state_file::StateFile;
 use dastra_proxy::{access, logging, metrics::Metrics, server};
 
 fn main() -> ExitCode {
@@ -110,6 +111,28 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let warnings = config.warnings();
     for w in &warnings {
         eprintln!("warning: {w}");
+    }
+    for n in config.notes() {
+        eprintln!("note: {n}");
+    }
+    if let StoreConfig::Memory {
+        state_file: Some(state),
+    } = &config.store
+    {
+        match StateFile::inspect(state)? {
+            None => eprintln!(
+                "note: state file {} does not exist yet; the proxy creates it",
+                state.display()
+            ),
+            Some(s) => eprintln!(
+                "note: state file {}: {} sends recorded ({} unanswered), {} slots, last opened by pid {}",
+                state.display(),
+                s.sends,
+                s.unanswered,
+                s.slots,
+                s.pid
+            ),
+        }
     }
     eprintln!("{}: valid", path.display());
     Ok(())

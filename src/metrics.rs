@@ -31,6 +31,7 @@ pub struct Families {
     pub window_used: IntGaugeVec,
     pub window_limit: IntGaugeVec,
     pub upstream_429_total: IntCounter,
+    pub state_write_errors_total: IntCounter,
     pub token_refresh_total: IntCounterVec,
     pub store_errors_total: IntCounterVec,
     pub build_info: IntGaugeVec,
@@ -120,6 +121,10 @@ impl Metrics {
             upstream_429_total: reg!(IntCounter::new(
                 "upstream_429_total",
                 "429 answers received from Dastra."
+            )),
+            state_write_errors_total: reg!(IntCounter::new(
+                "state_write_errors_total",
+                "Sends the state file could not record (restarts may forget them)."
             )),
             token_refresh_total: reg!(IntCounterVec::new(
                 Opts::new("token_refresh_total", "OAuth2 token requests, by result."),

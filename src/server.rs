@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -250,7 +250,14 @@ where
     S: tower::Service<Request<Body>>,
 {
     TowerToHyperService::new(svc.map_request(move |req: Request<Incoming>| {
-        let mut req = req.map(Body::new);
+        // Most calls have no body: an empty one costs no allocation.
+        let mut req = req.map(|b| {
+            if b.is_end_stream() {
+                Body::empty()
+            } else {
+                Body::new(b)
+            }
+        });
         req.extensions_mut().insert(conn);
         req
     }))

@@ -11,7 +11,8 @@ use crate::credential::QuotaKey;
 use crate::metrics::Metrics;
 use crate::store::{RedisStore, StoreError};
 
-use super::{Admission, Remote};
+use super::{Admission, Persist, Remote};
+use crate::state_file::{Restored, StateFile};
 
 /// What a Redis-backed key needs besides its limits.
 #[derive(Debug, Clone)]
@@ -54,6 +55,32 @@ impl SharedStore {
     }
 }
 
+/// The state file and what the previous process left in it, handed out key
+/// by key as each key's admission is made.
+#[derive(Debug)]
+pub struct LocalState {
+    pub file: Arc<StateFile>,
+    pub restored: Mutex<Restored>,
+    pub metrics: Metrics,
+}
+
+impl LocalState {
+    fn admission(&self, key: QuotaKey, limits: &[Limit], cfg: &AdmissionConfig) -> Admission {
+        let key = key.file_id();
+        let restored = self
+            .restored
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(key);
+        let persist = Persist {
+            file: self.file.clone(),
+            key,
+            metrics: self.metrics.clone(),
+        };
+        Admission::with_state(limits, cfg, persist, &restored)
+    }
+}
+
 /// The admission state of every quota key: one for a held credential, one per
 /// caller credential in passthrough (created on first use).
 #[derive(Debug)]
@@ -61,6 +88,7 @@ pub struct Quotas {
     single: Admission,
     per_key: Option<Mutex<KeyState>>,
     shared: Option<SharedStore>,
+    local: Option<LocalState>,
 }
 
 #[derive(Debug)]
@@ -76,10 +104,12 @@ impl Quotas {
         cfg: &AdmissionConfig,
         per_key: bool,
         shared: Option<SharedStore>,
+        local: Option<LocalState>,
     ) -> Result<Self, StoreError> {
-        let single = match &shared {
-            Some(s) => s.admission(QuotaKey([0; 32]), limits, cfg)?,
-            None => Admission::new(limits, cfg),
+        let single = match (&shared, &local) {
+            (Some(s), _) => s.admission(QuotaKey([0; 32]), limits, cfg)?,
+            (None, Some(l)) => l.admission(QuotaKey([0; 32]), limits, cfg),
+            (None, None) => Admission::new(limits, cfg),
         };
         Ok(Self {
             single,
@@ -91,6 +121,7 @@ impl Quotas {
                 })
             }),
             shared,
+            local,
         })
     }
 
@@ -103,11 +134,12 @@ impl Quotas {
                 if let Some(a) = map.get(&key) {
                     return a.clone();
                 }
-                let a = match &self.shared {
-                    Some(s) => s
+                let a = match (&self.shared, &self.local) {
+                    (Some(s), _) => s
                         .admission(key, limits, cfg)
                         .unwrap_or_else(|_| Admission::new(limits, cfg)),
-                    None => Admission::new(limits, cfg),
+                    (None, Some(l)) => l.admission(key, limits, cfg),
+                    (None, None) => Admission::new(limits, cfg),
                 };
                 map.insert(key, a.clone());
                 a

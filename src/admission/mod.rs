@@ -24,9 +24,11 @@ use tokio::time::Instant;
 use std::sync::atomic::Ordering;
 
 use crate::config::{AdmissionConfig, Limit, OnLimit, StoreOnError};
+use crate::metrics::Metrics;
 use crate::quota::{policy_header, WindowSet, WindowState};
+use crate::state_file::{StateError, StateFile};
 use fair::FairQueue;
-pub use keys::{Quotas, SharedStore};
+pub use keys::{LocalState, Quotas, SharedStore};
 pub use permit::{Permit, SentPermit};
 use releaser::release_loop;
 pub use remote::Remote;
@@ -75,6 +77,32 @@ struct Inner {
     /// The shared store, when replicas share the quota; `state.windows` is
     /// then this replica's fallback share.
     remote: Option<Arc<Remote>>,
+    /// The memory store's state file, when restarts must keep the window.
+    persist: Option<Persist>,
+}
+
+/// Where one key's sends are written so a restart keeps them.
+#[derive(Debug, Clone)]
+pub struct Persist {
+    pub file: Arc<StateFile>,
+    /// The quota key as the file names it.
+    pub key: u64,
+    pub metrics: Metrics,
+}
+
+impl Persist {
+    /// Runs one write; a failure is counted and logged, the call goes on
+    /// (refusing every call because a disk filled would cost more than it saves).
+    fn write<T>(&self, r: Result<T, StateError>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.metrics.state_write_errors_total.inc();
+                tracing::warn!(error = %e, "state file write failed");
+                None
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -130,18 +158,48 @@ impl Admission {
 
     /// With a shared store, `limits` are this replica's fallback share.
     pub fn with_remote(limits: &[Limit], cfg: &AdmissionConfig, remote: Option<Remote>) -> Self {
+        Self::build(limits, cfg, remote, None, &[])
+    }
+
+    /// Every send of this key is written to the state file; `restored` are the
+    /// ages of the sends the previous process made, oldest first.
+    pub fn with_state(
+        limits: &[Limit],
+        cfg: &AdmissionConfig,
+        persist: Persist,
+        restored: &[Duration],
+    ) -> Self {
+        Self::build(limits, cfg, None, Some(persist), restored)
+    }
+
+    fn build(
+        limits: &[Limit],
+        cfg: &AdmissionConfig,
+        remote: Option<Remote>,
+        persist: Option<Persist>,
+        restored: &[Duration],
+    ) -> Self {
         let policy = policy_value(limits);
         let local = remote
             .as_ref()
             .map_or_else(|| limits.to_vec(), |r| r.share(limits));
         let limits = &local;
+        let mut windows = WindowSet::new(limits, cfg.margin);
+        let now = Instant::now();
+        for age in restored {
+            // Older than this process's clock reaches back: long out of every window.
+            if let Some(t) = now.checked_sub(*age) {
+                windows.record(t);
+            }
+        }
         let inner = Arc::new(Inner {
             remote: remote.map(Arc::new),
+            persist,
             state: Mutex::new(State {
                 on_limit: cfg.on_limit,
                 max_queue: cfg.max_queue,
                 max_wait: cfg.max_wait,
-                windows: WindowSet::new(limits, cfg.margin),
+                windows,
                 policy,
                 queue: FairQueue::default(),
                 projection: None,
@@ -152,6 +210,30 @@ impl Admission {
         });
         tokio::spawn(release_loop(inner.clone()));
         Self { inner }
+    }
+
+    /// The answer when no waiting is involved: a slot now, or (reject mode,
+    /// draining) a refusal now. `None` when the call must go through
+    /// [`Self::acquire`]: it would queue, or the shared store must be asked.
+    /// The refusal path stays synchronous, which keeps 429s cheap.
+    pub fn try_acquire(&self) -> Option<Result<Permit, Refusal>> {
+        if self.inner.remote.is_some() {
+            return None;
+        }
+        let mut st = self.inner.lock();
+        if st.closed {
+            return Some(Err(Refusal::ShuttingDown));
+        }
+        let now = Instant::now();
+        let blocked = st.blocked_until(now);
+        if blocked <= now && st.queue.is_empty() {
+            st.windows.reserve();
+            st.paused_until = None;
+            return Some(Ok(Permit::new(self.inner.clone(), Duration::ZERO)));
+        }
+        (st.on_limit == OnLimit::Reject).then_some(Err(Refusal::QuotaExhausted {
+            retry_at: blocked.max(now),
+        }))
     }
 
     /// Waits for a slot, or says at once why there will be none in time.

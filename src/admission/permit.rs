@@ -38,11 +38,18 @@ impl Permit {
         self.waited
     }
 
-    /// The request is being sent: from here the slot is spent.
+    /// The request is being sent: from here the slot is spent. With a state
+    /// file, the send is written there first.
     pub fn sent(mut self) -> SentPermit {
+        let inner = self.inner.take();
+        let seq = inner
+            .as_ref()
+            .and_then(|i| i.persist.as_ref())
+            .and_then(|p| p.write(p.file.reserve(p.key)));
         SentPermit {
-            inner: self.inner.take(),
+            inner,
             member: self.member.take(),
+            seq,
         }
     }
 
@@ -67,12 +74,17 @@ impl Drop for Permit {
 pub struct SentPermit {
     inner: Option<Arc<Inner>>,
     member: Option<String>,
+    /// The send's number in the state file.
+    seq: Option<u64>,
 }
 
 impl SentPermit {
     /// The call never reached Dastra (connect or TLS failure): give the slot back.
     pub fn refund(mut self) {
         if let Some(inner) = self.inner.take() {
+            if let (Some(p), Some(seq)) = (&inner.persist, self.seq) {
+                p.write(p.file.release(seq));
+            }
             inner.finish(self.member.take(), false);
         }
     }
@@ -84,6 +96,9 @@ impl SentPermit {
 impl Drop for SentPermit {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.take() {
+            if let (Some(p), Some(seq)) = (&inner.persist, self.seq) {
+                p.write(p.file.land(seq));
+            }
             inner.finish(self.member.take(), true);
         }
     }

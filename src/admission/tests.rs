@@ -259,3 +259,22 @@ async fn reconfigure_keeps_recorded_sends() {
     ));
     assert_eq!(a.snapshot().windows[0].used, 3);
 }
+
+#[tokio::test(start_paused = true)]
+async fn calls_in_flight_are_counted_in_the_snapshot() {
+    let a = Admission::new(&limits(&[(2, 1000)]), &cfg(OnLimit::Reject, 10, 0, 0));
+    let c = caller("x", 1);
+    let first = a.acquire(&c).await.unwrap().sent();
+    let _second = a.acquire(&c).await.unwrap().sent();
+    let snap = a.snapshot();
+    assert_eq!(
+        snap.windows[0].used, 2,
+        "both slots are taken while in flight"
+    );
+    assert_eq!(snap.windows[0].frees_in, Duration::from_millis(1000));
+    advance(Duration::from_millis(300)).await;
+    first.landed();
+    let snap = a.snapshot();
+    assert_eq!(snap.windows[0].used, 2);
+    assert_eq!(snap.windows[0].frees_in, Duration::from_millis(1000));
+}

@@ -5,6 +5,9 @@ use super::raw;
 use super::types::*;
 use super::validate::Validator;
 
+/// `store.state_file` when the file names none, relative to the config file.
+const DEFAULT_STATE_FILE: &str = "dastra-proxy.state";
+
 impl Validator<'_> {
     pub(super) fn clients(
         &self,
@@ -98,9 +101,20 @@ impl Validator<'_> {
                         self.invalid(&format!("store.{k}"), "only used with kind = \"redis\"")
                     );
                 }
-                Ok(StoreConfig::Memory)
+                let state_file = match raw.state_file.as_deref() {
+                    None => Some(self.relative(std::path::Path::new(DEFAULT_STATE_FILE))),
+                    Some("") => None,
+                    Some(f) => Some(self.relative(std::path::Path::new(f))),
+                };
+                Ok(StoreConfig::Memory { state_file })
             }
             "redis" => {
+                if raw.state_file.is_some() {
+                    return Err(self.invalid(
+                        "store.state_file",
+                        "only used with kind = \"memory\": Redis holds the shared window",
+                    ));
+                }
                 let url = raw
                     .url
                     .ok_or_else(|| self.invalid("store.url", "needed with kind = \"redis\""))?;

@@ -120,7 +120,14 @@ pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         }
     }
     match &c.store {
-        StoreConfig::Memory => writeln!(o, "\n[store]\nkind = \"memory\"")?,
+        StoreConfig::Memory { state_file } => {
+            // Shown relative to the config file's directory, as it is written.
+            let dir = c.source.parent().unwrap_or(std::path::Path::new(""));
+            let shown = state_file.as_deref().map_or(String::new(), |f| {
+                f.strip_prefix(dir).unwrap_or(f).display().to_string()
+            });
+            writeln!(o, "\n[store]\nkind = \"memory\"\nstate_file = \"{shown}\"")?
+        }
         StoreConfig::Redis {
             url,
             key_prefix,

@@ -79,8 +79,31 @@ impl Config {
                     .to_owned(),
             );
         }
+        if matches!(self.store, StoreConfig::Memory { state_file: None }) {
+            out.push(
+                "store.state_file = \"\": a restart forgets the window, so right after one \
+                 Dastra can see up to twice a window's limit"
+                    .to_owned(),
+            );
+        }
         if self.access.allow.is_empty() {
             out.push("access.allow is empty: every caller is refused".to_owned());
+        }
+        out
+    }
+}
+
+impl Config {
+    /// Facts an operator should know that are not mistakes.
+    pub fn notes(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if matches!(self.store, StoreConfig::Memory { .. }) {
+            out.push(
+                "store.kind = \"memory\": this process holds the whole quota by itself; k \
+                 sidecars or overlapping replicas on one Dastra credential hold k quotas \
+                 (use store.kind = \"redis\" to share one)"
+                    .to_owned(),
+            );
         }
         out
     }

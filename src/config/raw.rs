@@ -120,6 +120,7 @@ pub(crate) struct RawStore {
     pub(crate) key_prefix: Option<String>,
     pub(crate) on_error: Option<String>,
     pub(crate) replicas: Option<i64>,
+    pub(crate) state_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

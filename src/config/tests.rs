@@ -38,7 +38,10 @@ fn the_shipped_config_parses_to_the_documented_defaults() {
     assert_eq!(c.admission.margin, Duration::from_millis(250));
     assert_eq!(c.admission.on_limit, OnLimit::Queue);
     assert!(matches!(c.credential, CredentialConfig::ApiKey(_)));
-    assert!(matches!(c.store, StoreConfig::Memory));
+    assert!(matches!(
+        &c.store,
+        StoreConfig::Memory { state_file: Some(f) } if f.ends_with("dastra-proxy.state")
+    ));
     let empty = parse("").unwrap();
     assert_eq!(
         format!("{empty}").replace(&empty.source.display().to_string(), ""),

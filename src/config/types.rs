@@ -162,7 +162,9 @@ pub struct ClientRate {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum StoreConfig {
-    Memory,
+    /// One process, one quota. `state_file` (resolved against the config
+    /// file's directory) keeps the window across restarts; `None` keeps none.
+    Memory { state_file: Option<PathBuf> },
     Redis {
         /// May carry a password, so it is treated as a secret when printed.
         url: String,

@@ -57,7 +57,7 @@ impl Validator<'_> {
     }
 
     /// Paths in the file are relative to the file, not to the working directory.
-    fn relative(&self, p: &Path) -> PathBuf {
+    pub(super) fn relative(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {
             p.to_owned()
         } else {

@@ -22,6 +22,13 @@ pub use oauth2::{TokenCache, TokenError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct QuotaKey(pub [u8; 32]);
 
+impl QuotaKey {
+    /// The key as the state file names it: its first 8 bytes (0 for a held credential).
+    pub fn file_id(&self) -> u64 {
+        u64::from_le_bytes(self.0[..8].try_into().expect("8 of 32 bytes"))
+    }
+}
+
 /// Injects the configured credential.
 #[derive(Debug)]
 pub enum Credential {

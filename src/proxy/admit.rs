@@ -12,6 +12,7 @@ use http::{Request, Response, StatusCode};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
+use super::check::CheckFuture;
 use super::headers::{add_ratelimit_fields, retry_after};
 use super::stages::outcome;
 use super::StageFuture;
@@ -53,72 +54,87 @@ where
 {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = StageFuture;
+    type Future = CheckFuture<StageFuture>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> StageFuture {
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
         let app = self.app.clone();
+        let outcome = outcome(&req).clone();
+        let (caller, pause) = {
+            let rec = outcome.lock();
+            let caller = rec.identity.as_ref().map_or_else(
+                || Caller {
+                    name: ANONYMOUS.into(),
+                    weight: 1,
+                },
+                |id| Caller {
+                    name: id.name.clone(),
+                    weight: id.weight,
+                },
+            );
+            let pause = rec
+                .policy
+                .as_ref()
+                .is_none_or(|p| p.upstream_429 == Upstream429::Pause);
+            (caller, pause)
+        };
+        // Hop-by-hop headers are gone by now: the key is the credential that
+        // will actually be forwarded.
+        let admission = app.quotas.get(app.credential.quota_key(req.headers()));
+        outcome.lock().admission = Some(admission.clone());
+        // A refusal that needs no waiting is answered without an async stage.
+        let now = match admission.try_acquire() {
+            Some(Err(refusal)) => {
+                return CheckFuture::Refused {
+                    error: Some(refusal.into()),
+                }
+            }
+            Some(Ok(permit)) => Some(permit),
+            None => None,
+        };
         let mut inner = self.inner.clone();
-        Box::pin(async move {
-            let outcome = outcome(&req).clone();
-            let (caller, pause) = {
-                let rec = outcome.lock();
-                let caller = rec.identity.as_ref().map_or_else(
-                    || Caller {
-                        name: ANONYMOUS.into(),
-                        weight: 1,
-                    },
-                    |id| Caller {
-                        name: id.name.clone(),
-                        weight: id.weight,
-                    },
-                );
-                let pause = rec
-                    .policy
-                    .as_ref()
-                    .is_none_or(|p| p.upstream_429 == Upstream429::Pause);
-                (caller, pause)
-            };
-            // Hop-by-hop headers are gone by now: the key is the credential
-            // that will actually be forwarded.
-            let admission = app.quotas.get(app.credential.quota_key(req.headers()));
-            outcome.lock().admission = Some(admission.clone());
-            let permit = admission.acquire(&caller).await?;
-            let waited = permit.waited();
-            outcome.lock().queue_wait = Some(waited);
-            if !waited.is_zero() {
-                app.metrics
-                    .queue_wait_seconds
-                    .with_label_values(&[&caller.name])
-                    .observe(waited.as_secs_f64());
-            }
-            let sent = permit.sent();
-            let result = inner.call(req).await;
-            match &result {
-                Ok(_) => sent.landed(),
-                Err(ProxyError::Upstream(CallError::NotConnected(_)) | ProxyError::Token(_)) => {
-                    sent.refund()
+        CheckFuture::Inner {
+            inner: Box::pin(async move {
+                let permit = match now {
+                    Some(p) => p,
+                    None => admission.acquire(&caller).await?,
+                };
+                let waited = permit.waited();
+                outcome.lock().queue_wait = Some(waited);
+                if !waited.is_zero() {
+                    app.metrics
+                        .queue_wait_seconds
+                        .with_label_values(&[&caller.name])
+                        .observe(waited.as_secs_f64());
                 }
-                // Timed out or failed after sending: counted as landed now.
-                Err(_) => drop(sent),
-            }
-            let mut resp = result?;
-            if resp.status() == StatusCode::TOO_MANY_REQUESTS {
-                app.metrics.upstream_429_total.inc();
-                if pause {
-                    let d = retry_after(resp.headers()).unwrap_or(DEFAULT_UPSTREAM_PAUSE);
-                    tracing::warn!(
-                        pause_ms = d.as_millis() as u64,
-                        "Dastra answered 429; holding all sends"
-                    );
-                    admission.pause_until(Instant::now() + d);
+                let sent = permit.sent();
+                let result = inner.call(req).await;
+                match &result {
+                    Ok(_) => sent.landed(),
+                    Err(
+                        ProxyError::Upstream(CallError::NotConnected(_)) | ProxyError::Token(_),
+                    ) => sent.refund(),
+                    // Timed out or failed after sending: counted as landed now.
+                    Err(_) => drop(sent),
                 }
-            }
-            add_ratelimit_fields(resp.headers_mut(), &admission);
-            Ok(resp)
-        })
+                let mut resp = result?;
+                if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+                    app.metrics.upstream_429_total.inc();
+                    if pause {
+                        let d = retry_after(resp.headers()).unwrap_or(DEFAULT_UPSTREAM_PAUSE);
+                        tracing::warn!(
+                            pause_ms = d.as_millis() as u64,
+                            "Dastra answered 429; holding all sends"
+                        );
+                        admission.pause_until(Instant::now() + d);
+                    }
+                }
+                add_ratelimit_fields(resp.headers_mut(), &admission);
+                Ok(resp)
+            }),
+        }
     }
 }

@@ -24,8 +24,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use http::{header, HeaderName, Request, Response};
-use tower::util::BoxCloneSyncService;
-use tower::ServiceBuilder;
+use tower::{Service, ServiceBuilder};
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
@@ -37,24 +36,32 @@ use stages::{AccessStage, BodyLimitStage, GuardStage, TargetStage};
 
 pub use admit::DEFAULT_UPSTREAM_PAUSE;
 
-/// The whole request path as one service; every error is already a response.
-pub type ProxyService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
-
 /// The future of an asynchronous stage: boxed once per stage, which also keeps
 /// a queued call's future small.
 pub(crate) type StageFuture =
     Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
 
 /// Builds the request path, outermost first. Requests go down the list,
-/// answers come back up it.
-pub fn stack(app: Arc<App>) -> ProxyService {
+/// answers come back up it. The type stays concrete (not boxed): hyper clones
+/// the service for every request, and a concrete clone is a few `Arc`s.
+pub fn stack(
+    app: Arc<App>,
+) -> impl Service<
+    Request<Body>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+> + Clone
+       + Send
+       + Sync
+       + 'static {
     let limit = app.config.server.max_request_body;
     let replay = app
         .credential
         .refreshes()
         .then_some(replay::ReplayLayer { limit });
     let upstream = forward::Forward::new(app.clone(), app.upstream.clone());
-    let svc = ServiceBuilder::new()
+    ServiceBuilder::new()
         // Request id first: it never refuses, and the access log and every
         // stage's own logs carry it. A caller's id is kept only if sane.
         .map_request(drop_insane_request_id)
@@ -90,6 +97,5 @@ pub fn stack(app: Arc<App>) -> ProxyService {
         .layer(admit::AdmitLayer(app.clone()))
         // The Dastra credential, injected as late as possible.
         .layer(inject::InjectLayer(app.clone()))
-        .service(upstream);
-    BoxCloneSyncService::new(svc)
+        .service(upstream)
 }

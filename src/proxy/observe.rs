@@ -50,7 +50,6 @@ impl Outcome {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Record> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
-
 }
 
 /// The `method` label: the seven verbs of SPEC §1 and `other`, so a client

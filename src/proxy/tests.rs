@@ -10,7 +10,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use tower::ServiceExt as _;
 
-use super::{stack, ProxyService};
+use super::stack;
 use crate::access::{hash_key, ConnInfo};
 use crate::app::App;
 use crate::config::Config;
@@ -25,6 +25,9 @@ type Answer = dyn Fn(&Request<Body>, usize) -> Result<Response<Body>, CallError>
 const BASE: &str = "[store]\nstate_file = \"\"\n[server]\npublic_url = \"https://proxy.example.com\"\nmax_request_body = \"1KiB\"\n\
                     [upstream]\nurl = \"https://api.dastra.eu\"\n";
 const API_KEY: &str = "[credential]\napi_key_env = \"K\"\n";
+
+type ProxyService =
+    tower::util::BoxCloneSyncService<Request<Body>, Response<Body>, std::convert::Infallible>;
 
 struct Harness {
     app: Arc<App>,
@@ -53,7 +56,7 @@ fn harness(extra: &str, answer: Arc<Answer>) -> Harness {
     }));
     let app = App::with_upstream(config, Metrics::new(), upstream).unwrap();
     Harness {
-        svc: stack(app.clone()),
+        svc: ProxyService::new(stack(app.clone())),
         app,
         seen,
     }
@@ -306,7 +309,7 @@ async fn upstream_failures_map_to_502_and_504_and_a_refused_connect_spends_nothi
     }));
     let app = App::with_upstream(slow.app.config.clone(), Metrics::new(), never).unwrap();
     let h = Harness {
-        svc: stack(app.clone()),
+        svc: ProxyService::new(stack(app.clone())),
         app,
         seen: slow.seen,
     };

@@ -85,7 +85,8 @@ pub struct WindowState {
     pub name: String,
     pub limit: u32,
     pub period: Duration,
-    /// Sends in the last `period + margin`.
+    /// Sends in the last `period + margin`, calls still in flight included
+    /// (they count at Dastra already, as they do in the `RateLimit` field).
     pub used: u32,
     /// Until the oldest counted send leaves the window (zero when empty).
     pub frees_in: Duration,
@@ -184,10 +185,8 @@ impl WindowSet {
                     name: w.name.clone(),
                     limit: w.limit as u32,
                     period: w.period,
-                    used: w.log.len() as u32,
-                    frees_in: w.log.front().map_or(Duration::ZERO, |t| {
-                        (*t + w.span).saturating_duration_since(now)
-                    }),
+                    used: w.used() as u32,
+                    frees_in: w.frees_in(now),
                 }
             })
             .collect()

@@ -1,0 +1,396 @@
+//! The memory store's window log on disk, so a restart — graceful or
+//! `kill -9` — does not hand Dastra a second quota.
+//!
+//! The file is a fixed-size ring of send records: a 64-byte header, then
+//! `slots` records of 40 bytes. Each send writes one record (one `pwrite`) when
+//! it is reserved, before the call leaves, and rewrites it when the answer's
+//! head arrives. Record `seq` lives at slot `seq % slots`, so the file never
+//! grows and needs no compaction: a slot is reused only once `slots` newer
+//! sends exist, and the ring holds at least the largest window's N.
+//!
+//! Writes go to the page cache, which survives the process; `fsync` runs at
+//! most once a second from a background thread, so a power loss may forget up
+//! to the last second of sends. An exclusive `flock` keeps a second process
+//! off the file. Times are wall-clock nanoseconds: a new process has no other
+//! clock in common with the old one.
+
+use std::fs::{File, OpenOptions};
+use std::io::Read as _;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const MAGIC: &[u8; 8] = b"DPSTATE1";
+const HEADER: u64 = 64;
+const RECORD: u64 = 40;
+/// `landed` of a reservation whose answer has not come (yet).
+const UNANSWERED: u64 = 0;
+/// `landed` of a send given back (never reached Dastra): it does not count.
+const RELEASED: u64 = u64::MAX;
+/// How often dirty pages are forced to disk.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// Why the state file cannot be used; always names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("store.state_file {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("store.state_file {}: in use by another dastra-proxy (pid {pid}); one file per process", path.display())]
+    Locked { path: PathBuf, pid: u64 },
+    #[error("store.state_file {}: corrupt at byte offset {offset}: {reason}", path.display())]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+}
+
+/// One send as the file holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Rec {
+    /// Which quota key (the first 8 bytes of its digest; 0 for a held credential).
+    key: u64,
+    /// 1-based send number; 0 is an empty slot.
+    seq: u64,
+    reserved: u64,
+    landed: u64,
+}
+
+impl Rec {
+    fn encode(&self) -> [u8; RECORD as usize] {
+        let mut b = [0u8; RECORD as usize];
+        if self.seq == 0 {
+            return b;
+        }
+        for (i, v) in [self.key, self.seq, self.reserved, self.landed]
+            .iter()
+            .enumerate()
+        {
+            b[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        let check = checksum(&b[..32]);
+        b[32..].copy_from_slice(&check.to_le_bytes());
+        b
+    }
+
+    fn decode(b: &[u8]) -> Result<Self, String> {
+        if b.iter().all(|&x| x == 0) {
+            return Ok(Self::default());
+        }
+        let u = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        if u(4) != checksum(&b[..32]) {
+            return Err("record checksum mismatch".into());
+        }
+        let r = Self {
+            key: u(0),
+            seq: u(1),
+            reserved: u(2),
+            landed: u(3),
+        };
+        if r.seq == 0 || (r.landed != UNANSWERED && r.landed != RELEASED && r.landed < r.reserved) {
+            return Err("record fields are inconsistent".into());
+        }
+        Ok(r)
+    }
+}
+
+/// FNV-1a, 64-bit: catches torn or foreign bytes, not an adversary.
+fn checksum(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325, |h, &x| {
+        (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1))
+        .max(1)
+}
+
+/// Sends the previous process made, by quota key: how long ago each landed.
+#[derive(Debug, Default)]
+pub struct Restored {
+    pub sends: Vec<(u64, Duration)>,
+}
+
+impl Restored {
+    /// The ages of one key's sends, oldest first.
+    pub fn take(&mut self, key: u64) -> Vec<Duration> {
+        let mut ages: Vec<Duration> = Vec::new();
+        self.sends.retain(|(k, age)| {
+            if *k == key {
+                ages.push(*age);
+            }
+            *k != key
+        });
+        ages.sort_unstable_by(|a, b| b.cmp(a));
+        ages
+    }
+}
+
+/// What `check` reports about an existing file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub slots: u64,
+    pub sends: usize,
+    pub unanswered: usize,
+    /// Pid of the process that last opened it (it may still be running).
+    pub pid: u64,
+}
+
+#[derive(Debug)]
+struct Ring {
+    slots: u64,
+    next_seq: u64,
+    mirror: Vec<Rec>,
+}
+
+/// The open, locked state file.
+#[derive(Debug)]
+pub struct StateFile {
+    path: PathBuf,
+    file: File,
+    ring: Mutex<Ring>,
+    dirty: AtomicBool,
+}
+
+impl StateFile {
+    /// Opens (or creates) and locks the file, loads the previous process's
+    /// sends, and rewrites it as a ring of `slots` records. A send whose answer
+    /// never came is counted as landed now, and written so.
+    pub fn open(path: &Path, slots: u64) -> Result<(Arc<Self>, Restored), StateError> {
+        let io = |source| StateError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io)?;
+        if let Err(e) = file.try_lock() {
+            return Err(match e {
+                std::fs::TryLockError::WouldBlock => StateError::Locked {
+                    path: path.to_owned(),
+                    pid: read_pid(&mut file),
+                },
+                std::fs::TryLockError::Error(e) => io(e),
+            });
+        }
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(io)?;
+        let records = parse(path, &bytes)?.1;
+        let now = nanos(SystemTime::now());
+        let slots = slots.max(1);
+        let mut mirror = vec![Rec::default(); slots as usize];
+        let mut restored = Restored::default();
+        let mut next_seq = 1;
+        for mut r in records {
+            next_seq = next_seq.max(r.seq + 1);
+            if r.landed == RELEASED {
+                continue;
+            }
+            if r.landed == UNANSWERED {
+                r.landed = now;
+            }
+            let slot = &mut mirror[(r.seq % slots) as usize];
+            if r.seq > slot.seq {
+                *slot = r;
+            }
+        }
+        for r in mirror.iter().filter(|r| r.seq != 0) {
+            let age = Duration::from_nanos(now.saturating_sub(r.landed));
+            restored.sends.push((r.key, age));
+        }
+        let mut out = vec![0u8; (HEADER + slots * RECORD) as usize];
+        out[..HEADER as usize].copy_from_slice(&header(slots));
+        for (i, r) in mirror.iter().enumerate() {
+            let at = (HEADER + i as u64 * RECORD) as usize;
+            out[at..at + RECORD as usize].copy_from_slice(&r.encode());
+        }
+        file.set_len(out.len() as u64).map_err(io)?;
+        file.write_all_at(&out, 0).map_err(io)?;
+        file.sync_data().map_err(io)?;
+        let me = Arc::new(Self {
+            path: path.to_owned(),
+            file,
+            ring: Mutex::new(Ring {
+                slots,
+                next_seq,
+                mirror,
+            }),
+            dirty: AtomicBool::new(false),
+        });
+        spawn_syncer(Arc::downgrade(&me));
+        Ok((me, restored))
+    }
+
+    /// Reads and validates a file without locking or changing it (`check`).
+    pub fn inspect(path: &Path) -> Result<Option<Summary>, StateError> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StateError::Io {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        };
+        let ((slots, pid), records) = parse(path, &bytes)?;
+        Ok(Some(Summary {
+            slots,
+            pid,
+            sends: records.iter().filter(|r| r.landed != RELEASED).count(),
+            unanswered: records.iter().filter(|r| r.landed == UNANSWERED).count(),
+        }))
+    }
+
+    /// Records a send before it leaves; returns its number for [`Self::land`].
+    pub fn reserve(&self, key: u64) -> Result<u64, StateError> {
+        let mut ring = self.lock();
+        let seq = ring.next_seq;
+        ring.next_seq += 1;
+        let rec = Rec {
+            key,
+            seq,
+            reserved: nanos(SystemTime::now()),
+            landed: UNANSWERED,
+        };
+        self.write(&mut ring, rec)?;
+        Ok(seq)
+    }
+
+    /// The answer's head arrived: the send ages from now.
+    pub fn land(&self, seq: u64) -> Result<(), StateError> {
+        self.finish(seq, nanos(SystemTime::now()))
+    }
+
+    /// The send never reached Dastra: it no longer counts.
+    pub fn release(&self, seq: u64) -> Result<(), StateError> {
+        self.finish(seq, RELEASED)
+    }
+
+    fn finish(&self, seq: u64, landed: u64) -> Result<(), StateError> {
+        let mut ring = self.lock();
+        let slot = (seq % ring.slots) as usize;
+        let mut rec = ring.mirror[slot];
+        if rec.seq != seq {
+            // Overwritten by a send `slots` later: it has left every window.
+            return Ok(());
+        }
+        rec.landed = landed.max(rec.reserved);
+        self.write(&mut ring, rec)
+    }
+
+    fn write(&self, ring: &mut Ring, rec: Rec) -> Result<(), StateError> {
+        let slot = rec.seq % ring.slots;
+        ring.mirror[slot as usize] = rec;
+        self.file
+            .write_all_at(&rec.encode(), HEADER + slot * RECORD)
+            .map_err(|source| StateError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
+        self.ring.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn sync(&self) {
+        if self.dirty.swap(false, Ordering::AcqRel) {
+            if let Err(e) = self.file.sync_data() {
+                tracing::warn!(path = %self.path.display(), error = %e, "state file fsync failed");
+            }
+        }
+    }
+}
+
+/// Forces dirty pages to disk at most once a second, while the file is open.
+fn spawn_syncer(file: Weak<StateFile>) {
+    std::thread::Builder::new()
+        .name("state-file-sync".into())
+        .spawn(move || loop {
+            std::thread::sleep(SYNC_EVERY);
+            match file.upgrade() {
+                Some(f) => f.sync(),
+                None => return,
+            }
+        })
+        .expect("a thread can be spawned at start-up");
+}
+
+fn header(slots: u64) -> [u8; HEADER as usize] {
+    let mut h = [0u8; HEADER as usize];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..16].copy_from_slice(&slots.to_le_bytes());
+    h[16..24].copy_from_slice(&u64::from(std::process::id()).to_le_bytes());
+    let check = checksum(&h[..24]);
+    h[24..32].copy_from_slice(&check.to_le_bytes());
+    h
+}
+
+fn read_pid(file: &mut File) -> u64 {
+    let mut h = [0u8; 24];
+    match file.read_exact_at(&mut h, 0) {
+        Ok(()) => u64::from_le_bytes(h[16..24].try_into().expect("8 bytes")),
+        Err(_) => 0,
+    }
+}
+
+/// The header's `(slots, pid)` and every record in use; an empty file is a new one.
+fn parse(path: &Path, b: &[u8]) -> Result<((u64, u64), Vec<Rec>), StateError> {
+    let corrupt = |offset: u64, reason: String| StateError::Corrupt {
+        path: path.to_owned(),
+        offset,
+        reason,
+    };
+    if b.is_empty() {
+        return Ok(((0, 0), Vec::new()));
+    }
+    if b.len() < HEADER as usize || &b[..8] != MAGIC {
+        return Err(corrupt(0, "not a dastra-proxy state file".into()));
+    }
+    let u = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+    if u(24) != checksum(&b[..24]) {
+        return Err(corrupt(0, "header checksum mismatch".into()));
+    }
+    let (slots, pid) = (u(8), u(16));
+    let expected = slots
+        .checked_mul(RECORD)
+        .and_then(|n| n.checked_add(HEADER))
+        .filter(|n| *n <= 1 << 32)
+        .ok_or_else(|| corrupt(8, format!("impossible slot count {slots}")))?;
+    if b.len() as u64 != expected {
+        return Err(corrupt(
+            (b.len() as u64).min(expected),
+            format!(
+                "truncated or extended: {} bytes where {slots} slots take {expected}",
+                b.len()
+            ),
+        ));
+    }
+    let mut out = Vec::new();
+    for i in 0..slots {
+        let at = HEADER + i * RECORD;
+        let r = Rec::decode(&b[at as usize..(at + RECORD) as usize]).map_err(|e| corrupt(at, e))?;
+        if r.seq != 0 {
+            out.push(r);
+        }
+    }
+    Ok(((slots, pid), out))
+}
+
+#[cfg(test)]
+#[path = "state_file_tests.rs"]
+mod tests;

@@ -1,0 +1,121 @@
+//! The state file on a real file system: round trips, the lock, and corrupt
+//! or truncated files named with their offset.
+
+use super::*;
+
+fn path() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("dastra-proxy.state");
+    (dir, p)
+}
+
+#[test]
+fn sends_survive_a_reopen_and_unanswered_ones_count_as_landed() {
+    let (_dir, p) = path();
+    {
+        let (f, restored) = StateFile::open(&p, 4).unwrap();
+        assert!(restored.sends.is_empty());
+        let a = f.reserve(0).unwrap();
+        f.land(a).unwrap();
+        let b = f.reserve(0).unwrap();
+        f.release(b).unwrap();
+        let _unanswered = f.reserve(7).unwrap();
+    }
+    let (f, mut restored) = StateFile::open(&p, 4).unwrap();
+    assert_eq!(
+        restored.take(0).len(),
+        1,
+        "the released send does not count"
+    );
+    assert_eq!(restored.take(7).len(), 1, "the unanswered send counts");
+    assert!(restored.sends.is_empty());
+    // Numbering goes on after the old sends; the ring keeps the newest.
+    let seq = f.reserve(0).unwrap();
+    assert_eq!(seq, 4);
+    drop(f);
+    let summary = StateFile::inspect(&p).unwrap().unwrap();
+    assert_eq!(
+        (summary.slots, summary.sends, summary.unanswered),
+        (4, 3, 1)
+    );
+    assert_eq!(summary.pid, u64::from(std::process::id()));
+}
+
+#[test]
+fn the_ring_keeps_the_newest_sends_and_can_be_resized() {
+    let (_dir, p) = path();
+    {
+        let (f, _) = StateFile::open(&p, 3).unwrap();
+        for _ in 0..10 {
+            let s = f.reserve(0).unwrap();
+            f.land(s).unwrap();
+        }
+    }
+    let (_, mut restored) = StateFile::open(&p, 8).unwrap();
+    assert_eq!(restored.take(0).len(), 3);
+    let summary_before = StateFile::inspect(&p).unwrap().unwrap();
+    assert_eq!((summary_before.slots, summary_before.sends), (8, 3));
+}
+
+#[test]
+fn a_second_opener_is_refused_with_the_holders_pid() {
+    let (_dir, p) = path();
+    let (_held, _) = StateFile::open(&p, 4).unwrap();
+    let err = StateFile::open(&p, 4).unwrap_err();
+    assert!(
+        matches!(err, StateError::Locked { pid, .. } if pid == u64::from(std::process::id())),
+        "{err}"
+    );
+    assert!(err
+        .to_string()
+        .contains(&format!("pid {}", std::process::id())));
+}
+
+#[test]
+fn corrupt_and_truncated_files_are_errors_naming_the_offset() {
+    let (_dir, p) = path();
+    {
+        let (f, _) = StateFile::open(&p, 4).unwrap();
+        let s = f.reserve(0).unwrap();
+        f.land(s).unwrap();
+    }
+    let good = std::fs::read(&p).unwrap();
+
+    let mut flipped = good.clone();
+    let at = (HEADER + RECORD + 20) as usize; // inside the record of seq 1
+    flipped[at] ^= 0x40;
+    std::fs::write(&p, &flipped).unwrap();
+    let err = StateFile::open(&p, 4).unwrap_err();
+    assert!(
+        matches!(&err, StateError::Corrupt { offset, .. } if *offset == HEADER + RECORD),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&p.display().to_string()));
+
+    std::fs::write(&p, &good[..good.len() - 7]).unwrap();
+    let err = StateFile::inspect(&p).unwrap_err();
+    assert!(err.to_string().contains("truncated"), "{err}");
+
+    std::fs::write(
+        &p,
+        b"hello, world: not a state file at all, but long enough to be read....",
+    )
+    .unwrap();
+    let err = StateFile::open(&p, 4).unwrap_err();
+    assert!(
+        matches!(&err, StateError::Corrupt { offset: 0, .. }),
+        "{err}"
+    );
+
+    std::fs::write(&p, &good).unwrap();
+    assert!(
+        StateFile::open(&p, 4).is_ok(),
+        "the intact file still opens"
+    );
+}
+
+#[test]
+fn a_missing_file_is_not_an_error_for_check() {
+    let (_dir, p) = path();
+    assert_eq!(StateFile::inspect(&p).unwrap(), None);
+}
