@@ -37,25 +37,7 @@ fn decisions(c: &mut Criterion) {
             .unwrap();
         // Two windows far above what one core can send: every call is admitted,
         // so this measures the lock, the decision and the permit round trip.
-        let limits = [
-            Limit {
-                requests: 1_000_000,
-                per: Duration::from_millis(1),
-                name: "1ms".into(),
-            },
-            Limit {
-                requests: 2_000_000,
-                per: Duration::from_millis(2),
-                name: "2ms".into(),
-            },
-        ];
-        let cfg = dastra_proxy::config::AdmissionConfig {
-            on_limit: dastra_proxy::config::OnLimit::Reject,
-            max_queue: 0,
-            max_wait: Duration::ZERO,
-            margin: Duration::ZERO,
-            upstream_429: dastra_proxy::config::Upstream429::Pause,
-        };
+        let (limits, cfg) = (open_limits(), reject());
         let a = rt.block_on(async { dastra_proxy::admission::Admission::new(&limits, &cfg) });
         let caller = dastra_proxy::admission::Caller {
             name: "bench".into(),
@@ -66,6 +48,64 @@ fn decisions(c: &mut Criterion) {
             black_box(p.map(|p| p.sent()).ok());
         })
     });
+
+    // The same with the memory store's state file: each send is one pwrite of
+    // its reservation and one of its landing (page cache; fsync is elsewhere).
+    c.bench_function(
+        "decide: through Admission + state file (reserve + land)",
+        |b| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            let limits = open_limits();
+            let dir = tempfile::tempdir().unwrap();
+            let (file, _) =
+                dastra_proxy::state_file::StateFile::open(&dir.path().join("bench.state"), 10_000)
+                    .unwrap();
+            let persist = dastra_proxy::admission::Persist {
+                file,
+                key: 0,
+                metrics: dastra_proxy::metrics::Metrics::new(),
+            };
+            let a = rt.block_on(async {
+                dastra_proxy::admission::Admission::with_state(&limits, &reject(), persist, &[])
+            });
+            let caller = dastra_proxy::admission::Caller {
+                name: "bench".into(),
+                weight: 1,
+            };
+            b.iter(|| {
+                let p = rt.block_on(a.acquire(&caller));
+                black_box(p.map(|p| p.sent()).ok());
+            })
+        },
+    );
+}
+
+fn open_limits() -> [Limit; 2] {
+    [
+        Limit {
+            requests: 1_000_000,
+            per: Duration::from_millis(1),
+            name: "1ms".into(),
+        },
+        Limit {
+            requests: 2_000_000,
+            per: Duration::from_millis(2),
+            name: "2ms".into(),
+        },
+    ]
+}
+
+fn reject() -> dastra_proxy::config::AdmissionConfig {
+    dastra_proxy::config::AdmissionConfig {
+        on_limit: dastra_proxy::config::OnLimit::Reject,
+        max_queue: 0,
+        max_wait: Duration::ZERO,
+        margin: Duration::ZERO,
+        upstream_429: dastra_proxy::config::Upstream429::Pause,
+    }
 }
 
 criterion_group!(benches, decisions);

@@ -2,15 +2,19 @@
 //! `kill -9` — does not hand Dastra a second quota.
 //!
 //! The file is a fixed-size ring of send records: a 64-byte header, then
-//! `slots` records of 40 bytes. Each send writes one record (one `pwrite`) when
-//! it is reserved, before the call leaves, and rewrites it when the answer's
-//! head arrives. Record `seq` lives at slot `seq % slots`, so the file never
-//! grows and needs no compaction: a slot is reused only once `slots` newer
-//! sends exist, and the ring holds at least the largest window's N.
+//! `slots` records of 40 bytes. Each send writes its record (one `pwrite`)
+//! when it is reserved, before the call leaves. Record `seq` lives at slot
+//! `seq % slots`, so the file never grows and needs no compaction: a slot is
+//! reused only once `slots` newer sends exist, and the ring holds at least the
+//! largest window's N.
 //!
-//! Writes go to the page cache, which survives the process; `fsync` runs at
-//! most once a second from a background thread, so a power loss may forget up
-//! to the last second of sends. An exclusive `flock` keeps a second process
+//! The landing (answer head arrived) and refunds are written by a background
+//! thread at most a second later, and on close: one `pwrite` per send on the
+//! hot path instead of two. A landing that a crash loses is harmless: the
+//! next process counts that send as landed when it finds it, later than it
+//! was, which only over-counts. Writes go to the page cache, which survives
+//! the process; `fsync` runs at most once a second from the same thread, so a
+//! power loss may forget up to the last second of sends. An exclusive `flock` keeps a second process
 //! off the file. Times are wall-clock nanoseconds: a new process has no other
 //! clock in common with the old one.
 
@@ -148,6 +152,8 @@ struct Ring {
     slots: u64,
     next_seq: u64,
     mirror: Vec<Rec>,
+    /// Slots whose landing or refund is not yet in the file.
+    pending: Vec<u64>,
 }
 
 /// The open, locked state file.
@@ -225,6 +231,7 @@ impl StateFile {
                 slots,
                 next_seq,
                 mirror,
+                pending: Vec::new(),
             }),
             dirty: AtomicBool::new(false),
         });
@@ -278,21 +285,27 @@ impl StateFile {
         self.finish(seq, RELEASED)
     }
 
+    /// Notes the landing or refund in memory; [`Self::flush`] writes it.
     fn finish(&self, seq: u64, landed: u64) -> Result<(), StateError> {
         let mut ring = self.lock();
-        let slot = (seq % ring.slots) as usize;
-        let mut rec = ring.mirror[slot];
+        let slot = seq % ring.slots;
+        let rec = &mut ring.mirror[slot as usize];
         if rec.seq != seq {
             // Overwritten by a send `slots` later: it has left every window.
             return Ok(());
         }
         rec.landed = landed.max(rec.reserved);
-        self.write(&mut ring, rec)
+        ring.pending.push(slot);
+        Ok(())
     }
 
     fn write(&self, ring: &mut Ring, rec: Rec) -> Result<(), StateError> {
         let slot = rec.seq % ring.slots;
         ring.mirror[slot as usize] = rec;
+        self.write_slot(slot, &rec)
+    }
+
+    fn write_slot(&self, slot: u64, rec: &Rec) -> Result<(), StateError> {
         self.file
             .write_all_at(&rec.encode(), HEADER + slot * RECORD)
             .map_err(|source| StateError::Io {
@@ -301,6 +314,25 @@ impl StateFile {
             })?;
         self.dirty.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// Writes the pending landings and refunds, then forces the file to disk
+    /// if anything changed since the last time.
+    pub fn flush(&self) {
+        let pending: Vec<(u64, Rec)> = {
+            let mut ring = self.lock();
+            let slots = std::mem::take(&mut ring.pending);
+            slots
+                .into_iter()
+                .map(|s| (s, ring.mirror[s as usize]))
+                .collect()
+        };
+        for (slot, rec) in pending {
+            if let Err(e) = self.write_slot(slot, &rec) {
+                tracing::warn!(error = %e, "state file write failed");
+            }
+        }
+        self.sync();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
@@ -316,14 +348,22 @@ impl StateFile {
     }
 }
 
-/// Forces dirty pages to disk at most once a second, while the file is open.
+impl Drop for StateFile {
+    /// A graceful stop leaves every landing in the file.
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// Writes landings and forces dirty pages to disk at most once a second,
+/// while the file is open.
 fn spawn_syncer(file: Weak<StateFile>) {
     std::thread::Builder::new()
         .name("state-file-sync".into())
         .spawn(move || loop {
             std::thread::sleep(SYNC_EVERY);
             match file.upgrade() {
-                Some(f) => f.sync(),
+                Some(f) => f.flush(),
                 None => return,
             }
         })
