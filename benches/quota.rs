@@ -105,6 +105,7 @@ fn reject() -> dastra_proxy::config::AdmissionConfig {
         max_wait: Duration::ZERO,
         margin: Duration::ZERO,
         upstream_429: dastra_proxy::config::Upstream429::Pause,
+        flight: Duration::from_secs(5),
     }
 }
 

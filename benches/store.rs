@@ -76,6 +76,7 @@ fn main() {
             max_wait: Duration::ZERO,
             margin: Duration::from_millis(250),
             upstream_429: Upstream429::Pause,
+            flight: Duration::from_secs(5),
         };
         let memory = Admission::new(&limits(), &cfg);
         let caller = Caller {

@@ -144,7 +144,7 @@ proptest! {
                 }
                 now = match next_land { Some(l) if l < at => l, _ => at };
             }
-            ws.reserve();
+            ws.reserve(now);
             let arrival = now + Duration::from_millis(to_upstream);
             arrivals.push(arrival);
             in_flight.push((arrival + Duration::from_millis(to_answer), arrival));
@@ -164,9 +164,66 @@ proptest! {
         let now = t0 + Duration::from_millis(k as u64);
         let before = ws.clone().used(now);
         if ws.next_admit(now) <= now {
-            ws.reserve();
+            ws.reserve(now);
             ws.release();
             prop_assert_eq!(ws.used(now), before);
+        }
+    }
+
+    /// Sends, landings in any order, refunds and reloads (N and W changing,
+    /// below the calls in flight too), mixed at random: at every send, each
+    /// window as configured then holds at most its N sends that reached the
+    /// upstream, counted from their arrival.
+    #[test]
+    fn no_window_exceeds_n_through_lands_releases_and_reloads(
+        spec in windows(),
+        ops in prop::collection::vec((0u8..5, 0u64..150, 0usize..8), 1..200),
+        reloads in prop::collection::vec(windows(), 1..4),
+    ) {
+        let t0 = Instant::now();
+        let mut current = spec.clone();
+        let mut ws = WindowSet::new(&limits(&current), Duration::ZERO)
+            .with_flight(Duration::from_millis(300));
+        let mut now = t0;
+        // Calls in flight: their arrival at the upstream.
+        let mut flying: Vec<Instant> = Vec::new();
+        // Every arrival that counts, and the limits in force at each send.
+        let mut arrivals: Vec<Instant> = Vec::new();
+        let mut reload = reloads.iter().cycle();
+        for (op, dt, pick) in ops {
+            now += Duration::from_millis(dt);
+            match op {
+                0 | 1 if ws.next_admit(now) <= now => {
+                    ws.reserve(now);
+                    flying.push(now);
+                    arrivals.push(now);
+                    for (n, ms) in &current {
+                        let span = Duration::from_millis(*ms);
+                        let held = held_at(&arrivals, now, span);
+                        prop_assert!(held <= *n as usize, "{held} in {span:?} at {:?}, limit {n}", now - t0);
+                    }
+                }
+                2 if !flying.is_empty() => {
+                    // Any call's answer may come first.
+                    flying.remove(pick % flying.len());
+                    ws.land(now);
+                }
+                3 if !flying.is_empty() => {
+                    // A call that never reached the upstream gives its slot back.
+                    let a = flying.remove(pick % flying.len());
+                    let i = arrivals.iter().rposition(|t| *t == a).unwrap();
+                    arrivals.remove(i);
+                    ws.release();
+                }
+                4 => {
+                    current = reload.next().unwrap().clone();
+                    let mut next = WindowSet::new(&limits(&current), Duration::ZERO)
+                        .with_flight(Duration::from_millis(300));
+                    ws.carry_into(&mut next);
+                    ws = next;
+                }
+                _ => {}
+            }
         }
     }
 }

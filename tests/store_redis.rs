@@ -59,7 +59,7 @@ async fn lua_script_and_memory_engine_agree_on_every_decision() {
                     let remote = store.reserve_at(&member, now_us).await.unwrap();
                     let at = mem.next_admit(now);
                     let local = if at <= now {
-                        mem.reserve();
+                        mem.reserve(now);
                         Decision::Admitted
                     } else {
                         Decision::Wait(at - now)

@@ -87,6 +87,22 @@ impl<T> FairQueue<T> {
         id
     }
 
+    /// How many queued calls would be served before a call that client
+    /// `name` queued now: its own earlier calls, and other clients' calls with
+    /// a smaller finish tag. A client with a deep queue only delays itself.
+    pub(super) fn ahead_of(&self, name: &str, weight: u32) -> usize {
+        let last = self
+            .clients
+            .iter()
+            .find(|c| &*c.name == name)
+            .map_or(0, |c| c.last_finish);
+        let finish = last.max(self.vtime) + SCALE / u64::from(weight.max(1));
+        self.clients
+            .iter()
+            .map(|c| c.items.partition_point(|it| it.finish <= finish))
+            .sum()
+    }
+
     /// The next call in fair order, with when it was queued.
     pub(super) fn pop(&mut self) -> Option<(T, Instant)> {
         let idx = self

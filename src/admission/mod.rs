@@ -114,9 +114,6 @@ struct State {
     /// `RateLimit-Policy`, fixed until the limits change.
     policy: http::HeaderValue,
     queue: FairQueue<oneshot::Sender<Result<Permit, Refusal>>>,
-    /// The windows as they will be once every queued call has gone; rebuilt
-    /// lazily after anything invalidates it, extended by each new call.
-    projection: Option<(WindowSet, Instant)>,
     paused_until: Option<Instant>,
     closed: bool,
 }
@@ -131,22 +128,14 @@ impl State {
         }
     }
 
-    /// The instant a call queued behind everyone waiting now would start.
-    fn project(&mut self, now: Instant) -> Instant {
+    /// The earliest a call from `caller` queued now could start: behind the
+    /// calls the weighted-fair order serves first (not behind every queued
+    /// call), after any pause, with calls in flight landing at the earliest.
+    /// O(clients + windows): no copy of the logs, no simulation.
+    fn project_for(&self, caller: &Caller, now: Instant) -> Instant {
         let from = self.paused_until.map_or(now, |p| p.max(now));
-        let waiting = self.queue.len();
-        let windows = &self.windows;
-        let (sim, last) = self.projection.get_or_insert_with(|| {
-            let mut sim = windows.clone();
-            sim.settle(from);
-            let mut t = from;
-            for _ in 0..waiting {
-                t = sim.next_admit(t);
-                sim.record(t);
-            }
-            (sim, t)
-        });
-        sim.next_admit((*last).max(from))
+        let ahead = self.queue.ahead_of(&caller.name, caller.weight);
+        self.windows.nth_start(ahead, from)
     }
 }
 
@@ -184,7 +173,7 @@ impl Admission {
             .as_ref()
             .map_or_else(|| limits.to_vec(), |r| r.share(limits));
         let limits = &local;
-        let mut windows = WindowSet::new(limits, cfg.margin);
+        let mut windows = WindowSet::new(limits, cfg.margin).with_flight(cfg.flight);
         let now = Instant::now();
         for age in restored {
             // Older than this process's clock reaches back: long out of every window.
@@ -202,7 +191,6 @@ impl Admission {
                 windows,
                 policy,
                 queue: FairQueue::default(),
-                projection: None,
                 paused_until: None,
                 closed: false,
             }),
@@ -227,7 +215,7 @@ impl Admission {
         let now = Instant::now();
         let blocked = st.blocked_until(now);
         if blocked <= now && st.queue.is_empty() {
-            st.windows.reserve();
+            st.windows.reserve(now);
             st.paused_until = None;
             return Some(Ok(Permit::new(self.inner.clone(), Duration::ZERO)));
         }
@@ -272,7 +260,7 @@ impl Admission {
             let now = Instant::now();
             let blocked = remote_wait.unwrap_or_else(|| st.blocked_until(now));
             if remote_wait.is_none() && blocked <= now && st.queue.is_empty() {
-                st.windows.reserve();
+                st.windows.reserve(now);
                 st.paused_until = None;
                 return Ok(Permit::new(self.inner.clone(), Duration::ZERO));
             }
@@ -290,14 +278,10 @@ impl Admission {
             let start = if remote_wait.is_some() {
                 blocked
             } else {
-                st.project(now)
+                st.project_for(caller, now)
             };
             if start.duration_since(now) > st.max_wait {
                 return Err(Refusal::QuotaExhausted { retry_at: start });
-            }
-            if let Some((sim, last)) = st.projection.as_mut() {
-                sim.record(start);
-                *last = start;
             }
             let (tx, rx) = oneshot::channel();
             let id = st.queue.push(&caller.name, caller.weight, now, tx);
@@ -328,7 +312,6 @@ impl Admission {
         let mut st = self.inner.lock();
         if st.paused_until.is_none_or(|p| p < until) {
             st.paused_until = Some(until);
-            st.projection = None;
         }
         drop(st);
         self.inner.wake.notify_one();
@@ -389,14 +372,13 @@ impl Admission {
             .as_ref()
             .map_or_else(|| limits.to_vec(), |r| r.share(limits));
         let mut st = self.inner.lock();
-        let mut next = WindowSet::new(limits, cfg.margin);
+        let mut next = WindowSet::new(limits, cfg.margin).with_flight(cfg.flight);
         st.windows.carry_into(&mut next);
         st.windows = next;
         st.policy = policy;
         st.on_limit = cfg.on_limit;
         st.max_queue = cfg.max_queue;
         st.max_wait = cfg.max_wait;
-        st.projection = None;
         drop(st);
         self.inner.wake.notify_one();
     }
@@ -408,7 +390,6 @@ impl Admission {
         for tx in st.queue.drain() {
             let _ = tx.send(Err(Refusal::ShuttingDown));
         }
-        st.projection = None;
         drop(st);
         self.inner.wake.notify_one();
     }
@@ -448,7 +429,6 @@ impl Inner {
     fn release(&self) {
         let mut st = self.lock();
         st.windows.release();
-        st.projection = None;
         drop(st);
         self.wake.notify_one();
     }
@@ -456,7 +436,13 @@ impl Inner {
     fn land(&self) {
         let mut st = self.lock();
         st.windows.land(Instant::now());
-        st.projection = None;
+        // A landing is what frees a window whose every slot was in flight:
+        // the releaser may be sleeping on the bound, so tell it.
+        let waiting = !st.queue.is_empty();
+        drop(st);
+        if waiting {
+            self.wake.notify_one();
+        }
     }
 }
 
@@ -476,10 +462,7 @@ impl LeaveOnDrop<'_> {
 impl Drop for LeaveOnDrop<'_> {
     fn drop(&mut self) {
         if let Some(id) = self.id {
-            let mut st = self.inner.lock();
-            if st.queue.remove(self.caller, id).is_some() {
-                st.projection = None;
-            }
+            self.inner.lock().queue.remove(self.caller, id);
         }
     }
 }

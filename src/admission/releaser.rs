@@ -96,7 +96,6 @@ fn release_ready(inner: &Arc<Inner>) -> Release {
     let now = Instant::now();
     loop {
         if st.queue.is_empty() {
-            st.projection = None;
             return if st.closed {
                 Release::Closed
             } else {
@@ -111,13 +110,12 @@ fn release_ready(inner: &Arc<Inner>) -> Release {
         let Some((tx, enqueued)) = st.queue.pop() else {
             continue;
         };
-        st.windows.reserve();
+        st.windows.reserve(now);
         let permit = Permit::new(inner.clone(), now.duration_since(enqueued));
         if let Err(Ok(permit)) = tx.send(Ok(permit)) {
             // The caller left between the queue and the grant: nothing was sent.
             permit.defuse();
             st.windows.release();
-            st.projection = None;
         }
     }
 }

@@ -17,6 +17,7 @@ fn cfg(on_limit: OnLimit, max_queue: usize, max_wait_ms: u64, margin_ms: u64) ->
         max_wait: Duration::from_millis(max_wait_ms),
         margin: Duration::from_millis(margin_ms),
         upstream_429: Upstream429::Pause,
+        flight: Duration::from_secs(5),
     }
 }
 
@@ -271,10 +272,137 @@ async fn calls_in_flight_are_counted_in_the_snapshot() {
         snap.windows[0].used, 2,
         "both slots are taken while in flight"
     );
-    assert_eq!(snap.windows[0].frees_in, Duration::from_millis(1000));
+    assert_eq!(
+        snap.windows[0].frees_in,
+        Duration::from_millis(6000),
+        "every slot in flight: the bound (flight 5 s + span 1 s), never a guess"
+    );
     advance(Duration::from_millis(300)).await;
     first.landed();
     let snap = a.snapshot();
     assert_eq!(snap.windows[0].used, 2);
     assert_eq!(snap.windows[0].frees_in, Duration::from_millis(1000));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_never_early_when_answers_are_slower_than_the_window() {
+    // 2 per 2 s; both calls take 3 s to answer; the flight bound is 5 s.
+    let a = Admission::new(&limits(&[(2, 2000)]), &cfg(OnLimit::Reject, 10, 0, 0));
+    let t0 = Instant::now();
+    let c = caller("x", 1);
+    let first = a.acquire(&c).await.unwrap().sent();
+    let second = a.acquire(&c).await.unwrap().sent();
+    advance(Duration::from_millis(500)).await;
+    let told = match a.acquire(&c).await {
+        Err(Refusal::QuotaExhausted { retry_at }) => retry_at,
+        other => panic!("{other:?}"),
+    };
+    advance(Duration::from_millis(2500)).await; // t = 3 s: both answers arrive
+    first.landed();
+    second.landed();
+    // The real first admission after them is at 3 s + 2 s.
+    let real = t0 + Duration::from_millis(5000);
+    assert!(
+        told >= real,
+        "told {:?}, admitted at {:?}",
+        told - t0,
+        real - t0
+    );
+    assert!(told <= t0 + Duration::from_millis(7000), "within the bound");
+    advance(real - Instant::now() - Duration::from_millis(1)).await;
+    assert!(a.acquire(&c).await.is_err(), "not a moment before");
+    advance(Duration::from_millis(1)).await;
+    assert!(a.acquire(&c).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_below_the_calls_in_flight_keeps_the_window_exact() {
+    let a = Admission::new(&limits(&[(3, 1000)]), &cfg(OnLimit::Reject, 10, 0, 0));
+    let c = caller("x", 1);
+    let p1 = a.acquire(&c).await.unwrap().sent();
+    let _p2 = a.acquire(&c).await.unwrap().sent();
+    let _p3 = a.acquire(&c).await.unwrap().sent();
+    a.reconfigure(&limits(&[(2, 1000)]), &cfg(OnLimit::Reject, 10, 0, 0));
+    advance(Duration::from_millis(100)).await;
+    p1.landed();
+    // Long after that landing aged out, two sends are still in flight: N = 2
+    // is reached without any logged send.
+    advance(Duration::from_millis(1500)).await;
+    assert!(
+        matches!(a.acquire(&c).await, Err(Refusal::QuotaExhausted { .. })),
+        "two in flight hold both slots of the new N"
+    );
+    assert_eq!(a.snapshot().windows[0].used, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_greedy_client_cannot_starve_a_polite_one() {
+    // 10 per 1 s, max_wait 2 s: a weight-1 client keeps 40 calls going; a
+    // weight-10 client sends 2 calls a second. Answers take 50 ms.
+    let a = Admission::new(&limits(&[(10, 1000)]), &cfg(OnLimit::Queue, 1000, 2000, 0));
+    let t0 = Instant::now();
+    let sends = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let end = t0 + Duration::from_secs(8);
+    let mut greedy = Vec::new();
+    for _ in 0..40 {
+        let (a, sends) = (a.clone(), sends.clone());
+        greedy.push(tokio::spawn(async move {
+            while Instant::now() < end {
+                match a.acquire(&caller("greedy", 1)).await {
+                    Ok(p) => {
+                        sends.lock().unwrap().push(Instant::now());
+                        let sent = p.sent();
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        sent.landed();
+                    }
+                    Err(Refusal::QuotaExhausted { retry_at }) => {
+                        tokio::time::sleep_until(
+                            retry_at.max(Instant::now() + Duration::from_millis(10)),
+                        )
+                        .await
+                    }
+                    Err(other) => panic!("{other:?}"),
+                }
+            }
+        }));
+    }
+    let mut polite = Vec::new();
+    for i in 0..14u64 {
+        let (a, sends) = (a.clone(), sends.clone());
+        polite.push(tokio::spawn(async move {
+            tokio::time::sleep_until(t0 + Duration::from_millis(500 + 500 * i)).await;
+            let p = a.acquire(&caller("polite", 10)).await?;
+            sends.lock().unwrap().push(Instant::now());
+            let sent = p.sent();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            sent.landed();
+            Ok::<_, Refusal>(())
+        }));
+    }
+    let mut served = 0;
+    for p in polite {
+        served += usize::from(p.await.unwrap().is_ok());
+    }
+    for g in greedy {
+        g.await.unwrap();
+    }
+    assert!(
+        served >= 13,
+        "the polite client got {served} of 14 calls through"
+    );
+    let sends = sends.lock().unwrap().clone();
+    // Slots age from the landing, 50 ms after each send: no 1 s interval may
+    // hold more than 10 sends, and each window of the busy stretch is >= 90% used.
+    for (i, s) in sends.iter().enumerate() {
+        let n = sends
+            .iter()
+            .filter(|t| **t > *s - Duration::from_millis(1000) && **t <= *s)
+            .count();
+        assert!(n <= 10, "send {i} at {:?}: {n} in one window", *s - t0);
+    }
+    let busy = sends
+        .iter()
+        .filter(|t| **t >= t0 + Duration::from_secs(1) && **t < t0 + Duration::from_secs(7))
+        .count();
+    assert!(busy >= 54, "6 s at 10 per 1.05 s is ~57 sends; saw {busy}");
 }

@@ -133,6 +133,10 @@ pub struct AdmissionConfig {
     pub max_wait: Duration,
     /// Added to every window, to absorb jitter between here and Dastra.
     pub margin: Duration,
+    /// The longest a call may be in flight (token fetch, connect, answer
+    /// head): when every slot is taken by calls in flight, Retry-After and `t`
+    /// use this bound rather than guess early. Derived from `[upstream]`.
+    pub flight: Duration,
     pub upstream_429: Upstream429,
 }
 

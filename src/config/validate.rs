@@ -70,7 +70,16 @@ impl Validator<'_> {
         let upstream = self.upstream(raw.upstream)?;
         let credential = self.credential(raw.credential)?;
         let limits = self.limits(raw.limits)?;
-        let admission = self.admission(raw.admission)?;
+        let mut admission = self.admission(raw.admission)?;
+        // A permit is spent before the token fetch (OAuth2), the connect and
+        // the wait for the answer head; the call lands by then at the latest.
+        admission.flight = upstream.connect_timeout
+            + upstream.timeout
+            + if matches!(credential, CredentialConfig::OAuth2 { .. }) {
+                crate::credential::TOKEN_TIMEOUT
+            } else {
+                Duration::ZERO
+            };
         let access = AccessConfig {
             allow: raw.access.allow.unwrap_or_else(|| {
                 vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]
@@ -340,6 +349,7 @@ impl Validator<'_> {
             max_wait: raw.max_wait.unwrap_or(Duration::from_secs(30)),
             margin: raw.margin.unwrap_or(Duration::from_millis(250)),
             upstream_429,
+            flight: Duration::ZERO,
         })
     }
 }

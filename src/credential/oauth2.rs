@@ -22,6 +22,8 @@ use crate::upstream::Upstream;
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Longest time a token is used before it is due for refresh.
 const EARLY_REFRESH: Duration = Duration::from_secs(30);
+/// The longest one token request may take.
+pub const TOKEN_TIMEOUT: Duration = Duration::from_secs(15);
 /// A token answer is small; anything bigger is not one.
 const MAX_ANSWER: usize = 64 * 1024;
 
@@ -142,11 +144,10 @@ impl TokenCache {
             .header(header::ACCEPT, "application/json")
             .body(Body::from(form))
             .map_err(|e| TokenError::Unreachable(e.to_string()))?;
-        let resp =
-            tokio::time::timeout(Duration::from_secs(15), self.upstream.clone().oneshot(req))
-                .await
-                .map_err(|_| TokenError::Unreachable("timed out".into()))?
-                .map_err(|e| TokenError::Unreachable(e.to_string()))?;
+        let resp = tokio::time::timeout(TOKEN_TIMEOUT, self.upstream.clone().oneshot(req))
+            .await
+            .map_err(|_| TokenError::Unreachable("timed out".into()))?
+            .map_err(|e| TokenError::Unreachable(e.to_string()))?;
         let status = resp.status();
         let body = Limited::new(resp.into_body(), MAX_ANSWER)
             .collect()

@@ -21,43 +21,78 @@ struct Window {
     span: Duration,
     name: String,
     period: Duration,
-    /// Landing times, oldest first; `log.len() + in_flight <= limit`.
+    /// Landing times, oldest first. Normally `log.len() + in_flight <= limit`;
+    /// after a reload that lowered the limit, more until they age out.
     log: VecDeque<Instant>,
-    in_flight: usize,
+    /// Reservation instants of the sends in flight, oldest first. Which one
+    /// lands is not known, so a landing takes out the oldest: what is left
+    /// is then the newest reservations, whose oldest is never older than the
+    /// oldest send truly in flight — a safe base for the bound below.
+    in_flight: VecDeque<Instant>,
+    /// The longest a send may stay in flight: the bound on when an unanswered
+    /// send lands, used when every slot is taken by one.
+    flight: Duration,
 }
 
 impl Window {
     /// When this window next has room at `now`: `None` if it has room now.
     fn blocked_until(&self, now: Instant) -> Option<Instant> {
-        if self.log.len() + self.in_flight < self.limit {
+        let used = self.log.len() + self.in_flight.len();
+        if used < self.limit {
             return None;
         }
-        match self.log.front() {
-            Some(t) if *t + self.span <= now => None,
-            Some(t) => Some(*t + self.span),
-            // Every slot is in flight: none frees before one lands and ages out.
-            None => Some(now + self.span),
+        if self.in_flight.len() >= self.limit {
+            return Some(self.in_flight_bound(now));
         }
+        // Room comes once this many of the oldest landings have aged out.
+        let t = self.log[used - self.limit];
+        (t + self.span > now).then_some(t + self.span)
     }
 
-    /// Takes a slot; the caller has checked `blocked_until(now)` is `None`.
-    fn reserve(&mut self) {
-        if self.log.len() + self.in_flight >= self.limit {
+    /// When a slot frees while every slot is in flight: one must land first,
+    /// at the latest `flight` after it was reserved, then age out. Never
+    /// earlier than the truth; at least one span from now.
+    fn in_flight_bound(&self, now: Instant) -> Instant {
+        let oldest = self.in_flight.front().copied().unwrap_or(now);
+        (oldest + self.flight).max(now) + self.span
+    }
+
+    /// Takes a slot; the caller has checked `blocked_until(now)` is `None`,
+    /// so the entries dropped here have aged out.
+    fn reserve(&mut self, now: Instant) {
+        while !self.log.is_empty() && self.log.len() + self.in_flight.len() >= self.limit {
             self.log.pop_front();
         }
-        self.in_flight += 1;
+        self.in_flight.push_back(now);
     }
 
     fn land(&mut self, now: Instant) {
-        self.in_flight = self.in_flight.saturating_sub(1);
-        if self.log.len() >= self.limit {
+        self.in_flight.pop_front();
+        while self.log.len() >= self.limit.max(1) {
             self.log.pop_front();
         }
         self.log.push_back(now);
     }
 
+    /// The earliest instant the `k`-th call from now (0-based) could go through
+    /// this window alone, counting calls in flight as landing at `from` (the
+    /// earliest they can). Closed form, no simulation: the first N future
+    /// sends each wait for one logged entry to age out, and every send after
+    /// that goes exactly one span after the send N before it.
+    fn nth_start(&self, k: usize, from: Instant) -> Instant {
+        let n = self.limit.max(1);
+        let held = self.log.len() + self.in_flight.len();
+        let (rounds, r) = (k / n, k % n);
+        let first = match (r + held).checked_sub(n) {
+            None => from,
+            Some(i) if i < self.log.len() => (self.log[i] + self.span).max(from),
+            Some(_) => from + self.span,
+        };
+        first + self.span * u32::try_from(rounds).unwrap_or(u32::MAX)
+    }
+
     fn release(&mut self) {
-        self.in_flight = self.in_flight.saturating_sub(1);
+        self.in_flight.pop_front();
     }
 
     fn prune(&mut self, now: Instant) {
@@ -67,13 +102,14 @@ impl Window {
     }
 
     fn used(&self) -> usize {
-        self.log.len() + self.in_flight
+        self.log.len() + self.in_flight.len()
     }
 
     fn frees_in(&self, now: Instant) -> Duration {
         match self.log.front() {
             Some(t) => (*t + self.span).saturating_duration_since(now),
-            None if self.in_flight > 0 => self.span,
+            // Only calls in flight: the bound, never an early answer.
+            None if !self.in_flight.is_empty() => self.in_flight_bound(now) - now,
             None => Duration::ZERO,
         }
     }
@@ -109,11 +145,32 @@ impl WindowSet {
                 span: l.per + margin,
                 name: l.name.clone(),
                 period: l.per,
-                log: VecDeque::with_capacity(l.requests as usize),
-                in_flight: 0,
+                log: VecDeque::new(),
+                in_flight: VecDeque::new(),
+                flight: Duration::ZERO,
             })
             .collect();
         Self { windows }
+    }
+
+    /// Sets the bound on how long a send stays in flight (see
+    /// `blocked_until`); zero treats a send in flight as landing now.
+    pub fn with_flight(mut self, flight: Duration) -> Self {
+        for w in &mut self.windows {
+            w.flight = flight;
+        }
+        self
+    }
+
+    /// The earliest the `k`-th call from now (0-based) can start, by the
+    /// windows alone: each window's closed form, the latest of them. A lower
+    /// bound when several windows bind in turn; exact when one does.
+    pub fn nth_start(&self, k: usize, from: Instant) -> Instant {
+        self.windows
+            .iter()
+            .map(|w| w.nth_start(k, from))
+            .max()
+            .unwrap_or(from)
     }
 
     /// The earliest instant at or after `now` at which every window has room;
@@ -136,11 +193,11 @@ impl WindowSet {
         Ok(())
     }
 
-    /// Reserves a slot in every window; the caller has checked
+    /// Reserves a slot in every window at `now`; the caller has checked
     /// [`Self::next_admit`] is `now`.
-    pub fn reserve(&mut self) {
+    pub fn reserve(&mut self, now: Instant) {
         for w in &mut self.windows {
-            w.reserve();
+            w.reserve(now);
         }
     }
 
@@ -159,19 +216,9 @@ impl WindowSet {
         }
     }
 
-    /// Lands every in-flight send at `now`: how a projection treats calls
-    /// whose answer is still on its way.
-    pub fn settle(&mut self, now: Instant) {
-        for w in &mut self.windows {
-            while w.in_flight > 0 {
-                w.land(now);
-            }
-        }
-    }
-
     /// Reserves and lands at `now` (a send without latency; projections).
     pub fn record(&mut self, now: Instant) {
-        self.reserve();
+        self.reserve(now);
         self.land(now);
     }
 
@@ -223,14 +270,18 @@ impl WindowSet {
         let Some(all) = self.windows.iter().map(|w| &w.log).max_by_key(|l| l.len()) else {
             return;
         };
-        let in_flight = self.windows.first().map_or(0, |w| w.in_flight);
+        let in_flight = self
+            .windows
+            .first()
+            .map(|w| w.in_flight.clone())
+            .unwrap_or_default();
         for w in &mut next.windows {
-            let keep = all
-                .len()
-                .saturating_sub(w.limit.saturating_sub(in_flight.min(w.limit)));
+            // The newest N landings decide every later admission of this
+            // window, however many are in flight (see `blocked_until`).
+            let keep = all.len().saturating_sub(w.limit.max(1));
             w.log.clear();
             w.log.extend(all.iter().skip(keep).copied());
-            w.in_flight = in_flight;
+            w.in_flight.clone_from(&in_flight);
         }
     }
 }
@@ -284,7 +335,7 @@ mod tests {
     fn release_frees_a_reserved_slot() {
         let t0 = Instant::now();
         let mut w = WindowSet::new(&limits(&[(1, 1000)]), Duration::ZERO);
-        w.reserve();
+        w.reserve(t0);
         assert_eq!(
             w.next_admit(t0),
             t0 + Duration::from_millis(1000),
@@ -298,7 +349,7 @@ mod tests {
     fn a_slot_ages_from_its_landing_not_its_reservation() {
         let t0 = Instant::now();
         let mut w = WindowSet::new(&limits(&[(1, 1000)]), Duration::ZERO);
-        w.reserve();
+        w.reserve(t0);
         w.land(t0 + Duration::from_millis(300));
         assert_eq!(
             w.next_admit(t0 + Duration::from_millis(300)),
