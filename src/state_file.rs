@@ -2,8 +2,12 @@
 //! `kill -9` — does not hand Dastra a second quota.
 //!
 //! The file is a fixed-size ring of send records: a 64-byte header, then
-//! `slots` records of 40 bytes. Each send writes its record (one `pwrite`)
-//! when it is reserved, before the call leaves. Record `seq` lives at slot
+//! `slots` records of 40 bytes. Every send has its record in the file before
+//! the call leaves. Records are written [`BATCH`] at a time, ahead of the
+//! sends that will use them (one `pwrite` per batch): a crash then leaves at
+//! most `BATCH - 1` records of sends that never happened, which the next
+//! process counts — quota wasted for one window, never exceeded. A graceful
+//! stop marks them unused. Record `seq` lives at slot
 //! `seq % slots`, so the file never grows and needs no compaction: a slot is
 //! reused only once `slots` newer sends exist, and the ring holds at least the
 //! largest window's N.
@@ -33,6 +37,8 @@ const RECORD: u64 = 40;
 const UNANSWERED: u64 = 0;
 /// `landed` of a send given back (never reached Dastra): it does not count.
 const RELEASED: u64 = u64::MAX;
+/// Records written ahead per `pwrite` on the send path.
+pub const BATCH: u64 = 8;
 /// How often dirty pages are forced to disk.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 
@@ -151,6 +157,10 @@ pub struct Summary {
 struct Ring {
     slots: u64,
     next_seq: u64,
+    /// Sends numbered below this already have a record in the file.
+    prepared_until: u64,
+    /// The key those records were written for (passthrough may differ).
+    prepared_key: u64,
     mirror: Vec<Rec>,
     /// Slots whose landing or refund is not yet in the file.
     pending: Vec<u64>,
@@ -167,7 +177,7 @@ pub struct StateFile {
 
 impl StateFile {
     /// Opens (or creates) and locks the file, loads the previous process's
-    /// sends, and rewrites it as a ring of `slots` records. A send whose answer
+    /// sends, and rewrites it as a ring that keeps the `slots` newest sends. A send whose answer
     /// never came is counted as landed now, and written so.
     pub fn open(path: &Path, slots: u64) -> Result<(Arc<Self>, Restored), StateError> {
         let io = |source| StateError::Io {
@@ -194,7 +204,9 @@ impl StateFile {
         file.read_to_end(&mut bytes).map_err(io)?;
         let records = parse(path, &bytes)?.1;
         let now = nanos(SystemTime::now());
-        let slots = slots.max(1);
+        // Records written ahead take up to a batch of slots beyond the
+        // `slots` newest sends the ring must keep.
+        let slots = slots.max(1) + BATCH;
         let mut mirror = vec![Rec::default(); slots as usize];
         let mut restored = Restored::default();
         let mut next_seq = 1;
@@ -230,6 +242,8 @@ impl StateFile {
             ring: Mutex::new(Ring {
                 slots,
                 next_seq,
+                prepared_until: next_seq,
+                prepared_key: 0,
                 mirror,
                 pending: Vec::new(),
             }),
@@ -271,8 +285,45 @@ impl StateFile {
             reserved: nanos(SystemTime::now()),
             landed: UNANSWERED,
         };
-        self.write(&mut ring, rec)?;
+        let slot = seq % ring.slots;
+        if seq < ring.prepared_until && key == ring.prepared_key {
+            // Its record is in the file already (written ahead, no older
+            // than now): only the copy in memory learns the exact time.
+            ring.mirror[slot as usize] = rec;
+            return Ok(seq);
+        }
+        if seq < ring.prepared_until {
+            ring.mirror[slot as usize] = rec;
+            self.write_slot(slot, &rec)?;
+            return Ok(seq);
+        }
+        self.prepare(&mut ring, rec)?;
         Ok(seq)
+    }
+
+    /// Writes `first` and the records of the next `BATCH - 1` sends in one go.
+    fn prepare(&self, ring: &mut Ring, first: Rec) -> Result<(), StateError> {
+        let start = first.seq % ring.slots;
+        let n = BATCH.min(ring.slots - start);
+        let mut buf = Vec::with_capacity((n * RECORD) as usize);
+        for i in 0..n {
+            let rec = Rec {
+                seq: first.seq + i,
+                ..first
+            };
+            ring.mirror[(start + i) as usize] = rec;
+            buf.extend_from_slice(&rec.encode());
+        }
+        ring.prepared_until = first.seq + n;
+        ring.prepared_key = first.key;
+        self.file
+            .write_all_at(&buf, HEADER + start * RECORD)
+            .map_err(|source| StateError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.dirty.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// The answer's head arrived: the send ages from now.
@@ -297,12 +348,6 @@ impl StateFile {
         rec.landed = landed.max(rec.reserved);
         ring.pending.push(slot);
         Ok(())
-    }
-
-    fn write(&self, ring: &mut Ring, rec: Rec) -> Result<(), StateError> {
-        let slot = rec.seq % ring.slots;
-        ring.mirror[slot as usize] = rec;
-        self.write_slot(slot, &rec)
     }
 
     fn write_slot(&self, slot: u64, rec: &Rec) -> Result<(), StateError> {
@@ -349,8 +394,19 @@ impl StateFile {
 }
 
 impl Drop for StateFile {
-    /// A graceful stop leaves every landing in the file.
+    /// A graceful stop leaves every landing in the file, and marks the
+    /// records written ahead for sends that never came as unused.
     fn drop(&mut self) {
+        {
+            let mut ring = self.lock();
+            for seq in ring.next_seq..ring.prepared_until {
+                let slot = seq % ring.slots;
+                if ring.mirror[slot as usize].seq == seq {
+                    ring.mirror[slot as usize].landed = RELEASED;
+                    ring.pending.push(slot);
+                }
+            }
+        }
         self.flush();
     }
 }
