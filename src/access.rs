@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::{Config, ANONYMOUS};
+use crate::config::{Config, ForwardedHeader, ANONYMOUS};
 
 /// The connection a request came in on: the peer the allow-lists start from,
 /// and whether it spoke TLS (for `X-Forwarded-Proto`).
@@ -34,6 +34,14 @@ pub enum AccessError {
     Unauthenticated,
     #[error("malformed X-Forwarded-For or Forwarded header")]
     BadForwarded,
+    #[error("this address may not use the admin listener (server.admin_allow)")]
+    AdminNotAllowed,
+}
+
+/// Whether `ip` is in `nets`; IPv4-mapped IPv6 addresses match IPv4 rules.
+pub fn in_nets(nets: &[IpNet], ip: IpAddr) -> bool {
+    let ip = canonical(ip);
+    nets.iter().any(|n| n.contains(&ip))
 }
 
 /// An authenticated (or anonymous) caller.
@@ -45,6 +53,10 @@ pub struct Identity {
     pub index: Option<usize>,
     /// The address the allow-lists were applied to.
     pub addr: IpAddr,
+    /// The hops a trusted proxy reported from the client on (client first),
+    /// as parsed; empty when the peer itself is the client. Forwarded on as
+    /// `X-Forwarded-For`, never the raw header.
+    pub forwarded: Vec<IpAddr>,
 }
 
 #[derive(Debug)]
@@ -60,6 +72,7 @@ struct ClientEntry {
 pub struct Access {
     allow: Vec<IpNet>,
     trusted: Vec<IpNet>,
+    header: ForwardedHeader,
     clients: Vec<ClientEntry>,
     anonymous: Arc<str>,
 }
@@ -69,6 +82,7 @@ impl Access {
         Self {
             allow: cfg.access.allow.clone(),
             trusted: cfg.access.trusted_proxies.clone(),
+            header: cfg.access.forwarded_header,
             clients: cfg
                 .clients
                 .iter()
@@ -87,23 +101,46 @@ impl Access {
         self.trusted.iter().any(|n| n.contains(&canonical(ip)))
     }
 
-    /// The address the allow-lists apply to.
-    pub fn client_addr(&self, peer: IpAddr, headers: &HeaderMap) -> Result<IpAddr, AccessError> {
+    /// Whether forwarding headers from this peer are believed.
+    pub fn is_trusted(&self, peer: IpAddr) -> bool {
+        self.trusted(peer)
+    }
+
+    /// The address the allow-lists apply to, and the hops from it on; `None`
+    /// when a trusted proxy says the client is `unknown` or obfuscated.
+    pub fn client_addr(
+        &self,
+        peer: IpAddr,
+        headers: &HeaderMap,
+    ) -> Result<Option<(IpAddr, Vec<IpAddr>)>, AccessError> {
         let peer = canonical(peer);
         if !self.trusted(peer) {
-            return Ok(peer);
+            return Ok(Some((peer, Vec::new())));
         }
-        let chain = forwarded_chain(headers)?;
-        Ok(chain
-            .into_iter()
-            .rev()
-            .find(|ip| !self.trusted(*ip))
-            .unwrap_or(peer))
+        let chain = forwarded_chain(headers, self.header)?;
+        // The rightmost hop no trusted proxy vouches for is the client; an
+        // unknown hop cannot be vouched for, so the client is unknown.
+        let mut hops = Vec::new();
+        for node in chain.into_iter().rev() {
+            match node {
+                Some(ip) if self.trusted(ip) => hops.push(ip),
+                Some(ip) => {
+                    hops.push(ip);
+                    hops.reverse();
+                    return Ok(Some((ip, hops)));
+                }
+                None => return Ok(None),
+            }
+        }
+        hops.reverse();
+        Ok(Some((peer, hops)))
     }
 
     /// Applies the allow-list and the client keys; on success says who called.
     pub fn authorize(&self, peer: IpAddr, headers: &HeaderMap) -> Result<Identity, AccessError> {
-        let addr = self.client_addr(peer, headers)?;
+        let (addr, forwarded) = self
+            .client_addr(peer, headers)?
+            .ok_or(AccessError::IpNotAllowed)?;
         let in_list = |list: &[IpNet]| list.iter().any(|n| n.contains(&addr));
         if !in_list(&self.allow) {
             return Err(AccessError::IpNotAllowed);
@@ -114,6 +151,7 @@ impl Access {
                 weight: 1,
                 index: None,
                 addr,
+                forwarded,
             });
         }
         let key = presented_key(headers).ok_or(AccessError::Unauthenticated)?;
@@ -134,6 +172,7 @@ impl Access {
             weight: c.weight,
             index: Some(i),
             addr,
+            forwarded,
         })
     }
 }
@@ -146,25 +185,32 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The addresses of `X-Forwarded-For`, or else of `Forwarded`'s `for=`, in order.
-fn forwarded_chain(headers: &HeaderMap) -> Result<Vec<IpAddr>, AccessError> {
+/// The hops of the one header believed, in order: an address, or `None` for
+/// an `unknown` or obfuscated node (RFC 7239 §6). Anything else is malformed.
+pub(crate) fn forwarded_chain(
+    headers: &HeaderMap,
+    which: ForwardedHeader,
+) -> Result<Vec<Option<IpAddr>>, AccessError> {
     let bad = || AccessError::BadForwarded;
-    let xff: Vec<_> = headers.get_all("x-forwarded-for").iter().collect();
     let mut out = Vec::new();
-    if !xff.is_empty() {
-        for v in xff {
-            for item in v.to_str().map_err(|_| bad())?.split(',') {
-                out.push(parse_node(item.trim()).ok_or_else(bad)?);
+    match which {
+        ForwardedHeader::XForwardedFor => {
+            for v in headers.get_all("x-forwarded-for") {
+                for item in v.to_str().map_err(|_| bad())?.split(',') {
+                    out.push(parse_node(item.trim()).ok_or_else(bad)?);
+                }
             }
         }
-        return Ok(out);
-    }
-    for v in headers.get_all(header::FORWARDED) {
-        for element in v.to_str().map_err(|_| bad())?.split(',') {
-            for pair in element.split(';') {
-                if let Some((k, val)) = pair.trim().split_once('=') {
-                    if k.trim().eq_ignore_ascii_case("for") {
-                        out.push(parse_node(val.trim().trim_matches('"')).ok_or_else(bad)?);
+        ForwardedHeader::Forwarded => {
+            for v in headers.get_all(header::FORWARDED) {
+                for element in v.to_str().map_err(|_| bad())?.split(',') {
+                    for pair in element.split(';') {
+                        if let Some((k, val)) = pair.trim().split_once('=') {
+                            if k.trim().eq_ignore_ascii_case("for") {
+                                let node = val.trim().trim_matches('"');
+                                out.push(parse_node(node).ok_or_else(bad)?);
+                            }
+                        }
                     }
                 }
             }
@@ -173,13 +219,30 @@ fn forwarded_chain(headers: &HeaderMap) -> Result<Vec<IpAddr>, AccessError> {
     Ok(out)
 }
 
-/// `1.2.3.4`, `1.2.3.4:80`, `::1`, `[::1]` or `[::1]:80`.
-fn parse_node(s: &str) -> Option<IpAddr> {
-    s.parse::<IpAddr>()
+/// `1.2.3.4`, `1.2.3.4:80`, `::1`, `[::1]` or `[::1]:80`; `unknown` and
+/// `_obfuscated` identifiers (with or without a port) are `Some(None)`.
+pub(crate) fn parse_node(s: &str) -> Option<Option<IpAddr>> {
+    let ip = s
+        .parse::<IpAddr>()
         .ok()
         .or_else(|| s.parse::<SocketAddr>().ok().map(|a| a.ip()))
-        .or_else(|| s.strip_prefix('[')?.strip_suffix(']')?.parse().ok())
-        .map(canonical)
+        .or_else(|| s.strip_prefix('[')?.strip_suffix(']')?.parse().ok());
+    if let Some(ip) = ip {
+        return Some(Some(canonical(ip)));
+    }
+    let name = s.split_once(':').map_or(s, |(n, port)| {
+        if port.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            n
+        } else {
+            s
+        }
+    });
+    let obfuscated = name.len() > 1
+        && name.starts_with('_')
+        && name[1..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    (name.eq_ignore_ascii_case("unknown") || obfuscated).then_some(None)
 }
 
 /// The key a client sent: `X-API-Key`, `Authorization: Bearer`, or the
@@ -219,9 +282,14 @@ mod tests {
     use http::HeaderValue;
 
     fn access(allow: &[&str], trusted: &[&str]) -> Access {
+        access_with(allow, trusted, ForwardedHeader::XForwardedFor)
+    }
+
+    fn access_with(allow: &[&str], trusted: &[&str], header: ForwardedHeader) -> Access {
         Access {
             allow: allow.iter().map(|s| s.parse().unwrap()).collect(),
             trusted: trusted.iter().map(|s| s.parse().unwrap()).collect(),
+            header,
             clients: vec![],
             anonymous: ANONYMOUS.into(),
         }
@@ -235,12 +303,16 @@ mod tests {
         h
     }
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn forwarded_headers_of_an_untrusted_peer_are_ignored() {
         let a = access(&["10.0.0.0/8"], &[]);
         let h = headers(&[("x-forwarded-for", "10.1.1.1")]);
-        let peer: IpAddr = "192.0.2.7".parse().unwrap();
-        assert_eq!(a.client_addr(peer, &h).unwrap(), peer);
+        let peer = ip("192.0.2.7");
+        assert_eq!(a.client_addr(peer, &h).unwrap(), Some((peer, vec![])));
         assert!(matches!(
             a.authorize(peer, &h),
             Err(AccessError::IpNotAllowed)
@@ -251,24 +323,77 @@ mod tests {
     fn rightmost_untrusted_hop_through_trusted_proxies() {
         let a = access(&["10.0.0.0/8"], &["192.0.2.0/24"]);
         let h = headers(&[("x-forwarded-for", "10.9.9.9, 203.0.113.5, 192.0.2.9")]);
-        let peer: IpAddr = "192.0.2.1".parse().unwrap();
+        let peer = ip("192.0.2.1");
         assert_eq!(
             a.client_addr(peer, &h).unwrap(),
-            "203.0.113.5".parse::<IpAddr>().unwrap()
-        );
-        let h = headers(&[(
-            "forwarded",
-            "for=10.2.3.4;proto=https, for=\"[2001:db8::1]:443\"",
-        )]);
-        assert_eq!(
-            a.client_addr(peer, &h).unwrap(),
-            "2001:db8::1".parse::<IpAddr>().unwrap()
+            Some((ip("203.0.113.5"), vec![ip("203.0.113.5"), ip("192.0.2.9")])),
+            "the client and the trusted hops after it; the spoofable left part is dropped"
         );
         let h = headers(&[("x-forwarded-for", "not-an-ip")]);
         assert!(matches!(
             a.client_addr(peer, &h),
             Err(AccessError::BadForwarded)
         ));
+    }
+
+    #[test]
+    fn only_the_configured_header_is_believed() {
+        let peer = ip("192.0.2.1");
+        let h = headers(&[
+            ("x-forwarded-for", "10.6.6.6"),
+            (
+                "forwarded",
+                "for=203.0.113.9;proto=https, for=\"[2001:db8::1]:443\"",
+            ),
+        ]);
+        let xff = access_with(
+            &["10.0.0.0/8"],
+            &["192.0.2.0/24"],
+            ForwardedHeader::XForwardedFor,
+        );
+        assert_eq!(
+            xff.client_addr(peer, &h).unwrap().unwrap().0,
+            ip("10.6.6.6")
+        );
+        let fwd = access_with(
+            &["10.0.0.0/8"],
+            &["192.0.2.0/24"],
+            ForwardedHeader::Forwarded,
+        );
+        assert_eq!(
+            fwd.client_addr(peer, &h).unwrap().unwrap().0,
+            ip("2001:db8::1")
+        );
+        // Behind a proxy that writes only `Forwarded`, an XFF the client sent
+        // is never read.
+        let only_xff = headers(&[("x-forwarded-for", "10.6.6.6")]);
+        assert_eq!(fwd.client_addr(peer, &only_xff).unwrap().unwrap().0, peer);
+    }
+
+    #[test]
+    fn unknown_and_obfuscated_clients_are_refused_not_malformed() {
+        let a = access_with(
+            &["0.0.0.0/0"],
+            &["192.0.2.0/24"],
+            ForwardedHeader::Forwarded,
+        );
+        let peer = ip("192.0.2.1");
+        for v in [
+            "for=unknown",
+            "for=_hidden",
+            "for=\"_gazonk:_a1\"",
+            "for=UNKNOWN;proto=http",
+        ] {
+            let h = headers(&[("forwarded", v)]);
+            assert_eq!(a.client_addr(peer, &h).unwrap(), None, "{v}");
+            assert!(
+                matches!(a.authorize(peer, &h), Err(AccessError::IpNotAllowed)),
+                "{v}"
+            );
+        }
+        // Unknown left of a known client is the client's own claim: ignored.
+        let h = headers(&[("forwarded", "for=unknown, for=10.1.2.3")]);
+        assert_eq!(a.client_addr(peer, &h).unwrap().unwrap().0, ip("10.1.2.3"));
     }
 
     #[test]

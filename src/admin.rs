@@ -11,8 +11,29 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::access::{in_nets, AccessError, ConnInfo};
 use crate::app::App;
+use crate::error::ProxyError;
 use crate::quota::ceil_secs;
+
+/// The admin router, answering only peers in `server.admin_allow`
+/// (`403 admin_not_allowed` to anyone else).
+pub fn guarded(app: Arc<App>) -> Router {
+    let allow: Arc<[ipnet::IpNet]> = app.config.server.admin_allow.clone().into();
+    router(app).layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let allow = allow.clone();
+            async move {
+                let peer = req.extensions().get::<ConnInfo>().map(|c| c.peer.ip());
+                if peer.is_some_and(|ip| in_nets(&allow, ip)) {
+                    next.run(req).await
+                } else {
+                    ProxyError::from(AccessError::AdminNotAllowed).into_response()
+                }
+            }
+        },
+    ))
+}
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()

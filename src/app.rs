@@ -68,9 +68,13 @@ pub enum AppError {
     State(#[from] StateError),
 }
 
-/// The state file's ring: at least the largest window's N (and Dastra's
-/// 10,000, so a reload up to it stays exact); in passthrough, room for the
-/// sends of several credentials together.
+/// The most sends the state file keeps (4 MB on disk, 3 MB in memory): a
+/// window with a larger N restarts knowing only its newest sends.
+pub const MAX_STATE_SLOTS: u64 = 100_000;
+
+/// The state file's ring: the largest window's N, at least Dastra's 10,000
+/// (so a reload up to it stays exact) and at most [`MAX_STATE_SLOTS`]; in
+/// passthrough, room for the sends of several credentials together.
 pub fn state_slots(config: &Config) -> u64 {
     let n = config
         .limits
@@ -78,8 +82,8 @@ pub fn state_slots(config: &Config) -> u64 {
         .map(|l| u64::from(l.requests))
         .max()
         .unwrap_or(0)
-        .max(10_000);
-    if matches!(config.credential, CredentialConfig::Passthrough) {
+        .clamp(10_000, MAX_STATE_SLOTS);
+    if matches!(config.credential, CredentialConfig::Passthrough { .. }) {
         n * 4
     } else {
         n
@@ -114,7 +118,10 @@ impl App {
         upstream: Upstream,
     ) -> Result<Arc<Self>, AppError> {
         let credential = Credential::new(&config.credential, upstream.clone(), metrics.clone())?;
-        let passthrough = matches!(config.credential, CredentialConfig::Passthrough);
+        let max_keys = match config.credential {
+            CredentialConfig::Passthrough { max_keys } => Some(max_keys),
+            _ => None,
+        };
         let store_healthy = Arc::new(AtomicBool::new(true));
         let shared = match &config.store {
             StoreConfig::Memory { .. } => None,
@@ -157,13 +164,7 @@ impl App {
             }
             _ => None,
         };
-        let quotas = Quotas::new(
-            &config.limits,
-            &config.admission,
-            passthrough,
-            shared,
-            local,
-        )?;
+        let quotas = Quotas::new(&config.limits, &config.admission, max_keys, shared, local)?;
         for l in &config.limits {
             metrics
                 .window_limit

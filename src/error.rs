@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use crate::access::AccessError;
 use crate::admission::Refusal;
-use crate::body::TooLarge;
+use crate::body::BodyError;
 use crate::credential::TokenError;
 use crate::guard::GuardError;
 use crate::quota::ceil_secs;
@@ -29,7 +29,7 @@ pub enum ProxyError {
     #[error(transparent)]
     Guard(#[from] GuardError),
     #[error(transparent)]
-    Body(#[from] TooLarge),
+    Body(#[from] BodyError),
     /// Admission said no; the duration is until a slot frees, from when it said so.
     #[error("{}", RefusalText(.0, .1))]
     Refused(Refusal, Duration),
@@ -42,7 +42,9 @@ pub enum ProxyError {
 impl From<Refusal> for ProxyError {
     fn from(r: Refusal) -> Self {
         let retry_at = match r {
-            Refusal::QuotaExhausted { retry_at } | Refusal::QueueFull { retry_at } => retry_at,
+            Refusal::QuotaExhausted { retry_at }
+            | Refusal::QueueFull { retry_at }
+            | Refusal::TooManyKeys { retry_at } => retry_at,
             Refusal::ShuttingDown | Refusal::StoreUnavailable => Instant::now(),
         };
         ProxyError::Refused(r, retry_at.saturating_duration_since(Instant::now()))
@@ -63,6 +65,10 @@ impl std::fmt::Display for RefusalText<'_> {
                 f,
                 "too many calls are already waiting for quota; retry after {secs} s"
             ),
+            Refusal::TooManyKeys { .. } => write!(
+                f,
+                "too many caller credentials are busy at once; retry after {secs} s"
+            ),
             Refusal::ShuttingDown => f.write_str("the proxy is shutting down"),
             Refusal::StoreUnavailable => f.write_str("the shared quota store is unreachable"),
         }
@@ -76,12 +82,18 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST
             }
             ProxyError::Access(AccessError::Unauthenticated) => StatusCode::UNAUTHORIZED,
-            ProxyError::Access(AccessError::IpNotAllowed) => StatusCode::FORBIDDEN,
-            ProxyError::Body(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::Guard(_)
-            | ProxyError::Refused(Refusal::QuotaExhausted { .. } | Refusal::QueueFull { .. }, _) => {
-                StatusCode::TOO_MANY_REQUESTS
+            ProxyError::Access(AccessError::IpNotAllowed | AccessError::AdminNotAllowed) => {
+                StatusCode::FORBIDDEN
             }
+            ProxyError::Body(BodyError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Body(BodyError::Stalled(_)) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::Guard(_)
+            | ProxyError::Refused(
+                Refusal::QuotaExhausted { .. }
+                | Refusal::QueueFull { .. }
+                | Refusal::TooManyKeys { .. },
+                _,
+            ) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Refused(Refusal::ShuttingDown | Refusal::StoreUnavailable, _) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -99,10 +111,13 @@ impl ProxyError {
             ProxyError::Target(_) | ProxyError::Access(AccessError::BadForwarded) => "bad_request",
             ProxyError::Access(AccessError::Unauthenticated) => "unauthenticated",
             ProxyError::Access(AccessError::IpNotAllowed) => "ip_not_allowed",
-            ProxyError::Body(_) => "body_too_large",
+            ProxyError::Access(AccessError::AdminNotAllowed) => "admin_not_allowed",
+            ProxyError::Body(BodyError::TooLarge(_)) => "body_too_large",
+            ProxyError::Body(BodyError::Stalled(_)) => "body_timeout",
             ProxyError::Guard(_) => "client_rate",
             ProxyError::Refused(Refusal::QuotaExhausted { .. }, _) => "quota_exhausted",
             ProxyError::Refused(Refusal::QueueFull { .. }, _) => "queue_full",
+            ProxyError::Refused(Refusal::TooManyKeys { .. }, _) => "too_many_keys",
             ProxyError::Refused(Refusal::ShuttingDown, _) => "shutting_down",
             ProxyError::Refused(Refusal::StoreUnavailable, _) => "store_unavailable",
             ProxyError::Token(_)
@@ -115,9 +130,12 @@ impl ProxyError {
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            ProxyError::Refused(Refusal::QuotaExhausted { .. } | Refusal::QueueFull { .. }, d) => {
-                Some(*d)
-            }
+            ProxyError::Refused(
+                Refusal::QuotaExhausted { .. }
+                | Refusal::QueueFull { .. }
+                | Refusal::TooManyKeys { .. },
+                d,
+            ) => Some(*d),
             ProxyError::Guard(g) => Some(g.retry_after),
             _ => None,
         }

@@ -96,6 +96,7 @@ mod tests {
             weight: 1,
             index,
             addr: "127.0.0.1".parse().unwrap(),
+            forwarded: Vec::new(),
         }
     }
 

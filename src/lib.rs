@@ -12,6 +12,7 @@ pub mod app;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod credential;
 pub mod error;
 pub mod guard;

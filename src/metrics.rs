@@ -9,8 +9,8 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Handles to every metric; cheap to clone.
@@ -32,6 +32,8 @@ pub struct Families {
     pub window_limit: IntGaugeVec,
     pub upstream_429_total: IntCounter,
     pub state_write_errors_total: IntCounter,
+    pub connections_open: IntGauge,
+    pub connections_refused_total: IntCounterVec,
     pub token_refresh_total: IntCounterVec,
     pub store_errors_total: IntCounterVec,
     pub build_info: IntGaugeVec,
@@ -121,6 +123,17 @@ impl Metrics {
             upstream_429_total: reg!(IntCounter::new(
                 "upstream_429_total",
                 "429 answers received from Dastra."
+            )),
+            connections_open: reg!(IntGauge::new(
+                "connections_open",
+                "Client connections open now (proxy and admin listeners)."
+            )),
+            connections_refused_total: reg!(IntCounterVec::new(
+                Opts::new(
+                    "connections_refused_total",
+                    "Connections turned away or closed by the proxy, by reason."
+                ),
+                &["reason"]
             )),
             state_write_errors_total: reg!(IntCounter::new(
                 "state_write_errors_total",

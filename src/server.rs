@@ -5,7 +5,6 @@
 //! and queued calls up to `server.shutdown_grace`; then whatever still waits
 //! for quota is answered `503 shutting_down` rather than dropped.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -30,6 +29,7 @@ use tower::ServiceExt as _;
 use crate::access::ConnInfo;
 use crate::app::{App, AppError};
 use crate::config::{Config, TlsFiles};
+use crate::conn::{self, ActiveIo, Activity, ConnLimits, Tracked};
 use crate::metrics::Metrics;
 use crate::proxy;
 
@@ -101,15 +101,17 @@ pub async fn start(config: Config, metrics: Metrics) -> Result<Running, StartErr
     let proxy_task = tokio::spawn(accept_loop(
         proxy_listener,
         tls.clone(),
+        ConnPolicy::new(&app.config, &app.metrics),
         stop_rx.clone(),
         move |conn| with_conn(stack.clone(), conn),
     ));
-    let router = crate::admin::router(app.clone());
+    let admin = crate::admin::guarded(app.clone());
     let admin_task = tokio::spawn(accept_loop(
         admin_listener,
         None,
+        ConnPolicy::new(&app.config, &app.metrics),
         stop_rx.clone(),
-        move |conn| with_conn(router.clone(), conn),
+        move |conn| with_conn(admin.clone(), conn),
     ));
     app.ready.store(true, Ordering::SeqCst);
     tracing::info!(%proxy_addr, %admin_addr, upstream = %app.config.upstream.origin(), "dastra-proxy listening");
@@ -166,15 +168,36 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Accepts until told to stop, then hands back the graceful-shutdown watcher
 /// of the connections still open.
+/// What each accepted connection is held to (see `conn`).
+#[derive(Debug, Clone)]
+struct ConnPolicy {
+    limits: Arc<ConnLimits>,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl ConnPolicy {
+    fn new(config: &Config, metrics: &Metrics) -> Self {
+        let s = &config.server;
+        Self {
+            limits: ConnLimits::new(s.max_connections, s.max_connections_per_ip, metrics.clone()),
+            header_timeout: s.header_read_timeout,
+            idle_timeout: s.idle_timeout,
+        }
+    }
+}
+
 async fn accept_loop<F, S>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
+    policy: ConnPolicy,
     mut stop: watch::Receiver<bool>,
     make_service: F,
 ) -> GracefulShutdown
 where
     F: Fn(ConnInfo) -> S + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = http::Response<axum::body::Body>>
+    S: tower::Service<Request<Incoming>, Response = http::Response<axum::body::Body>>
+        + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
@@ -182,10 +205,12 @@ where
 {
     let graceful = GracefulShutdown::new();
     let mut builder = Builder::new(TokioExecutor::new());
+    // hyper's own timer catches a request head trickled in byte by byte on a
+    // kept-alive connection; the watchdog in `conn` covers everything else.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(policy.header_timeout);
     let builder = Arc::new(builder);
     loop {
         let accepted = tokio::select! {
@@ -201,40 +226,52 @@ where
                 continue;
             }
         };
+        // Over a cap, the socket is closed at once: it costs nothing more.
+        let Ok(slot) = policy.limits.admit(peer.ip()) else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let service = make_service(ConnInfo {
-            peer,
-            tls: tls.is_some(),
-        });
-        let builder = builder.clone();
-        match &tls {
-            None => {
-                let conn = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .into_owned();
-                spawn_conn(graceful.watch(conn));
-            }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(tls_stream)) => {
-                            let conn = builder
-                                .serve_connection(TokioIo::new(tls_stream), service)
-                                .into_owned();
-                            if let Err(e) = watcher.watch(conn).await {
-                                tracing::debug!(error = %e, "connection ended with an error");
-                            }
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        let activity = Activity::new();
+        let io = ActiveIo::new(stream, activity.clone());
+        let service = TowerToHyperService::new(Tracked::new(
+            make_service(ConnInfo {
+                peer,
+                tls: tls.is_some(),
+            }),
+            activity.clone(),
+        ));
+        let (builder, tls, policy) = (builder.clone(), tls.clone(), policy.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let serve = async {
+                let result = match tls {
+                    None => {
+                        let conn = builder.serve_connection(TokioIo::new(io), service);
+                        watcher.watch(conn.into_owned()).await
                     }
-                });
+                    Some(acceptor) => match acceptor.accept(io).await {
+                        Ok(tls_stream) => {
+                            let conn = builder.serve_connection(TokioIo::new(tls_stream), service);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            Ok(())
+                        }
+                    },
+                };
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            };
+            let timeouts =
+                conn::watch(serve, &activity, policy.header_timeout, policy.idle_timeout);
+            if let Err(why) = timeouts.await {
+                policy.limits.refuse(why);
+                tracing::debug!(%peer, reason = why.label(), "connection closed");
             }
-        }
+        });
     }
     graceful
 }
@@ -245,11 +282,11 @@ where
 fn with_conn<S>(
     svc: S,
     conn: ConnInfo,
-) -> TowerToHyperService<MapRequest<S, impl FnMut(Request<Incoming>) -> Request<Body> + Clone>>
+) -> MapRequest<S, impl FnMut(Request<Incoming>) -> Request<Body> + Clone>
 where
     S: tower::Service<Request<Body>>,
 {
-    TowerToHyperService::new(svc.map_request(move |req: Request<Incoming>| {
+    svc.map_request(move |req: Request<Incoming>| {
         // Most calls have no body: an empty one costs no allocation.
         let mut req = req.map(|b| {
             if b.is_end_stream() {
@@ -260,19 +297,7 @@ where
         });
         req.extensions_mut().insert(conn);
         req
-    }))
-}
-
-fn spawn_conn<F, E>(fut: F)
-where
-    F: Future<Output = Result<(), E>> + Send + 'static,
-    E: std::fmt::Display,
-{
-    tokio::spawn(async move {
-        if let Err(e) = fut.await {
-            tracing::debug!(error = %e, "connection ended with an error");
-        }
-    });
+    })
 }
 
 fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, StartError> {

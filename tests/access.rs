@@ -214,7 +214,11 @@ async fn trusted_proxy_chains_use_the_rightmost_untrusted_address() {
         Body::empty(),
     )
     .await;
-    assert_eq!(r.status, 200, "Forwarded works too");
+    assert_eq!(
+        r.status, 403,
+        "only the configured header (x-forwarded-for) is believed: `Forwarded` \
+         is ignored and the peer itself, not allowed, is judged"
+    );
     let r = get(&c, &url).await;
     assert_eq!(
         r.status, 403,

@@ -5,6 +5,7 @@
 //! next. A client that was idle cannot claim credit for the time it was away.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -18,6 +19,9 @@ pub(super) struct FairQueue<T> {
     vtime: u64,
     next_id: u64,
     len: usize,
+    /// Calls waiting in every queue that shares this counter (all quota
+    /// keys of one proxy): `max_queue` bounds them together.
+    all: Arc<AtomicUsize>,
 }
 
 impl<T> Default for FairQueue<T> {
@@ -27,6 +31,7 @@ impl<T> Default for FairQueue<T> {
             vtime: 0,
             next_id: 0,
             len: 0,
+            all: Arc::default(),
         }
     }
 }
@@ -54,6 +59,17 @@ impl<T> FairQueue<T> {
 
     pub(super) fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Counts this queue's calls in `all` (shared with other queues).
+    pub(super) fn sharing(mut self, all: Arc<AtomicUsize>) -> Self {
+        self.all = all;
+        self
+    }
+
+    /// Calls waiting in every queue sharing the counter.
+    pub(super) fn all_waiting(&self) -> usize {
+        self.all.load(Ordering::Relaxed)
     }
 
     /// Queues `value` for client `name`; returns an id to remove it by.
@@ -84,6 +100,7 @@ impl<T> FairQueue<T> {
             value,
         });
         self.len += 1;
+        self.all.fetch_add(1, Ordering::Relaxed);
         id
     }
 
@@ -115,6 +132,7 @@ impl<T> FairQueue<T> {
         let item = self.clients[idx].items.pop_front()?;
         self.vtime = self.vtime.max(item.start);
         self.len -= 1;
+        self.all.fetch_sub(1, Ordering::Relaxed);
         Some((item.value, item.enqueued))
     }
 
@@ -134,10 +152,12 @@ impl<T> FairQueue<T> {
         }
         c.last_finish -= cost;
         self.len -= 1;
+        self.all.fetch_sub(1, Ordering::Relaxed);
         Some(item.value)
     }
 
     pub(super) fn drain(&mut self) -> Vec<T> {
+        self.all.fetch_sub(self.len, Ordering::Relaxed);
         self.len = 0;
         self.clients
             .iter_mut()

@@ -2,7 +2,7 @@
 //! per caller credential in passthrough, made on first use.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,7 +11,9 @@ use crate::credential::QuotaKey;
 use crate::metrics::Metrics;
 use crate::store::{RedisStore, StoreError};
 
-use super::{Admission, Persist, Remote};
+use tokio::time::Instant;
+
+use super::{Admission, Persist, Refusal, Remote};
 use crate::state_file::{Restored, StateFile};
 
 /// What a Redis-backed key needs besides its limits.
@@ -89,20 +91,25 @@ pub struct Quotas {
     per_key: Option<Mutex<KeyState>>,
     shared: Option<SharedStore>,
     local: Option<LocalState>,
+    /// Calls waiting over every key: `max_queue` bounds them together.
+    waiting: Arc<AtomicUsize>,
 }
 
 #[derive(Debug)]
 struct KeyState {
     limits: Vec<Limit>,
     cfg: AdmissionConfig,
+    /// Passthrough: at most this many credentials tracked at once.
+    max_keys: usize,
     map: HashMap<QuotaKey, Admission>,
 }
 
 impl Quotas {
+    /// `max_keys`: `Some` in passthrough (one admission per caller credential).
     pub fn new(
         limits: &[Limit],
         cfg: &AdmissionConfig,
-        per_key: bool,
+        max_keys: Option<usize>,
         shared: Option<SharedStore>,
         local: Option<LocalState>,
     ) -> Result<Self, StoreError> {
@@ -111,40 +118,71 @@ impl Quotas {
             (None, Some(l)) => l.admission(QuotaKey([0; 32]), limits, cfg),
             (None, None) => Admission::new(limits, cfg),
         };
+        let waiting = Arc::new(AtomicUsize::new(0));
+        single.share_queue(waiting.clone());
         Ok(Self {
             single,
-            per_key: per_key.then(|| {
+            per_key: max_keys.map(|max_keys| {
                 Mutex::new(KeyState {
                     limits: limits.to_vec(),
                     cfg: cfg.clone(),
+                    max_keys,
                     map: HashMap::new(),
                 })
             }),
             shared,
             local,
+            waiting,
         })
     }
 
-    pub fn get(&self, key: QuotaKey) -> Admission {
-        match &self.per_key {
-            None => self.single.clone(),
-            Some(m) => {
-                let mut st = m.lock().unwrap_or_else(|e| e.into_inner());
-                let KeyState { limits, cfg, map } = &mut *st;
-                if let Some(a) = map.get(&key) {
-                    return a.clone();
+    /// The admission of `key`. In passthrough a new credential takes the
+    /// place of one that is idle (nothing waiting, in flight or in any
+    /// window); when all `max_keys` are busy, the call is refused.
+    pub fn get(&self, key: QuotaKey) -> Result<Admission, Refusal> {
+        let Some(m) = &self.per_key else {
+            return Ok(self.single.clone());
+        };
+        let mut st = m.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(a) = st.map.get(&key) {
+            return Ok(a.clone());
+        }
+        if st.map.len() >= st.max_keys {
+            let now = Instant::now();
+            let mut soonest = None::<Instant>;
+            let mut idle = None;
+            for (k, a) in &st.map {
+                match a.idle_at(now) {
+                    None => {
+                        idle = Some(*k);
+                        break;
+                    }
+                    Some(t) => soonest = Some(soonest.map_or(t, |s| s.min(t))),
                 }
-                let a = match (&self.shared, &self.local) {
-                    (Some(s), _) => s
-                        .admission(key, limits, cfg)
-                        .unwrap_or_else(|_| Admission::new(limits, cfg)),
-                    (None, Some(l)) => l.admission(key, limits, cfg),
-                    (None, None) => Admission::new(limits, cfg),
-                };
-                map.insert(key, a.clone());
-                a
+            }
+            match idle.and_then(|k| st.map.remove(&k)) {
+                // Its releaser task ends; nothing of it is left.
+                Some(evicted) => evicted.close(),
+                None => {
+                    return Err(Refusal::TooManyKeys {
+                        retry_at: soonest.unwrap_or(now),
+                    })
+                }
             }
         }
+        let KeyState {
+            limits, cfg, map, ..
+        } = &mut *st;
+        let a = match (&self.shared, &self.local) {
+            (Some(s), _) => s
+                .admission(key, limits, cfg)
+                .unwrap_or_else(|_| Admission::new(limits, cfg)),
+            (None, Some(l)) => l.admission(key, limits, cfg),
+            (None, None) => Admission::new(limits, cfg),
+        };
+        a.share_queue(self.waiting.clone());
+        map.insert(key, a.clone());
+        Ok(a)
     }
 
     /// Every key's admission (just one unless passthrough).

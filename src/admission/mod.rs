@@ -44,6 +44,8 @@ pub enum Refusal {
     ShuttingDown,
     /// The shared store is unreachable and `store.on_error = "reject"`.
     StoreUnavailable,
+    /// Passthrough already tracks `credential.max_keys` credentials, all busy.
+    TooManyKeys { retry_at: Instant },
 }
 
 /// Who is asking, for fairness between clients and per-client queue depth.
@@ -269,7 +271,7 @@ impl Admission {
                     retry_at: blocked.max(now),
                 });
             }
-            if st.queue.len() >= st.max_queue {
+            if st.queue.all_waiting() >= st.max_queue {
                 return Err(Refusal::QueueFull {
                     retry_at: blocked.max(now),
                 });
@@ -392,6 +394,30 @@ impl Admission {
         }
         drop(st);
         self.inner.wake.notify_one();
+    }
+
+    /// Counts this key's waiting calls in `all`, shared with the other keys,
+    /// so that `max_queue` bounds them together. Call before first use.
+    pub fn share_queue(&self, all: Arc<std::sync::atomic::AtomicUsize>) {
+        let mut st = self.inner.lock();
+        debug_assert!(st.queue.is_empty());
+        st.queue = FairQueue::default().sharing(all);
+    }
+
+    /// `None` when nothing waits, nothing is in flight and every send has
+    /// left every window: forgetting this key then loses nothing. Otherwise
+    /// the earliest instant that may be true (for a Retry-After).
+    pub fn idle_at(&self, now: Instant) -> Option<Instant> {
+        // Held by a caller between choosing this key and asking it for a
+        // slot (the map and the releaser hold one each): not idle.
+        if Arc::strong_count(&self.inner) > 2 {
+            return Some(now + Duration::from_secs(1));
+        }
+        let mut st = self.inner.lock();
+        if !st.queue.is_empty() || st.paused_until.is_some_and(|p| p > now) {
+            return Some(now + Duration::from_secs(1));
+        }
+        st.windows.empty_at(now).filter(|t| *t > now)
     }
 
     /// Calls waiting now, over all clients.

@@ -67,7 +67,7 @@ pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             o,
             "kind = \"oauth2\"\ntoken_url = \"{token_url}\"\nscope = \"{scope}\"\npublic_key = \"{public}\"\nprivate_key = \"{private}\""
         )?,
-        CredentialConfig::Passthrough => writeln!(o, "kind = \"passthrough\"")?,
+        CredentialConfig::Passthrough { .. } => writeln!(o, "kind = \"passthrough\"")?,
     }
     for l in &c.limits {
         writeln!(

@@ -73,11 +73,24 @@ impl Config {
                 }
             }
         }
-        if matches!(self.credential, CredentialConfig::Passthrough) {
+        if matches!(self.credential, CredentialConfig::Passthrough { .. }) {
             out.push(
                 "credential.kind = \"passthrough\": every caller credential gets its own quota"
                     .to_owned(),
             );
+        }
+        let largest = self.limits.iter().map(|l| l.requests).max().unwrap_or(0);
+        if matches!(
+            self.store,
+            StoreConfig::Memory {
+                state_file: Some(_)
+            }
+        ) && largest > 100_000
+        {
+            out.push(format!(
+                "store.state_file keeps the newest 100000 sends: a window of {largest} \
+                 restarts knowing only those"
+            ));
         }
         if matches!(self.store, StoreConfig::Memory { state_file: None }) {
             out.push(

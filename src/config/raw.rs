@@ -41,6 +41,15 @@ pub(crate) struct RawServer {
     #[serde(default, with = "humantime_serde")]
     pub(crate) shutdown_grace: Option<Duration>,
     pub(crate) tls: Option<RawTls>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) header_read_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) body_read_timeout: Option<Duration>,
+    pub(crate) max_connections: Option<i64>,
+    pub(crate) max_connections_per_ip: Option<i64>,
+    pub(crate) admin_allow: Option<Vec<IpNet>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,6 +82,7 @@ pub(crate) struct RawCredential {
     pub(crate) private_key_file: Option<PathBuf>,
     pub(crate) token_url: Option<String>,
     pub(crate) scope: Option<String>,
+    pub(crate) max_keys: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,6 +109,7 @@ pub(crate) struct RawAdmission {
 pub(crate) struct RawAccess {
     pub(crate) allow: Option<Vec<IpNet>>,
     pub(crate) trusted_proxies: Option<Vec<IpNet>>,
+    pub(crate) forwarded_header: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -38,6 +38,18 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Inbound TLS, so client keys never cross the network in clear.
     pub tls: Option<TlsFiles>,
+    /// Accept to a complete request head (TLS handshake, protocol detection
+    /// and the HTTP/2 preface included); a connection slower than that closes.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight and no bytes moving closes.
+    pub idle_timeout: Duration,
+    /// The longest gap between two chunks of a request body (408 after it).
+    pub body_read_timeout: Duration,
+    /// Open client connections in all, and from one address.
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// Peers that may use the admin listener.
+    pub admin_allow: Vec<IpNet>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -81,7 +93,8 @@ pub enum CredentialConfig {
         private: Secret,
     },
     /// The caller's own credential goes through; its digest is the quota key.
-    Passthrough,
+    /// At most `max_keys` credentials are tracked at once.
+    Passthrough { max_keys: usize },
 }
 
 /// One sliding window: at most `requests` sends in any interval of length `per`.
@@ -144,6 +157,16 @@ pub struct AdmissionConfig {
 pub struct AccessConfig {
     pub allow: Vec<IpNet>,
     pub trusted_proxies: Vec<IpNet>,
+    /// The one forwarding header believed from trusted proxies.
+    pub forwarded_header: ForwardedHeader,
+}
+
+/// Which header a trusted proxy writes the client's address in; the other is
+/// never read and is removed, so a client cannot pick its own address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    XForwardedFor,
+    Forwarded,
 }
 
 #[derive(Debug, Clone, PartialEq)]

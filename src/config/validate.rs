@@ -85,9 +85,19 @@ impl Validator<'_> {
                 vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]
             }),
             trusted_proxies: raw.access.trusted_proxies.unwrap_or_default(),
+            forwarded_header: match raw.access.forwarded_header.as_deref() {
+                None | Some("x-forwarded-for") => ForwardedHeader::XForwardedFor,
+                Some("forwarded") => ForwardedHeader::Forwarded,
+                Some(o) => {
+                    return Err(self.invalid(
+                        "access.forwarded_header",
+                        format!("`{o}`: use \"x-forwarded-for\" or \"forwarded\""),
+                    ))
+                }
+            },
         };
         let clients = self.clients(raw.clients)?;
-        if matches!(credential, CredentialConfig::Passthrough) && !clients.is_empty() {
+        if matches!(credential, CredentialConfig::Passthrough { .. }) && !clients.is_empty() {
             return Err(self.invalid(
                 "credential.kind",
                 "\"passthrough\" cannot be combined with [[clients]]: the caller's credential would be both a client key and the Dastra credential",
@@ -145,6 +155,20 @@ impl Validator<'_> {
         let max_request_body =
             super::units::parse_size(raw.max_request_body.as_deref().unwrap_or("50MiB"))
                 .map_err(|m| self.invalid("server.max_request_body", m))?;
+        let positive = |key: &str, v: Option<Duration>, default: u64| {
+            let d = v.unwrap_or(Duration::from_secs(default));
+            if d.is_zero() {
+                Err(self.invalid(key, "must be greater than zero"))
+            } else {
+                Ok(d)
+            }
+        };
+        let count = |key: &str, v: Option<i64>, default: i64| {
+            usize::try_from(v.unwrap_or(default))
+                .ok()
+                .filter(|n| (1..=10_000_000).contains(n))
+                .ok_or_else(|| self.invalid(key, "must be between 1 and 10000000"))
+        };
         Ok(ServerConfig {
             listen,
             admin_listen,
@@ -152,6 +176,22 @@ impl Validator<'_> {
             max_request_body,
             shutdown_grace: raw.shutdown_grace.unwrap_or(Duration::from_secs(30)),
             tls,
+            header_read_timeout: positive(
+                "server.header_read_timeout",
+                raw.header_read_timeout,
+                10,
+            )?,
+            idle_timeout: positive("server.idle_timeout", raw.idle_timeout, 60)?,
+            body_read_timeout: positive("server.body_read_timeout", raw.body_read_timeout, 30)?,
+            max_connections: count("server.max_connections", raw.max_connections, 10_000)?,
+            max_connections_per_ip: count(
+                "server.max_connections_per_ip",
+                raw.max_connections_per_ip,
+                512,
+            )?,
+            admin_allow: raw.admin_allow.unwrap_or_else(|| {
+                vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]
+            }),
         })
     }
 
@@ -207,6 +247,9 @@ impl Validator<'_> {
             || raw.private_key_env.is_some()
             || raw.private_key_file.is_some();
         let oauth_set = raw.token_url.is_some() || raw.scope.is_some();
+        if kind != "passthrough" {
+            unused(&[("max_keys", raw.max_keys.is_some())])?;
+        }
         match kind {
             "api_key" => {
                 unused(&[("public_key_env", pair_set), ("token_url", oauth_set)])?;
@@ -257,7 +300,13 @@ impl Validator<'_> {
                     ("public_key_env", pair_set),
                     ("token_url", oauth_set),
                 ])?;
-                Ok(CredentialConfig::Passthrough)
+                let max_keys = usize::try_from(raw.max_keys.unwrap_or(1000))
+                    .ok()
+                    .filter(|n| (1..=1_000_000).contains(n))
+                    .ok_or_else(|| {
+                        self.invalid("credential.max_keys", "must be between 1 and 1000000")
+                    })?;
+                Ok(CredentialConfig::Passthrough { max_keys })
             }
             other => Err(self.invalid(
                 "credential.kind",

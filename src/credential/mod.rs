@@ -64,7 +64,7 @@ impl Credential {
                 sensitive(&basic(public.expose(), private.expose()), public)?,
                 metrics,
             ))),
-            CredentialConfig::Passthrough => Credential::Passthrough,
+            CredentialConfig::Passthrough { .. } => Credential::Passthrough,
         })
     }
 
@@ -88,10 +88,11 @@ impl Credential {
         matches!(self, Credential::OAuth2(_))
     }
 
-    /// Replaces the caller's credential headers by the proxy's own.
-    pub async fn inject(&self, headers: &mut HeaderMap) -> Result<(), TokenError> {
+    /// Replaces the caller's credential headers by the proxy's own; `true`
+    /// when that is an OAuth2 token fetched for this very call.
+    pub async fn inject(&self, headers: &mut HeaderMap) -> Result<bool, TokenError> {
         if matches!(self, Credential::Passthrough) {
-            return Ok(());
+            return Ok(false);
         }
         headers.remove("x-api-key");
         headers.remove(header::AUTHORIZATION);
@@ -102,11 +103,13 @@ impl Credential {
             Credential::OAuth2(cache) => {
                 // Boxed: the token fetch is large and rare; unboxed it would sit
                 // in every queued call's future.
-                headers.insert(header::AUTHORIZATION, Box::pin(cache.bearer()).await?);
+                let (value, fresh) = Box::pin(cache.bearer()).await?;
+                headers.insert(header::AUTHORIZATION, value);
+                return Ok(fresh);
             }
             Credential::Passthrough => {}
         }
-        Ok(())
+        Ok(false)
     }
 
     /// After an upstream 401: forget `used` so the next call fetches a new token.

@@ -82,13 +82,14 @@ impl TokenCache {
         }
     }
 
-    /// `Bearer <token>`, fetching a new token when there is none or it is due.
-    pub async fn bearer(&self) -> Result<HeaderValue, TokenError> {
+    /// `Bearer <token>`, fetching a new token when there is none or it is
+    /// due; `true` when it was fetched for this very call.
+    pub async fn bearer(&self) -> Result<(HeaderValue, bool), TokenError> {
         let mut st = self.state.lock().await;
         let now = Instant::now();
         if let Some((value, refresh_at)) = &st.token {
             if now < *refresh_at {
-                return Ok(value.clone());
+                return Ok((value.clone(), false));
             }
         }
         if let Some(retry_at) = st.retry_at.filter(|r| now < *r) {
@@ -104,7 +105,7 @@ impl TokenCache {
                     .token_refresh_total
                     .with_label_values(&["ok"])
                     .inc();
-                Ok(value)
+                Ok((value, true))
             }
             Err(e) => {
                 st.failures += 1;

@@ -83,7 +83,14 @@ where
         };
         // Hop-by-hop headers are gone by now: the key is the credential that
         // will actually be forwarded.
-        let admission = app.quotas.get(app.credential.quota_key(req.headers()));
+        let admission = match app.quotas.get(app.credential.quota_key(req.headers())) {
+            Ok(a) => a,
+            Err(refusal) => {
+                return CheckFuture::Refused {
+                    error: Some(refusal.into()),
+                }
+            }
+        };
         outcome.lock().admission = Some(admission.clone());
         // A refusal that needs no waiting is answered without an async stage.
         let now = match admission.try_acquire() {

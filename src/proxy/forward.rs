@@ -3,7 +3,6 @@
 //! `upstream.timeout`, and the answer as the caller sees it (hop-by-hop
 //! headers out, upstream URLs rewritten to ours).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -17,7 +16,6 @@ use super::observe::{method_label, Outcome};
 use super::StageFuture;
 use crate::access::ConnInfo;
 use crate::app::App;
-use crate::body::TooLarge;
 use crate::error::ProxyError;
 use crate::target::{strip_hop_by_hop, TargetError};
 use crate::upstream::{CallError, Upstream};
@@ -48,17 +46,27 @@ impl Service<Request<Body>> for Forward {
         let (mut parts, body) = req.into_parts();
         let ext = std::mem::take(&mut parts.extensions);
         let outcome = ext.get::<Arc<Outcome>>().cloned();
-        let (client, overflow) = outcome.as_ref().map_or((None, None), |o| {
+        let conn = ext.get::<ConnInfo>().copied();
+        let (hops, trusted, fault) = outcome.as_ref().map_or((Vec::new(), false, None), |o| {
             let rec = o.lock();
-            (rec.identity.as_ref().map(|i| i.addr), rec.overflow.clone())
+            let hops = rec
+                .identity
+                .as_ref()
+                .map(|i| i.forwarded.clone())
+                .unwrap_or_default();
+            let trusted = match (&rec.policy, conn) {
+                (Some(p), Some(c)) => p.access.is_trusted(c.peer.ip()),
+                _ => false,
+            };
+            (hops, trusted, rec.body_fault.clone())
         });
         let uri = match upstream_uri(&app, &parts.uri) {
             Ok(u) => u,
             Err(e) => return Box::pin(std::future::ready(Err(e.into()))),
         };
         parts.headers.remove(header::HOST);
-        if let Some(conn) = ext.get::<ConnInfo>() {
-            add_forwarding(&mut parts.headers, client.unwrap_or(conn.peer.ip()), *conn);
+        if let Some(conn) = conn {
+            add_forwarding(&mut parts.headers, &hops, conn, trusted);
         }
         let method = method_label(&parts.method);
         let mut out = Request::new(body);
@@ -83,8 +91,11 @@ impl Service<Request<Body>> for Forward {
             let resp = match result {
                 Err(_) => return Err(CallError::Timeout(timeout).into()),
                 Ok(Err(e)) => {
-                    if overflow.is_some_and(|f| f.load(Ordering::Acquire)) {
-                        return Err(TooLarge(app.config.server.max_request_body).into());
+                    let s = &app.config.server;
+                    if let Some(e) =
+                        fault.and_then(|f| f.get(s.max_request_body, s.body_read_timeout))
+                    {
+                        return Err(e.into());
                     }
                     tracing::warn!(error = %e, "upstream call failed");
                     return Err(e.into());

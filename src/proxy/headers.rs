@@ -19,19 +19,35 @@ pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// `X-Forwarded-For` and `-Proto` for Dastra. The chain a peer sent is only
-/// extended when that peer was trusted to write it (`client` differs from it).
-pub(crate) fn add_forwarding(h: &mut HeaderMap, client: IpAddr, conn: ConnInfo) {
-    let peer = conn.peer.ip();
-    let chain = if client != peer {
-        h.get(&X_FORWARDED_FOR)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| format!("{v}, {peer}"))
-    } else {
-        None
-    };
-    let xff = chain.unwrap_or_else(|| peer.to_string());
+/// Headers in which a client could claim where it is: believed only from a
+/// trusted proxy, dropped from anyone else so they never reach Dastra.
+static CLAIMS: [HeaderName; 3] = [
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-real-ip"),
+];
+
+/// `X-Forwarded-For` and `-Proto` for Dastra: the hops the access stage
+/// parsed and believed (client first), then the peer. The raw headers the
+/// caller sent are never passed on.
+pub(crate) fn add_forwarding(
+    h: &mut HeaderMap,
+    hops: &[IpAddr],
+    conn: ConnInfo,
+    trusted_peer: bool,
+) {
+    use std::fmt::Write as _;
+    let mut xff = String::with_capacity(16 * (hops.len() + 1));
+    for hop in hops {
+        let _ = write!(xff, "{hop}, ");
+    }
+    let _ = write!(xff, "{}", conn.peer.ip());
     h.remove(header::FORWARDED);
+    if !trusted_peer {
+        for name in &CLAIMS {
+            h.remove(name);
+        }
+    }
     if let Ok(v) = HeaderValue::from_str(&xff) {
         h.insert(X_FORWARDED_FOR.clone(), v);
     }

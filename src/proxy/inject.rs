@@ -9,6 +9,7 @@ use axum::body::Body;
 use http::{header, Request, Response, StatusCode};
 use tower::{Layer, Service};
 
+use super::stages::outcome;
 use super::StageFuture;
 use crate::app::App;
 use crate::error::ProxyError;
@@ -52,13 +53,17 @@ where
         let app = self.app.clone();
         let mut inner = self.inner.clone();
         Box::pin(async move {
-            app.credential.inject(req.headers_mut()).await?;
+            let fresh = app.credential.inject(req.headers_mut()).await?;
+            let outcome = outcome(&req).clone();
+            outcome.lock().token_fresh = fresh;
             let refreshes = app.credential.refreshes();
             let used = refreshes
                 .then(|| req.headers().get(header::AUTHORIZATION).cloned())
                 .flatten();
             let resp = inner.call(req).await?;
-            if refreshes && resp.status() == StatusCode::UNAUTHORIZED {
+            // A token fetched for this very call that meets a 401 is not the
+            // problem: dropping it would only make every call fetch another.
+            if refreshes && !fresh && resp.status() == StatusCode::UNAUTHORIZED {
                 app.credential.invalidate(used.as_ref()).await;
             }
             Ok(resp)

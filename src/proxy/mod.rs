@@ -6,12 +6,12 @@
 //! runs in unit tests without sockets.
 
 mod admit;
+mod buffer;
 mod check;
 mod forward;
 mod headers;
 mod inject;
 mod observe;
-mod replay;
 mod rescue;
 mod stages;
 #[cfg(test)]
@@ -56,10 +56,6 @@ pub fn stack(
        + Sync
        + 'static {
     let limit = app.config.server.max_request_body;
-    let replay = app
-        .credential
-        .refreshes()
-        .then_some(replay::ReplayLayer { limit });
     let upstream = forward::Forward::new(app.clone(), app.upstream.clone());
     ServiceBuilder::new()
         // Request id first: it never refuses, and the access log and every
@@ -89,10 +85,18 @@ pub fn stack(
         // 413 by Content-Length before a slot is taken, and a streaming cut.
         // Hand-written: tower-http's RequestBodyLimit answers its own plain
         // 413 instead of an error the rescue stage can turn into our envelope.
-        .layer(CheckLayer(BodyLimitStage(limit)))
-        // OAuth2 replay outside admission: the body is read before a slot is
-        // taken, and the one retry takes a slot of its own.
-        .option_layer(replay)
+        .layer(CheckLayer(BodyLimitStage {
+            limit,
+            timeout: app.config.server.body_read_timeout,
+        }))
+        // Small bodies are read before a slot is taken (a stalled upload
+        // holds none), which also lets an OAuth2 401 be retried: outside
+        // admission, so the retry takes a slot of its own.
+        .layer(buffer::BufferLayer {
+            limit,
+            timeout: app.config.server.body_read_timeout,
+            refreshes: app.credential.refreshes(),
+        })
         // The quota slot, held by this stage's future until the answer's head.
         .layer(admit::AdmitLayer(app.clone()))
         // The Dastra credential, injected as late as possible.

@@ -7,7 +7,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -21,6 +20,7 @@ use tracing::Instrument as _;
 use crate::access::Identity;
 use crate::admission::Admission;
 use crate::app::{App, Policy};
+use crate::body::BodyFault;
 use crate::config::ANONYMOUS;
 
 /// What the inner stages learned about one call; the one per-call value in
@@ -35,9 +35,12 @@ pub(crate) struct Record {
     pub(crate) identity: Option<Identity>,
     /// The config generation this call runs under, loaded once.
     pub(crate) policy: Option<Arc<Policy>>,
-    /// Set when the streamed body passed the limit: HTTP/2 turns the body
-    /// error into a bare stream reset, and the forward stage needs the cause.
-    pub(crate) overflow: Option<Arc<AtomicBool>>,
+    /// Why the streamed body was cut, if it was: HTTP/2 turns the body
+    /// error into a bare stream reset, and the stages need the cause.
+    pub(crate) body_fault: Option<BodyFault>,
+    /// The bearer token this call goes out with was fetched for it: a 401
+    /// then says nothing about the token, so it is neither dropped nor retried.
+    pub(crate) token_fresh: bool,
     /// The quota key's admission, once chosen: refusals carry its RateLimit fields.
     pub(crate) admission: Option<Admission>,
     pub(crate) queue_wait: Option<Duration>,

@@ -12,7 +12,7 @@ use super::check::Check;
 use super::observe::Outcome;
 use crate::access::{AccessError, ConnInfo};
 use crate::app::App;
-use crate::body::{LimitedBody, TooLarge};
+use crate::body::{BodyError, LimitedBody};
 use crate::guard::GuardError;
 use crate::target::{strip_hop_by_hop, TargetError};
 
@@ -69,24 +69,27 @@ impl Check for GuardStage {
 }
 
 /// `Content-Length` over the limit is refused here; a body without one is
-/// cut while streaming. An empty body is left alone (nothing to count).
+/// cut while streaming, and so is one that stalls (`body_read_timeout`). An
+/// empty body is left alone (nothing to count, nothing to wait for).
 #[derive(Debug, Clone)]
-pub(crate) struct BodyLimitStage(pub(crate) u64);
+pub(crate) struct BodyLimitStage {
+    pub(crate) limit: u64,
+    pub(crate) timeout: std::time::Duration,
+}
 
 impl Check for BodyLimitStage {
-    type Error = TooLarge;
-    fn check(&self, req: &mut Request<Body>) -> Result<(), TooLarge> {
-        let limit = self.0;
-        if content_length(req.headers()).is_some_and(|n| n > limit) {
-            return Err(TooLarge(limit));
+    type Error = BodyError;
+    fn check(&self, req: &mut Request<Body>) -> Result<(), BodyError> {
+        if content_length(req.headers()).is_some_and(|n| n > self.limit) {
+            return Err(BodyError::TooLarge(self.limit));
         }
         if req.body().is_end_stream() {
             return Ok(());
         }
         let body = std::mem::take(req.body_mut());
-        let (limited, overflowed) = LimitedBody::new(body, limit);
+        let (limited, fault) = LimitedBody::new(body, self.limit, self.timeout);
         *req.body_mut() = Body::new(limited);
-        outcome(req).lock().overflow = Some(overflowed);
+        outcome(req).lock().body_fault = Some(fault);
         Ok(())
     }
 }

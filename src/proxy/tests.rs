@@ -326,7 +326,9 @@ async fn a_401_is_replayed_once_with_a_fresh_token() {
         "[credential]\nkind = \"oauth2\"\ntoken_url = \"https://account.test/connect/token\"\n\
                  public_key_env = \"PUB\"\nprivate_key_env = \"PRIV\"\n";
     let tokens = Arc::new(Mutex::new(0u32));
-    let t = tokens.clone();
+    // Dastra takes tok-1 once, then no longer (revoked before its expiry).
+    let revoked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (t, r) = (tokens.clone(), revoked.clone());
     let h = harness(
         extra,
         Arc::new(move |req, _| {
@@ -336,7 +338,8 @@ async fn a_401_is_replayed_once_with_a_fresh_token() {
                 let body = format!(r#"{{"access_token":"tok-{n}","expires_in":3600}}"#);
                 return Ok(Response::new(Body::from(body)));
             }
-            let status = if req.headers()["authorization"] == "Bearer tok-1" {
+            let tok1 = req.headers()["authorization"] == "Bearer tok-1";
+            let status = if tok1 && r.swap(true, std::sync::atomic::Ordering::SeqCst) {
                 StatusCode::UNAUTHORIZED
             } else {
                 StatusCode::OK
@@ -347,12 +350,18 @@ async fn a_401_is_replayed_once_with_a_fresh_token() {
                 .unwrap())
         }),
     );
-    let r = req(Method::PUT, "/v1/x", "127.0.0.1:5000")
-        .header("content-length", "7")
-        .body(Body::from("payload"))
-        .unwrap();
-    let (status, _, _) = send(&h, r).await;
-    assert_eq!(status, StatusCode::OK);
+    let put = || {
+        req(Method::PUT, "/v1/x", "127.0.0.1:5000")
+            .header("content-length", "7")
+            .body(Body::from("payload"))
+            .unwrap()
+    };
+    assert_eq!(send(&h, put()).await.0, StatusCode::OK);
+    assert_eq!(
+        send(&h, put()).await.0,
+        StatusCode::OK,
+        "replayed after the 401"
+    );
     assert_eq!(*tokens.lock().unwrap(), 2);
     let seen = h.seen.lock().unwrap();
     let api: Vec<_> = seen
@@ -364,6 +373,7 @@ async fn a_401_is_replayed_once_with_a_fresh_token() {
         api,
         [
             (Method::PUT, "Bearer tok-1".to_owned()),
+            (Method::PUT, "Bearer tok-1".to_owned()),
             (Method::PUT, "Bearer tok-2".to_owned())
         ]
     );
@@ -371,6 +381,39 @@ async fn a_401_is_replayed_once_with_a_fresh_token() {
         .app
         .quotas
         .get(crate::credential::QuotaKey([0; 32]))
+        .unwrap()
         .snapshot();
-    assert_eq!(snap.windows[0].used, 2, "the replay took a slot of its own");
+    assert_eq!(snap.windows[0].used, 3, "the replay took a slot of its own");
+}
+
+#[tokio::test]
+async fn a_401_storm_costs_one_call_and_at_most_one_token_per_call() {
+    let extra =
+        "[credential]\nkind = \"oauth2\"\ntoken_url = \"https://account.test/connect/token\"\n\
+                 public_key_env = \"PUB\"\nprivate_key_env = \"PRIV\"\n";
+    let h = harness(
+        extra,
+        Arc::new(|req, _| {
+            if req.uri().path() == "/connect/token" {
+                let body = r#"{"access_token":"tok","expires_in":3600}"#;
+                return Ok(Response::new(Body::from(body)));
+            }
+            Ok(Response::builder().status(401).body(Body::empty()).unwrap())
+        }),
+    );
+    for _ in 0..3 {
+        let r = req(Method::PUT, "/v1/x", "127.0.0.1:5000")
+            .header("content-length", "2")
+            .body(Body::from("{}"))
+            .unwrap();
+        assert_eq!(send(&h, r).await.0, StatusCode::UNAUTHORIZED);
+    }
+    let seen = h.seen.lock().unwrap();
+    let (api, tokens): (Vec<_>, Vec<_>) = seen
+        .iter()
+        .partition(|(_, u, _)| u.starts_with("https://api.dastra.eu/"));
+    // The first call's token was fetched for it: its 401 is passed on. Each
+    // later call drops the cached token once and retries with a fresh one,
+    // whose 401 is passed on: every token is refreshed at most once.
+    assert_eq!((api.len(), tokens.len()), (5, 3));
 }

@@ -251,6 +251,22 @@ impl WindowSet {
         out
     }
 
+    /// When every window will hold nothing: `now` if already; `None` never
+    /// (not while sends are in flight, whose landing is not known yet).
+    pub fn empty_at(&mut self, now: Instant) -> Option<Instant> {
+        let mut at = now;
+        for w in &mut self.windows {
+            if !w.in_flight.is_empty() {
+                return Some(w.in_flight_bound(now));
+            }
+            w.prune(now);
+            if let Some(last) = w.log.back() {
+                at = at.max(*last + w.span);
+            }
+        }
+        Some(at)
+    }
+
     /// Sends counted in each window at `now`, in configured order.
     pub fn used(&mut self, now: Instant) -> Vec<u32> {
         self.windows

@@ -1,0 +1,382 @@
+//! What one client connection may hold: a place among `max_connections` (and
+//! `max_connections_per_ip`), and time. A connection must deliver a request
+//! head within `header_read_timeout` of being accepted (TLS handshake,
+//! protocol detection and the HTTP/2 preface included), and closes after
+//! `idle_timeout` with no request in flight and no bytes moving. So idle,
+//! half-open or slow sockets cannot use up the file descriptors that real
+//! callers need.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+use crate::metrics::Metrics;
+
+/// Why a connection was turned away or closed (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    MaxConnections,
+    PerIp,
+    HeaderTimeout,
+    Idle,
+}
+
+impl Refused {
+    pub fn label(self) -> &'static str {
+        match self {
+            Refused::MaxConnections => "max_connections",
+            Refused::PerIp => "per_ip",
+            Refused::HeaderTimeout => "header_timeout",
+            Refused::Idle => "idle",
+        }
+    }
+}
+
+/// Open connections, in all and per address.
+#[derive(Debug)]
+pub struct ConnLimits {
+    max: usize,
+    per_ip: usize,
+    open: AtomicUsize,
+    by_ip: Mutex<HashMap<IpAddr, usize>>,
+    metrics: Metrics,
+}
+
+impl ConnLimits {
+    pub fn new(max: usize, per_ip: usize, metrics: Metrics) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            per_ip,
+            open: AtomicUsize::new(0),
+            by_ip: Mutex::new(HashMap::new()),
+            metrics,
+        })
+    }
+
+    /// A place for a connection from `ip`, or why there is none.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnSlot, Refused> {
+        let mut by_ip = self.by_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if self.open.load(Ordering::Relaxed) >= self.max {
+            return Err(self.refuse(Refused::MaxConnections));
+        }
+        let n = by_ip.entry(ip).or_insert(0);
+        if *n >= self.per_ip {
+            return Err(self.refuse(Refused::PerIp));
+        }
+        *n += 1;
+        self.open.fetch_add(1, Ordering::Relaxed);
+        self.metrics.connections_open.inc();
+        Ok(ConnSlot {
+            limits: self.clone(),
+            ip,
+        })
+    }
+
+    /// Counts a refusal or a close by the watchdog.
+    pub fn refuse(&self, why: Refused) -> Refused {
+        self.metrics
+            .connections_refused_total
+            .with_label_values(&[why.label()])
+            .inc();
+        why
+    }
+}
+
+/// A connection's place; given back when the connection ends.
+#[derive(Debug)]
+pub struct ConnSlot {
+    limits: Arc<ConnLimits>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut by_ip = self.limits.by_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = by_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                by_ip.remove(&self.ip);
+            }
+        }
+        self.limits.open.fetch_sub(1, Ordering::Relaxed);
+        self.limits.metrics.connections_open.dec();
+    }
+}
+
+/// What the watchdog needs to know about one connection.
+#[derive(Debug)]
+pub struct Activity {
+    base: Instant,
+    /// Requests whose answer head has not gone out yet.
+    in_flight: AtomicUsize,
+    /// When bytes last moved, in nanoseconds since `base`.
+    last_io: AtomicU64,
+    /// Whether any request arrived (before that, the header timeout rules).
+    seen_request: AtomicBool,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            base: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_io: AtomicU64::new(0),
+            seen_request: AtomicBool::new(false),
+        })
+    }
+
+    fn touch(&self) {
+        let ns = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_io.store(ns, Ordering::Relaxed);
+    }
+
+    /// A request started; the guard ends it.
+    pub fn request(self: &Arc<Self>) -> RequestGuard {
+        self.seen_request.store(true, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        RequestGuard(self.clone())
+    }
+}
+
+/// Ends a request's share of the connection's activity when dropped.
+#[derive(Debug)]
+pub struct RequestGuard(Arc<Activity>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+/// Runs `conn` until it ends, or closes it (by dropping it) when it breaks
+/// the header or idle timeout; says which.
+pub async fn watch<F: Future>(
+    conn: F,
+    activity: &Activity,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+) -> Result<F::Output, Refused> {
+    tokio::pin!(conn);
+    let mut check = activity.base + header_timeout;
+    loop {
+        tokio::select! {
+            out = &mut conn => return Ok(out),
+            _ = tokio::time::sleep_until(check) => {}
+        }
+        let now = Instant::now();
+        if !activity.seen_request.load(Ordering::Relaxed) {
+            return Err(Refused::HeaderTimeout);
+        }
+        if activity.in_flight.load(Ordering::Relaxed) > 0 {
+            check = now + idle_timeout;
+            continue;
+        }
+        let last = activity.base + Duration::from_nanos(activity.last_io.load(Ordering::Relaxed));
+        if now >= last + idle_timeout {
+            return Err(Refused::Idle);
+        }
+        check = last + idle_timeout;
+    }
+}
+
+/// Counts a connection's requests in flight, from call to answer head.
+#[derive(Debug, Clone)]
+pub struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S> Tracked<S> {
+    pub fn new(inner: S, activity: Arc<Activity>) -> Self {
+        Self { inner, activity }
+    }
+}
+
+impl<S, R> tower::Service<R> for Tracked<S>
+where
+    S: tower::Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = TrackedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        TrackedFuture {
+            guard: Some(self.activity.request()),
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+pin_project! {
+    /// The inner future; the request stops counting when it completes.
+    pub struct TrackedFuture<F> {
+        #[pin]
+        inner: F,
+        guard: Option<RequestGuard>,
+    }
+}
+
+impl<F: Future> Future for TrackedFuture<F> {
+    type Output = F::Output;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.inner.poll(cx));
+        this.guard.take();
+        Poll::Ready(out)
+    }
+}
+
+pin_project! {
+    /// An IO stream that tells its connection's [`Activity`] when bytes move.
+    #[derive(Debug)]
+    pub struct ActiveIo<T> {
+        #[pin]
+        inner: T,
+        activity: Arc<Activity>,
+    }
+}
+
+impl<T> ActiveIo<T> {
+    pub fn new(inner: T, activity: Arc<Activity>) -> Self {
+        Self { inner, activity }
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for ActiveIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let r = this.inner.poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.activity.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for ActiveIo<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let r = this.inner.poll_write(cx, b);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let r = this.inner.poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn no_request_within_the_header_timeout_closes() {
+        let a = Activity::new();
+        let r = watch(
+            std::future::pending::<()>(),
+            &a,
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+        )
+        .await;
+        assert_eq!(r, Err(Refused::HeaderTimeout));
+        assert_eq!(a.base.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_closes_only_with_nothing_in_flight_and_nothing_moving() {
+        let a = Activity::new();
+        let guard = a.request();
+        let watched = {
+            let a = a.clone();
+            tokio::spawn(async move {
+                watch(
+                    std::future::pending::<()>(),
+                    &a,
+                    Duration::from_secs(10),
+                    Duration::from_secs(60),
+                )
+                .await
+            })
+        };
+        // A call waiting minutes for quota keeps its connection.
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        assert!(!watched.is_finished());
+        drop(guard);
+        tokio::time::sleep(Duration::from_secs(59)).await;
+        a.touch(); // bytes moved
+        tokio::time::sleep(Duration::from_secs(59)).await;
+        assert!(!watched.is_finished());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(watched.await.unwrap(), Err(Refused::Idle));
+    }
+
+    #[test]
+    fn per_ip_and_total_caps_and_slots_come_back() {
+        let m = Metrics::new();
+        let l = ConnLimits::new(3, 2, m.clone());
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let s1 = l.admit(a).unwrap();
+        let _s2 = l.admit(a).unwrap();
+        assert_eq!(l.admit(a).unwrap_err(), Refused::PerIp);
+        let _s3 = l.admit(b).unwrap();
+        assert_eq!(l.admit(b).unwrap_err(), Refused::MaxConnections);
+        drop(s1);
+        let _s4 = l
+            .admit(a)
+            .expect("a closed connection gives its place back");
+        assert_eq!(m.connections_open.get(), 3);
+        assert_eq!(
+            m.connections_refused_total
+                .with_label_values(&["per_ip"])
+                .get(),
+            1
+        );
+    }
+}

@@ -1,0 +1,144 @@
+//! The buffer stage: a small body of known length (up to 64 KiB) is read
+//! whole *before* the call queues for quota. A stalled or slow upload then
+//! spends nothing and holds no slot while it trickles in (it is cut after
+//! `body_read_timeout`), and the call can be sent again: with OAuth2, a 401
+//! to a token Dastra no longer takes is retried once with a fresh token. It
+//! sits outside admission, so that retry takes its own quota slot.
+//!
+//! Larger bodies, and bodies without a length, stream once, after admission.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::BodyExt as _;
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use super::stages::outcome;
+use super::StageFuture;
+use crate::body::BodyError;
+use crate::error::ProxyError;
+
+/// Bodies up to this size are read before admission and can be replayed.
+pub(crate) const SMALL_BODY: u64 = 64 * 1024;
+
+#[derive(Debug, Clone)]
+pub(crate) struct BufferLayer {
+    /// `server.max_request_body` and `body_read_timeout`, to name a body's fault.
+    pub(crate) limit: u64,
+    pub(crate) timeout: std::time::Duration,
+    /// Whether a 401 can be fixed by a fresh credential (OAuth2).
+    pub(crate) refreshes: bool,
+}
+
+impl<S> Layer<S> for BufferLayer {
+    type Service = Buffer<S>;
+    fn layer(&self, inner: S) -> Buffer<S> {
+        Buffer {
+            cfg: self.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Buffer<S> {
+    cfg: BufferLayer,
+    inner: S,
+}
+
+impl<S> Service<Request<Body>> for Buffer<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = Response<Body>;
+    type Error = ProxyError;
+    type Future = BufferFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let small = req
+            .body()
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n > 0 && n <= SMALL_BODY);
+        if !small {
+            // Nothing to read ahead (empty, large or of unknown length). The
+            // common GET goes through without an async stage of its own.
+            return BufferFuture::Direct {
+                inner: self.inner.call(req),
+            };
+        }
+        let mut inner = self.inner.clone();
+        let cfg = self.cfg.clone();
+        BufferFuture::Buffered {
+            inner: Box::pin(async move {
+                let outcome = outcome(&req).clone();
+                let (parts, body) = req.into_parts();
+                let bytes: Bytes = match body.collect().await {
+                    Ok(b) => b.to_bytes(),
+                    Err(_) => {
+                        let fault = outcome.lock().body_fault.clone();
+                        return Err(fault
+                            .and_then(|f| f.get(cfg.limit, cfg.timeout))
+                            .unwrap_or(BodyError::TooLarge(cfg.limit))
+                            .into());
+                    }
+                };
+                let again = |parts: &http::request::Parts| {
+                    let mut r = Request::new(Body::from(bytes.clone()));
+                    *r.method_mut() = parts.method.clone();
+                    *r.uri_mut() = parts.uri.clone();
+                    *r.version_mut() = parts.version;
+                    *r.headers_mut() = parts.headers.clone();
+                    *r.extensions_mut() = parts.extensions.clone();
+                    r
+                };
+                let resp = inner.call(again(&parts)).await?;
+                let retry = cfg.refreshes
+                    && resp.status() == StatusCode::UNAUTHORIZED
+                    && !std::mem::take(&mut outcome.lock().token_fresh);
+                if !retry {
+                    return Ok(resp);
+                }
+                tracing::info!("upstream answered 401; retrying once with a fresh token");
+                inner.call(again(&parts)).await
+            }),
+        }
+    }
+}
+
+pin_project! {
+    /// The inner stage's own future, or the buffering one.
+    #[project = BufferProj]
+    pub(crate) enum BufferFuture<F> {
+        Direct { #[pin] inner: F },
+        Buffered { inner: StageFuture },
+    }
+}
+
+impl<F> Future for BufferFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, ProxyError>>,
+{
+    type Output = Result<Response<Body>, ProxyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            BufferProj::Direct { inner } => inner.poll(cx),
+            BufferProj::Buffered { inner } => inner.as_mut().poll(cx),
+        }
+    }
+}
