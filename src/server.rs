@@ -205,12 +205,16 @@ where
 {
     let graceful = GracefulShutdown::new();
     let mut builder = Builder::new(TokioExecutor::new());
-    // hyper's own timer catches a request head trickled in byte by byte on a
-    // kept-alive connection; the watchdog in `conn` covers everything else.
+    // The watchdog in `conn` holds the first request head to
+    // header_read_timeout and idle connections to idle_timeout. hyper's own
+    // head timer runs from the end of one answer to the next head, so it is
+    // set just past idle_timeout: a kept-alive connection may idle that long
+    // (the watchdog closes it first, and counts it), and a later head
+    // trickled in byte by byte is cut then.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(policy.header_timeout);
+        .header_read_timeout(policy.idle_timeout + Duration::from_secs(1));
     let builder = Arc::new(builder);
     loop {
         let accepted = tokio::select! {

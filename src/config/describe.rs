@@ -3,7 +3,10 @@
 
 use std::fmt::{self, Write as _};
 
-use super::{Config, CredentialConfig, LogFormat, OnLimit, StoreConfig, StoreOnError, Upstream429};
+use super::{
+    Config, CredentialConfig, ForwardedHeader, LogFormat, OnLimit, StoreConfig, StoreOnError,
+    Upstream429,
+};
 
 fn d(v: std::time::Duration) -> humantime::FormattedDuration {
     humantime::format_duration(v)
@@ -37,6 +40,17 @@ pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         s.max_request_body,
         d(s.shutdown_grace)
     )?;
+    writeln!(
+        o,
+        "header_read_timeout = \"{}\"\nidle_timeout = \"{}\"\nbody_read_timeout = \"{}\"\n\
+         max_connections = {}\nmax_connections_per_ip = {}\nadmin_allow = {}",
+        d(s.header_read_timeout),
+        d(s.idle_timeout),
+        d(s.body_read_timeout),
+        s.max_connections,
+        s.max_connections_per_ip,
+        nets(&s.admin_allow)
+    )?;
     if let Some(t) = &s.tls {
         writeln!(
             o,
@@ -67,7 +81,9 @@ pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             o,
             "kind = \"oauth2\"\ntoken_url = \"{token_url}\"\nscope = \"{scope}\"\npublic_key = \"{public}\"\nprivate_key = \"{private}\""
         )?,
-        CredentialConfig::Passthrough { .. } => writeln!(o, "kind = \"passthrough\"")?,
+        CredentialConfig::Passthrough { max_keys } => {
+            writeln!(o, "kind = \"passthrough\"\nmax_keys = {max_keys}")?
+        }
     }
     for l in &c.limits {
         writeln!(
@@ -92,9 +108,13 @@ pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         d(a.max_wait),
         d(a.margin)
     )?;
+    let header = match c.access.forwarded_header {
+        ForwardedHeader::XForwardedFor => "x-forwarded-for",
+        ForwardedHeader::Forwarded => "forwarded",
+    };
     writeln!(
         o,
-        "\n[access]\nallow = {}\ntrusted_proxies = {}",
+        "\n[access]\nallow = {}\ntrusted_proxies = {}\nforwarded_header = \"{header}\"",
         nets(&c.access.allow),
         nets(&c.access.trusted_proxies)
     )?;

@@ -99,6 +99,43 @@ impl Config {
                     .to_owned(),
             );
         }
+        if self.upstream.scheme == http::uri::Scheme::HTTP {
+            out.push(format!(
+                "upstream.url is plain http ({}): the Dastra credential crosses the network in clear",
+                self.upstream.origin()
+            ));
+        }
+        if let CredentialConfig::OAuth2 { token_url, .. } = &self.credential {
+            if token_url.scheme() == Some(&http::uri::Scheme::HTTP) {
+                out.push(format!(
+                    "credential.token_url is plain http ({token_url}): the client secret crosses the network in clear"
+                ));
+            }
+        }
+        let everyone = |nets: &[ipnet::IpNet]| nets.iter().any(|n| n.prefix_len() == 0);
+        if everyone(&self.access.allow) && self.clients.is_empty() {
+            out.push(
+                "access.allow admits every address and no [[clients]] ask for a key: anyone who \
+                 reaches the listener spends the Dastra quota with the proxy's credential"
+                    .to_owned(),
+            );
+        }
+        if everyone(&self.access.trusted_proxies) {
+            out.push(
+                "access.trusted_proxies trusts every address: any caller can name its own \
+                 client address in a forwarding header"
+                    .to_owned(),
+            );
+        }
+        if !self.clients.is_empty()
+            && self.server.tls.is_none()
+            && !self.server.listen.ip().is_loopback()
+        {
+            out.push(format!(
+                "[[clients]] send their keys over plain http on {}: set server.tls, or listen on loopback behind a TLS terminator",
+                self.server.listen
+            ));
+        }
         if self.access.allow.is_empty() {
             out.push("access.allow is empty: every caller is refused".to_owned());
         }

@@ -168,3 +168,46 @@ fn client_rates_and_secret_files() {
         "Debug never shows a secret value"
     );
 }
+
+#[test]
+fn risky_set_ups_are_warned_about() {
+    let warned = |text: &str, needle: &str| {
+        let c = parse(&format!("{KEY}{text}")).unwrap();
+        c.warnings().iter().any(|w| w.contains(needle))
+    };
+    assert!(warned(
+        "[upstream]\nurl = \"http://api.test\"\n",
+        "plain http"
+    ));
+    assert!(!warned("", "plain http"), "the default upstream is https");
+    assert!(warned(
+        "[access]\nallow = [\"0.0.0.0/0\"]\n",
+        "admits every address"
+    ));
+    assert!(warned(
+        "[access]\ntrusted_proxies = [\"::/0\"]\n",
+        "trusts every address"
+    ));
+    let client = "[[clients]]\nname = \"a\"\nkey_sha256 = \"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\"\n";
+    assert!(warned(
+        &format!("[server]\nlisten = \"0.0.0.0:8080\"\n{client}"),
+        "keys over plain http"
+    ));
+    assert!(!warned(client, "keys over plain http"), "loopback is fine");
+    assert!(
+        warned(
+            "[store]\nstate_file = \"\"\n",
+            "a restart forgets the window"
+        ),
+        "restarts that forget are warned about"
+    );
+    let e = parse(&format!(
+        "{KEY}[access]\nforwarded_header = \"x-real-ip\"\n"
+    ))
+    .unwrap_err();
+    assert!(e.to_string().contains("access.forwarded_header"), "{e}");
+    let e = parse(&format!("{KEY}max_keys = 5\n")).unwrap_err();
+    assert!(e.to_string().contains("credential.max_keys"), "{e}");
+    let e = parse("[server]\nidle_timeout = \"0s\"\n").unwrap_err();
+    assert!(e.to_string().contains("server.idle_timeout"), "{e}");
+}
