@@ -424,3 +424,103 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use http::HeaderValue;
+    use proptest::prelude::*;
+
+    /// Tokens a forwarding header may hold, valid or not.
+    fn token() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<std::net::Ipv4Addr>().prop_map(|ip| ip.to_string()),
+            any::<std::net::Ipv6Addr>().prop_map(|ip| format!("[{ip}]:443")),
+            any::<std::net::Ipv6Addr>().prop_map(|ip| ip.to_string()),
+            (any::<std::net::Ipv4Addr>(), any::<u16>()).prop_map(|(ip, p)| format!("{ip}:{p}")),
+            Just("unknown".to_owned()),
+            "_[a-zA-Z0-9._-]{1,8}",
+            "[ -~]{0,12}",
+        ]
+    }
+
+    /// Every address a header can produce, parsed independently with std.
+    fn addresses_in(text: &str) -> Vec<IpAddr> {
+        text.split(|c: char| ",;=\" \t".contains(c))
+            .filter_map(|t| {
+                let t = t.trim_matches(|c| c == '[' || c == ']');
+                t.parse::<IpAddr>()
+                    .ok()
+                    .or_else(|| t.parse::<SocketAddr>().ok().map(|a| a.ip()))
+                    .or_else(|| {
+                        t.rsplit_once(':').and_then(|(h, _)| {
+                            h.trim_matches(|c| c == '[' || c == ']').parse().ok()
+                        })
+                    })
+            })
+            .map(canonical)
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        #[test]
+        fn forwarding_parsers_never_panic_nor_invent_addresses(
+            tokens in prop::collection::vec(token(), 0..6),
+            forwarded in any::<bool>(),
+        ) {
+            let text = if forwarded {
+                tokens.iter().map(|t| format!("for=\"{t}\";proto=https")).collect::<Vec<_>>().join(", ")
+            } else {
+                tokens.join(", ")
+            };
+            let Ok(value) = HeaderValue::from_str(&text) else { return Ok(()) };
+            let mut h = HeaderMap::new();
+            let which = if forwarded { ForwardedHeader::Forwarded } else { ForwardedHeader::XForwardedFor };
+            h.insert(if forwarded { "forwarded" } else { "x-forwarded-for" }, value);
+            let known = addresses_in(&text);
+            if let Ok(chain) = forwarded_chain(&h, which) {
+                for ip in chain.into_iter().flatten() {
+                    prop_assert!(known.contains(&ip), "{ip} is not in {text:?}");
+                }
+            }
+            let a = Access {
+                allow: vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()],
+                trusted: vec!["127.0.0.0/8".parse().unwrap()],
+                header: which,
+                clients: vec![],
+                anonymous: ANONYMOUS.into(),
+            };
+            let peer: IpAddr = "127.0.0.1".parse().unwrap();
+            if let Ok(Some((ip, hops))) = a.client_addr(peer, &h) {
+                prop_assert!(ip == peer || known.contains(&ip));
+                for hop in hops {
+                    prop_assert!(known.contains(&hop));
+                }
+            }
+        }
+
+        #[test]
+        fn key_extraction_never_panics_and_only_returns_what_was_sent(
+            header in prop_oneof![Just("x-api-key"), Just("authorization")],
+            scheme in prop_oneof![Just("Bearer "), Just("Basic "), Just("bearer  "), Just("")],
+            raw in "[ -~]{0,40}",
+            basic_user in "[a-z]{0,5}",
+            basic in any::<bool>(),
+        ) {
+            let value = if basic && scheme.trim().eq_ignore_ascii_case("basic") {
+                format!("{scheme}{}", base64::engine::general_purpose::STANDARD.encode(format!("{basic_user}:{raw}")))
+            } else {
+                format!("{scheme}{raw}")
+            };
+            let Ok(v) = HeaderValue::from_str(&value) else { return Ok(()) };
+            let mut h = HeaderMap::new();
+            h.insert(header, v);
+            if let Some(k) = presented_key(&h) {
+                prop_assert!(!k.is_empty());
+                prop_assert!(value.contains(&k) || raw.contains(&k), "{k:?} from {value:?}");
+            }
+        }
+    }
+}

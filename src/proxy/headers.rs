@@ -211,3 +211,40 @@ mod tests {
         assert!(!with(&"x".repeat(129)));
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use crate::secret::SecretEnv;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// Whatever Dastra puts in `Location`, the rewrite either leaves it
+        /// alone or points at the public URL followed by a path boundary:
+        /// never at a host the public URL is only a prefix of.
+        #[test]
+        fn location_rewrite_never_leaves_the_public_origin(
+            base in prop_oneof![Just(""), Just("/api"), Just("/api/v2")],
+            tail in "[ -~]{0,30}",
+            after_base in any::<bool>(),
+            prefix in prop_oneof![Just("https://api.dastra.eu"), Just("HTTPS://API.DASTRA.EU"), Just("https://api.dastra.eu.evil"), Just("")],
+        ) {
+            let text = format!(
+                "[server]\npublic_url = \"https://proxy.example.com\"\n[upstream]\nurl = \"https://api.dastra.eu{base}\"\n\
+                 [credential]\napi_key_env = \"K\"\n"
+            );
+            let cfg = Config::parse_with(&text, std::path::Path::new("t.toml"), &SecretEnv::fixed([("K", "k")])).unwrap();
+            // Dastra's own paths start with the base path; make sure those come up.
+            let v = if after_base { format!("{prefix}{base}{tail}") } else { format!("{prefix}{tail}") };
+            if let Some(out) = rewrite_location(&cfg, &v) {
+                let out = out.to_str().unwrap().to_owned();
+                let rest = out.strip_prefix("https://proxy.example.com");
+                prop_assert!(rest.is_some(), "{out}");
+                let rest = rest.unwrap();
+                prop_assert!(rest.is_empty() || rest.starts_with(['/', '?', '#']), "{v:?} -> {out:?}");
+            }
+        }
+    }
+}
