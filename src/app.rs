@@ -12,6 +12,7 @@ use crate::credential::Credential;
 use crate::guard::Guard;
 use crate::metrics::Metrics;
 use crate::state_file::{StateError, StateFile};
+use crate::store::RedisLink;
 use crate::target::Target;
 use crate::upstream::{build_client, upstream, Upstream, UpstreamError};
 
@@ -131,7 +132,7 @@ impl App {
                 on_error,
                 replicas,
             } => Some(SharedStore {
-                url: url.clone(),
+                link: RedisLink::new(url)?,
                 key_prefix: key_prefix.clone(),
                 on_error: *on_error,
                 replicas: *replicas,

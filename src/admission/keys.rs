@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::config::{AdmissionConfig, Limit, StoreOnError};
 use crate::credential::QuotaKey;
 use crate::metrics::Metrics;
-use crate::store::{RedisStore, StoreError};
+use crate::store::{RedisLink, RedisStore, StoreError};
 
 use tokio::time::Instant;
 
@@ -19,7 +19,8 @@ use crate::state_file::{Restored, StateFile};
 /// What a Redis-backed key needs besides its limits.
 #[derive(Debug, Clone)]
 pub struct SharedStore {
-    pub url: String,
+    /// The one connection every key's store shares.
+    pub link: Arc<RedisLink>,
     pub key_prefix: String,
     pub on_error: StoreOnError,
     pub replicas: u32,
@@ -37,14 +38,14 @@ impl SharedStore {
         limits: &[Limit],
         cfg: &AdmissionConfig,
     ) -> Result<Admission, StoreError> {
-        let store = RedisStore::new(
-            &self.url,
+        let store = RedisStore::with_link(
+            self.link.clone(),
             &self.key_prefix,
             &hex::encode(&key.0[..8]),
             limits,
             cfg.margin,
             self.flight,
-        )?;
+        );
         let remote = Remote {
             store: Arc::new(store),
             on_error: self.on_error,

@@ -35,12 +35,72 @@ pub enum StoreError {
     Backoff(Duration),
 }
 
-/// One quota key's windows in Redis.
+/// The one (multiplexed) connection to Redis that every quota key's store
+/// shares, so passthrough's many credentials do not each open their own.
 #[derive(Debug)]
-pub struct RedisStore {
+pub struct RedisLink {
     client: redis::Client,
     conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     retry_at: Mutex<Option<Instant>>,
+    op_timeout: Duration,
+}
+
+impl RedisLink {
+    /// Does not connect yet: a replica starts (and falls back) while Redis is down.
+    pub fn new(url: &str) -> Result<Arc<Self>, StoreError> {
+        let client = redis::Client::open(url).map_err(|e| StoreError::Redis(e.to_string()))?;
+        Ok(Arc::new(Self {
+            client,
+            conn: tokio::sync::Mutex::new(None),
+            retry_at: Mutex::new(None),
+            op_timeout: Duration::from_millis(500),
+        }))
+    }
+
+    async fn connection(&self) -> Result<MultiplexedConnection, StoreError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let now = Instant::now();
+        if let Some(at) = *self.retry_at.lock().unwrap_or_else(|e| e.into_inner()) {
+            if now < at {
+                return Err(StoreError::Backoff(at - now));
+            }
+        }
+        match tokio::time::timeout(
+            self.op_timeout,
+            self.client.get_multiplexed_async_connection(),
+        )
+        .await
+        {
+            Ok(Ok(c)) => {
+                *slot = Some(c.clone());
+                Ok(c)
+            }
+            Ok(Err(e)) => {
+                *self.retry_at.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(now + RECONNECT_BACKOFF);
+                Err(StoreError::Redis(e.to_string()))
+            }
+            Err(_) => {
+                *self.retry_at.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(now + RECONNECT_BACKOFF);
+                Err(StoreError::Timeout(self.op_timeout))
+            }
+        }
+    }
+
+    /// Forgets a connection that failed; the next call reconnects.
+    async fn reset(&self) {
+        *self.conn.lock().await = None;
+    }
+}
+
+/// One quota key's windows in Redis.
+#[derive(Debug)]
+pub struct RedisStore {
+    link: Arc<RedisLink>,
     script: redis::Script,
     tag: String,
     layout: Mutex<Arc<Layout>>,
@@ -89,15 +149,27 @@ impl RedisStore {
         margin: Duration,
         flight: Duration,
     ) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError::Redis(e.to_string()))?;
+        let link = RedisLink::new(url)?;
+        Ok(Self::with_link(
+            link, key_prefix, quota_key, limits, margin, flight,
+        ))
+    }
+
+    /// A key's windows over a shared connection.
+    pub fn with_link(
+        link: Arc<RedisLink>,
+        key_prefix: &str,
+        quota_key: &str,
+        limits: &[Limit],
+        margin: Duration,
+        flight: Duration,
+    ) -> Self {
         // One hash tag for all of a key's sets, so Redis Cluster keeps them on one slot.
         let tag = format!("{{{key_prefix}:{quota_key}}}");
         let mut prefix = [0u8; 8];
         let _ = getrandom::fill(&mut prefix);
-        Ok(Self {
-            client,
-            conn: tokio::sync::Mutex::new(None),
-            retry_at: Mutex::new(None),
+        Self {
+            link,
             script: redis::Script::new(include_str!("window.lua")),
             layout: Mutex::new(Arc::new(Layout::new(&tag, limits, margin))),
             tag,
@@ -106,7 +178,7 @@ impl RedisStore {
             next_id: AtomicU64::new(0),
             id_prefix: u64::from_le_bytes(prefix),
             last: Mutex::new(None),
-        })
+        }
     }
 
     /// Applies reloaded limits; the sets keep what they hold.
@@ -122,40 +194,6 @@ impl RedisStore {
             self.id_prefix,
             self.next_id.fetch_add(1, Ordering::Relaxed)
         )
-    }
-
-    async fn connection(&self) -> Result<MultiplexedConnection, StoreError> {
-        let mut slot = self.conn.lock().await;
-        if let Some(c) = slot.as_ref() {
-            return Ok(c.clone());
-        }
-        let now = Instant::now();
-        if let Some(at) = *self.retry_at.lock().unwrap_or_else(|e| e.into_inner()) {
-            if now < at {
-                return Err(StoreError::Backoff(at - now));
-            }
-        }
-        match tokio::time::timeout(
-            self.op_timeout,
-            self.client.get_multiplexed_async_connection(),
-        )
-        .await
-        {
-            Ok(Ok(c)) => {
-                *slot = Some(c.clone());
-                Ok(c)
-            }
-            Ok(Err(e)) => {
-                *self.retry_at.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(now + RECONNECT_BACKOFF);
-                Err(StoreError::Redis(e.to_string()))
-            }
-            Err(_) => {
-                *self.retry_at.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(now + RECONNECT_BACKOFF);
-                Err(StoreError::Timeout(self.op_timeout))
-            }
-        }
     }
 
     /// The `RateLimit` field from the last decision, aged to `now`; `None`
@@ -233,7 +271,7 @@ impl RedisStore {
         now_us: Option<u64>,
         extra: Option<u64>,
     ) -> Result<Vec<i64>, StoreError> {
-        let mut conn = self.connection().await?;
+        let mut conn = self.link.connection().await?;
         let layout = self
             .layout
             .lock()
@@ -263,12 +301,12 @@ impl RedisStore {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => {
                 if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
-                    *self.conn.lock().await = None;
+                    self.link.reset().await;
                 }
                 Err(StoreError::Redis(e.to_string()))
             }
             Err(_) => {
-                *self.conn.lock().await = None;
+                self.link.reset().await;
                 Err(StoreError::Timeout(self.op_timeout))
             }
         }
