@@ -39,14 +39,7 @@ fn decisions(c: &mut Criterion) {
         // so this measures the lock, the decision and the permit round trip.
         let (limits, cfg) = (open_limits(), reject());
         let a = rt.block_on(async { dastra_proxy::admission::Admission::new(&limits, &cfg) });
-        let caller = dastra_proxy::admission::Caller {
-            name: "bench".into(),
-            weight: 1,
-        };
-        b.iter(|| {
-            let p = rt.block_on(a.acquire(&caller));
-            black_box(p.map(|p| p.sent()).ok());
-        })
+        acquire_and_send(b, &rt, &a);
     });
 
     // The same with the memory store's state file: each send is one pwrite of
@@ -71,16 +64,25 @@ fn decisions(c: &mut Criterion) {
             let a = rt.block_on(async {
                 dastra_proxy::admission::Admission::with_state(&limits, &reject(), persist, &[])
             });
-            let caller = dastra_proxy::admission::Caller {
-                name: "bench".into(),
-                weight: 1,
-            };
-            b.iter(|| {
-                let p = rt.block_on(a.acquire(&caller));
-                black_box(p.map(|p| p.sent()).ok());
-            })
+            acquire_and_send(b, &rt, &a);
         },
     );
+}
+
+/// One admission and send per iteration (the permit lands when dropped).
+fn acquire_and_send(
+    b: &mut criterion::Bencher<'_>,
+    rt: &tokio::runtime::Runtime,
+    a: &dastra_proxy::admission::Admission,
+) {
+    let caller = dastra_proxy::admission::Caller {
+        name: "bench".into(),
+        weight: 1,
+    };
+    b.iter(|| {
+        let p = rt.block_on(a.acquire(&caller));
+        black_box(p.map(|p| p.sent()).ok());
+    })
 }
 
 fn open_limits() -> [Limit; 2] {

@@ -316,14 +316,7 @@ impl StateFile {
         }
         ring.prepared_until = first.seq + n;
         ring.prepared_key = first.key;
-        self.file
-            .write_all_at(&buf, HEADER + start * RECORD)
-            .map_err(|source| StateError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
-        self.dirty.store(true, Ordering::Release);
-        Ok(())
+        self.write_at(&buf, start)
     }
 
     /// The answer's head arrived: the send ages from now.
@@ -351,8 +344,13 @@ impl StateFile {
     }
 
     fn write_slot(&self, slot: u64, rec: &Rec) -> Result<(), StateError> {
+        self.write_at(&rec.encode(), slot)
+    }
+
+    /// Writes encoded records starting at `slot`.
+    fn write_at(&self, bytes: &[u8], slot: u64) -> Result<(), StateError> {
         self.file
-            .write_all_at(&rec.encode(), HEADER + slot * RECORD)
+            .write_all_at(bytes, HEADER + slot * RECORD)
             .map_err(|source| StateError::Io {
                 path: self.path.clone(),
                 source,

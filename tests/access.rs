@@ -4,13 +4,11 @@
 
 mod support;
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
 use base64::Engine as _;
 use http::Method;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use support::*;
@@ -24,13 +22,6 @@ fn clients(extra_crm: &str) -> String {
         dastra_proxy::access::hash_key(CRM_KEY),
         dastra_proxy::access::hash_key(HR_KEY)
     )
-}
-
-/// A client whose connections come from `local` (127.0.0.2, ::1, …).
-fn client_from(local: &str) -> TestClient {
-    let mut http = HttpConnector::new();
-    http.set_local_address(Some(local.parse::<IpAddr>().unwrap()));
-    Client::builder(TokioExecutor::new()).build(http)
 }
 
 #[tokio::test]

@@ -6,15 +6,12 @@
 
 mod support;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use http::{Method, StatusCode};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
@@ -31,12 +28,6 @@ async fn proxy_with_server(up: &MockUpstream, server: &str, extra: &str) -> Test
         s.replacen("[server]\n", &format!("[server]\n{server}"), 1)
     })
     .await
-}
-
-fn client_from(local: &str) -> TestClient {
-    let mut http = HttpConnector::new();
-    http.set_local_address(Some(local.parse::<IpAddr>().unwrap()));
-    Client::builder(TokioExecutor::new()).build(http)
 }
 
 async fn connect_from(local: &str, to: SocketAddr) -> TcpStream {

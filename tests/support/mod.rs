@@ -261,6 +261,13 @@ pub fn client() -> TestClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
+/// A client whose connections come from `local` (127.0.0.2, ::1, …).
+pub fn client_from(local: &str) -> TestClient {
+    let mut http = HttpConnector::new();
+    http.set_local_address(Some(local.parse::<std::net::IpAddr>().unwrap()));
+    Client::builder(TokioExecutor::new()).build(http)
+}
+
 /// A finished response: status, headers and the whole body.
 #[derive(Debug)]
 pub struct Reply {
