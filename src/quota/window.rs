@@ -132,7 +132,15 @@ pub struct WindowState {
 #[derive(Debug, Clone)]
 pub struct WindowSet {
     windows: Vec<Window>,
+    /// The newest landings, at least [`HISTORY`] of them: a window keeps only
+    /// its own N, so after a reload that shrank one and one that grew it
+    /// again, the older sends come from here.
+    history: VecDeque<Instant>,
 }
+
+/// Landings every window set keeps for reloads (Dastra's larger quota);
+/// more when a window's N is larger. Grows as sends happen, not preallocated.
+const HISTORY: usize = 10_000;
 
 impl WindowSet {
     /// Each window is held as `per + margin`, so jitter between this proxy and
@@ -150,7 +158,19 @@ impl WindowSet {
                 flight: Duration::ZERO,
             })
             .collect();
-        Self { windows }
+        Self {
+            windows,
+            history: VecDeque::new(),
+        }
+    }
+
+    fn history_len(&self) -> usize {
+        self.windows
+            .iter()
+            .map(|w| w.limit)
+            .max()
+            .unwrap_or(0)
+            .max(HISTORY)
     }
 
     /// Sets the bound on how long a send stays in flight (see
@@ -207,6 +227,10 @@ impl WindowSet {
         for w in &mut self.windows {
             w.land(now);
         }
+        if self.history.len() >= self.history_len() {
+            self.history.pop_front();
+        }
+        self.history.push_back(now);
     }
 
     /// Gives back a reserved send that never reached upstream.
@@ -281,11 +305,10 @@ impl WindowSet {
     /// Carries recorded sends into a new window set (after a reload), so a
     /// window whose N or W changed keeps the sends it already counted.
     pub fn carry_into(&self, next: &mut WindowSet) {
-        // Every log is the newest part of one send sequence, so the longest
-        // holds all the others.
-        let Some(all) = self.windows.iter().map(|w| &w.log).max_by_key(|l| l.len()) else {
-            return;
-        };
+        // Every log is the newest part of one send sequence, which the
+        // history holds at its longest.
+        let all = &self.history;
+        next.history.clone_from(all);
         let in_flight = self
             .windows
             .first()
