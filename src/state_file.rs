@@ -362,16 +362,27 @@ impl StateFile {
     /// Writes the pending landings and refunds, then forces the file to disk
     /// if anything changed since the last time.
     pub fn flush(&self) {
-        let pending: Vec<(u64, Rec)> = {
+        // Pending slots are mostly consecutive (sends land in about the
+        // order they left): one `pwrite` per run of them, not per record.
+        let runs: Vec<(u64, Vec<u8>)> = {
             let mut ring = self.lock();
-            let slots = std::mem::take(&mut ring.pending);
-            slots
-                .into_iter()
-                .map(|s| (s, ring.mirror[s as usize]))
-                .collect()
+            let mut slots = std::mem::take(&mut ring.pending);
+            slots.sort_unstable();
+            slots.dedup();
+            let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
+            for slot in slots {
+                let rec = ring.mirror[slot as usize].encode();
+                match runs.last_mut() {
+                    Some((start, buf)) if *start + (buf.len() as u64 / RECORD) == slot => {
+                        buf.extend_from_slice(&rec)
+                    }
+                    _ => runs.push((slot, rec.to_vec())),
+                }
+            }
+            runs
         };
-        for (slot, rec) in pending {
-            if let Err(e) = self.write_slot(slot, &rec) {
+        for (slot, bytes) in runs {
+            if let Err(e) = self.write_at(&bytes, slot) {
                 tracing::warn!(error = %e, "state file write failed");
             }
         }
