@@ -143,6 +143,10 @@ async def main():
     ap.add_argument("--burst", type=int, default=5000)
     ap.add_argument("--idle", type=int, default=200)
     ap.add_argument("--stalled", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run the load this many times against the same proxy: RSS that keeps "
+                         "growing round after round is a leak, RSS that stays at the first "
+                         "peak is the allocator keeping freed memory")
     a = ap.parse_args()
 
     up = Upstream()
@@ -182,18 +186,21 @@ level = "warn"
     stats = {"burst": [], "steady": [], "errors": [], "idle_closed": 0, "stalled_answers": []}
     samples = [proc_sample(proxy.pid)]
     start = time.monotonic()
-    end = start + a.seconds
-    # Each call may wait for the whole queue ahead of it: the burst alone is
-    # burst / N * PER seconds of quota.
-    limit = a.seconds + (a.burst + a.clients) / N * PER + 60
-    tasks = [asyncio.create_task(sampler(proxy.pid, samples, end))]
-    tasks += [asyncio.create_task(idle_socket(stats, port, end)) for _ in range(a.idle)]
-    tasks += [asyncio.create_task(stalled_upload(stats, port, end)) for _ in range(a.stalled)]
-    tasks += [asyncio.create_task(one_shot(stats, port, i, limit)) for i in range(a.burst)]
-    tasks += [asyncio.create_task(keep_alive(stats, port, i, end, limit)) for i in range(a.clients)]
-    await asyncio.gather(*tasks)
-    await asyncio.sleep(6)  # past idle_timeout: what is left open now is a leak
-    samples.append(proc_sample(proxy.pid))
+    after_round = []
+    for _ in range(a.rounds):
+        end = time.monotonic() + a.seconds
+        # Each call may wait for the whole queue ahead of it: the burst alone
+        # is burst / N * PER seconds of quota.
+        limit = a.seconds + (a.burst + a.clients) / N * PER + 60
+        tasks = [asyncio.create_task(sampler(proxy.pid, samples, end))]
+        tasks += [asyncio.create_task(idle_socket(stats, port, end)) for _ in range(a.idle)]
+        tasks += [asyncio.create_task(stalled_upload(stats, port, end)) for _ in range(a.stalled)]
+        tasks += [asyncio.create_task(one_shot(stats, port, i, limit)) for i in range(a.burst)]
+        tasks += [asyncio.create_task(keep_alive(stats, port, i, end, limit)) for i in range(a.clients)]
+        await asyncio.gather(*tasks)
+        await asyncio.sleep(6)  # past idle_timeout: what is left open now is a leak
+        samples.append(proc_sample(proxy.pid))
+        after_round.append(samples[-1])
     proxy.terminate(); proxy.wait(30)
     server.close()
     for w in list(up.writers):
@@ -210,17 +217,19 @@ level = "warn"
     print(f"  upstream calls        {len(up.arrivals)}  ({len(up.arrivals) / possible:.0%} of what the windows allow)")
     print(f"  window violations     {violations(up.arrivals)}")
     print(f"  well-behaved answered {len(well)}: {len(well) - len(bad_status)} x 200, {len(bad_status)} other, {len(stats['errors'])} errors")
-    print(f"  burst calls answered  {len(stats['burst'])} of {a.burst}")
+    print(f"  burst calls answered  {len(stats['burst'])} of {a.burst * a.rounds}")
     print(f"  idle sockets closed   {stats['idle_closed']} times")
     print(f"  stalled uploads       {len(stats['stalled_answers'])} answered, statuses {sorted(set(stats['stalled_answers']))}")
     print(f"  proxy RSS KiB         start {rss[0]}  peak {max(rss)}  end {rss[-1]}")
     print(f"  proxy open fds        start {fds[0]}  peak {max(fds)}  end {fds[-1]} (the upstream pool stays)")
+    if a.rounds > 1:
+        print("  after each round      " + ", ".join(f"RSS {r} KiB / {f} fds" for r, f in after_round))
     if stats["errors"]:
         print("  first errors:", stats["errors"][:3])
     # What may stay open: the pool of kept-alive upstream connections, at
     # most one per send in flight at once (bounded by the window's N).
     ok = (violations(up.arrivals) == 0 and not bad_status and not stats["errors"]
-          and len(stats["burst"]) == a.burst and fds[-1] <= fds[0] + 2 * N)
+          and len(stats["burst"]) == a.burst * a.rounds and fds[-1] <= fds[0] + 2 * N)
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 
