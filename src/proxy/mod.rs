@@ -82,7 +82,8 @@ pub fn stack(
         .layer(CheckLayer(AccessStage(app.clone())))
         // The client's own rate before it can queue for the shared quota.
         .layer(CheckLayer(GuardStage))
-        // 413 by Content-Length before a slot is taken, and a streaming cut.
+        // 413 by Content-Length before a slot is taken; while streaming, a cut
+        // at the size limit (413) or after a stall of body_read_timeout (408).
         // Hand-written: tower-http's RequestBodyLimit answers its own plain
         // 413 instead of an error the rescue stage can turn into our envelope.
         .layer(CheckLayer(BodyLimitStage {
@@ -101,5 +102,7 @@ pub fn stack(
         .layer(admit::AdmitLayer(app.clone()))
         // The Dastra credential, injected as late as possible.
         .layer(inject::InjectLayer(app.clone()))
+        // The call as Dastra sees it (its URL, forwarding headers), within
+        // upstream.timeout, through the injectable `Upstream`.
         .service(upstream)
 }
