@@ -59,7 +59,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     logging::init(&config.log);
-    for w in config.warnings() {
+    for w in config.warnings().into_iter().chain(fd_warning(&config)) {
         tracing::warn!("{w}");
     }
     runtime()?.block_on(async move {
@@ -109,7 +109,7 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     server::preflight(&config)?;
     println!("{config}");
     let warnings = config.warnings();
-    for w in &warnings {
+    for w in warnings.iter().chain(fd_warning(&config).iter()) {
         eprintln!("warning: {w}");
     }
     for n in config.notes() {
@@ -136,6 +136,29 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     }
     eprintln!("{}: valid", path.display());
     Ok(())
+}
+
+/// Each client connection costs a file descriptor, and a call in flight one
+/// more upstream: a `max_connections` above this process's open-file limit
+/// lets idle sockets starve real calls before the cap is reached.
+fn fd_warning(config: &Config) -> Option<String> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let soft: usize = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()?;
+    let needed = config.server.max_connections.saturating_mul(2);
+    (needed > soft).then(|| {
+        format!(
+            "server.max_connections = {} needs up to {needed} file descriptors (client and \
+             upstream side), but the open-file limit is {soft}: raise `ulimit -n` or lower \
+             max_connections",
+            config.server.max_connections
+        )
+    })
 }
 
 fn hash_key() -> anyhow::Result<()> {

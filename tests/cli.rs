@@ -248,3 +248,12 @@ impl<I: Iterator + Unpin> futures_core::Stream for IterStream<I> {
         std::task::Poll::Ready(self.0.next())
     }
 }
+
+#[test]
+fn check_warns_when_max_connections_exceeds_the_open_file_limit() {
+    let (code, _, err) = check(&format!("[server]\nmax_connections = 10000000\n{KEY}"));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("open-file limit"), "{err}");
+    let (_, _, err) = check(&format!("[server]\nmax_connections = 10\n{KEY}"));
+    assert!(!err.contains("open-file limit"), "{err}");
+}
