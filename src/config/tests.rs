@@ -211,3 +211,17 @@ fn risky_set_ups_are_warned_about() {
     let e = parse("[server]\nidle_timeout = \"0s\"\n").unwrap_err();
     assert!(e.to_string().contains("server.idle_timeout"), "{e}");
 }
+
+#[test]
+fn more_replicas_than_a_windows_n_is_refused() {
+    let redis = "[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:1\"\n";
+    let e = parse(&format!(
+        "{KEY}[[limits]]\nrequests = 2\nper = \"1s\"\n{redis}replicas = 3\n"
+    ))
+    .unwrap_err();
+    assert!(e.to_string().contains("store.replicas"), "{e}");
+    assert!(parse(&format!(
+        "{KEY}[[limits]]\nrequests = 3\nper = \"1s\"\n{redis}replicas = 3\n"
+    ))
+    .is_ok());
+}

@@ -104,6 +104,21 @@ impl Validator<'_> {
             ));
         }
         let store = self.store(raw.store)?;
+        if let StoreConfig::Redis { replicas, .. } = &store {
+            // While Redis is down each replica holds limit / replicas: with
+            // more replicas than a window's N, that share would round to zero
+            // (or, rounded up to one, together exceed N).
+            if let Some(l) = limits.iter().find(|l| l.requests < *replicas) {
+                return Err(self.invalid(
+                    "store.replicas",
+                    format!(
+                        "{replicas} replicas cannot share window \"{}\" of {} requests: each \
+                         replica's share while Redis is down would be less than one call",
+                        l.name, l.requests
+                    ),
+                ));
+            }
+        }
         let log = self.log(raw.log)?;
         Ok(Config {
             source: self.path.to_owned(),
