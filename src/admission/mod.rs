@@ -14,6 +14,7 @@ mod keys;
 mod permit;
 mod releaser;
 mod remote;
+mod report;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -319,49 +320,6 @@ impl Admission {
         self.inner.wake.notify_one();
     }
 
-    /// The windows, pause and queue as they are now.
-    pub fn snapshot(&self) -> Snapshot {
-        let mut st = self.inner.lock();
-        let now = Instant::now();
-        Snapshot {
-            windows: st.windows.snapshot(now),
-            paused_for: st
-                .paused_until
-                .and_then(|p| p.checked_duration_since(now))
-                .filter(|d| !d.is_zero()),
-            queue: st.queue.depths(),
-        }
-    }
-
-    /// `RateLimit-Policy` and `RateLimit` as they stand now (hot path: no snapshot).
-    pub fn ratelimit_fields(&self) -> (http::HeaderValue, http::HeaderValue) {
-        let now = Instant::now();
-        let shared = self
-            .inner
-            .remote
-            .as_ref()
-            .and_then(|r| r.store.ratelimit_value(now));
-        let mut st = self.inner.lock();
-        let state = shared.unwrap_or_else(|| st.windows.ratelimit_value(now));
-        (
-            st.policy.clone(),
-            http::HeaderValue::from_str(&state)
-                .unwrap_or_else(|_| http::HeaderValue::from_static("")),
-        )
-    }
-
-    /// The windows as all replicas share them (Redis), or this process's own.
-    pub async fn shared_snapshot(&self) -> Snapshot {
-        let mut snap = self.snapshot();
-        if let Some(remote) = &self.inner.remote {
-            match remote.store.peek().await {
-                Ok(windows) => snap.windows = windows,
-                Err(e) => remote.failed("peek", &e),
-            }
-        }
-        snap
-    }
-
     /// Applies reloaded limits and admission settings; recorded sends carry over.
     pub fn reconfigure(&self, limits: &[Limit], cfg: &AdmissionConfig) {
         if let Some(remote) = &self.inner.remote {
@@ -402,27 +360,6 @@ impl Admission {
         let mut st = self.inner.lock();
         debug_assert!(st.queue.is_empty());
         st.queue = FairQueue::default().sharing(all);
-    }
-
-    /// `None` when nothing waits, nothing is in flight and every send has
-    /// left every window: forgetting this key then loses nothing. Otherwise
-    /// the earliest instant that may be true (for a Retry-After).
-    pub fn idle_at(&self, now: Instant) -> Option<Instant> {
-        // Held by a caller between choosing this key and asking it for a
-        // slot (the map and the releaser hold one each): not idle.
-        if Arc::strong_count(&self.inner) > 2 {
-            return Some(now + Duration::from_secs(1));
-        }
-        let mut st = self.inner.lock();
-        if !st.queue.is_empty() || st.paused_until.is_some_and(|p| p > now) {
-            return Some(now + Duration::from_secs(1));
-        }
-        st.windows.empty_at(now).filter(|t| *t > now)
-    }
-
-    /// Calls waiting now, over all clients.
-    pub fn waiting(&self) -> usize {
-        self.inner.lock().queue.len()
     }
 }
 
