@@ -78,6 +78,10 @@ impl UpstreamConfig {
     }
 }
 
+/// The longest one OAuth2 token request may take; part of the time a call
+/// can stay in flight (`AdmissionConfig::flight`).
+pub const TOKEN_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// How the proxy authenticates to Dastra.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CredentialConfig {

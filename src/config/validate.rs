@@ -76,7 +76,7 @@ impl Validator<'_> {
         admission.flight = upstream.connect_timeout
             + upstream.timeout
             + if matches!(credential, CredentialConfig::OAuth2 { .. }) {
-                crate::credential::TOKEN_TIMEOUT
+                TOKEN_TIMEOUT
             } else {
                 Duration::ZERO
             };

@@ -15,7 +15,7 @@ use crate::config::CredentialConfig;
 use crate::metrics::Metrics;
 use crate::secret::{Secret, SecretSource};
 use crate::upstream::Upstream;
-pub use oauth2::{TokenCache, TokenError, TOKEN_TIMEOUT};
+pub use oauth2::{TokenCache, TokenError};
 
 /// What the quota is kept per: one key for a held credential, a digest per
 /// caller credential in passthrough.

@@ -13,6 +13,7 @@ use http_body_util::{BodyExt as _, Limited};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use crate::config::TOKEN_TIMEOUT;
 use crate::metrics::Metrics;
 use tower::ServiceExt as _;
 
@@ -22,8 +23,6 @@ use crate::upstream::Upstream;
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Longest time a token is used before it is due for refresh.
 const EARLY_REFRESH: Duration = Duration::from_secs(30);
-/// The longest one token request may take.
-pub const TOKEN_TIMEOUT: Duration = Duration::from_secs(15);
 /// A token answer is small; anything bigger is not one.
 const MAX_ANSWER: usize = 64 * 1024;
 

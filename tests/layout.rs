@@ -1,0 +1,92 @@
+//! The crate's shape, checked on its own sources: no module imports one that
+//! imports it back (top-level modules, by their `crate::` paths), and no
+//! source file grows past ~450 lines.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            sources(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The top-level module a file belongs to (`src/proxy/admit.rs` -> `proxy`).
+fn module_of(src: &Path, file: &Path) -> String {
+    let rel = file.strip_prefix(src).unwrap();
+    let first = rel
+        .components()
+        .next()
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy();
+    first.trim_end_matches(".rs").to_owned()
+}
+
+#[test]
+fn no_module_imports_one_that_imports_it_back() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let mut uses: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for f in &files {
+        let module = module_of(&src, f);
+        if module == "lib" || module == "main" {
+            continue;
+        }
+        let text = std::fs::read_to_string(f).unwrap();
+        for part in text.split("crate::").skip(1) {
+            let name: String = part
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() && name != module {
+                uses.entry(module.clone()).or_default().insert(name);
+            }
+        }
+    }
+    // Depth-first search for a path that comes back to where it started.
+    fn back_to(
+        start: &str,
+        at: &str,
+        uses: &BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<String>,
+        seen: &mut BTreeSet<String>,
+    ) -> bool {
+        for next in uses.get(at).into_iter().flatten() {
+            path.push(next.clone());
+            if next == start
+                || (seen.insert(next.clone()) && back_to(start, next, uses, path, seen))
+            {
+                return true;
+            }
+            path.pop();
+        }
+        false
+    }
+    for module in uses.keys() {
+        let mut path = vec![module.clone()];
+        let found = back_to(module, module, &uses, &mut path, &mut BTreeSet::new());
+        assert!(!found, "import cycle: {}", path.join(" -> "));
+    }
+}
+
+#[test]
+fn no_source_file_grows_past_450_lines() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    for f in files {
+        let n = std::fs::read_to_string(&f).unwrap().lines().count();
+        assert!(
+            n <= 450,
+            "{} has {n} lines: split it by concern",
+            f.display()
+        );
+    }
+}
