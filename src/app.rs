@@ -7,7 +7,9 @@ use arc_swap::ArcSwap;
 
 use crate::access::Access;
 use crate::admission::{LocalState, Quotas, SharedStore};
-use crate::config::{Config, CredentialConfig, StoreConfig, StoreOnError, Upstream429};
+use crate::config::{
+    Config, CredentialConfig, StoreConfig, StoreOnError, Upstream429, MAX_STATE_SLOTS,
+};
 use crate::credential::Credential;
 use crate::guard::Guard;
 use crate::metrics::Metrics;
@@ -68,10 +70,6 @@ pub enum AppError {
     #[error(transparent)]
     State(#[from] StateError),
 }
-
-/// The most sends the state file keeps (4 MB on disk, 3 MB in memory): a
-/// window with a larger N restarts knowing only its newest sends.
-pub const MAX_STATE_SLOTS: u64 = 100_000;
 
 /// The state file's ring: the largest window's N, at least Dastra's 10,000
 /// (so a reload up to it stays exact) and at most [`MAX_STATE_SLOTS`]; in

@@ -97,6 +97,7 @@ mod tests {
             index,
             addr: "127.0.0.1".parse().unwrap(),
             forwarded: Vec::new(),
+            via_trusted_proxy: false,
         }
     }
 

@@ -36,6 +36,18 @@ async fn connect_from(local: &str, to: SocketAddr) -> TcpStream {
     s.connect(to).await.unwrap()
 }
 
+/// The test config with `credential.kind = "passthrough"` and `keys` after it.
+async fn passthrough(up: &MockUpstream, keys: &str, extra: &str) -> TestProxy {
+    let credential = format!("kind = \"passthrough\"\n{keys}");
+    TestProxy::start_edit(up, extra, move |s| {
+        s.replace(
+            "kind = \"api_key\"\napi_key_env = \"TEST_DASTRA_KEY\"\n",
+            &credential,
+        )
+    })
+    .await
+}
+
 /// Reads until the peer closes (or resets) the connection; how long it took.
 async fn closed_after(mut s: impl tokio::io::AsyncRead + Unpin) -> Duration {
     let started = Instant::now();
@@ -169,7 +181,15 @@ async fn one_address_cannot_take_every_connection() {
     for _ in 0..3 {
         hogs.push(connect_from("127.0.0.9", proxy.proxy).await);
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The three are counted once the proxy has accepted them.
+    for _ in 0..200 {
+        if proxy.metrics.connections_open.get() >= 3 {
+            break;
+        }
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(proxy.metrics.connections_open.get(), 3);
     let fourth = connect_from("127.0.0.9", proxy.proxy).await;
     let t = closed_after(fourth).await;
     assert!(
@@ -218,13 +238,7 @@ async fn invented_methods_from_a_refused_address_do_not_grow_metrics() {
 async fn passthrough_tracks_at_most_max_keys_and_forgets_idle_ones() {
     let up = MockUpstream::start().await;
     let extra = "[[limits]]\nrequests = 5\nper = \"300ms\"\n[admission]\nmargin = \"0ms\"\n";
-    let proxy = TestProxy::start_edit(&up, extra, |s| {
-        s.replace(
-            "kind = \"api_key\"\napi_key_env = \"TEST_DASTRA_KEY\"",
-            "kind = \"passthrough\"\nmax_keys = 50",
-        )
-    })
-    .await;
+    let proxy = passthrough(&up, "max_keys = 50\n", extra).await;
     let c = client();
     let app = proxy.running.as_ref().unwrap().app.clone();
     let (mut ok, mut too_many) = (0, 0);
@@ -266,13 +280,7 @@ async fn passthrough_tracks_at_most_max_keys_and_forgets_idle_ones() {
 async fn a_connection_header_cannot_mint_new_quota_keys() {
     let up = MockUpstream::start().await;
     let extra = "[[limits]]\nrequests = 3\nper = \"1m\"\n[admission]\non_limit = \"reject\"\n";
-    let proxy = TestProxy::start_edit(&up, extra, |s| {
-        s.replace(
-            "kind = \"api_key\"\napi_key_env = \"TEST_DASTRA_KEY\"",
-            "kind = \"passthrough\"",
-        )
-    })
-    .await;
+    let proxy = passthrough(&up, "", extra).await;
     // hyper's client would drop `Connection`; write the requests by hand.
     let mut statuses = Vec::new();
     for i in 0..8 {

@@ -62,6 +62,8 @@ pub struct Identity {
     /// as parsed; empty when the peer itself is the client. Forwarded on as
     /// `X-Forwarded-For`, never the raw header.
     pub forwarded: Vec<IpAddr>,
+    /// The peer is a trusted proxy: its forwarding claims may go on to Dastra.
+    pub via_trusted_proxy: bool,
 }
 
 #[derive(Debug)]
@@ -106,11 +108,6 @@ impl Access {
         self.trusted.iter().any(|n| n.contains(&canonical(ip)))
     }
 
-    /// Whether forwarding headers from this peer are believed.
-    pub fn is_trusted(&self, peer: IpAddr) -> bool {
-        self.trusted(peer)
-    }
-
     /// The address the allow-lists apply to, and the hops from it on; `None`
     /// when a trusted proxy says the client is `unknown` or obfuscated.
     pub fn client_addr(
@@ -146,6 +143,7 @@ impl Access {
         let (addr, forwarded) = self
             .client_addr(peer, headers)?
             .ok_or(AccessError::IpNotAllowed)?;
+        let via_trusted_proxy = self.trusted(peer);
         let in_list = |list: &[IpNet]| list.iter().any(|n| n.contains(&addr));
         if !in_list(&self.allow) {
             return Err(AccessError::IpNotAllowed);
@@ -157,6 +155,7 @@ impl Access {
                 index: None,
                 addr,
                 forwarded,
+                via_trusted_proxy,
             });
         }
         let key = presented_key(headers).ok_or(AccessError::Unauthenticated)?;
@@ -178,6 +177,7 @@ impl Access {
             index: Some(i),
             addr,
             forwarded,
+            via_trusted_proxy,
         })
     }
 }

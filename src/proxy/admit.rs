@@ -4,47 +4,31 @@
 //! and given back when nothing reached Dastra (connect failure, no token) or
 //! the caller went away while queued.
 
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
 use http::{Request, Response, StatusCode};
 use tokio::time::Instant;
-use tower::{Layer, Service};
+use tower::Service;
 
 use super::check::CheckFuture;
 use super::headers::{add_ratelimit_fields, retry_after};
+use super::layer::AppStage;
 use super::stages::outcome;
 use super::StageFuture;
 use crate::admission::Caller;
-use crate::app::App;
 use crate::config::{Upstream429, ANONYMOUS};
 use crate::error::ProxyError;
 use crate::upstream::CallError;
 
 /// How long to hold sending after an upstream 429 that names no `Retry-After`.
-pub const DEFAULT_UPSTREAM_PAUSE: std::time::Duration = std::time::Duration::from_secs(10);
+const DEFAULT_UPSTREAM_PAUSE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The quota slot of each call.
 #[derive(Debug, Clone)]
-pub(crate) struct AdmitLayer(pub(crate) Arc<App>);
+pub(crate) struct Admit;
 
-impl<S> Layer<S> for AdmitLayer {
-    type Service = Admit<S>;
-    fn layer(&self, inner: S) -> Admit<S> {
-        Admit {
-            app: self.0.clone(),
-            inner,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct Admit<S> {
-    app: Arc<App>,
-    inner: S,
-}
-
-impl<S> Service<Request<Body>> for Admit<S>
+impl<S> Service<Request<Body>> for AppStage<Admit, S>
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
         + Clone

@@ -49,15 +49,9 @@ impl Service<Request<Body>> for Forward {
         let conn = ext.get::<ConnInfo>().copied();
         let (hops, trusted, fault) = outcome.as_ref().map_or((Vec::new(), false, None), |o| {
             let rec = o.lock();
-            let hops = rec
-                .identity
-                .as_ref()
-                .map(|i| i.forwarded.clone())
-                .unwrap_or_default();
-            let trusted = match (&rec.policy, conn) {
-                (Some(p), Some(c)) => p.access.is_trusted(c.peer.ip()),
-                _ => false,
-            };
+            let (hops, trusted) = rec.identity.as_ref().map_or((Vec::new(), false), |i| {
+                (i.forwarded.clone(), i.via_trusted_proxy)
+            });
             (hops, trusted, rec.body_fault.clone())
         });
         let uri = match upstream_uri(&app, &parts.uri) {

@@ -2,38 +2,22 @@
 //! an upstream 401 the token that was used is dropped so the next call (or
 //! the replay stage's one retry) fetches a fresh one.
 
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
 use http::{header, Request, Response, StatusCode};
-use tower::{Layer, Service};
+use tower::Service;
 
+use super::layer::AppStage;
 use super::stages::outcome;
 use super::StageFuture;
-use crate::app::App;
 use crate::error::ProxyError;
 
+/// The Dastra credential on each call.
 #[derive(Debug, Clone)]
-pub(crate) struct InjectLayer(pub(crate) Arc<App>);
+pub(crate) struct Inject;
 
-impl<S> Layer<S> for InjectLayer {
-    type Service = Inject<S>;
-    fn layer(&self, inner: S) -> Inject<S> {
-        Inject {
-            app: self.0.clone(),
-            inner,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct Inject<S> {
-    app: Arc<App>,
-    inner: S,
-}
-
-impl<S> Service<Request<Body>> for Inject<S>
+impl<S> Service<Request<Body>> for AppStage<Inject, S>
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
         + Clone

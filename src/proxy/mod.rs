@@ -11,6 +11,7 @@ mod check;
 mod forward;
 mod headers;
 mod inject;
+mod layer;
 mod observe;
 mod rescue;
 mod stages;
@@ -32,9 +33,8 @@ use crate::app::App;
 use crate::error::ProxyError;
 use check::CheckLayer;
 use headers::{drop_insane_request_id, CounterId, X_REQUEST_ID};
+use layer::AppLayer;
 use stages::{AccessStage, BodyLimitStage, GuardStage, TargetStage};
-
-pub use admit::DEFAULT_UPSTREAM_PAUSE;
 
 /// The future of an asynchronous stage: boxed once per stage, which also keeps
 /// a queued call's future small.
@@ -64,7 +64,7 @@ pub fn stack(
         .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), CounterId))
         // Access log and metrics outside everything that can refuse, so every
         // refusal is logged and counted once, with its client and code.
-        .layer(observe::ObserveLayer(app.clone()))
+        .layer(AppLayer::<observe::Observe>::new(app.clone()))
         // The id goes back on every answer, error envelopes included.
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
         // Caller credentials are marked sensitive at once: never HPACK-indexed
@@ -99,9 +99,9 @@ pub fn stack(
             refreshes: app.credential.refreshes(),
         })
         // The quota slot, held by this stage's future until the answer's head.
-        .layer(admit::AdmitLayer(app.clone()))
+        .layer(AppLayer::<admit::Admit>::new(app.clone()))
         // The Dastra credential, injected as late as possible.
-        .layer(inject::InjectLayer(app.clone()))
+        .layer(AppLayer::<inject::Inject>::new(app.clone()))
         // The call as Dastra sees it (its URL, forwarding headers), within
         // upstream.timeout, through the injectable `Upstream`.
         .service(upstream)

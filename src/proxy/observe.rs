@@ -14,12 +14,13 @@ use std::time::Duration;
 use axum::body::Body;
 use http::{Method, Request, Response};
 use tokio::time::Instant;
-use tower::{Layer, Service};
+use tower::Service;
 use tracing::Instrument as _;
 
+use super::layer::AppStage;
 use crate::access::Identity;
 use crate::admission::Admission;
-use crate::app::{App, Policy};
+use crate::app::Policy;
 use crate::body::BodyFault;
 use crate::config::ANONYMOUS;
 
@@ -70,26 +71,11 @@ pub(crate) fn method_label(m: &Method) -> &'static str {
     }
 }
 
+/// The access log and metrics of every call.
 #[derive(Debug, Clone)]
-pub(crate) struct ObserveLayer(pub(crate) Arc<App>);
+pub(crate) struct Observe;
 
-impl<S> Layer<S> for ObserveLayer {
-    type Service = Observe<S>;
-    fn layer(&self, inner: S) -> Observe<S> {
-        Observe {
-            app: self.0.clone(),
-            inner,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct Observe<S> {
-    app: Arc<App>,
-    inner: S,
-}
-
-impl<S> Service<Request<Body>> for Observe<S>
+impl<S> Service<Request<Body>> for AppStage<Observe, S>
 where
     S: Service<Request<Body>, Response = Response<Body>>,
     S::Future: Send + 'static,
