@@ -67,8 +67,38 @@ pub enum AppError {
     Credential(#[from] crate::credential::CredentialError),
     #[error("store.url: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("store.ca_file: {}: {source}", path.display())]
+    StoreCa {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     State(#[from] StateError),
+}
+
+/// The shared connection to Redis, with `ca_file`'s roots for `rediss`.
+pub fn redis_link(
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+) -> Result<Arc<RedisLink>, AppError> {
+    let ca = match ca_file {
+        Some(path) => Some(std::fs::read(path).map_err(|source| AppError::StoreCa {
+            path: path.to_owned(),
+            source,
+        })?),
+        None => None,
+    };
+    Ok(RedisLink::new(url, ca)?)
+}
+
+/// Connects to the configured Redis once and pings it. `Ok` also when the
+/// store is memory. A wrong password or a TLS failure is
+/// [`crate::store::StoreError::Config`]; messages never hold the password.
+pub async fn probe_store(config: &Config) -> Result<(), AppError> {
+    if let StoreConfig::Redis { url, ca_file, .. } = &config.store {
+        redis_link(url, ca_file.as_deref())?.probe().await?;
+    }
+    Ok(())
 }
 
 /// The state file's ring: the largest window's N, at least Dastra's 10,000
@@ -129,8 +159,9 @@ impl App {
                 key_prefix,
                 on_error,
                 replicas,
+                ca_file,
             } => Some(SharedStore {
-                link: RedisLink::new(url)?,
+                link: redis_link(url, ca_file.as_deref())?,
                 key_prefix: key_prefix.clone(),
                 on_error: *on_error,
                 replicas: *replicas,

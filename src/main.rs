@@ -107,6 +107,7 @@ async fn signals(running: &server::Running, path: &std::path::Path) -> anyhow::R
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     server::preflight(&config)?;
+    runtime()?.block_on(dastra_proxy::app::probe_store(&config))?;
     println!("{config}");
     let warnings = config.warnings();
     for w in warnings.iter().chain(fd_warning(&config).iter()) {

@@ -32,6 +32,7 @@ use crate::config::{Config, TlsFiles};
 use crate::conn::{self, ActiveIo, Activity, ConnLimits, Tracked};
 use crate::metrics::Metrics;
 use crate::proxy;
+use crate::store::StoreError;
 
 /// What keeps the proxy from starting, said plainly.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +93,15 @@ pub async fn start(config: Config, metrics: Metrics) -> Result<Running, StartErr
     let (proxy_listener, proxy_addr) = bind(config.server.listen, "server.listen")?;
     let (admin_listener, admin_addr) = bind(config.server.admin_listen, "server.admin_listen")?;
     let grace = config.server.shutdown_grace;
+    // A setting that can never work (password, TLS) stops the start; an
+    // unreachable Redis does not: the replica holds its share until it answers.
+    match crate::app::probe_store(&config).await {
+        Err(AppError::Store(e @ StoreError::Config(_))) => return Err(AppError::Store(e).into()),
+        Err(e) => {
+            tracing::warn!(error = %e, "quota store unreachable at start; holding this replica's share until it answers")
+        }
+        Ok(()) => {}
+    }
     let app = App::new(config, metrics)?;
     let (stop, stop_rx) = watch::channel(false);
 

@@ -1,12 +1,16 @@
-//! Every shipped example config passes `dastra-proxy check`.
+//! Every shipped example config passes `dastra-proxy check` (which connects
+//! to the example's Redis: a real one stands in for `redis.corp.example`).
+
+mod support;
 
 use std::process::Command;
 
-fn check(example: &str, secrets: &std::path::Path) {
+fn check(example: &str, secrets: &std::path::Path, redis: &str) {
     let path = format!("{}/examples/{example}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path)
         .unwrap()
-        .replace("/run/secrets", &secrets.display().to_string());
+        .replace("/run/secrets", &secrets.display().to_string())
+        .replace("redis://redis.corp.example:6379", redis);
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join(example);
     std::fs::write(&cfg, text).unwrap();
@@ -62,7 +66,8 @@ fn each_example_passes_check() {
         .unwrap();
     std::fs::write(secrets.path().join("gw.crt"), cert.pem()).unwrap();
     std::fs::write(secrets.path().join("gw.key"), key.serialize_pem()).unwrap();
+    let redis = support::RedisServer::start();
     for example in ["sidecar.toml", "gateway.toml", "redis.toml"] {
-        check(example, secrets.path());
+        check(example, secrets.path(), &redis.url());
     }
 }

@@ -43,20 +43,21 @@ async fn lua_script_and_memory_engine_agree_on_every_decision() {
             margin,
             Duration::from_secs(600),
         )
-        .unwrap();
+        .unwrap()
+        .with_settle(Duration::ZERO);
         let mut mem = WindowSet::new(&limits, margin);
         let t0 = Instant::now();
         let base_us: u64 = 1_700_000_000_000_000;
         let mut ms = 0u64;
-        let mut in_flight: Vec<String> = Vec::new();
+        let mut in_flight: Vec<u64> = Vec::new();
         for step in 0..80 {
             ms += rng.next(60);
             let now = t0 + Duration::from_millis(ms);
             let now_us = Some(base_us + ms * 1000);
             match rng.next(3) {
                 0 | 1 => {
-                    let member = store.member();
-                    let remote = store.reserve_at(&member, now_us).await.unwrap();
+                    let id = store.next_id();
+                    let remote = store.reserve(id, 0, now_us).await.unwrap();
                     let at = mem.next_admit(now);
                     let local = if at <= now {
                         mem.reserve(now);
@@ -69,16 +70,16 @@ async fn lua_script_and_memory_engine_agree_on_every_decision() {
                         "seed {seed} step {step} at {ms} ms, limits {limits:?}"
                     );
                     if remote == Decision::Admitted {
-                        in_flight.push(member);
+                        in_flight.push(id);
                     }
                 }
                 _ if !in_flight.is_empty() => {
                     let m = in_flight.remove(rng.next(in_flight.len() as u64) as usize);
                     if rng.next(4) == 0 {
-                        store.run("release", &m, now_us, None).await.unwrap();
+                        store.release(m, now_us).await.unwrap();
                         mem.release();
                     } else {
-                        store.land(&m, now_us).await.unwrap();
+                        store.land(m, now_us).await.unwrap();
                         mem.land(now);
                     }
                 }
@@ -86,4 +87,42 @@ async fn lua_script_and_memory_engine_agree_on_every_decision() {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn a_send_landing_after_its_reservation_expired_still_counts() {
+    let redis = RedisServer::start();
+    let limits = [Limit {
+        requests: 1,
+        per: Duration::from_secs(1),
+        name: "1s".into(),
+    }];
+    let flight = Duration::from_secs(2);
+    let store = RedisStore::new(&redis.url(), "t", "late", &limits, Duration::ZERO, flight)
+        .unwrap()
+        .with_settle(Duration::ZERO);
+    let t0: u64 = 1_700_000_000_000_000;
+    let late = store.next_id();
+    assert_eq!(
+        store.reserve(late, 0, Some(t0)).await.unwrap(),
+        Decision::Admitted
+    );
+    // Past flight + span: the reservation has aged out, and a decision prunes it.
+    let t1 = t0 + 3_500_000;
+    let other = store.next_id();
+    assert_eq!(
+        store.reserve(other, 0, Some(t1)).await.unwrap(),
+        Decision::Admitted
+    );
+    store.release(other, Some(t1)).await.unwrap();
+    // Its answer arrives now: the send counts from here.
+    store.land(late, Some(t1)).await.unwrap();
+    assert_eq!(
+        store
+            .reserve(store.next_id(), 0, Some(t1 + 500_000))
+            .await
+            .unwrap(),
+        Decision::Wait(Duration::from_millis(500)),
+        "the late landing fills the window"
+    );
 }

@@ -46,13 +46,13 @@ impl SharedStore {
             cfg.margin,
             self.flight,
         );
-        let remote = Remote {
-            store: Arc::new(store),
-            on_error: self.on_error,
-            metrics: self.metrics.clone(),
-            healthy: self.healthy.clone(),
-            replicas: self.replicas,
-        };
+        let remote = Remote::new(
+            Arc::new(store),
+            self.on_error,
+            self.metrics.clone(),
+            self.healthy.clone(),
+            self.replicas,
+        );
         // While Redis is unreachable each replica holds only its share.
         Ok(Admission::with_remote(limits, cfg, Some(remote)))
     }

@@ -22,9 +22,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
-use std::sync::atomic::Ordering;
-
-use crate::config::{AdmissionConfig, Limit, OnLimit, StoreOnError};
+use crate::config::{AdmissionConfig, Limit, OnLimit};
 use crate::metrics::Metrics;
 use crate::quota::{policy_header, WindowSet, WindowState};
 use crate::state_file::{StateError, StateFile};
@@ -229,31 +227,8 @@ impl Admission {
 
     /// Waits for a slot, or says at once why there will be none in time.
     pub async fn acquire(&self, caller: &Caller) -> Result<Permit, Refusal> {
-        // With a shared store, a call asks Redis itself only when nobody waits
-        // here; otherwise it queues behind them.
-        let mut remote_wait = None;
         if let Some(remote) = &self.inner.remote {
-            let ask = {
-                let st = self.inner.lock();
-                if st.closed {
-                    return Err(Refusal::ShuttingDown);
-                }
-                st.queue.is_empty() && st.paused_until.is_none_or(|p| p <= Instant::now())
-            };
-            if ask {
-                match remote.reserve().await {
-                    Ok(Ok(member)) => {
-                        return Ok(Permit::remote(self.inner.clone(), member, Duration::ZERO))
-                    }
-                    Ok(Err(wait)) => remote_wait = Some(Instant::now() + wait),
-                    Err(()) if remote.on_error == StoreOnError::Reject => {
-                        return Err(Refusal::StoreUnavailable)
-                    }
-                    Err(()) => {}
-                }
-            } else if remote.healthy.load(Ordering::Relaxed) {
-                remote_wait = Some(Instant::now());
-            }
+            return self.acquire_remote(remote, caller).await;
         }
         let (id, rx) = {
             let mut st = self.inner.lock();
@@ -261,8 +236,8 @@ impl Admission {
                 return Err(Refusal::ShuttingDown);
             }
             let now = Instant::now();
-            let blocked = remote_wait.unwrap_or_else(|| st.blocked_until(now));
-            if remote_wait.is_none() && blocked <= now && st.queue.is_empty() {
+            let blocked = st.blocked_until(now);
+            if blocked <= now && st.queue.is_empty() {
                 st.windows.reserve(now);
                 st.paused_until = None;
                 return Ok(Permit::new(self.inner.clone(), Duration::ZERO));
@@ -277,12 +252,7 @@ impl Admission {
                     retry_at: blocked.max(now),
                 });
             }
-            // Through Redis only the store's answer for this call is known.
-            let start = if remote_wait.is_some() {
-                blocked
-            } else {
-                st.project_for(caller, now)
-            };
+            let start = st.project_for(caller, now);
             if start.duration_since(now) > st.max_wait {
                 return Err(Refusal::QuotaExhausted { retry_at: start });
             }
@@ -292,6 +262,17 @@ impl Admission {
             self.inner.wake.notify_one();
             (id, rx)
         };
+        self.wait_in_queue(caller, id, rx).await
+    }
+
+    /// Waits for the releaser to hand this queued call its slot; leaves the
+    /// queue if the caller goes away first.
+    async fn wait_in_queue(
+        &self,
+        caller: &Caller,
+        id: u64,
+        rx: oneshot::Receiver<Result<Permit, Refusal>>,
+    ) -> Result<Permit, Refusal> {
         let guard = LeaveOnDrop {
             inner: &self.inner,
             caller: &caller.name,
@@ -374,18 +355,26 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Ends a slot: lands it (its answer arrived) or releases it (never sent),
-    /// in Redis when Redis reserved it.
-    fn finish(&self, member: Option<String>, land: bool) {
-        match (member, &self.remote) {
-            (Some(m), Some(remote)) => {
-                remote.finish(m, land);
-                if !land {
-                    self.wake.notify_one();
-                }
-            }
-            _ if land => self.land(),
-            _ => self.release(),
+    /// Ends a slot: lands it (its answer arrived) or releases it (never
+    /// sent). A slot Redis reserved is ended there too; the releaser is
+    /// woken only once Redis has a released slot back.
+    fn finish(self: &Arc<Self>, remote: Option<(u64, bool)>, land: bool) {
+        let Some((id, via_redis)) = remote else {
+            return if land { self.land() } else { self.release() };
+        };
+        let mut st = self.lock();
+        if land {
+            st.windows.land(Instant::now());
+        } else {
+            st.windows.release();
+        }
+        drop(st);
+        let Some(r) = &self.remote else { return };
+        if via_redis {
+            r.finish(id, land, self.clone());
+        } else {
+            r.store.finished_locally(id, land);
+            self.wake.notify_one();
         }
     }
 

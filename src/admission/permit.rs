@@ -11,8 +11,9 @@ use super::Inner;
 #[derive(Debug)]
 pub struct Permit {
     inner: Option<Arc<Inner>>,
-    /// The call id in Redis when the shared store reserved the slot.
-    member: Option<String>,
+    /// With a shared store: the call id, and whether Redis reserved the slot
+    /// (or this replica's own share did, while Redis was unreachable).
+    remote: Option<(u64, bool)>,
     waited: Duration,
 }
 
@@ -20,15 +21,15 @@ impl Permit {
     pub(super) fn new(inner: Arc<Inner>, waited: Duration) -> Self {
         Self {
             inner: Some(inner),
-            member: None,
+            remote: None,
             waited,
         }
     }
 
-    pub(super) fn remote(inner: Arc<Inner>, member: String, waited: Duration) -> Self {
+    pub(super) fn remote(inner: Arc<Inner>, id: u64, via_redis: bool, waited: Duration) -> Self {
         Self {
             inner: Some(inner),
-            member: Some(member),
+            remote: Some((id, via_redis)),
             waited,
         }
     }
@@ -48,21 +49,23 @@ impl Permit {
             .and_then(|p| p.write(p.file.reserve(p.key)));
         SentPermit {
             inner,
-            member: self.member.take(),
+            remote: self.remote.take(),
             seq,
         }
     }
 
     /// Forgets the permit without touching the windows (the releaser holds the lock).
-    pub(super) fn defuse(mut self) {
+    /// Returns the call id, if any, for the caller to end itself.
+    pub(super) fn defuse(mut self) -> Option<(u64, bool)> {
         self.inner = None;
+        self.remote.take()
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.take() {
-            inner.finish(self.member.take(), false);
+            inner.finish(self.remote.take(), false);
         }
     }
 }
@@ -73,7 +76,7 @@ impl Drop for Permit {
 #[derive(Debug)]
 pub struct SentPermit {
     inner: Option<Arc<Inner>>,
-    member: Option<String>,
+    remote: Option<(u64, bool)>,
     /// The send's number in the state file.
     seq: Option<u64>,
 }
@@ -85,7 +88,7 @@ impl SentPermit {
             if let (Some(p), Some(seq)) = (&inner.persist, self.seq) {
                 p.write(p.file.release(seq));
             }
-            inner.finish(self.member.take(), false);
+            inner.finish(self.remote.take(), false);
         }
     }
 
@@ -99,7 +102,7 @@ impl Drop for SentPermit {
             if let (Some(p), Some(seq)) = (&inner.persist, self.seq) {
                 p.write(p.file.land(seq));
             }
-            inner.finish(self.member.take(), true);
+            inner.finish(self.remote.take(), true);
         }
     }
 }

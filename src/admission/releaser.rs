@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::remote::Answer;
 use super::{Inner, Permit, Refusal, Remote};
 use crate::config::StoreOnError;
+use crate::store::HEARTBEAT;
 
 /// Hands slots to queued calls as they free; sleeps in between.
 pub(super) async fn release_loop(inner: Arc<Inner>) {
@@ -31,29 +33,44 @@ pub(super) async fn release_loop(inner: Arc<Inner>) {
 }
 
 /// One step of the releaser through Redis: grant the head of the queue a
-/// slot, or learn how long until one frees.
+/// slot, or learn how long until one frees. With nobody queued, it asks Redis
+/// now and then whether it lost this replica's sends (while there are any).
 async fn release_remote(inner: &Arc<Inner>, remote: &Arc<Remote>) -> Release {
-    {
+    let idle = {
         let st = inner.lock();
-        if st.queue.is_empty() {
-            return if st.closed {
-                Release::Closed
-            } else {
-                Release::Idle
-            };
+        if st.queue.is_empty() && st.closed {
+            return Release::Closed;
         }
         if let Some(p) = st.paused_until.filter(|p| *p > Instant::now()) {
-            return Release::Sleep(p);
+            if !st.queue.is_empty() {
+                return Release::Sleep(p);
+            }
         }
+        st.queue.is_empty()
+    };
+    if idle {
+        let now = Instant::now();
+        return match remote.store.watch_due(now) {
+            None => Release::Idle,
+            Some(at) if at > now => Release::Sleep(at),
+            Some(_) => {
+                remote.heartbeat().await;
+                Release::Sleep(Instant::now() + HEARTBEAT)
+            }
+        };
     }
-    match remote.reserve().await {
-        Ok(Ok(member)) => {
+    let one = remote.asking.lock().await;
+    let answer = remote.ask(0, false).await;
+    drop(one);
+    match answer {
+        Answer::Slot(id) => {
             let mut st = inner.lock();
             let now = Instant::now();
             match st.queue.pop() {
                 Some((tx, enqueued)) => {
+                    st.windows.reserve(now);
                     let permit =
-                        Permit::remote(inner.clone(), member, now.duration_since(enqueued));
+                        Permit::remote(inner.clone(), id, true, now.duration_since(enqueued));
                     if let Err(Ok(permit)) = tx.send(Ok(permit)) {
                         drop(st);
                         drop(permit);
@@ -61,13 +78,13 @@ async fn release_remote(inner: &Arc<Inner>, remote: &Arc<Remote>) -> Release {
                 }
                 None => {
                     drop(st);
-                    remote.finish(member, false);
+                    remote.finish(id, false, inner.clone());
                 }
             }
             Release::Sleep(Instant::now())
         }
-        Ok(Err(wait)) => Release::Sleep(Instant::now() + wait),
-        Err(()) if remote.on_error == StoreOnError::Reject => {
+        Answer::StartsAt(at) | Answer::Settling(at) => Release::Sleep(at),
+        Answer::Failed if remote.on_error == StoreOnError::Reject => {
             let mut st = inner.lock();
             for tx in st.queue.drain() {
                 let _ = tx.send(Err(Refusal::StoreUnavailable));
@@ -75,7 +92,7 @@ async fn release_remote(inner: &Arc<Inner>, remote: &Arc<Remote>) -> Release {
             Release::Idle
         }
         // Fall back to this replica's share until Redis answers again.
-        Err(()) => match release_ready(inner) {
+        Answer::Failed => match release_ready(inner) {
             Release::Idle => Release::Idle,
             Release::Closed => Release::Closed,
             Release::Sleep(at) => {
@@ -111,10 +128,12 @@ fn release_ready(inner: &Arc<Inner>) -> Release {
             continue;
         };
         st.windows.reserve(now);
-        let permit = Permit::new(inner.clone(), now.duration_since(enqueued));
+        let permit = inner.fallback_permit(now.duration_since(enqueued));
         if let Err(Ok(permit)) = tx.send(Ok(permit)) {
             // The caller left between the queue and the grant: nothing was sent.
-            permit.defuse();
+            if let (Some((id, _)), Some(r)) = (permit.defuse(), &inner.remote) {
+                r.store.finished_locally(id, false);
+            }
             st.windows.release();
         }
     }

@@ -1,11 +1,20 @@
 //! Admission through the shared Redis store, and what to do when it does not
 //! answer: count the error, mark the store unhealthy, fall back or refuse.
+//!
+//! One decision at a time per key on this replica (`asking`): a call learns
+//! how many of this replica's calls wait before it, then Redis says when a
+//! call that many places back can start, pause included; that projection is
+//! what `max_wait` and `Retry-After` use.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Limit, StoreOnError};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::{Admission, Caller, Inner, Permit, Refusal};
+use crate::config::{Limit, OnLimit, StoreOnError};
 use crate::metrics::Metrics;
 use crate::store::{Decision, RedisStore, StoreError};
 
@@ -17,26 +26,101 @@ pub struct Remote {
     pub metrics: Metrics,
     pub healthy: Arc<AtomicBool>,
     pub replicas: u32,
+    /// Held while this replica asks Redis about this key.
+    pub(super) asking: tokio::sync::Mutex<()>,
+}
+
+/// What Redis said about a call: a slot (its id), a start later, or nothing.
+pub(super) enum Answer {
+    Slot(u64),
+    StartsAt(Instant),
+    /// Redis is settling after it lost the key: ask again then.
+    Settling(Instant),
+    Failed,
+}
+
+impl Answer {
+    fn after(wait: Duration) -> Self {
+        // Measured from the answer: later than Redis' own now, never earlier.
+        Answer::StartsAt(Instant::now() + wait)
+    }
 }
 
 impl Remote {
-    /// Reserves a slot in Redis: `Ok(Ok(member))`, `Ok(Err(wait))`, or
-    /// `Err(())` when Redis failed (counted and logged).
-    pub(super) async fn reserve(&self) -> Result<Result<String, Duration>, ()> {
-        let member = self.store.member();
-        match self.store.reserve(&member).await {
-            Ok(Decision::Admitted) => {
+    pub fn new(
+        store: Arc<RedisStore>,
+        on_error: StoreOnError,
+        metrics: Metrics,
+        healthy: Arc<AtomicBool>,
+        replicas: u32,
+    ) -> Self {
+        Self {
+            store,
+            on_error,
+            metrics,
+            healthy,
+            replicas,
+            asking: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Reserves a slot when `ahead` is 0 and nothing holds this replica
+    /// (`project` false); otherwise learns when the call could start.
+    pub(super) async fn ask(&self, ahead: usize, project: bool) -> Answer {
+        let id = self.store.next_id();
+        let r = if project {
+            self.store.project(ahead).await
+        } else {
+            self.store.reserve(id, ahead, None).await
+        };
+        let r = r.map(|d| match d {
+            Decision::Admitted => Answer::Slot(id),
+            Decision::Wait(w) => Answer::after(w),
+            Decision::Settling(w) => Answer::Settling(Instant::now() + w),
+        });
+        match r {
+            Ok(a) => {
                 self.up();
-                Ok(Ok(member))
-            }
-            Ok(Decision::Wait(d)) => {
-                self.up();
-                Ok(Err(d))
+                a
             }
             Err(e) => {
                 self.failed("decide", &e);
-                Err(())
+                Answer::Failed
             }
+        }
+    }
+
+    /// Lands or releases a slot Redis reserved, in the background (from
+    /// `Drop`); after a release, wakes the releaser once Redis has it back.
+    pub(super) fn finish(self: &Arc<Self>, id: u64, land: bool, wake: Arc<Inner>) {
+        // A permit may be dropped while the runtime shuts down: then there is
+        // nobody left to tell, and Redis expires the reservation by itself.
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let me = self.clone();
+        rt.spawn(async move {
+            let r = if land {
+                me.store.land(id, None).await
+            } else {
+                me.store.release(id, None).await
+            };
+            if let Err(e) = r {
+                me.failed(if land { "land" } else { "release" }, &e);
+            }
+            if !land {
+                wake.wake.notify_one();
+            }
+        });
+    }
+
+    /// Asks Redis whether it still holds this replica's sends (writing them
+    /// back if not); the releaser calls it while the key has recent sends.
+    pub(super) async fn heartbeat(&self) {
+        let _one = self.asking.lock().await;
+        match self.store.check().await {
+            Ok(_) => self.up(),
+            Err(e) => self.failed("check", &e),
         }
     }
 
@@ -66,24 +150,89 @@ impl Remote {
             tracing::warn!(error = %e, on_error = ?self.on_error, "quota store unreachable");
         }
     }
+}
 
-    /// Lands or releases a remote slot in the background (from `Drop`).
-    pub(super) fn finish(self: &Arc<Self>, member: String, land: bool) {
-        // A permit may be dropped while the runtime shuts down: then there is
-        // nobody left to tell, and Redis expires the reservation by itself.
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let me = self.clone();
-        rt.spawn(async move {
-            let r = if land {
-                me.store.land(&member, None).await
-            } else {
-                me.store.release(&member).await
-            };
-            if let Err(e) = r {
-                me.failed(if land { "land" } else { "release" }, &e);
+impl Admission {
+    /// [`Admission::acquire`] when replicas share the quota through Redis.
+    pub(super) async fn acquire_remote(
+        &self,
+        remote: &Arc<Remote>,
+        caller: &Caller,
+    ) -> Result<Permit, Refusal> {
+        let one = remote.asking.lock().await;
+        let (ahead, paused) = {
+            let st = self.inner.lock();
+            if st.closed {
+                return Err(Refusal::ShuttingDown);
             }
-        });
+            let now = Instant::now();
+            (
+                st.queue.ahead_of(&caller.name, caller.weight),
+                st.paused_until.filter(|p| *p > now),
+            )
+        };
+        let mut answer = remote.ask(ahead, paused.is_some()).await;
+        for _ in 0..3 {
+            let Answer::Settling(at) = answer else { break };
+            tokio::time::sleep_until(at).await;
+            answer = remote.ask(ahead, paused.is_some()).await;
+        }
+        let (id, rx) = {
+            let mut st = self.inner.lock();
+            let now = Instant::now();
+            let start = match answer {
+                Answer::Slot(id) => {
+                    // Own sends count in this replica's fallback share too.
+                    st.windows.reserve(now);
+                    drop(st);
+                    // The releaser starts watching for a Redis that loses this send.
+                    self.inner.wake.notify_one();
+                    return Ok(Permit::remote(self.inner.clone(), id, true, Duration::ZERO));
+                }
+                Answer::Failed if remote.on_error == StoreOnError::Reject => {
+                    return Err(Refusal::StoreUnavailable)
+                }
+                Answer::Failed => {
+                    let blocked = st.blocked_until(now);
+                    if blocked <= now && st.queue.is_empty() {
+                        st.windows.reserve(now);
+                        st.paused_until = None;
+                        return Ok(self.inner.fallback_permit(Duration::ZERO));
+                    }
+                    st.project_for(caller, now)
+                }
+                Answer::StartsAt(at) | Answer::Settling(at) => at.max(paused.unwrap_or(now)),
+            };
+            if st.on_limit == OnLimit::Reject {
+                return Err(Refusal::QuotaExhausted { retry_at: start });
+            }
+            if st.queue.all_waiting() >= st.max_queue {
+                return Err(Refusal::QueueFull { retry_at: start });
+            }
+            if start.saturating_duration_since(now) > st.max_wait {
+                return Err(Refusal::QuotaExhausted { retry_at: start });
+            }
+            let (tx, rx) = oneshot::channel();
+            (st.queue.push(&caller.name, caller.weight, now, tx), rx)
+        };
+        // Queued before the next caller asks, so it counts this call ahead.
+        drop(one);
+        self.inner.wake.notify_one();
+        self.wait_in_queue(caller, id, rx).await
+    }
+}
+
+impl Inner {
+    /// A send on this replica's own share while Redis is unreachable: it gets
+    /// an id so it can be written back once Redis answers again.
+    pub(super) fn fallback_permit(self: &Arc<Self>, waited: Duration) -> Permit {
+        match &self.remote {
+            Some(r) => {
+                let id = r.store.next_id();
+                r.store.sent_locally(id);
+                Permit::remote(self.clone(), id, false, waited)
+            }
+            None => Permit::new(self.clone(), waited),
+        }
     }
 }

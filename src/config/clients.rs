@@ -95,6 +95,7 @@ impl Validator<'_> {
                     ("key_prefix", raw.key_prefix.is_some()),
                     ("on_error", raw.on_error.is_some()),
                     ("replicas", raw.replicas.is_some()),
+                    ("ca_file", raw.ca_file.is_some()),
                 ];
                 if let Some((k, _)) = set.iter().find(|(_, s)| *s) {
                     return Err(
@@ -118,8 +119,23 @@ impl Validator<'_> {
                 let url = raw
                     .url
                     .ok_or_else(|| self.invalid("store.url", "needed with kind = \"redis\""))?;
-                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                    return Err(self.invalid("store.url", "must start with redis:// or rediss://"));
+                let schemes = [
+                    "redis://",
+                    "rediss://",
+                    "redis+cluster://",
+                    "rediss+cluster://",
+                ];
+                if !schemes.iter().any(|s| url.starts_with(s)) {
+                    return Err(self.invalid(
+                        "store.url",
+                        "must start with redis://, rediss://, redis+cluster:// or rediss+cluster://",
+                    ));
+                }
+                if raw.ca_file.is_some() && !url.starts_with("rediss") {
+                    return Err(self.invalid(
+                        "store.ca_file",
+                        "only used with rediss:// or rediss+cluster:// (TLS)",
+                    ));
                 }
                 let on_error = match raw.on_error.as_deref().unwrap_or("local") {
                     "local" => StoreOnError::Local,
@@ -140,6 +156,7 @@ impl Validator<'_> {
                     key_prefix: raw.key_prefix.unwrap_or_else(|| "dastra-proxy".to_owned()),
                     on_error,
                     replicas,
+                    ca_file: raw.ca_file.map(|p| self.relative(&p)),
                 })
             }
             o => Err(self.invalid("store.kind", format!("`{o}`: use \"memory\" or \"redis\""))),

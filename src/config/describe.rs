@@ -17,10 +17,18 @@ fn nets(v: &[ipnet::IpNet]) -> String {
     format!("[{}]", items.join(", "))
 }
 
-/// Hides a password in `redis://user:pass@host` URLs.
+/// Hides a password in `redis://user:pass@host` URLs; the ACL user stays.
 fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}<redacted>@{}", &url[..s + 3], &url[at + 1..]),
+        (Some(s), Some(at)) if at > s => {
+            let user = url[s + 3..at].split_once(':').map_or("", |(u, _)| u);
+            let user = if user.is_empty() {
+                String::new()
+            } else {
+                format!("{user}:")
+            };
+            format!("{}{user}<redacted>@{}", &url[..s + 3], &url[at + 1..])
+        }
         _ => url.to_owned(),
     }
 }
@@ -153,6 +161,7 @@ pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             key_prefix,
             on_error,
             replicas,
+            ca_file,
         } => {
             let on_error = match on_error {
                 StoreOnError::Local => "local",
@@ -162,7 +171,10 @@ pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 o,
                 "\n[store]\nkind = \"redis\"\nurl = \"{}\"\nkey_prefix = \"{key_prefix}\"\non_error = \"{on_error}\"\nreplicas = {replicas}",
                 redact_url(url)
-            )?
+            )?;
+            if let Some(ca) = ca_file {
+                writeln!(o, "ca_file = \"{}\"", ca.display())?;
+            }
         }
     }
     let format = match c.log.format {
@@ -183,7 +195,11 @@ mod tests {
     fn redis_password_is_hidden() {
         assert_eq!(
             super::redact_url("redis://u:pw@h:6379/0"),
-            "redis://<redacted>@h:6379/0"
+            "redis://u:<redacted>@h:6379/0"
+        );
+        assert_eq!(
+            super::redact_url("rediss+cluster://:pw@h1:1,h2:2"),
+            "rediss+cluster://<redacted>@h1:1,h2:2"
         );
         assert_eq!(super::redact_url("redis://h:6379"), "redis://h:6379");
     }

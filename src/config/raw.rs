@@ -132,6 +132,7 @@ pub(crate) struct RawStore {
     pub(crate) on_error: Option<String>,
     pub(crate) replicas: Option<i64>,
     pub(crate) state_file: Option<String>,
+    pub(crate) ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -202,6 +202,8 @@ pub enum StoreConfig {
         key_prefix: String,
         on_error: StoreOnError,
         replicas: u32,
+        /// PEM roots a `rediss` server is checked against, instead of the web PKI's.
+        ca_file: Option<PathBuf>,
     },
 }
 

@@ -2,15 +2,24 @@
 //! kept in Redis so that several replicas hold one quota together.
 //!
 //! Every decision is one atomic Lua script (all windows checked and recorded
-//! together, or none) on Redis' own clock. A refusal carries how long until a
-//! slot frees, so a replica sleeps instead of polling. Queueing stays local to
-//! each replica; only admission is global.
+//! together, or none) on Redis' own clock, over one sorted set of sends per
+//! quota key. A refusal carries how long until a slot frees, so a replica
+//! sleeps instead of polling. Queueing stays local to each replica; only
+//! admission is global. Each replica keeps its own sends ([`sends`]) and
+//! writes them back when Redis lost them (a new epoch) or missed them (an
+//! outage), before it decides through Redis again.
+
+mod link;
+mod script;
+mod sends;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
+pub use link::RedisLink;
+use script::{random, Ask};
+use sends::Sends;
 use tokio::time::Instant;
 
 use crate::config::Limit;
@@ -21,123 +30,76 @@ use crate::quota::WindowState;
 pub enum Decision {
     /// A slot is reserved for this call id.
     Admitted,
-    /// No slot: one frees after this long.
+    /// No slot: one frees after this long (for the call `ahead` places back).
     Wait(Duration),
+    /// Redis lost this key moments ago and every replica is writing its
+    /// sends back: ask again after this long (not a quota refusal).
+    Settling(Duration),
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("redis: {0}")]
     Redis(String),
+    /// A setting to fix, not an outage: wrong password, TLS, a bad URL.
+    #[error("redis: {0}")]
+    Config(String),
     #[error("redis did not answer within {} ms", .0.as_millis())]
     Timeout(Duration),
     #[error("redis is unreachable; next attempt in {} ms", .0.as_millis())]
     Backoff(Duration),
 }
 
-/// The one (multiplexed) connection to Redis that every quota key's store
-/// shares, so passthrough's many credentials do not each open their own.
-#[derive(Debug)]
-pub struct RedisLink {
-    client: redis::Client,
-    conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
-    retry_at: Mutex<Option<Instant>>,
-    op_timeout: Duration,
-}
+/// After Redis lost a key, how long nobody is admitted so that every replica
+/// writes its sends back first: more than a heartbeat plus an operation.
+pub const SETTLE: Duration = Duration::from_millis(600);
+/// How often a replica with sends in a window asks whether Redis lost them.
+pub const HEARTBEAT: Duration = Duration::from_millis(200);
 
-impl RedisLink {
-    /// Does not connect yet: a replica starts (and falls back) while Redis is down.
-    pub fn new(url: &str) -> Result<Arc<Self>, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError::Redis(e.to_string()))?;
-        Ok(Arc::new(Self {
-            client,
-            conn: tokio::sync::Mutex::new(None),
-            retry_at: Mutex::new(None),
-            op_timeout: Duration::from_millis(500),
-        }))
-    }
-
-    async fn connection(&self) -> Result<MultiplexedConnection, StoreError> {
-        let mut slot = self.conn.lock().await;
-        if let Some(c) = slot.as_ref() {
-            return Ok(c.clone());
-        }
-        let now = Instant::now();
-        if let Some(at) = *self.retry_at.lock().unwrap_or_else(|e| e.into_inner()) {
-            if now < at {
-                return Err(StoreError::Backoff(at - now));
-            }
-        }
-        match tokio::time::timeout(
-            self.op_timeout,
-            self.client.get_multiplexed_async_connection(),
-        )
-        .await
-        {
-            Ok(Ok(c)) => {
-                *slot = Some(c.clone());
-                Ok(c)
-            }
-            Ok(Err(e)) => {
-                *self.retry_at.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(now + RECONNECT_BACKOFF);
-                Err(StoreError::Redis(e.to_string()))
-            }
-            Err(_) => {
-                *self.retry_at.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(now + RECONNECT_BACKOFF);
-                Err(StoreError::Timeout(self.op_timeout))
-            }
-        }
-    }
-
-    /// Forgets a connection that failed; the next call reconnects.
-    async fn reset(&self) {
-        *self.conn.lock().await = None;
-    }
-}
-
-/// One quota key's windows in Redis.
+/// One quota key's windows in Redis, as this replica uses them.
 #[derive(Debug)]
 pub struct RedisStore {
     link: Arc<RedisLink>,
     script: redis::Script,
-    tag: String,
-    layout: Mutex<Arc<Layout>>,
-    flight_us: u64,
-    op_timeout: Duration,
+    keys: [String; 4],
+    windows: Mutex<Arc<Windows>>,
+    flight: Duration,
     next_id: AtomicU64,
     id_prefix: u64,
-    /// The windows as the last decision saw them: (when, [used, frees_us]*).
+    /// The epoch of the key this replica's sends are in Redis under.
+    epoch: Mutex<String>,
+    sends: Mutex<Sends>,
+    /// The windows as the latest reply showed them: (when, [used, frees_us]*, pause_us).
     last: Mutex<Option<(Instant, Vec<i64>)>>,
+    /// When this replica last heard from Redis about this key.
+    heard: Mutex<Option<Instant>>,
+    settle: Duration,
 }
 
-/// The windows as Redis sees them: keys by position, so a reload that changes
-/// a window's N or W keeps the sends its set already holds.
 #[derive(Debug)]
-struct Layout {
-    keys: Vec<String>,
-    windows: Vec<(u32, u64)>,
+struct Windows {
     limits: Vec<Limit>,
+    /// (N, span in µs) per window, span including the margin.
+    args: Vec<(u32, u64)>,
+    longest: Duration,
 }
 
-impl Layout {
-    fn new(tag: &str, limits: &[Limit], margin: Duration) -> Self {
-        let mut keys: Vec<String> = (0..limits.len()).map(|i| format!("{tag}:w{i}")).collect();
-        keys.push(format!("{tag}:pause"));
+impl Windows {
+    fn new(limits: &[Limit], margin: Duration) -> Self {
         Self {
-            keys,
             limits: limits.to_vec(),
-            windows: limits
+            args: limits
                 .iter()
                 .map(|l| (l.requests, (l.per + margin).as_micros() as u64))
                 .collect(),
+            longest: limits
+                .iter()
+                .map(|l| l.per + margin)
+                .max()
+                .unwrap_or_default(),
         }
     }
 }
-
-/// How long a reconnect waits after a failed one.
-const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
 
 impl RedisStore {
     /// Does not connect yet: a replica starts (and falls back) while Redis is down.
@@ -149,7 +111,7 @@ impl RedisStore {
         margin: Duration,
         flight: Duration,
     ) -> Result<Self, StoreError> {
-        let link = RedisLink::new(url)?;
+        let link = RedisLink::new(url, None)?;
         Ok(Self::with_link(
             link, key_prefix, quota_key, limits, margin, flight,
         ))
@@ -164,56 +126,56 @@ impl RedisStore {
         margin: Duration,
         flight: Duration,
     ) -> Self {
-        // One hash tag for all of a key's sets, so Redis Cluster keeps them on one slot.
+        // One hash tag for all of a key's keys, so Redis Cluster keeps them on one slot.
         let tag = format!("{{{key_prefix}:{quota_key}}}");
-        let mut prefix = [0u8; 8];
-        let _ = getrandom::fill(&mut prefix);
         Self {
             link,
             script: redis::Script::new(include_str!("window.lua")),
-            layout: Mutex::new(Arc::new(Layout::new(&tag, limits, margin))),
-            tag,
-            flight_us: flight.as_micros() as u64,
-            op_timeout: Duration::from_millis(500),
+            keys: ["sends", "pause", "epoch", "settle"].map(|k| format!("{tag}:{k}")),
+            windows: Mutex::new(Arc::new(Windows::new(limits, margin))),
+            flight,
             next_id: AtomicU64::new(0),
-            id_prefix: u64::from_le_bytes(prefix),
+            id_prefix: random() as u64,
+            epoch: Mutex::new(String::new()),
+            sends: Mutex::new(Sends::default()),
             last: Mutex::new(None),
+            heard: Mutex::new(None),
+            settle: SETTLE,
         }
     }
 
-    /// Applies reloaded limits; the sets keep what they hold.
+    /// Another settle after a new epoch than [`SETTLE`] (tests: zero, with
+    /// one replica and Redis' clock overridden).
+    pub fn with_settle(mut self, settle: Duration) -> Self {
+        self.settle = settle;
+        self
+    }
+
+    /// Applies reloaded limits; the set keeps what it holds.
     pub fn reconfigure(&self, limits: &[Limit], margin: Duration) {
-        *self.layout.lock().unwrap_or_else(|e| e.into_inner()) =
-            Arc::new(Layout::new(&self.tag, limits, margin));
+        *lock(&self.windows) = Arc::new(Windows::new(limits, margin));
     }
 
-    /// A call id unique across replicas.
-    pub fn member(&self) -> String {
-        format!(
-            "{:016x}{:x}",
-            self.id_prefix,
-            self.next_id.fetch_add(1, Ordering::Relaxed)
-        )
+    /// A new call id, unique across replicas.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The `RateLimit` field from the last decision, aged to `now`; `None`
-    /// before the first one.
+    /// The call id as Redis stores it.
+    pub fn member(&self, id: u64) -> String {
+        format!("{:016x}{:x}", self.id_prefix, id)
+    }
+
+    /// The `RateLimit` field from the latest reply about this key, aged to
+    /// `now`; `None` before the first one.
     pub fn ratelimit_value(&self, now: Instant) -> Option<String> {
-        let last = self
-            .last
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()?;
-        let layout = self
-            .layout
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let elapsed = now.saturating_duration_since(last.0).as_micros() as i64;
+        let (at, v) = lock(&self.last).clone()?;
+        let windows = lock(&self.windows).clone();
+        let elapsed = now.saturating_duration_since(at).as_micros() as i64;
         let mut out = String::new();
-        for (i, l) in layout.limits.iter().enumerate() {
-            let used = last.1.get(2 * i).copied().unwrap_or(0).max(0) as u32;
-            let frees = (last.1.get(2 * i + 1).copied().unwrap_or(0) - elapsed).max(0) as u64;
+        for (i, l) in windows.limits.iter().enumerate() {
+            let used = v.get(2 * i).copied().unwrap_or(0).max(0) as u32;
+            let frees = (v.get(2 * i + 1).copied().unwrap_or(0) - elapsed).max(0) as u64;
             let remaining = l.requests.saturating_sub(used);
             crate::quota::push_ratelimit_item(
                 &mut out,
@@ -227,13 +189,9 @@ impl RedisStore {
 
     /// The shared windows as they stand now, for `/quota` and the gauges.
     pub async fn peek(&self) -> Result<Vec<WindowState>, StoreError> {
-        let v = self.run_raw("peek", "", None, None).await?;
-        let layout = self
-            .layout
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        Ok(layout
+        let v = self.run(Ask::new("peek", "", None)).await?;
+        let windows = lock(&self.windows).clone();
+        Ok(windows
             .limits
             .iter()
             .enumerate()
@@ -241,112 +199,180 @@ impl RedisStore {
                 name: l.name.clone(),
                 limit: l.requests,
                 period: l.per,
-                used: v.get(2 * i).copied().unwrap_or(0).max(0) as u32,
+                used: v.get(2 + 2 * i).copied().unwrap_or(0).max(0) as u32,
                 frees_in: Duration::from_micros(
-                    v.get(2 * i + 1).copied().unwrap_or(0).max(0) as u64
+                    v.get(3 + 2 * i).copied().unwrap_or(0).max(0) as u64
                 ),
             })
             .collect())
     }
 
-    /// Runs the script; `now_us` overrides Redis TIME (tests only).
-    pub async fn run(
+    /// Reserves a slot for call `id` with `ahead` calls queued before it on
+    /// this replica (then nothing is reserved: the answer is when this call
+    /// could start). `now_us` overrides Redis TIME (tests only).
+    pub async fn reserve(
         &self,
-        op: &str,
-        member: &str,
-        now_us: Option<u64>,
-        extra: Option<u64>,
-    ) -> Result<(i64, i64), StoreError> {
-        let v = self.run_raw(op, member, now_us, extra).await?;
-        Ok((
-            v.first().copied().unwrap_or(0),
-            v.get(1).copied().unwrap_or(0),
-        ))
-    }
-
-    async fn run_raw(
-        &self,
-        op: &str,
-        member: &str,
-        now_us: Option<u64>,
-        extra: Option<u64>,
-    ) -> Result<Vec<i64>, StoreError> {
-        let mut conn = self.link.connection().await?;
-        let layout = self
-            .layout
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let mut inv = self.script.prepare_invoke();
-        for k in &layout.keys {
-            inv.key(k);
-        }
-        inv.arg(op)
-            .arg(member)
-            .arg(self.flight_us)
-            .arg(now_us.map(|n| n.to_string()).unwrap_or_default());
-        match extra {
-            Some(x) => {
-                inv.arg(x);
-            }
-            None => {
-                for (limit, span) in &layout.windows {
-                    inv.arg(*limit).arg(*span);
-                }
-            }
-        }
-        let result =
-            tokio::time::timeout(self.op_timeout, inv.invoke_async::<Vec<i64>>(&mut conn)).await;
-        match result {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => {
-                if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
-                    self.link.reset().await;
-                }
-                Err(StoreError::Redis(e.to_string()))
-            }
-            Err(_) => {
-                self.link.reset().await;
-                Err(StoreError::Timeout(self.op_timeout))
-            }
-        }
-    }
-
-    pub async fn reserve(&self, member: &str) -> Result<Decision, StoreError> {
-        self.reserve_at(member, None).await
-    }
-
-    pub async fn reserve_at(
-        &self,
-        member: &str,
+        id: u64,
+        ahead: usize,
         now_us: Option<u64>,
     ) -> Result<Decision, StoreError> {
-        let v = self.run_raw("reserve", member, now_us, None).await?;
-        let (ok, wait) = (
-            v.first().copied().unwrap_or(0),
-            v.get(1).copied().unwrap_or(0),
-        );
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((Instant::now(), v.into_iter().skip(2).collect()));
-        Ok(if ok == 1 {
-            Decision::Admitted
-        } else {
-            Decision::Wait(Duration::from_micros(wait.max(1) as u64))
+        self.decide("reserve", id, ahead, now_us).await
+    }
+
+    /// When the call `ahead` places back could start, reserving nothing
+    /// (this replica is paused, or others wait before it).
+    pub async fn project(&self, ahead: usize) -> Result<Decision, StoreError> {
+        self.decide("project", 0, ahead, None).await
+    }
+
+    async fn decide(
+        &self,
+        op: &'static str,
+        id: u64,
+        ahead: usize,
+        now_us: Option<u64>,
+    ) -> Result<Decision, StoreError> {
+        let member = self.member(id);
+        let v = self
+            .current(Ask {
+                ahead,
+                ..Ask::new(op, &member, now_us)
+            })
+            .await?;
+        let wait = Duration::from_micros(v[1].max(1) as u64);
+        Ok(match v[0] {
+            1 => {
+                let w = lock(&self.windows).clone();
+                lock(&self.sends).sent(id, Instant::now(), w.longest, self.flight);
+                Decision::Admitted
+            }
+            2 => Decision::Settling(wait),
+            _ => Decision::Wait(wait),
         })
     }
 
-    pub async fn land(&self, member: &str, now_us: Option<u64>) -> Result<(), StoreError> {
-        self.run("land", member, now_us, None).await.map(drop)
+    /// Asks whether Redis still holds this replica's sends, writing them back
+    /// if not; cheap when nothing changed. Returns the pause left.
+    pub async fn check(&self) -> Result<Duration, StoreError> {
+        let v = self.current(Ask::new("check", "", None)).await?;
+        Ok(Duration::from_micros(
+            v.last().copied().unwrap_or(0).max(0) as u64
+        ))
     }
 
-    pub async fn release(&self, member: &str) -> Result<(), StoreError> {
-        self.run("release", member, None, None).await.map(drop)
+    /// Runs `ask` after writing back what Redis is missing: on a new epoch,
+    /// or after sends it did not see (an outage), then once more.
+    async fn current(&self, ask: Ask<'_>) -> Result<Vec<i64>, StoreError> {
+        if lock(&self.sends).dirty {
+            self.write_back().await?;
+        }
+        let v = self.run(ask.clone()).await?;
+        if v[0] != -1 {
+            return Ok(v);
+        }
+        let epoch = v[1].to_string();
+        tracing::info!(key = %self.keys[0], "redis lost this quota key's sends; writing this replica's back");
+        self.write_back().await?;
+        *lock(&self.epoch) = epoch;
+        let v = self.run(ask).await?;
+        if v[0] == -1 {
+            // Lost again in between: the next call starts over.
+            return Err(StoreError::Redis(
+                "the quota key's epoch changed twice".into(),
+            ));
+        }
+        Ok(v)
+    }
+
+    async fn write_back(&self) -> Result<(), StoreError> {
+        let w = lock(&self.windows).clone();
+        let offsets = lock(&self.sends).offsets(Instant::now(), w.longest, self.flight);
+        let mut extra = Vec::with_capacity(offsets.len() * 2);
+        for (id, off) in offsets {
+            extra.push(self.member(id));
+            extra.push(off.to_string());
+        }
+        self.run(Ask {
+            extra,
+            ..Ask::new("restore", "", None)
+        })
+        .await?;
+        lock(&self.sends).dirty = false;
+        Ok(())
+    }
+
+    /// The answer of call `id` arrived: it ages from now.
+    pub async fn land(&self, id: u64, now_us: Option<u64>) -> Result<(), StoreError> {
+        lock(&self.sends).landed(id, Instant::now());
+        let r = self
+            .run(Ask::new("land", &self.member(id), now_us))
+            .await
+            .map(drop);
+        self.missed(r)
+    }
+
+    /// Call `id` never reached Dastra: its slot is free again.
+    pub async fn release(&self, id: u64, now_us: Option<u64>) -> Result<(), StoreError> {
+        lock(&self.sends).released(id);
+        // A release Redis missed only over-counts until the reservation expires.
+        self.run(Ask::new("release", &self.member(id), now_us))
+            .await
+            .map(drop)
+    }
+
+    /// A send this replica made on its own share while Redis was unreachable.
+    pub fn sent_locally(&self, id: u64) {
+        let w = lock(&self.windows).clone();
+        let mut s = lock(&self.sends);
+        s.sent(id, Instant::now(), w.longest, self.flight);
+        s.dirty = true;
+    }
+
+    /// A send made while Redis was unreachable landed or was given back.
+    pub fn finished_locally(&self, id: u64, land: bool) {
+        let mut s = lock(&self.sends);
+        if land {
+            s.landed(id, Instant::now());
+        } else {
+            s.released(id);
+        }
     }
 
     /// Holds every replica's sends for `d` (an upstream 429).
     pub async fn pause(&self, d: Duration) -> Result<(), StoreError> {
-        self.run("pause", "", None, Some(d.as_millis().max(1) as u64))
-            .await
-            .map(drop)
+        let ms = d.as_millis().max(1).to_string();
+        self.run(Ask {
+            extra: vec![ms],
+            ..Ask::new("pause", "", None)
+        })
+        .await
+        .map(drop)
     }
+
+    /// Whether this replica has sends that may still count, which Redis
+    /// should be asked about now and then (see [`HEARTBEAT`]).
+    pub fn watch_due(&self, now: Instant) -> Option<Instant> {
+        let w = lock(&self.windows).clone();
+        if !lock(&self.sends).any_recent(now, w.longest, self.flight) {
+            return None;
+        }
+        Some(lock(&self.heard).map_or(now, |h| h + HEARTBEAT))
+    }
+
+    /// This replica's sends in the log (tests, `/quota`).
+    pub fn own_sends(&self) -> usize {
+        lock(&self.sends).len()
+    }
+
+    fn missed<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        if r.is_err() {
+            lock(&self.sends).dirty = true;
+        }
+        r
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain data behind the lock: still usable after a panic elsewhere.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

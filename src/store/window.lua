@@ -1,75 +1,124 @@
 -- The sliding-window log of one quota key, shared by every replica.
--- KEYS[1..n]: one sorted set per window (member = call id, score = µs it ages
--- from); KEYS[n+1]: the upstream-429 pause. Redis TIME is the clock, so the
--- replicas' own clocks do not matter. ARGV: op, member, flight_us, now_us
--- (empty: Redis TIME; set only by tests), then per window: limit, span_us.
+-- KEYS: [1] the key's sends (sorted set: member = call id, score = µs it ages
+-- from), [2] the upstream-429 pause, [3] the epoch, [4] the settle after a new
+-- epoch. One set for all windows, each window counted over its own span, so the
+-- layout does not depend on the order or number of [[limits]].
+-- Redis TIME is the clock, so the replicas' own clocks do not matter.
+-- ARGV: [1] op, [2] member, [3] flight_us, [4] now_us ('' = Redis TIME; tests
+-- only), [5] the epoch the replica knows, [6] a new epoch should none exist,
+-- [7] settle_us, [8] ahead (calls queued before this one on this replica),
+-- [9] n windows, then n pairs limit, span_us, then the op's own arguments.
 -- A reservation is scored now + flight_us (a crashed replica's reservations
 -- still expire); `land` moves it to the moment its answer arrived.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 if ARGV[4] ~= '' then now = tonumber(ARGV[4]) end
-local n = #KEYS - 1
-local op = ARGV[1]
-local member = ARGV[2]
-if op == 'land' then
-  for i = 1, n do redis.call('ZADD', KEYS[i], 'XX', now, member) end
-  return {1, now}
-elseif op == 'release' then
-  for i = 1, n do redis.call('ZREM', KEYS[i], member) end
-  return {1, now}
-elseif op == 'pause' then
-  local ms = tonumber(ARGV[5])
-  if redis.call('PTTL', KEYS[n + 1]) < ms then redis.call('SET', KEYS[n + 1], '1', 'PX', ms) end
-  return {1, now}
+local sends, pause, epoch, settle = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local op, member = ARGV[1], ARGV[2]
+local flight = tonumber(ARGV[3])
+local n = tonumber(ARGV[9])
+local limit, span, longest = {}, {}, 0
+for i = 1, n do
+  limit[i] = tonumber(ARGV[8 + 2 * i])
+  span[i] = tonumber(ARGV[9 + 2 * i])
+  if span[i] > longest then longest = span[i] end
 end
-if op == 'peek' then
-  -- Per window: sends counted now, and µs until the oldest leaves.
-  local out = {}
-  for i = 1, n do
-    local span = tonumber(ARGV[4 + 2 * i])
-    -- Scores are whole µs: "after now - span" is "from now - span + 1". Numbers
-    -- go to redis.call exactly; `..` would round them to 14 digits.
-    local used = redis.call('ZCOUNT', KEYS[i], now - span + 1, '+inf')
-    local oldest = redis.call('ZRANGEBYSCORE', KEYS[i], now - span + 1, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-    local frees = 0
-    if oldest[2] then frees = math.max(0, math.min(tonumber(oldest[2]), now) + span - now) end
-    out[2 * i - 1] = used
-    out[2 * i] = frees
+local extra = 10 + 2 * n
+-- The set outlives its newest send by the longest span; the epoch by a day,
+-- so an idle key does not pay the settle again and again.
+local keep_ms = math.ceil((longest + flight) / 1000) + 1000
+local epoch_ms = keep_ms + 86400000
+
+-- The i-th window's sends counted now, and µs until the one that must leave
+-- for `need` more sends to fit has left (0: they fit now). Scores are whole µs:
+-- "after now - span" is "from now - span + 1". Numbers go to redis.call
+-- exactly; `..` would round them to 14 digits.
+local function window(i, need)
+  local from = now - span[i] + 1
+  local used = redis.call('ZCOUNT', sends, from, '+inf')
+  local over = used + need - limit[i]
+  if over <= 0 then return used, 0 end
+  -- Calls past what the window holds now wait whole spans more: the
+  -- (over - 1)-th entry frees once, then the slots it frees are retaken.
+  local rounds = 0
+  while over > used do
+    over = over - limit[i]
+    rounds = rounds + 1
   end
-  return out
+  if over <= 0 then return used, rounds * span[i] end
+  local e = redis.call('ZRANGEBYSCORE', sends, from, '+inf', 'WITHSCORES', 'LIMIT', over - 1, 1)
+  -- Every such slot still in flight: none frees before it lands and ages out.
+  local s = math.min(tonumber(e[2]), now)
+  return used, s + span[i] - now + rounds * span[i]
 end
--- Appends each window's count and µs until its oldest send leaves, so the
--- replica can write the RateLimit fields without asking again.
-local function with_state(out)
+
+-- Each window's count and µs until its oldest send leaves, then the pause
+-- left: what the replica writes into RateLimit fields and /quota.
+local function state(out)
   for i = 1, n do
-    local span = tonumber(ARGV[4 + 2 * i])
+    local from = now - span[i] + 1
+    local used = redis.call('ZCOUNT', sends, from, '+inf')
     local frees = 0
-    local o = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')[2]
-    if o then frees = math.min(tonumber(o), now) + span - now end
-    out[#out + 1] = redis.call('ZCARD', KEYS[i])
+    if used > 0 then
+      local e = redis.call('ZRANGEBYSCORE', sends, from, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+      frees = math.min(tonumber(e[2]), now) + span[i] - now
+    end
+    out[#out + 1] = used
     out[#out + 1] = frees
   end
+  out[#out + 1] = math.max(0, redis.call('PTTL', pause)) * 1000
   return out
 end
-local paused = redis.call('PTTL', KEYS[n + 1])
-if paused > 0 then return with_state({0, paused * 1000}) end
-local flight = tonumber(ARGV[3])
-local wait = 0
-for i = 1, n do
-  local limit = tonumber(ARGV[3 + 2 * i])
-  local span = tonumber(ARGV[4 + 2 * i])
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - span)
-  if redis.call('ZCARD', KEYS[i]) >= limit then
-    local oldest = tonumber(redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')[2])
-    -- Every slot still in flight: none frees before one lands and ages out.
-    if oldest > now then oldest = now end
-    if oldest + span - now > wait then wait = oldest + span - now end
+
+if op == 'land' then
+  -- A plain ZADD: a send delayed past its reservation's life is still counted.
+  redis.call('ZADD', sends, now, member)
+  redis.call('PEXPIRE', sends, keep_ms)
+  return state({1, now})
+elseif op == 'release' then
+  redis.call('ZREM', sends, member)
+  return state({1, now})
+elseif op == 'pause' then
+  local ms = tonumber(ARGV[extra])
+  if redis.call('PTTL', pause) < ms then redis.call('SET', pause, '1', 'PX', ms) end
+  return state({1, now})
+elseif op == 'peek' then
+  return state({1, now})
+elseif op == 'restore' then
+  -- A replica's own sends, written back after Redis lost them or missed them:
+  -- pairs of member and µs before now (negative: still in flight).
+  for j = extra, #ARGV, 2 do
+    redis.call('ZADD', sends, now - tonumber(ARGV[j + 1]), ARGV[j])
   end
+  redis.call('PEXPIRE', sends, keep_ms)
+  return state({1, now})
 end
-if wait > 0 then return with_state({0, wait}) end
+
+-- reserve, project and check: first the epoch. None means Redis lost this key (a
+-- restart without persistence, a flush, an eviction) or never had it: a new
+-- one is made, and for settle_us nobody is admitted, so that every replica
+-- writes back the sends it made before anyone decides on a partial log.
+local e = redis.call('GET', epoch)
+if not e then
+  e = ARGV[6]
+  redis.call('SET', epoch, e, 'PX', epoch_ms)
+  local settle_ms = math.ceil(tonumber(ARGV[7]) / 1000)
+  if settle_ms > 0 then redis.call('SET', settle, '1', 'PX', settle_ms) end
+end
+if e ~= ARGV[5] then return {-1, tonumber(e)} end
+if op == 'check' then return state({1, now}) end
+
+redis.call('PEXPIRE', epoch, epoch_ms)
+redis.call('ZREMRANGEBYSCORE', sends, '-inf', now - longest)
+local settling = redis.call('PTTL', settle)
+if settling > 0 then return state({2, settling * 1000}) end
+local ahead = tonumber(ARGV[8])
+local wait = math.max(0, redis.call('PTTL', pause)) * 1000
 for i = 1, n do
-  local span = tonumber(ARGV[4 + 2 * i])
-  redis.call('ZADD', KEYS[i], now + flight, member)
-  redis.call('PEXPIRE', KEYS[i], math.ceil((span + flight) / 1000) + 1000)
+  local _, w = window(i, ahead + 1)
+  if w > wait then wait = w end
 end
-return with_state({1, now})
+if wait > 0 or ahead > 0 or op == 'project' then return state({0, math.max(wait, 1)}) end
+redis.call('ZADD', sends, now + flight, member)
+redis.call('PEXPIRE', sends, keep_ms)
+return state({1, now})

@@ -333,18 +333,16 @@ impl RedisServer {
     }
 
     pub fn start_on(port: u16) -> Self {
+        Self::start_with(port, &["--port".to_string(), port.to_string()])
+    }
+
+    /// With more settings (TLS, ACL users, cluster mode); `port` is where it
+    /// answers (the TLS port, when only that one is open).
+    pub fn start_with(port: u16, args: &[String]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(args)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(dir.path())
             .stdout(Stdio::null())

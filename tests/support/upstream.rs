@@ -238,6 +238,11 @@ async fn route(
             }
             r
         }
+        ["retry-after", secs] => {
+            let mut r = text(429, "slow down");
+            r.headers_mut().insert("retry-after", secs.parse().unwrap());
+            r
+        }
         ["redirect"] => {
             let mut r = text(302, "");
             let h = r.headers_mut();
