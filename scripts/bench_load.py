@@ -8,6 +8,8 @@ Three paths to the same local upstream (nginx answering 200 "ok"):
 and the rejection path at saturation:
   dastra-429  wrk -> dastra-proxy in reject mode with the window full
   nginx-429   wrk -> nginx limit_req (limit_req_status 429)
+and quota savings:
+  dastra-hit  wrk -> dastra-proxy answering from its cache ([[cache.rules]] on the path)
 
 The proxy under test and the upstream share CPU 0; wrk runs on CPU 1, so each
 proxy gets the same single core. Rounds are interleaved and repeated; the
@@ -115,9 +117,14 @@ server {{ listen 127.0.0.1:{ng429_port}; location / {{ limit_req zone=one burst=
         dr, dr_port = dastra(tmp, "dastra429", up_port, full)
         procs.append(dr)
         urllib.request.urlopen(f"http://127.0.0.1:{dr_port}/v1/fill").read()
+        hit = open_limits + '[cache]\n[[cache.rules]]\npath = "/v1/bench"\nttl = "1h"\n'
+        dh, dh_port = dastra(tmp, "dastrahit", up_port, hit)
+        procs.append(dh)
+        urllib.request.urlopen(f"http://127.0.0.1:{dh_port}/v1/bench").read()
         idle_rss = rss_kib(dp.pid, "VmRSS:")
 
-        targets = {"direct": up_port, "dastra": dp_port, "nginx": ng_port, "dastra-429": dr_port, "nginx-429": ng429_port}
+        targets = {"direct": up_port, "dastra": dp_port, "nginx": ng_port, "dastra-429": dr_port, "nginx-429": ng429_port,
+                   "dastra-hit": dh_port}
         for spec in a.baseline:
             name, binary = spec.split("=", 1)
             bp, bp_port = dastra(tmp, name, up_port, open_limits, binary)
@@ -145,6 +152,7 @@ server {{ listen 127.0.0.1:{ng429_port}; location / {{ limit_req zone=one burst=
         print(f"  dastra added p99 vs direct      {d['p99'] - x['p99']:.3f} ms   (target <= 1 ms)")
         print(f"  nginx added p99 vs direct       {n['p99'] - x['p99']:.3f} ms")
         print(f"  dastra-429 / nginx-429 throughput {med['dastra-429']['rps'] / med['nginx-429']['rps']:.2f}   (target >= 1.00)")
+        print(f"  dastra-hit / dastra throughput  {med['dastra-hit']['rps'] / d['rps']:.2f}   (a cache hit vs a proxied call)")
         for spec in a.baseline:
             name = spec.split("=", 1)[0]
             print(f"  dastra / {name:<22}{d['rps'] / med[name]['rps']:.2f}")

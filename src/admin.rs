@@ -138,6 +138,12 @@ async fn quota(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
             "url": app.config.upstream.origin(),
             "responses_429": app.metrics.upstream_429_total.get(),
         },
+        "savings": {
+            "sent": sent_upstream(&app.metrics.upstream_duration_seconds),
+            "cached": app.metrics.quota_saved_total.with_label_values(&["cached"]).get(),
+            "coalesced": app.metrics.quota_saved_total.with_label_values(&["coalesced"]).get(),
+            "cache_bytes": app.metrics.cache_bytes.get(),
+        },
         "ready": app.ready.load(Ordering::SeqCst),
         "store": {
             "kind": match app.config.store { crate::config::StoreConfig::Memory { .. } => "memory", crate::config::StoreConfig::Redis { .. } => "redis" },
@@ -152,6 +158,16 @@ async fn status_page() -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
         include_str!("status.html"),
     )
+}
+
+/// Calls that went to Dastra: every observation of the upstream histogram.
+fn sent_upstream(h: &prometheus::HistogramVec) -> u64 {
+    use prometheus::core::Collector as _;
+    h.collect()
+        .iter()
+        .flat_map(|mf| mf.get_metric())
+        .map(|m| m.get_histogram().get_sample_count())
+        .sum()
 }
 
 /// Sums `rejected_total` over clients, by code, for the status page.

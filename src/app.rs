@@ -48,6 +48,8 @@ pub struct App {
     pub target: Target,
     pub credential: Credential,
     pub quotas: Quotas,
+    /// Coalesced GETs and cached answers (`[cache]`); reloadable.
+    pub cache: Arc<crate::cache::Cache>,
     pub metrics: Metrics,
     /// Set once both listeners are bound; `/readyz` reports it.
     pub ready: AtomicBool,
@@ -214,7 +216,9 @@ impl App {
             public_authority.as_deref(),
             config.upstream.authority.as_str(),
         );
+        let cache = crate::cache::Cache::new(&config.cache, metrics.clone());
         Ok(Arc::new(Self {
+            cache,
             policy: ArcSwap::from_pointee(Policy::new(&config)),
             config,
             upstream,
@@ -255,6 +259,7 @@ impl App {
                 .with_label_values(&[&l.name])
                 .set(i64::from(l.requests));
         }
+        self.cache.reconfigure(&next.cache);
         self.policy.store(Arc::new(Policy::new(next)));
         Ok(())
     }

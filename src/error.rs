@@ -3,6 +3,7 @@
 //! Each variant maps to exactly one status and code of SPEC §4; the match is
 //! exhaustive, so a new failure cannot silently fall into a generic 500.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -37,6 +38,10 @@ pub enum ProxyError {
     Token(#[from] TokenError),
     #[error(transparent)]
     Upstream(#[from] CallError),
+    /// The same failure as the call this one shared (identical GETs in
+    /// flight at once): answered the same way.
+    #[error("{0}")]
+    Shared(Arc<ProxyError>),
 }
 
 impl From<Refusal> for ProxyError {
@@ -78,6 +83,7 @@ impl std::fmt::Display for RefusalText<'_> {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
+            ProxyError::Shared(e) => e.status(),
             ProxyError::Target(_) | ProxyError::Access(AccessError::BadForwarded) => {
                 StatusCode::BAD_REQUEST
             }
@@ -108,6 +114,7 @@ impl ProxyError {
     /// The stable code of SPEC §4, also the `code` label of `rejected_total`.
     pub fn code(&self) -> &'static str {
         match self {
+            ProxyError::Shared(e) => e.code(),
             ProxyError::Target(_) | ProxyError::Access(AccessError::BadForwarded) => "bad_request",
             ProxyError::Access(AccessError::Unauthenticated) => "unauthenticated",
             ProxyError::Access(AccessError::IpNotAllowed) => "ip_not_allowed",
@@ -130,6 +137,7 @@ impl ProxyError {
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
+            ProxyError::Shared(e) => e.retry_after(),
             ProxyError::Refused(
                 Refusal::QuotaExhausted { .. }
                 | Refusal::QueueFull { .. }
@@ -163,7 +171,7 @@ impl ProxyError {
             body.truncate(at);
             body.push_str(&escaped);
         }
-        if matches!(self, ProxyError::Refused(Refusal::QuotaExhausted { .. }, _)) {
+        if self.code() == "quota_exhausted" {
             body.push_str(
                 r#","type":"https://iana.org/assignments/http-problem-types#quota-exceeded""#,
             );

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod admission;
 pub mod app;
 pub mod body;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod conn;

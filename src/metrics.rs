@@ -32,6 +32,9 @@ pub struct Families {
     pub window_limit: IntGaugeVec,
     pub upstream_429_total: IntCounter,
     pub state_write_errors_total: IntCounter,
+    /// Calls answered without spending quota: `cached`, `coalesced`.
+    pub quota_saved_total: IntCounterVec,
+    pub cache_bytes: IntGauge,
     pub connections_open: IntGauge,
     pub connections_refused_total: IntCounterVec,
     pub token_refresh_total: IntCounterVec,
@@ -135,6 +138,17 @@ impl Metrics {
                 ),
                 &["reason"]
             )),
+            quota_saved_total: reg!(IntCounterVec::new(
+                Opts::new(
+                    "quota_saved_total",
+                    "Calls answered without spending quota: from the cache, or sharing a call in flight."
+                ),
+                &["how"]
+            )),
+            cache_bytes: reg!(IntGauge::new(
+                "cache_bytes",
+                "Bytes held by cached answers now."
+            )),
             state_write_errors_total: reg!(IntCounter::new(
                 "state_write_errors_total",
                 "Sends the state file could not record (restarts may forget them)."
@@ -172,6 +186,9 @@ impl Metrics {
             families.config_reloads_total.with_label_values(&[result]);
         }
         families.store_errors_total.with_label_values(&["decide"]);
+        for how in ["cached", "coalesced"] {
+            families.quota_saved_total.with_label_values(&[how]);
+        }
         Self {
             inner: Arc::new(families),
         }

@@ -177,6 +177,20 @@ pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             }
         }
     }
+    let k = &c.cache;
+    writeln!(
+        o,
+        "\n[cache]\ncoalesce = {}\nmax_entry = {}\nmax_bytes = {}",
+        k.coalesce, k.max_entry, k.max_bytes
+    )?;
+    for r in &k.rules {
+        writeln!(
+            o,
+            "[[cache.rules]]\npath = \"{}\"\nttl = \"{}\"",
+            r.path,
+            humantime::format_duration(r.ttl)
+        )?;
+    }
     let format = match c.log.format {
         LogFormat::Text => "text",
         LogFormat::Json => "json",

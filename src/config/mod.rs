@@ -5,6 +5,7 @@
 //! invalid file stops the process before any socket is bound, with the file,
 //! line/column and key named (`error`).
 
+mod cache;
 mod clients;
 mod describe;
 mod error;
@@ -75,6 +76,17 @@ impl Config {
                     ));
                     break;
                 }
+            }
+        }
+        if let Some(shortest) = self.limits.iter().min_by_key(|l| l.per) {
+            for r in self.cache.rules.iter().filter(|r| r.ttl > shortest.per) {
+                out.push(format!(
+                    "cache rule \"{}\": ttl {} is longer than the shortest window ({}): callers may \
+                     see data older than a whole quota period",
+                    r.path,
+                    humantime::format_duration(r.ttl),
+                    shortest.name
+                ));
             }
         }
         if matches!(self.credential, CredentialConfig::Passthrough { .. }) {

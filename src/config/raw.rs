@@ -29,6 +29,26 @@ pub(crate) struct RawConfig {
     pub(crate) store: RawStore,
     #[serde(default)]
     pub(crate) log: RawLog,
+    #[serde(default)]
+    pub(crate) cache: RawCache,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCache {
+    pub(crate) coalesce: Option<bool>,
+    pub(crate) max_entry: Option<String>,
+    pub(crate) max_bytes: Option<String>,
+    #[serde(default)]
+    pub(crate) rules: Vec<RawCacheRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCacheRule {
+    pub(crate) path: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) ttl: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

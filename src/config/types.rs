@@ -26,6 +26,43 @@ pub struct Config {
     pub clients: Vec<ClientConfig>,
     pub store: StoreConfig,
     pub log: LogConfig,
+    pub cache: CacheConfig,
+}
+
+/// Quota savings (SPEC §8): identical GETs in flight share one call, and
+/// answers to paths a rule names are kept for its `ttl`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    pub coalesce: bool,
+    /// Larger answers are neither shared nor cached.
+    pub max_entry: u64,
+    /// All cached answers together (LRU beyond it).
+    pub max_bytes: u64,
+    pub rules: Vec<CacheRule>,
+}
+
+/// One `[[cache.rules]]`: a path pattern (`*` = one segment) and a ttl.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheRule {
+    pub path: String,
+    /// The pattern's segments; `None` matches any one segment.
+    pub segments: Vec<Option<String>>,
+    pub ttl: Duration,
+}
+
+impl CacheRule {
+    /// Whether `path` (no query) matches segment for segment.
+    pub fn matches(&self, path: &str) -> bool {
+        let mut it = path.trim_start_matches('/').split('/');
+        for seg in &self.segments {
+            match (it.next(), seg) {
+                (Some(p), None) if !p.is_empty() => {}
+                (Some(p), Some(s)) if p == s => {}
+                _ => return false,
+            }
+        }
+        it.next().is_none()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -120,6 +120,7 @@ impl Validator<'_> {
             }
         }
         let log = self.log(raw.log)?;
+        let cache = self.cache(raw.cache)?;
         Ok(Config {
             source: self.path.to_owned(),
             server,
@@ -131,6 +132,7 @@ impl Validator<'_> {
             clients,
             store,
             log,
+            cache,
         })
     }
 

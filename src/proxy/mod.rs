@@ -14,6 +14,7 @@ mod inject;
 mod layer;
 mod observe;
 mod rescue;
+mod share;
 mod stages;
 #[cfg(test)]
 mod tests;
@@ -98,6 +99,9 @@ pub fn stack(
             timeout: app.config.server.body_read_timeout,
             refreshes: app.credential.refreshes(),
         })
+        // Quota savings before the slot: a cached answer, or the answer of an
+        // identical GET in flight, spends none. A 2xx write evicts entries.
+        .layer(AppLayer::<share::Share>::new(app.clone()))
         // The quota slot, held by this stage's future until the answer's head.
         .layer(AppLayer::<admit::Admit>::new(app.clone()))
         // The Dastra credential, injected as late as possible.

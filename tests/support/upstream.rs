@@ -222,6 +222,9 @@ async fn route(
             return text(401, "token revoked");
         }
     }
+    if let Some(code) = headers.get("x-mock-status").and_then(|v| v.to_str().ok()) {
+        return text(code.parse().unwrap_or(500), format!("status {code}"));
+    }
     let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match seg.as_slice() {
         ["echo"] => {
@@ -282,6 +285,24 @@ async fn route(
             Response::new(Body::new(StreamBody::new(stream)))
         }
         ["upload"] => text(200, len.to_string()),
+        // /seq/<ms>/...: answers after <ms> with this request's number in the
+        // log (which call answered proves who shared it); `nostore` adds
+        // Cache-Control: no-store, `big` a 2 MiB body.
+        ["seq", ms, rest @ ..] => {
+            let n = st.log.lock().unwrap().len();
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+            let body = if rest.contains(&"big") {
+                vec![b'b'; 2 << 20]
+            } else {
+                format!("id={n} target={target}").into_bytes()
+            };
+            let mut r = text(200, body);
+            if rest.contains(&"nostore") {
+                r.headers_mut()
+                    .insert("cache-control", "no-store".parse().unwrap());
+            }
+            r
+        }
         ["slow", ms] => {
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
             text(200, "slow")
@@ -312,7 +333,8 @@ async fn route(
             r
         }
         _ => {
-            let v = serde_json::json!({ "method": method.as_str(), "target": target, "len": len });
+            let n = st.log.lock().unwrap().len();
+            let v = serde_json::json!({ "method": method.as_str(), "target": target, "len": len, "n": n });
             let mut r = text(200, v.to_string());
             r.headers_mut()
                 .insert("content-type", "application/json".parse().unwrap());

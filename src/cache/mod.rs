@@ -1,0 +1,261 @@
+//! Quota savings: identical GETs in flight share one upstream call
+//! ([`Cache::join`]), and answers to paths a `[[cache.rules]]` names are kept
+//! for its ttl ([`Cache::get`]). Neither spends quota. Keys hold the quota key
+//! (the credential the call goes out with), so two credentials never share.
+
+mod store;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::config::CacheConfig;
+use crate::credential::QuotaKey;
+use crate::error::ProxyError;
+use crate::metrics::Metrics;
+use store::Store;
+
+/// What identifies an answer: HEAD reads GET's entry, so no method.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub quota: QuotaKey,
+    /// Path and query, byte for byte.
+    pub target: Bytes,
+    pub accept: Option<HeaderValue>,
+}
+
+/// A whole answer, shared by reference between callers and the cache.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Snapshot {
+    /// Bytes it holds, for `max_bytes`.
+    pub fn size(&self) -> u64 {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 32)
+            .sum();
+        (self.body.len() + headers + 64) as u64
+    }
+}
+
+/// How a shared call ended, for the callers that waited on it.
+#[derive(Debug, Clone)]
+pub enum Landing {
+    Answer(Arc<Snapshot>),
+    /// The same call failed (502, 504, a refusal): they get the same error.
+    Failed(Arc<ProxyError>),
+    /// Not shareable (larger than `max_entry`, or the leader's answer broke
+    /// off): each goes upstream on its own.
+    Own,
+}
+
+/// The first caller of a key leads its flight; the others follow it.
+#[derive(Debug)]
+pub enum Join {
+    Lead(Flight),
+    Follow(watch::Receiver<Option<Landing>>),
+}
+
+/// A call in flight that others wait on. Dropped without [`Flight::land`]
+/// (the task running it died), its followers go upstream on their own.
+#[derive(Debug)]
+pub struct Flight {
+    cache: Arc<Cache>,
+    key: Key,
+    tx: Arc<watch::Sender<Option<Landing>>>,
+    landed: bool,
+}
+
+/// How many callers follow a flight.
+#[derive(Debug, Clone)]
+pub struct Watchers(Arc<watch::Sender<Option<Landing>>>);
+
+impl Watchers {
+    pub fn count(&self) -> usize {
+        // The flights map holds one receiver while the flight is open.
+        self.0.receiver_count().saturating_sub(1)
+    }
+}
+
+impl Flight {
+    pub fn watchers(&self) -> Watchers {
+        Watchers(self.tx.clone())
+    }
+
+    /// Ends the flight: later callers start a new one (or find the cache).
+    pub fn land(mut self, landing: Landing) {
+        self.finish(landing);
+    }
+
+    fn finish(&mut self, landing: Landing) {
+        self.landed = true;
+        self.cache.flights().remove(&self.key);
+        let _ = self.tx.send(Some(landing));
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        if !self.landed {
+            self.finish(Landing::Own);
+        }
+    }
+}
+
+/// The cache and the flights, one per process.
+pub struct Cache {
+    cfg: ArcSwap<CacheConfig>,
+    store: Mutex<Store>,
+    flights: Mutex<HashMap<Key, watch::Receiver<Option<Landing>>>>,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache").finish_non_exhaustive()
+    }
+}
+
+impl Cache {
+    pub fn new(cfg: &CacheConfig, metrics: Metrics) -> Arc<Self> {
+        Arc::new(Self {
+            cfg: ArcSwap::from_pointee(cfg.clone()),
+            store: Mutex::new(Store::default()),
+            flights: Mutex::new(HashMap::new()),
+            metrics,
+        })
+    }
+
+    pub fn config(&self) -> Arc<CacheConfig> {
+        self.cfg.load_full()
+    }
+
+    /// Applies reloaded settings; entries stay (shrunk to a smaller `max_bytes`).
+    pub fn reconfigure(&self, cfg: &CacheConfig) {
+        self.cfg.store(Arc::new(cfg.clone()));
+        let mut st = self.lock();
+        st.shrink(cfg.max_bytes);
+        self.metrics.cache_bytes.set(st.bytes() as i64);
+    }
+
+    /// The ttl of the rule naming `path`, if any.
+    pub fn ttl_for(&self, path: &str) -> Option<Duration> {
+        let cfg = self.cfg.load();
+        cfg.rules.iter().find(|r| r.matches(path)).map(|r| r.ttl)
+    }
+
+    /// A fresh entry and the time it has left.
+    pub fn get(&self, key: &Key, now: Instant) -> Option<(Arc<Snapshot>, Duration)> {
+        let mut st = self.lock();
+        let hit = st.get(key, now);
+        self.metrics.cache_bytes.set(st.bytes() as i64);
+        hit
+    }
+
+    /// Keeps `snap` for `ttl` when it may be kept; says whether it was.
+    pub fn put(&self, key: Key, snap: Arc<Snapshot>, ttl: Duration, now: Instant) -> bool {
+        if !cacheable(&snap) {
+            return false;
+        }
+        let max = self.cfg.load().max_bytes;
+        let mut st = self.lock();
+        let kept = st.put(key, snap, now + ttl, max);
+        self.metrics.cache_bytes.set(st.bytes() as i64);
+        kept
+    }
+
+    /// A 2xx write to `path` under `quota`: every entry of that key whose path
+    /// shares the write's first four segments goes (all of them when the
+    /// write's path is shorter).
+    pub fn evict(&self, quota: &QuotaKey, path: &str) {
+        let prefix = resource(path);
+        let mut st = self.lock();
+        st.evict(|k| {
+            &k.quota == quota
+                && prefix
+                    .as_ref()
+                    .is_none_or(|p| resource(target_path(&k.target)).as_deref() == Some(p.as_str()))
+        });
+        self.metrics.cache_bytes.set(st.bytes() as i64);
+    }
+
+    /// Leads the flight for `key`, or follows the one already in flight.
+    pub fn join(self: &Arc<Self>, key: Key) -> Join {
+        let mut flights = self.flights();
+        if let Some(rx) = flights.get(&key) {
+            return Join::Follow(rx.clone());
+        }
+        let (tx, rx) = watch::channel(None);
+        flights.insert(key.clone(), rx);
+        Join::Lead(Flight {
+            cache: self.clone(),
+            key,
+            tx: Arc::new(tx),
+            landed: false,
+        })
+    }
+
+    /// Counts a call that spent no quota.
+    pub fn saved(&self, how: &'static str) {
+        self.metrics
+            .quota_saved_total
+            .with_label_values(&[how])
+            .inc();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn flights(&self) -> std::sync::MutexGuard<'_, HashMap<Key, watch::Receiver<Option<Landing>>>> {
+        self.flights.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// SPEC §8: 200/203/204/404 only, never `Cache-Control: no-store`.
+fn cacheable(snap: &Snapshot) -> bool {
+    matches!(snap.status.as_u16(), 200 | 203 | 204 | 404)
+        && !snap
+            .headers
+            .get_all(http::header::CACHE_CONTROL)
+            .iter()
+            .any(|v| has_directive(v, "no-store"))
+}
+
+/// Whether a `Cache-Control` value holds `directive` (case-insensitive).
+pub fn has_directive(v: &HeaderValue, directive: &str) -> bool {
+    v.to_str().is_ok_and(|s| {
+        s.split(',').any(|d| {
+            d.trim()
+                .split('=')
+                .next()
+                .is_some_and(|n| n.eq_ignore_ascii_case(directive))
+        })
+    })
+}
+
+fn target_path(target: &[u8]) -> &str {
+    let s = std::str::from_utf8(target).unwrap_or("");
+    s.split('?').next().unwrap_or("")
+}
+
+/// `/v1/ws/<id>/<Resource>`: the first four segments, or `None` when shorter.
+fn resource(path: &str) -> Option<String> {
+    let segs: Vec<&str> = path.trim_start_matches('/').splitn(5, '/').collect();
+    (segs.len() >= 4).then(|| segs[..4].join("/"))
+}
+
+#[cfg(test)]
+mod tests;

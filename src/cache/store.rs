@@ -1,0 +1,101 @@
+//! The cached answers: a map for lookups and an ordered index of last use,
+//! so the least recently used goes first when `max_bytes` is reached.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Key, Snapshot};
+
+struct Entry {
+    snap: Arc<Snapshot>,
+    expires: Instant,
+    size: u64,
+    used: u64,
+}
+
+#[derive(Default)]
+pub(super) struct Store {
+    map: HashMap<Key, Entry>,
+    /// Last use (a counter) -> key.
+    order: BTreeMap<u64, Key>,
+    tick: u64,
+    bytes: u64,
+}
+
+impl Store {
+    pub(super) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub(super) fn get(&mut self, key: &Key, now: Instant) -> Option<(Arc<Snapshot>, Duration)> {
+        let expires = self.map.get(key)?.expires;
+        if expires <= now {
+            self.remove(key);
+            return None;
+        }
+        self.tick += 1;
+        let tick = self.tick;
+        let e = self.map.get_mut(key)?;
+        self.order.remove(&e.used);
+        e.used = tick;
+        self.order.insert(tick, key.clone());
+        Some((e.snap.clone(), expires - now))
+    }
+
+    pub(super) fn put(
+        &mut self,
+        key: Key,
+        snap: Arc<Snapshot>,
+        expires: Instant,
+        max: u64,
+    ) -> bool {
+        let size = snap.size() + key.target.len() as u64;
+        if size > max {
+            return false;
+        }
+        self.remove(&key);
+        self.shrink(max - size);
+        self.tick += 1;
+        self.order.insert(self.tick, key.clone());
+        self.bytes += size;
+        self.map.insert(
+            key,
+            Entry {
+                snap,
+                expires,
+                size,
+                used: self.tick,
+            },
+        );
+        true
+    }
+
+    /// Drops the least recently used until at most `max` bytes are held.
+    pub(super) fn shrink(&mut self, max: u64) {
+        while self.bytes > max {
+            let Some((_, key)) = self.order.pop_first() else {
+                break;
+            };
+            if let Some(e) = self.map.remove(&key) {
+                self.bytes -= e.size;
+            }
+        }
+    }
+
+    pub(super) fn evict(&mut self, mut which: impl FnMut(&Key) -> bool) {
+        let gone: Vec<Key> = self.map.keys().filter(|k| which(k)).cloned().collect();
+        for k in gone {
+            self.remove(&k);
+        }
+    }
+
+    fn remove(&mut self, key: &Key) {
+        if let Some(e) = self.map.remove(key) {
+            self.order.remove(&e.used);
+            self.bytes -= e.size;
+        }
+    }
+}

@@ -1,0 +1,170 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use proptest::prelude::*;
+use tokio::time::Instant;
+
+use super::*;
+use crate::config::CacheConfig;
+
+fn cache(max_bytes: u64) -> Arc<Cache> {
+    let cfg = CacheConfig {
+        coalesce: true,
+        max_entry: max_bytes,
+        max_bytes,
+        rules: Vec::new(),
+    };
+    Cache::new(&cfg, Metrics::new())
+}
+
+fn key(quota: u8, target: &str) -> Key {
+    Key {
+        quota: QuotaKey([quota; 32]),
+        target: Bytes::copy_from_slice(target.as_bytes()),
+        accept: None,
+    }
+}
+
+fn snap(status: u16, body: &[u8], version: u64) -> Arc<Snapshot> {
+    let mut headers = HeaderMap::new();
+    headers.insert("x-version", version.into());
+    Arc::new(Snapshot {
+        status: StatusCode::from_u16(status).unwrap(),
+        headers,
+        body: Bytes::copy_from_slice(body),
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn entries_live_for_their_ttl_and_the_lru_bound_holds() {
+    let c = cache(10_000);
+    let now = Instant::now();
+    assert!(c.put(
+        key(1, "/v1/ws/1/A"),
+        snap(200, b"x", 1),
+        Duration::from_secs(5),
+        now
+    ));
+    assert!(
+        !c.put(
+            key(1, "/v1/ws/1/B"),
+            snap(500, b"x", 1),
+            Duration::from_secs(5),
+            now
+        ),
+        "500s are never kept"
+    );
+    tokio::time::advance(Duration::from_millis(4999)).await;
+    assert!(c.get(&key(1, "/v1/ws/1/A"), Instant::now()).is_some());
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert!(c.get(&key(1, "/v1/ws/1/A"), Instant::now()).is_none());
+    // Fill far past max_bytes: the bound holds, the newest entries stay.
+    for i in 0..100 {
+        c.put(
+            key(1, &format!("/v1/ws/1/E{i}")),
+            snap(200, &[0; 500], i),
+            Duration::from_secs(60),
+            Instant::now(),
+        );
+        assert!(c.lock().bytes() <= 10_000);
+    }
+    assert!(c.get(&key(1, "/v1/ws/1/E99"), Instant::now()).is_some());
+    assert!(c.get(&key(1, "/v1/ws/1/E0"), Instant::now()).is_none());
+}
+
+#[test]
+fn writes_evict_their_resource_and_only_their_credentials() {
+    let c = cache(1 << 20);
+    let now = Instant::now();
+    let ttl = Duration::from_secs(60);
+    for (q, t) in [
+        (1, "/v1/ws/1/Actors"),
+        (1, "/v1/ws/1/Actors/5?x=1"),
+        (1, "/v1/ws/1/Other"),
+        (2, "/v1/ws/1/Actors"),
+    ] {
+        c.put(key(q, t), snap(200, b"x", 0), ttl, now);
+    }
+    c.evict(&QuotaKey([1; 32]), "/v1/ws/1/Actors/9");
+    assert!(c.get(&key(1, "/v1/ws/1/Actors"), now).is_none());
+    assert!(c.get(&key(1, "/v1/ws/1/Actors/5?x=1"), now).is_none());
+    assert!(c.get(&key(1, "/v1/ws/1/Other"), now).is_some());
+    assert!(
+        c.get(&key(2, "/v1/ws/1/Actors"), now).is_some(),
+        "another credential's entry"
+    );
+    c.evict(&QuotaKey([1; 32]), "/v1/ws");
+    assert!(
+        c.get(&key(1, "/v1/ws/1/Other"), now).is_none(),
+        "a shorter path evicts all of the key's"
+    );
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Get(u8),
+    Write(u8),
+    Advance(u16),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (0u8..4).prop_map(Step::Get),
+        (0u8..4).prop_map(Step::Write),
+        (0u16..3000).prop_map(Step::Advance),
+    ]
+}
+
+proptest! {
+    /// Against a model of what upstream holds: an answer served from the
+    /// cache is never older than its ttl and never from before a 2xx write
+    /// to its resource.
+    #[test]
+    fn a_cached_answer_is_never_stale_nor_from_before_a_write(steps in proptest::collection::vec(step(), 1..60)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+        rt.block_on(async {
+            let c = cache(1 << 20);
+            let ttl = Duration::from_millis(1000);
+            // Per resource: the version upstream holds now, and when each was fetched.
+            let mut version = [0u64; 4];
+            let paths = ["/v1/ws/1/A", "/v1/ws/1/A/x", "/v1/ws/1/B", "/v1/ws/2/A"];
+            let resource = |i: usize| paths[i].split('/').take(5).collect::<Vec<_>>().join("/");
+            let mut fetched: [Option<(u64, Instant)>; 4] = [None; 4];
+            for s in steps {
+                let now = Instant::now();
+                match s {
+                    Step::Get(i) => {
+                        let i = i as usize;
+                        let k = key(1, paths[i]);
+                        match c.get(&k, now) {
+                            Some((hit, _)) => {
+                                let v: u64 = hit.headers["x-version"].to_str().unwrap().parse().unwrap();
+                                let (fv, at) = fetched[i].unwrap();
+                                prop_assert_eq!(v, fv);
+                                prop_assert!(now - at < ttl, "served past its ttl");
+                                prop_assert_eq!(v, version[i], "served from before a write");
+                            }
+                            None => {
+                                c.put(k, snap(200, b"x", version[i]), ttl, now);
+                                fetched[i] = Some((version[i], now));
+                            }
+                        }
+                    }
+                    Step::Write(i) => {
+                        let i = i as usize;
+                        for (j, v) in version.iter_mut().enumerate() {
+                            if resource(j) == resource(i) {
+                                *v += 1;
+                            }
+                        }
+                        c.evict(&QuotaKey([1; 32]), paths[i]);
+                    }
+                    Step::Advance(ms) => tokio::time::advance(Duration::from_millis(ms as u64)).await,
+                }
+            }
+            Ok(())
+        })?;
+    }
+}

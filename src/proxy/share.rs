@@ -1,0 +1,309 @@
+//! The savings stage, before admission so that what it answers spends no
+//! quota: a cached answer (a `[[cache.rules]]` path, within its ttl), or the
+//! answer of an identical GET already in flight. A 2xx write evicts what it
+//! can have changed. Every answer that went through it says what happened,
+//! as RFC 9211 `Cache-Status`.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use http::{header, HeaderName, HeaderValue, Method, Request, Response};
+use http_body_util::BodyExt as _;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tower::Service;
+
+use super::layer::AppStage;
+use super::StageFuture;
+use crate::cache::{has_directive, Cache, Join, Key, Landing, Snapshot};
+use crate::error::ProxyError;
+use crate::upstream::CallError;
+
+/// Identical GETs share a call; cached answers are served.
+#[derive(Debug, Clone)]
+pub(crate) struct Share;
+
+const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+impl<S> Service<Request<Body>> for AppStage<Share, S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = Response<Body>;
+    type Error = ProxyError;
+    type Future = StageFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> StageFuture {
+        let cache = self.app.cache.clone();
+        let cfg = cache.config();
+        let mut inner = self.inner.clone();
+        let method = req.method().clone();
+        if method != Method::GET && method != Method::HEAD {
+            if method == Method::OPTIONS || cfg.rules.is_empty() {
+                return Box::pin(inner.call(req));
+            }
+            let quota = self.app.credential.quota_key(req.headers());
+            let path = req.uri().path().to_owned();
+            return Box::pin(async move {
+                let resp = inner.call(req).await?;
+                if resp.status().is_success() {
+                    cache.evict(&quota, &path);
+                }
+                Ok(resp)
+            });
+        }
+        let ttl = cache.ttl_for(req.uri().path());
+        let no_cache = req
+            .headers()
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .any(|v| has_directive(v, "no-cache"));
+        let coalesce = cfg.coalesce && method == Method::GET && !no_cache && bodiless(&req);
+        if ttl.is_none() && !coalesce {
+            return Box::pin(inner.call(req));
+        }
+        let key = Key {
+            quota: self.app.credential.quota_key(req.headers()),
+            target: Bytes::copy_from_slice(
+                req.uri()
+                    .path_and_query()
+                    .map_or(b"/".as_slice(), |p| p.as_str().as_bytes()),
+            ),
+            accept: req.headers().get(header::ACCEPT).cloned(),
+        };
+        let head = method == Method::HEAD;
+        if ttl.is_some() && !no_cache {
+            if let Some((snap, left)) = cache.get(&key, Instant::now()) {
+                cache.saved("cached");
+                let status = format!("dastra-proxy; hit; ttl={}", left.as_secs());
+                return Box::pin(std::future::ready(Ok(respond(&snap, head, &status))));
+            }
+        }
+        let max_entry = cfg.max_entry;
+        // HEAD never fills the cache (no body to keep); no-cache refreshes it.
+        let ttl = ttl.filter(|_| !head);
+        let fwd = if no_cache {
+            "fwd=request"
+        } else {
+            "fwd=uri-miss"
+        };
+        if !coalesce {
+            return Box::pin(async move {
+                lead(inner, req, &cache, key, ttl, None, max_entry, fwd).await
+            });
+        }
+        match cache.join(key.clone()) {
+            Join::Follow(mut rx) => Box::pin(async move {
+                let landing = rx
+                    .wait_for(Option::is_some)
+                    .await
+                    .ok()
+                    .and_then(|l| l.clone());
+                match landing {
+                    Some(Landing::Answer(snap)) => {
+                        cache.saved("coalesced");
+                        Ok(respond(
+                            &snap,
+                            false,
+                            "dastra-proxy; fwd=uri-miss; collapsed",
+                        ))
+                    }
+                    Some(Landing::Failed(e)) => Err(ProxyError::Shared(e)),
+                    // Too large to share, or the lead broke off: a call of its own.
+                    Some(Landing::Own) | None => {
+                        let mut resp = inner.call(req).await?;
+                        set_status(&mut resp, "dastra-proxy; fwd=uri-miss");
+                        Ok(resp)
+                    }
+                }
+            }),
+            Join::Lead(flight) => {
+                // In a task of its own: a leader whose caller goes away does
+                // not take the followers' answer with it.
+                let (tx, rx) = oneshot::channel();
+                let followers = flight.watchers();
+                let task = tokio::spawn(async move {
+                    let r = lead(inner, req, &cache, key, ttl, Some(flight), max_entry, fwd).await;
+                    let _ = tx.send(r);
+                });
+                // A leader whose caller leaves while nobody follows is stopped
+                // (a queued call then spends no quota, as without coalescing).
+                let guard = AbortAlone {
+                    task: Some(task.abort_handle()),
+                    followers,
+                };
+                Box::pin(async move {
+                    let r = rx.await.unwrap_or_else(|_| {
+                        Err(CallError::Failed("the shared call's task ended early".into()).into())
+                    });
+                    guard.disarm();
+                    r
+                })
+            }
+        }
+    }
+}
+
+/// Makes the call, reads its answer whole when it fits `max_entry`, hands it
+/// to the followers and keeps it for `ttl`; a larger answer streams to this
+/// caller alone and the followers make their own calls.
+#[allow(clippy::too_many_arguments)]
+async fn lead<S>(
+    mut inner: S,
+    req: Request<Body>,
+    cache: &Arc<Cache>,
+    key: Key,
+    ttl: Option<std::time::Duration>,
+    flight: Option<crate::cache::Flight>,
+    max_entry: u64,
+    fwd: &str,
+) -> Result<Response<Body>, ProxyError>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>,
+{
+    let land = |l: Landing| {
+        if let Some(f) = flight {
+            f.land(l);
+        }
+    };
+    let resp = match inner.call(req).await {
+        Ok(r) => r,
+        Err(e) => {
+            let e = Arc::new(e);
+            land(Landing::Failed(e.clone()));
+            return Err(ProxyError::Shared(e));
+        }
+    };
+    let miss = format!("dastra-proxy; {fwd}");
+    let declared = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_entry) {
+        land(Landing::Own);
+        let mut resp = resp;
+        set_status(&mut resp, &miss);
+        return Ok(resp);
+    }
+    let (parts, mut body) = resp.into_parts();
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut len = 0u64;
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                len += data.len() as u64;
+                chunks.push(data);
+                if len > max_entry {
+                    land(Landing::Own);
+                    let rest =
+                        futures_util::stream::iter(chunks.into_iter().map(Ok::<_, axum::Error>))
+                            .chain(body.into_data_stream());
+                    let mut resp = Response::from_parts(parts, Body::from_stream(rest));
+                    set_status(&mut resp, &miss);
+                    return Ok(resp);
+                }
+            }
+            Some(Err(e)) => {
+                // The answer broke off: this caller sees what came, then the error.
+                land(Landing::Own);
+                let got = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, axum::Error>))
+                    .chain(futures_util::stream::iter([Err(e)]));
+                return Ok(Response::from_parts(parts, Body::from_stream(got)));
+            }
+        }
+    }
+    let body = match chunks.len() {
+        1 => chunks.pop().unwrap_or_default(),
+        _ => Bytes::from(chunks.concat()),
+    };
+    let snap = Arc::new(Snapshot {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    });
+    let stored = ttl.is_some_and(|t| cache.put(key, snap.clone(), t, Instant::now()));
+    land(Landing::Answer(snap.clone()));
+    let status = if stored {
+        format!("{miss}; stored")
+    } else {
+        miss
+    };
+    Ok(respond_with(&snap, false, &status, true))
+}
+
+/// Stops the leader's task when its caller leaves and no follower waits.
+struct AbortAlone {
+    task: Option<tokio::task::AbortHandle>,
+    followers: crate::cache::Watchers,
+}
+
+impl AbortAlone {
+    fn disarm(mut self) {
+        self.task = None;
+    }
+}
+
+impl Drop for AbortAlone {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            if self.followers.count() == 0 {
+                task.abort();
+            }
+        }
+    }
+}
+
+/// A GET without a body: only those are the same call as another.
+fn bodiless(req: &Request<Body>) -> bool {
+    !req.headers().contains_key(header::TRANSFER_ENCODING)
+        && req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_none_or(|v| v.as_bytes() == b"0")
+}
+
+/// A shared answer for one caller. The RateLimit fields it was stored with
+/// are dropped: they describe the window then, not now.
+fn respond(snap: &Snapshot, head: bool, status: &str) -> Response<Body> {
+    respond_with(snap, head, status, false)
+}
+
+/// `own`: the answer of this caller's own call, whose RateLimit fields are current.
+fn respond_with(snap: &Snapshot, head: bool, status: &str, own: bool) -> Response<Body> {
+    let body = if head {
+        Body::empty()
+    } else {
+        Body::from(snap.body.clone())
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = snap.status;
+    let h = resp.headers_mut();
+    for (k, v) in &snap.headers {
+        if own || (k != "ratelimit" && k != "ratelimit-policy") {
+            h.append(k, v.clone());
+        }
+    }
+    set_status(&mut resp, status);
+    resp
+}
+
+fn set_status(resp: &mut Response<Body>, status: &str) {
+    if let Ok(v) = HeaderValue::from_str(status) {
+        resp.headers_mut().insert(CACHE_STATUS, v);
+    }
+}

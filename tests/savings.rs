@@ -1,0 +1,301 @@
+//! Quota savings end to end (SPEC §8, `[cache]`): identical GETs in flight
+//! share one upstream call, cached answers spend nothing, and nothing stale or
+//! foreign is ever served. Judged on the mock upstream's own log.
+
+mod support;
+
+use std::time::Duration;
+
+use http::Method;
+use support::{client, get, send, MockUpstream, Reply, TestClient, TestProxy};
+
+const RULES: &str = "[cache]\n[[cache.rules]]\npath = \"/v1/ws/*/Actors\"\nttl = \"400ms\"\n";
+
+async fn many(
+    c: &TestClient,
+    urls: Vec<(String, Vec<(&'static str, &'static str)>)>,
+) -> Vec<Reply> {
+    let calls: Vec<_> = urls
+        .into_iter()
+        .map(|(url, headers)| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                send(&c, Method::GET, &url, &headers, axum::body::Body::empty()).await
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for h in calls {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+fn body(r: &Reply) -> String {
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+fn upstream_calls(up: &MockUpstream, prefix: &str) -> usize {
+    up.log()
+        .iter()
+        .filter(|r| r.target.starts_with(prefix))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_identical_gets_in_flight_cost_one_call() {
+    let up = MockUpstream::start().await;
+    let proxy = TestProxy::start(&up, "").await;
+    let c = client();
+    let replies = many(
+        &c,
+        (0..10)
+            .map(|_| (proxy.url("/seq/300/same"), vec![]))
+            .collect(),
+    )
+    .await;
+    assert_eq!(upstream_calls(&up, "/seq/300/same"), 1);
+    let first = body(&replies[0]);
+    for r in &replies {
+        assert_eq!(r.status, 200);
+        assert_eq!(body(r), first, "every caller got the one call's answer");
+    }
+    let collapsed = replies
+        .iter()
+        .filter(|r| r.header("cache-status") == Some("dastra-proxy; fwd=uri-miss; collapsed"))
+        .count();
+    assert_eq!(collapsed, 9);
+    let q = get(&c, &proxy.admin_url("/quota")).await.json();
+    assert_eq!(q["windows"][0]["used"], 1, "{q}");
+    let m = String::from_utf8_lossy(&get(&c, &proxy.admin_url("/metrics")).await.body).into_owned();
+    assert!(
+        m.contains("dastra_proxy_quota_saved_total{how=\"coalesced\"} 9"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn different_queries_accepts_methods_and_credentials_are_never_shared() {
+    let up = MockUpstream::start().await;
+    let proxy = TestProxy::start(&up, "").await;
+    let c = client();
+    let replies = many(
+        &c,
+        vec![
+            (proxy.url("/seq/300/q?x=1"), vec![]),
+            (proxy.url("/seq/300/q?x=2"), vec![]),
+            (proxy.url("/seq/300/q?x=1"), vec![("accept", "text/csv")]),
+            (
+                proxy.url("/seq/300/q?x=1"),
+                vec![("accept", "application/json")],
+            ),
+        ],
+    )
+    .await;
+    assert!(replies.iter().all(|r| r.status == 200));
+    assert_eq!(upstream_calls(&up, "/seq/300/q"), 4);
+    let posts: Vec<_> = (0..3)
+        .map(|_| {
+            let (c, url) = (c.clone(), proxy.url("/seq/300/post"));
+            tokio::spawn(async move {
+                send(&c, Method::POST, &url, &[], axum::body::Body::empty()).await
+            })
+        })
+        .collect();
+    for p in posts {
+        assert_eq!(p.await.unwrap().status, 200);
+    }
+    assert_eq!(
+        upstream_calls(&up, "/seq/300/post"),
+        3,
+        "a write is never shared"
+    );
+
+    // Passthrough: two callers' own credentials are two quota keys.
+    let pass = TestProxy::start_edit(&up, "", |t| {
+        t.replace(
+            "kind = \"api_key\"\napi_key_env = \"TEST_DASTRA_KEY\"",
+            "kind = \"passthrough\"",
+        )
+    })
+    .await;
+    let replies = many(
+        &c,
+        vec![
+            (
+                pass.url("/seq/300/cred"),
+                vec![("x-api-key", "caller-one-key-0123456789")],
+            ),
+            (
+                pass.url("/seq/300/cred"),
+                vec![("x-api-key", "caller-two-key-0123456789")],
+            ),
+        ],
+    )
+    .await;
+    assert!(replies.iter().all(|r| r.status == 200));
+    assert_eq!(upstream_calls(&up, "/seq/300/cred"), 2);
+    assert_ne!(body(&replies[0]), body(&replies[1]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_over_max_entry_sends_followers_upstream_themselves() {
+    let up = MockUpstream::start().await;
+    let proxy = TestProxy::start(&up, "[cache]\nmax_entry = \"1MiB\"\n").await;
+    let c = client();
+    let replies = many(
+        &c,
+        (0..3)
+            .map(|_| (proxy.url("/seq/300/big"), vec![]))
+            .collect(),
+    )
+    .await;
+    for r in &replies {
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.len(), 2 << 20);
+    }
+    assert_eq!(upstream_calls(&up, "/seq/300/big"), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnects_of_a_leader_or_a_follower_disturb_nobody() {
+    let up = MockUpstream::start().await;
+    let proxy = TestProxy::start(&up, "").await;
+    let c = client();
+    let gone = |path: &str| {
+        let (c, url) = (c.clone(), proxy.url(path));
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_millis(100), get(&c, &url)).await;
+        })
+    };
+    // The leader leaves; the follower still gets the one call's answer.
+    let leader = gone("/seq/400/lead");
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let follower = get(&c, &proxy.url("/seq/400/lead")).await;
+    leader.await.unwrap();
+    assert_eq!(follower.status, 200);
+    assert_eq!(
+        follower.header("cache-status"),
+        Some("dastra-proxy; fwd=uri-miss; collapsed")
+    );
+    assert_eq!(upstream_calls(&up, "/seq/400/lead"), 1);
+    // A follower leaves; the leader and another follower are answered.
+    let lead = {
+        let (c, url) = (c.clone(), proxy.url("/seq/400/follow"));
+        tokio::spawn(async move { get(&c, &url).await })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let quitter = gone("/seq/400/follow");
+    let other = get(&c, &proxy.url("/seq/400/follow")).await;
+    quitter.await.unwrap();
+    let lead = lead.await.unwrap();
+    assert_eq!((lead.status.as_u16(), other.status.as_u16()), (200, 200));
+    assert_eq!(body(&lead), body(&other));
+    assert_eq!(upstream_calls(&up, "/seq/400/follow"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_answers_spend_nothing_and_never_go_stale_or_survive_a_write() {
+    let up = MockUpstream::start().await;
+    let proxy = TestProxy::start(&up, RULES).await;
+    let c = client();
+    let url = proxy.url("/v1/ws/1/Actors");
+    let first = get(&c, &url).await;
+    assert_eq!(
+        first.header("cache-status"),
+        Some("dastra-proxy; fwd=uri-miss; stored")
+    );
+    let hit = get(&c, &url).await;
+    assert!(hit
+        .header("cache-status")
+        .unwrap()
+        .starts_with("dastra-proxy; hit; ttl="));
+    assert_eq!(body(&hit), body(&first));
+    let head = send(&c, Method::HEAD, &url, &[], axum::body::Body::empty()).await;
+    assert!(head.header("cache-status").unwrap().contains("hit"));
+    assert!(head.body.is_empty());
+    assert_eq!(
+        upstream_calls(&up, "/v1/ws/1/Actors"),
+        1,
+        "hits and HEAD spent nothing"
+    );
+
+    // After the ttl: a miss.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let after = get(&c, &url).await;
+    assert_ne!(body(&after), body(&first));
+    assert_eq!(upstream_calls(&up, "/v1/ws/1/Actors"), 2);
+
+    // A failed write leaves the entry; a 2xx write under the resource evicts it.
+    let w = send(
+        &c,
+        Method::POST,
+        &proxy.url("/v1/ws/1/Actors/7"),
+        &[("x-mock-status", "400")],
+        axum::body::Body::empty(),
+    )
+    .await;
+    assert_eq!(w.status, 400);
+    assert!(get(&c, &url)
+        .await
+        .header("cache-status")
+        .unwrap()
+        .contains("hit"));
+    let w = send(
+        &c,
+        Method::PUT,
+        &proxy.url("/v1/ws/1/Actors/7"),
+        &[],
+        axum::body::Body::empty(),
+    )
+    .await;
+    assert_eq!(w.status, 200);
+    let evicted = get(&c, &url).await;
+    assert_eq!(
+        evicted.header("cache-status"),
+        Some("dastra-proxy; fwd=uri-miss; stored")
+    );
+    assert_eq!(
+        upstream_calls(&up, "/v1/ws/1/Actors"),
+        5,
+        "3 GETs upstream and 2 writes"
+    );
+
+    // The client's no-cache goes upstream and refreshes the entry.
+    let fresh = send(
+        &c,
+        Method::GET,
+        &url,
+        &[("cache-control", "no-cache")],
+        axum::body::Body::empty(),
+    )
+    .await;
+    assert_eq!(
+        fresh.header("cache-status"),
+        Some("dastra-proxy; fwd=request; stored")
+    );
+    assert_eq!(body(&get(&c, &url).await), body(&fresh));
+
+    let m = String::from_utf8_lossy(&get(&c, &proxy.admin_url("/metrics")).await.body).into_owned();
+    assert!(
+        m.contains("dastra_proxy_quota_saved_total{how=\"cached\"} 4"),
+        "{m}"
+    );
+    assert!(!m.contains("dastra_proxy_cache_bytes 0\n"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_store_answers_are_not_kept() {
+    let up = MockUpstream::start().await;
+    let proxy = TestProxy::start(
+        &up,
+        "[cache]\n[[cache.rules]]\npath = \"/seq/0/nostore\"\nttl = \"30s\"\n",
+    )
+    .await;
+    let c = client();
+    for _ in 0..2 {
+        let r = get(&c, &proxy.url("/seq/0/nostore")).await;
+        assert_eq!(r.header("cache-status"), Some("dastra-proxy; fwd=uri-miss"));
+    }
+    assert_eq!(upstream_calls(&up, "/seq/0/nostore"), 2);
+}
