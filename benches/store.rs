@@ -33,7 +33,7 @@ fn report(name: &str, mut lat: Vec<Duration>, wall: Duration) -> f64 {
     let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)].as_secs_f64() * 1e6;
     let rate = lat.len() as f64 / wall.as_secs_f64();
     println!(
-        "{name:<28}{rate:>12.0}/s   p50 {:>7.1} µs   p99 {:>7.1} µs",
+        "{name:<36}{rate:>12.0}/s   p50 {:>7.1} µs   p99 {:>7.1} µs",
         p(0.5),
         p(0.99)
     );

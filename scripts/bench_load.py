@@ -111,13 +111,16 @@ server {{ listen 127.0.0.1:{ng429_port}; location / {{ limit_req zone=one burst=
         wait_port(ng_port); wait_port(ng429_port)
         # Windows far above what one core can send: admission runs on every call but never binds.
         open_limits = '[[limits]]\nrequests = 10000000\nper = "1s"\n[admission]\nmargin = "0ms"\n'
-        dp, dp_port = dastra(tmp, "dastra", up_port, open_limits)
+        # wrk sends one URL over every connection: with coalescing on, identical
+        # GETs in flight would share calls and this would not measure forwarding.
+        own = '[cache]\ncoalesce = false\n'
+        dp, dp_port = dastra(tmp, "dastra", up_port, open_limits + own)
         procs.append(dp)
         full = '[[limits]]\nrequests = 1\nper = "1h"\n[admission]\non_limit = "reject"\n'
-        dr, dr_port = dastra(tmp, "dastra429", up_port, full)
+        dr, dr_port = dastra(tmp, "dastra429", up_port, full + own)
         procs.append(dr)
         urllib.request.urlopen(f"http://127.0.0.1:{dr_port}/v1/fill").read()
-        hit = open_limits + '[cache]\n[[cache.rules]]\npath = "/v1/bench"\nttl = "1h"\n'
+        hit = open_limits + '[cache]\ncoalesce = false\n[[cache.rules]]\npath = "/v1/bench"\nttl = "1h"\n'
         dh, dh_port = dastra(tmp, "dastrahit", up_port, hit)
         procs.append(dh)
         urllib.request.urlopen(f"http://127.0.0.1:{dh_port}/v1/bench").read()

@@ -4,6 +4,8 @@
 //! can have changed. Every answer that went through it says what happened,
 //! as RFC 9211 `Cache-Status`.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -12,13 +14,12 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use http::{header, HeaderName, HeaderValue, Method, Request, Response};
 use http_body_util::BodyExt as _;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tower::Service;
 
 use super::layer::AppStage;
 use super::StageFuture;
-use crate::cache::{has_directive, Cache, Join, Key, Landing, Snapshot};
+use crate::cache::{has_directive, Cache, Join, Key, Landing, Snapshot, Watchers};
 use crate::error::ProxyError;
 use crate::upstream::CallError;
 
@@ -129,27 +130,51 @@ where
                 }
             }),
             Join::Lead(flight) => {
-                // In a task of its own: a leader whose caller goes away does
-                // not take the followers' answer with it.
-                let (tx, rx) = oneshot::channel();
                 let followers = flight.watchers();
-                let task = tokio::spawn(async move {
-                    let r = lead(inner, req, &cache, key, ttl, Some(flight), max_entry, fwd).await;
-                    let _ = tx.send(r);
+                let fut: StageFuture = Box::pin(async move {
+                    lead(inner, req, &cache, key, ttl, Some(flight), max_entry, fwd).await
                 });
-                // A leader whose caller leaves while nobody follows is stopped
-                // (a queued call then spends no quota, as without coalescing).
-                let guard = AbortAlone {
-                    task: Some(task.abort_handle()),
+                Box::pin(Detach {
+                    fut: Some(fut),
                     followers,
-                };
-                Box::pin(async move {
-                    let r = rx.await.unwrap_or_else(|_| {
-                        Err(CallError::Failed("the shared call's task ended early".into()).into())
-                    });
-                    guard.disarm();
-                    r
                 })
+            }
+        }
+    }
+}
+
+/// The leader's call, polled by its own caller (no task, no channel on the
+/// common path). If that caller goes away while followers wait, the rest of
+/// the call runs in a task of its own, so their answer still comes; with
+/// nobody following it is dropped, and a queued call spends no quota.
+struct Detach {
+    fut: Option<StageFuture>,
+    followers: Watchers,
+}
+
+impl Future for Detach {
+    type Output = Result<Response<Body>, ProxyError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(fut) = self.fut.as_mut() else {
+            return Poll::Ready(Err(
+                CallError::Failed("polled after its answer".into()).into()
+            ));
+        };
+        let out = std::task::ready!(fut.as_mut().poll(cx));
+        self.fut = None;
+        Poll::Ready(out)
+    }
+}
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        let Some(fut) = self.fut.take() else { return };
+        if self.followers.count() > 0 {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = fut.await;
+                });
             }
         }
     }
@@ -227,13 +252,19 @@ where
             }
         }
     }
-    let body = match chunks.len() {
-        1 => chunks.pop().unwrap_or_default(),
-        _ => Bytes::from(chunks.concat()),
-    };
+    // Copied out: hyper's chunks and header values are slices of its read
+    // buffers, which a kept slice would hold whole (7.6 KB per cached 1 KiB
+    // answer before this copy, scripts/bench-cache).
+    let body = Bytes::from(chunks.concat());
+    let mut headers = http::HeaderMap::with_capacity(parts.headers.len());
+    for (k, v) in &parts.headers {
+        if let Ok(v) = HeaderValue::from_bytes(v.as_bytes()) {
+            headers.append(k.clone(), v);
+        }
+    }
     let snap = Arc::new(Snapshot {
         status: parts.status,
-        headers: parts.headers,
+        headers,
         body,
     });
     let stored = ttl.is_some_and(|t| cache.put(key, snap.clone(), t, Instant::now()));
@@ -244,28 +275,6 @@ where
         miss
     };
     Ok(respond_with(&snap, false, &status, true))
-}
-
-/// Stops the leader's task when its caller leaves and no follower waits.
-struct AbortAlone {
-    task: Option<tokio::task::AbortHandle>,
-    followers: crate::cache::Watchers,
-}
-
-impl AbortAlone {
-    fn disarm(mut self) {
-        self.task = None;
-    }
-}
-
-impl Drop for AbortAlone {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            if self.followers.count() == 0 {
-                task.abort();
-            }
-        }
-    }
 }
 
 /// A GET without a body: only those are the same call as another.
