@@ -6,29 +6,11 @@ caches that path for an hour. N distinct paths are fetched once each (every one
 a miss that is stored); the proxy's RSS growth is divided by the bytes its
 `cache_bytes` gauge reports. Run with scripts/bench-cache. Loopback only.
 """
-import http.client, os, re, signal, socket, subprocess, sys, tempfile, time, urllib.request
+import http.client, os, re, subprocess, sys, tempfile, urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "dastra-proxy")
+from benchlib import BIN, free_port, rss, stop, wait_port
+
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
-
-
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
-
-
-def wait_port(port):
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close(); return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing on {port}")
-
-
-def rss(pid):
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
 
 
 def main():
@@ -83,13 +65,7 @@ ttl = "1h"
             print(f"RSS {before} KiB -> {after} KiB: {(after - before) / body_kib:.2f} KiB of RSS per cached KiB of body, "
                   f"{(after - before) * 1024 / N:.0f} bytes per entry")
         finally:
-            for q in procs:
-                q.send_signal(signal.SIGTERM)
-            for q in procs:
-                try:
-                    q.wait(5)
-                except subprocess.TimeoutExpired:
-                    q.kill()
+            stop(procs)
 
 
 if __name__ == "__main__":

@@ -17,22 +17,7 @@ median of each is reported, with ratios. Everything is on 127.0.0.1.
 """
 import argparse, os, re, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "dastra-proxy")
-
-
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
-
-
-def wait_port(port, timeout=10):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close(); return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port}")
+from benchlib import BIN, free_port, rss, stop, wait_port
 
 
 def nginx(tmp, name, body, cpu="0"):
@@ -80,14 +65,6 @@ def wrk(port, secs, conns):
     return {"rps": rps, "p50": lat["50"], "p99": lat["99"], "non2xx": int(non2xx.group(1)) if non2xx else 0}
 
 
-def rss_kib(pid, field="VmHWM:"):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1])
-    return 0
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=int, default=5, help="length of one wrk run")
@@ -124,7 +101,7 @@ server {{ listen 127.0.0.1:{ng429_port}; location / {{ limit_req zone=one burst=
         dh, dh_port = dastra(tmp, "dastrahit", up_port, hit)
         procs.append(dh)
         urllib.request.urlopen(f"http://127.0.0.1:{dh_port}/v1/bench").read()
-        idle_rss = rss_kib(dp.pid, "VmRSS:")
+        idle_rss = rss(dp.pid)
 
         targets = {"direct": up_port, "dastra": dp_port, "nginx": ng_port, "dastra-429": dr_port, "nginx-429": ng429_port,
                    "dastra-hit": dh_port}
@@ -160,15 +137,9 @@ server {{ listen 127.0.0.1:{ng429_port}; location / {{ limit_req zone=one burst=
             name = spec.split("=", 1)[0]
             print(f"  dastra / {name:<22}{d['rps'] / med[name]['rps']:.2f}")
             print(f"  dastra-429 / {name + '-429':<18}{med['dastra-429']['rps'] / med[name + '-429']['rps']:.2f}")
-        print(f"\ndastra-proxy RSS: idle {idle_rss} KiB, peak under load {rss_kib(dp.pid)} KiB   (target <= 32 MiB)")
+        print(f"\ndastra-proxy RSS: idle {idle_rss} KiB, peak under load {rss(dp.pid, 'VmHWM:')} KiB   (target <= 32 MiB)")
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
 
 
 if __name__ == "__main__":
