@@ -45,6 +45,9 @@ def dastra(tmp, name, up_port, extra, binary=BIN):
 [credential]\nkind = "api_key"\napi_key_env = "BENCH_KEY"\n
 [log]\nlevel = "warn"\n{extra}""")
     env = dict(os.environ, BENCH_KEY="bench-key")
+    if "[cache]" in extra and subprocess.run([binary, "check", "--config", conf], env=env, capture_output=True).returncode != 0:
+        # A build from before [cache] existed: it has no coalescing to turn off.
+        return dastra(tmp, name, up_port, extra.replace("[cache]\ncoalesce = false\n", ""), binary)
     p = subprocess.Popen(["taskset", "-c", "0", binary, "--config", conf], env=env, stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "log"), "w"))
     wait_port(port); wait_port(admin)
     return p, port
@@ -107,8 +110,8 @@ server {{ listen 127.0.0.1:{ng429_port}; location / {{ limit_req zone=one burst=
                    "dastra-hit": dh_port}
         for spec in a.baseline:
             name, binary = spec.split("=", 1)
-            bp, bp_port = dastra(tmp, name, up_port, open_limits, binary)
-            br, br_port = dastra(tmp, name + "429", up_port, full, binary)
+            bp, bp_port = dastra(tmp, name, up_port, open_limits + own, binary)
+            br, br_port = dastra(tmp, name + "429", up_port, full + own, binary)
             procs += [bp, br]
             urllib.request.urlopen(f"http://127.0.0.1:{br_port}/v1/fill").read()
             targets.update({name: bp_port, name + "-429": br_port})

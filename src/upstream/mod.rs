@@ -15,16 +15,14 @@ use std::time::Duration;
 
 use axum::body::Body;
 use http::{Request, Response};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::CertificateDer;
 use tower::{Service, ServiceExt as _};
 
+mod pool;
+
 /// The shared outbound client.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+pub type HttpClient = Arc<pool::Client>;
 
 type UpstreamFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, CallError>> + Send>>;
 
@@ -84,26 +82,11 @@ pub enum CallError {
     Timeout(Duration),
 }
 
-/// `client` as an [`Upstream`]; `origin` names it in error messages.
-pub fn upstream(client: HttpClient, origin: String) -> Upstream {
-    let origin: Arc<str> = origin.into();
-    // The client's `request` takes `&self`: no clone of the pool per call.
+/// `client` as an [`Upstream`].
+pub fn upstream(client: HttpClient, _origin: String) -> Upstream {
     Upstream(Arc::new(move |req: Request<Body>| {
-        let call = client.request(req);
-        let origin = origin.clone();
-        Box::pin(async move {
-            match call.await {
-                Ok(resp) => Ok(resp.map(Body::new)),
-                Err(e) => {
-                    let message = format!("cannot reach {origin}: {}", error_chain(&e));
-                    Err(if e.is_connect() {
-                        CallError::NotConnected(message)
-                    } else {
-                        CallError::Failed(message)
-                    })
-                }
-            }
-        })
+        let client = client.clone();
+        Box::pin(async move { client.request(req).await })
     }))
 }
 
@@ -164,17 +147,5 @@ pub fn build_client(
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots(ca_file)?)
         .with_no_client_auth();
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_nodelay(true);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build(https))
+    Ok(Arc::new(pool::Client::new(tls, connect_timeout)))
 }
