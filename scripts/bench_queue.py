@@ -63,7 +63,8 @@ http {{ log_format t '$msec $http_x_request_id $request_uri'; access_log {tmp}/a
     wait_port(up)
     cfg = os.path.join(tmp, "config.toml")
     with open(cfg, "w") as f:
-        f.write(f"""[server]\nlisten = "127.0.0.1:{port}"\nadmin_listen = "127.0.0.1:{admin}"\n
+        # Every caller is 127.0.0.1: the per-address cap must hold them all.
+        f.write(f"""[server]\nlisten = "127.0.0.1:{port}"\nadmin_listen = "127.0.0.1:{admin}"\nmax_connections = 20000\nmax_connections_per_ip = 20000\n
 [upstream]\nurl = "http://127.0.0.1:{up}"\n[credential]\napi_key_env = "BENCH_KEY"\n
 [[limits]]\nrequests = {LIMIT}\nper = "{PER:.0f}s"\n[admission]\nmax_queue = 20000\nmax_wait = "10m"\nmargin = "20ms"\n[log]\nlevel = "warn"\n""")
     dp = subprocess.Popen([BIN, "--config", cfg], env=dict(os.environ, BENCH_KEY="k"), preexec_fn=raise_nofile,
