@@ -94,11 +94,7 @@ where
         let max_entry = cfg.max_entry;
         // HEAD never fills the cache (no body to keep); no-cache refreshes it.
         let ttl = ttl.filter(|_| !head);
-        let fwd = if no_cache {
-            "fwd=request"
-        } else {
-            "fwd=uri-miss"
-        };
+        let fwd = if no_cache { Fwd::Request } else { Fwd::Miss };
         if !coalesce {
             return Box::pin(async move {
                 lead(inner, req, &cache, key, ttl, None, max_entry, fwd).await
@@ -192,7 +188,7 @@ async fn lead<S>(
     ttl: Option<std::time::Duration>,
     flight: Option<crate::cache::Flight>,
     max_entry: u64,
-    fwd: &str,
+    fwd: Fwd,
 ) -> Result<Response<Body>, ProxyError>
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>,
@@ -210,7 +206,7 @@ where
             return Err(ProxyError::Shared(e));
         }
     };
-    let miss = format!("dastra-proxy; {fwd}");
+    let miss = fwd.status(false);
     let declared = resp
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -218,7 +214,7 @@ where
     if declared.is_some_and(|n| n > max_entry) {
         land(Landing::Own);
         let mut resp = resp;
-        set_status(&mut resp, &miss);
+        set_status(&mut resp, miss);
         return Ok(resp);
     }
     let (parts, mut body) = resp.into_parts();
@@ -239,7 +235,7 @@ where
                         futures_util::stream::iter(chunks.into_iter().map(Ok::<_, axum::Error>))
                             .chain(body.into_data_stream());
                     let mut resp = Response::from_parts(parts, Body::from_stream(rest));
-                    set_status(&mut resp, &miss);
+                    set_status(&mut resp, miss);
                     return Ok(resp);
                 }
             }
@@ -269,12 +265,29 @@ where
     });
     let stored = ttl.is_some_and(|t| cache.put(key, snap.clone(), t, Instant::now()));
     land(Landing::Answer(snap.clone()));
-    let status = if stored {
-        format!("{miss}; stored")
-    } else {
-        miss
-    };
+    let status = if stored { fwd.status(true) } else { miss };
     Ok(respond_with(&snap, false, &status, true))
+}
+
+/// Why a call went upstream, as `Cache-Status` says it (static strings:
+/// no formatting per call).
+#[derive(Debug, Clone, Copy)]
+enum Fwd {
+    /// Not in the cache (or no rule for it).
+    Miss,
+    /// The caller asked for a fresh answer (`Cache-Control: no-cache`).
+    Request,
+}
+
+impl Fwd {
+    fn status(self, stored: bool) -> &'static str {
+        match (self, stored) {
+            (Fwd::Miss, false) => "dastra-proxy; fwd=uri-miss",
+            (Fwd::Miss, true) => "dastra-proxy; fwd=uri-miss; stored",
+            (Fwd::Request, false) => "dastra-proxy; fwd=request",
+            (Fwd::Request, true) => "dastra-proxy; fwd=request; stored",
+        }
+    }
 }
 
 /// A GET without a body: only those are the same call as another.

@@ -105,7 +105,10 @@ impl Client {
                                 body,
                                 back: Some((s, origin.clone())),
                             };
-                            return Ok(Response::from_parts(parts, Body::new(body.give_back_if_done())));
+                            return Ok(Response::from_parts(
+                                parts,
+                                Body::new(body.give_back_if_done()),
+                            ));
                         }
                         Err(mut e) => match e.take_message() {
                             Some(back) if !fresh => {
@@ -122,7 +125,9 @@ impl Client {
 
     fn origin(&self, uri: &Uri) -> Result<Arc<Origin>, CallError> {
         let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
-            return Err(CallError::NotConnected(format!("not an absolute URL: {uri}")));
+            return Err(CallError::NotConnected(format!(
+                "not an absolute URL: {uri}"
+            )));
         };
         let mut all = lock(&self.origins);
         let o = all
@@ -155,17 +160,28 @@ impl Client {
             .authority
             .port_u16()
             .unwrap_or(if tls { 443 } else { 80 });
-        let host = origin.authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = origin
+            .authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let work = async {
             let tcp = TcpStream::connect((host.as_str(), port))
                 .await
                 .map_err(|e| not("connect", &e))?;
             let _ = tcp.set_nodelay(true);
             if !tls {
-                return handshake_h1(TokioIo::new(tcp)).await.map_err(|e| not("handshake", &e));
+                return handshake_h1(TokioIo::new(tcp))
+                    .await
+                    .map_err(|e| not("handshake", &e));
             }
             let name = ServerName::try_from(host.clone()).map_err(|e| not("server name", &e))?;
-            let stream = self.tls.connect(name, tcp).await.map_err(|e| not("tls", &e))?;
+            let stream = self
+                .tls
+                .connect(name, tcp)
+                .await
+                .map_err(|e| not("tls", &e))?;
             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
             let io = TokioIo::new(stream);
             if h2 {
