@@ -266,7 +266,7 @@ where
     let stored = ttl.is_some_and(|t| cache.put(key, snap.clone(), t, Instant::now()));
     land(Landing::Answer(snap.clone()));
     let status = if stored { fwd.status(true) } else { miss };
-    Ok(respond_with(&snap, false, &status, true))
+    Ok(respond_with(&snap, false, status, true))
 }
 
 /// Why a call went upstream, as `Cache-Status` says it (static strings:
