@@ -228,7 +228,9 @@ impl Admission {
     /// Waits for a slot, or says at once why there will be none in time.
     pub async fn acquire(&self, caller: &Caller) -> Result<Permit, Refusal> {
         if let Some(remote) = &self.inner.remote {
-            return self.acquire_remote(remote, caller).await;
+            // Boxed: inline, the Redis round trip's state would make every
+            // waiting call's future 3 KB larger, memory store or not.
+            return Box::pin(self.acquire_remote(remote, caller)).await;
         }
         let (id, rx) = {
             let mut st = self.inner.lock();
