@@ -299,3 +299,23 @@ async fn no_store_answers_are_not_kept() {
     }
     assert_eq!(upstream_calls(&up, "/seq/0/nostore"), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_call_is_shared_by_those_waiting_on_it_only() {
+    let up = MockUpstream::start().await;
+    // upstream.timeout is 2 s in the test config: /slow/2500 times out.
+    let proxy = TestProxy::start(&up, "").await;
+    let c = client();
+    let replies = many(&c, (0..3).map(|_| (proxy.url("/slow/2500"), vec![])).collect()).await;
+    for r in &replies {
+        assert_eq!(r.status, 504, "{}", body(r));
+        assert_eq!(r.json()["error"]["code"], "upstream_timeout");
+    }
+    assert_eq!(upstream_calls(&up, "/slow/2500"), 1, "one call, one failure, shared");
+    // Arriving after the failure: a call of its own, not the old error.
+    let fresh = get(&c, &proxy.url("/slow/10")).await;
+    assert_eq!(fresh.status, 200);
+    let again = many(&c, vec![(proxy.url("/slow/2500"), vec![])]).await;
+    assert_eq!(again[0].status, 504);
+    assert_eq!(upstream_calls(&up, "/slow/2500"), 2);
+}
