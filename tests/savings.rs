@@ -306,12 +306,20 @@ async fn a_failed_call_is_shared_by_those_waiting_on_it_only() {
     // upstream.timeout is 2 s in the test config: /slow/2500 times out.
     let proxy = TestProxy::start(&up, "").await;
     let c = client();
-    let replies = many(&c, (0..3).map(|_| (proxy.url("/slow/2500"), vec![])).collect()).await;
+    let replies = many(
+        &c,
+        (0..3).map(|_| (proxy.url("/slow/2500"), vec![])).collect(),
+    )
+    .await;
     for r in &replies {
         assert_eq!(r.status, 504, "{}", body(r));
         assert_eq!(r.json()["error"]["code"], "upstream_timeout");
     }
-    assert_eq!(upstream_calls(&up, "/slow/2500"), 1, "one call, one failure, shared");
+    assert_eq!(
+        upstream_calls(&up, "/slow/2500"),
+        1,
+        "one call, one failure, shared"
+    );
     // Arriving after the failure: a call of its own, not the old error.
     let fresh = get(&c, &proxy.url("/slow/10")).await;
     assert_eq!(fresh.status, 200);
