@@ -137,8 +137,7 @@ impl App {
             config.upstream.ca_file.as_deref(),
             config.upstream.connect_timeout,
         )?;
-        let origin = config.upstream.origin();
-        Self::with_upstream(config, metrics, upstream(client, origin))
+        Self::with_upstream(config, metrics, upstream(client))
     }
 
     /// With `upstream` in place of the HTTPS client: tests pass a

@@ -83,7 +83,7 @@ pub enum CallError {
 }
 
 /// `client` as an [`Upstream`].
-pub fn upstream(client: HttpClient, _origin: String) -> Upstream {
+pub fn upstream(client: HttpClient) -> Upstream {
     Upstream(Arc::new(move |req: Request<Body>| {
         let client = client.clone();
         Box::pin(async move { client.request(req).await })
