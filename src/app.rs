@@ -98,7 +98,9 @@ pub fn redis_link(
 /// [`crate::store::StoreError::Config`]; messages never hold the password.
 pub async fn probe_store(config: &Config) -> Result<(), AppError> {
     if let StoreConfig::Redis { url, ca_file, .. } = &config.store {
-        redis_link(url, ca_file.as_deref())?.probe().await?;
+        redis_link(url.expose(), ca_file.as_deref())?
+            .probe()
+            .await?;
     }
     Ok(())
 }
@@ -162,7 +164,7 @@ impl App {
                 replicas,
                 ca_file,
             } => Some(SharedStore {
-                link: redis_link(url, ca_file.as_deref())?,
+                link: redis_link(url.expose(), ca_file.as_deref())?,
                 key_prefix: key_prefix.clone(),
                 on_error: *on_error,
                 replicas: *replicas,

@@ -4,6 +4,7 @@ use super::error::ConfigError;
 use super::raw;
 use super::types::*;
 use super::validate::Validator;
+use crate::secret::{Secret, SecretSource};
 
 /// `store.state_file` when the file names none, relative to the config file.
 const DEFAULT_STATE_FILE: &str = "dastra-proxy.state";
@@ -92,6 +93,8 @@ impl Validator<'_> {
             "memory" => {
                 let set = [
                     ("url", raw.url.is_some()),
+                    ("url_env", raw.url_env.is_some()),
+                    ("url_file", raw.url_file.is_some()),
                     ("key_prefix", raw.key_prefix.is_some()),
                     ("on_error", raw.on_error.is_some()),
                     ("replicas", raw.replicas.is_some()),
@@ -116,22 +119,37 @@ impl Validator<'_> {
                         "only used with kind = \"memory\": Redis holds the shared window",
                     ));
                 }
-                let url = raw
-                    .url
-                    .ok_or_else(|| self.invalid("store.url", "needed with kind = \"redis\""))?;
+                // The URL may carry a password: it is a secret wherever it
+                // comes from (this file, or url_env / url_file).
+                let url = match (raw.url, raw.url_env.is_some() || raw.url_file.is_some()) {
+                    (Some(_), true) => {
+                        return Err(self.invalid("store.url", "set one of url, url_env or url_file"))
+                    }
+                    (Some(u), false) => {
+                        Secret::from_value(SecretSource::File(self.path.to_owned()), u)
+                    }
+                    (None, true) => self.secret("store.url", raw.url_env, raw.url_file)?,
+                    (None, false) => {
+                        return Err(self.invalid(
+                            "store.url",
+                            "needed with kind = \"redis\" (or url_env / url_file)",
+                        ))
+                    }
+                };
+                let text = url.expose();
                 let schemes = [
                     "redis://",
                     "rediss://",
                     "redis+cluster://",
                     "rediss+cluster://",
                 ];
-                if !schemes.iter().any(|s| url.starts_with(s)) {
+                if !schemes.iter().any(|s| text.starts_with(s)) {
                     return Err(self.invalid(
                         "store.url",
                         "must start with redis://, rediss://, redis+cluster:// or rediss+cluster://",
                     ));
                 }
-                if raw.ca_file.is_some() && !url.starts_with("rediss") {
+                if raw.ca_file.is_some() && !text.starts_with("rediss") {
                     return Err(self.invalid(
                         "store.ca_file",
                         "only used with rediss:// or rediss+cluster:// (TLS)",

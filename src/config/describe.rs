@@ -167,10 +167,16 @@ pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 StoreOnError::Local => "local",
                 StoreOnError::Reject => "reject",
             };
+            // Written in this file: shown without its password; from env or
+            // a file: only where it comes from.
+            let shown = if url.source() == &crate::secret::SecretSource::File(c.source.clone()) {
+                redact_url(url.expose())
+            } else {
+                url.to_string()
+            };
             writeln!(
                 o,
-                "\n[store]\nkind = \"redis\"\nurl = \"{}\"\nkey_prefix = \"{key_prefix}\"\non_error = \"{on_error}\"\nreplicas = {replicas}",
-                redact_url(url)
+                "\n[store]\nkind = \"redis\"\nurl = \"{shown}\"\nkey_prefix = \"{key_prefix}\"\non_error = \"{on_error}\"\nreplicas = {replicas}"
             )?;
             if let Some(ca) = ca_file {
                 writeln!(o, "ca_file = \"{}\"", ca.display())?;

@@ -148,6 +148,8 @@ pub(crate) struct RawClient {
 pub(crate) struct RawStore {
     pub(crate) kind: Option<String>,
     pub(crate) url: Option<String>,
+    pub(crate) url_env: Option<String>,
+    pub(crate) url_file: Option<PathBuf>,
     pub(crate) key_prefix: Option<String>,
     pub(crate) on_error: Option<String>,
     pub(crate) replicas: Option<i64>,

@@ -9,6 +9,7 @@ use super::*;
 fn env() -> SecretEnv {
     SecretEnv::fixed([
         ("CFG_TEST_KEY", "k"),
+        ("CFG_REDIS_URL", "rediss://app:s3cret-pw@redis.corp:6380"),
         ("DASTRA_API_KEY", "k"),
         ("CFG_TEST_PRIV", "private"),
     ])
@@ -224,4 +225,35 @@ fn more_replicas_than_a_windows_n_is_refused() {
         "{KEY}[[limits]]\nrequests = 3\nper = \"1s\"\n{redis}replicas = 3\n"
     ))
     .is_ok());
+}
+
+#[test]
+fn the_redis_url_is_a_secret_wherever_it_comes_from() {
+    let c = parse(&format!(
+        "{KEY}[store]\nkind = \"redis\"\nurl_env = \"CFG_REDIS_URL\"\n"
+    ))
+    .unwrap();
+    let StoreConfig::Redis { url, .. } = &c.store else {
+        panic!("redis store expected");
+    };
+    assert_eq!(url.expose(), "rediss://app:s3cret-pw@redis.corp:6380");
+    for shown in [format!("{c}"), format!("{c:?}")] {
+        assert!(!shown.contains("s3cret-pw"), "{shown}");
+    }
+    assert!(format!("{c}").contains("env CFG_REDIS_URL"));
+    let inline = parse(&format!(
+        "{KEY}[store]\nkind = \"redis\"\nurl = \"redis://app:s3cret-pw@h:6379\"\n"
+    ))
+    .unwrap();
+    assert!(!format!("{inline:?}").contains("s3cret-pw"));
+    let e = parse(&format!(
+        "{KEY}[store]\nkind = \"redis\"\nurl = \"redis://h\"\nurl_env = \"CFG_REDIS_URL\"\n"
+    ))
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("one of url, url_env or url_file"),
+        "{e}"
+    );
+    let e = parse(&format!("{KEY}[store]\nurl_env = \"CFG_REDIS_URL\"\n")).unwrap_err();
+    assert!(e.to_string().contains("store.url_env"), "{e}");
 }

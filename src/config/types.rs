@@ -234,8 +234,8 @@ pub enum StoreConfig {
     /// file's directory) keeps the window across restarts; `None` keeps none.
     Memory { state_file: Option<PathBuf> },
     Redis {
-        /// May carry a password, so it is treated as a secret when printed.
-        url: String,
+        /// May carry a password: a secret, from this file or url_env / url_file.
+        url: Secret,
         key_prefix: String,
         on_error: StoreOnError,
         replicas: u32,

@@ -27,7 +27,7 @@ impl Validator<'_> {
         }
     }
 
-    fn secret(
+    pub(super) fn secret(
         &self,
         key: &str,
         env: Option<String>,
