@@ -349,17 +349,20 @@ async fn a_three_node_cluster_holds_the_quota() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // Every node must see the whole slot map before the proxy starts.
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let info = Command::new("redis-cli")
-            .args(["-p", &ports[0].to_string(), "cluster", "info"])
-            .output()
-            .unwrap();
-        if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
-            break;
+    for port in &ports {
+        loop {
+            let info = Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "cluster", "info"])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the cluster never became ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(Instant::now() < deadline, "the cluster never became ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let url = format!(
         "redis+cluster://127.0.0.1:{},127.0.0.1:{}",

@@ -153,8 +153,7 @@ impl RedisLink {
         let client = if p.cluster {
             let mut b = redis::cluster::ClusterClientBuilder::new(p.nodes.clone())
                 .connection_timeout(Duration::from_millis(500))
-                .response_timeout(Duration::from_millis(500))
-                .retries(1);
+                .response_timeout(Duration::from_millis(500));
             if p.tls && ca.is_some() {
                 b = b.certs(certs());
             }
