@@ -69,6 +69,20 @@ impl Admission {
         st.windows.empty_at(now).filter(|t| *t > now)
     }
 
+    /// Whether a call would be refused right now without waiting (reject
+    /// mode with no slot, or draining): the savings stage then skips
+    /// coalescing, which would only share a 429 that costs less alone.
+    pub fn refuses_now(&self) -> bool {
+        if self.inner.remote.is_some() {
+            return false;
+        }
+        let st = self.inner.lock();
+        let now = Instant::now();
+        st.closed
+            || (st.on_limit == crate::config::OnLimit::Reject
+                && (st.blocked_until(now) > now || !st.queue.is_empty()))
+    }
+
     /// Calls waiting now, over all clients.
     pub fn waiting(&self) -> usize {
         self.inner.lock().queue.len()

@@ -100,6 +100,16 @@ where
                 lead(inner, req, &cache, key, ttl, None, max_entry, fwd).await
             });
         }
+        // Out of quota in reject mode: the 429 comes at once and costs less
+        // than a flight to share it in (a cached answer was served above).
+        if self
+            .app
+            .quotas
+            .get(key.quota)
+            .is_ok_and(|a| a.refuses_now())
+        {
+            return Box::pin(inner.call(req));
+        }
         match cache.join(key.clone()) {
             Join::Follow(mut rx) => Box::pin(async move {
                 let landing = rx
