@@ -327,3 +327,32 @@ async fn a_failed_call_is_shared_by_those_waiting_on_it_only() {
     assert_eq!(again[0].status, 504);
     assert_eq!(upstream_calls(&up, "/slow/2500"), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_rules_apply_on_reload() {
+    let up = MockUpstream::start().await;
+    let proxy = TestProxy::start(&up, "").await;
+    let c = client();
+    let url = proxy.url("/v1/ws/9/Actors");
+    for _ in 0..2 {
+        assert_eq!(
+            get(&c, &url).await.header("cache-status"),
+            Some("dastra-proxy; fwd=uri-miss")
+        );
+    }
+    let path = proxy.dir.path().join("config.toml");
+    let text = std::fs::read_to_string(&path).unwrap() + RULES;
+    std::fs::write(&path, text).unwrap();
+    let next = dastra_proxy::config::Config::load_with(&path, &support::test_env()).unwrap();
+    proxy.running.as_ref().unwrap().app.reload(&next).unwrap();
+    assert_eq!(
+        get(&c, &url).await.header("cache-status"),
+        Some("dastra-proxy; fwd=uri-miss; stored")
+    );
+    assert!(get(&c, &url)
+        .await
+        .header("cache-status")
+        .unwrap()
+        .contains("hit"));
+    assert_eq!(upstream_calls(&up, "/v1/ws/9/Actors"), 3);
+}
