@@ -18,6 +18,7 @@ use super::stages::outcome;
 use super::StageFuture;
 use crate::admission::Caller;
 use crate::config::{Upstream429, ANONYMOUS};
+use crate::credential::QuotaKey;
 use crate::error::ProxyError;
 use crate::upstream::CallError;
 
@@ -67,7 +68,12 @@ where
         };
         // Hop-by-hop headers are gone by now: the key is the credential that
         // will actually be forwarded.
-        let admission = match app.quotas.get(app.credential.quota_key(req.headers())) {
+        let key = req
+            .extensions()
+            .get::<QuotaKey>()
+            .copied()
+            .unwrap_or_else(|| app.credential.quota_key(req.headers()));
+        let admission = match app.quotas.get(key) {
             Ok(a) => a,
             Err(refusal) => {
                 return CheckFuture::Refused {

@@ -45,7 +45,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> StageFuture {
+    fn call(&mut self, mut req: Request<Body>) -> StageFuture {
+        // Computed once here (a SHA-256 in passthrough) and handed to admission.
+        let quota = self.app.credential.quota_key(req.headers());
+        req.extensions_mut().insert(quota);
         let cache = self.app.cache.clone();
         let cfg = cache.config();
         let mut inner = self.inner.clone();
@@ -54,7 +57,6 @@ where
             if method == Method::OPTIONS || cfg.rules.is_empty() {
                 return Box::pin(inner.call(req));
             }
-            let quota = self.app.credential.quota_key(req.headers());
             let path = req.uri().path().to_owned();
             return Box::pin(async move {
                 let resp = inner.call(req).await?;
@@ -75,7 +77,7 @@ where
             return Box::pin(inner.call(req));
         }
         let key = Key {
-            quota: self.app.credential.quota_key(req.headers()),
+            quota,
             target: Bytes::copy_from_slice(
                 req.uri()
                     .path_and_query()

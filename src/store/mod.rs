@@ -359,11 +359,6 @@ impl RedisStore {
         Some(lock(&self.heard).map_or(now, |h| h + HEARTBEAT))
     }
 
-    /// This replica's sends in the log (tests, `/quota`).
-    pub fn own_sends(&self) -> usize {
-        lock(&self.sends).len()
-    }
-
     fn missed<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
         if r.is_err() {
             lock(&self.sends).dirty = true;

@@ -82,10 +82,6 @@ impl Sends {
             self.log.pop_front();
         }
     }
-
-    pub(super) fn len(&self) -> usize {
-        self.log.len()
-    }
 }
 
 #[cfg(test)]
