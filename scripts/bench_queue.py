@@ -10,7 +10,8 @@ it was queued, with zero window violations in the upstream's arrival log
 import asyncio, json, os, resource, signal, socket, subprocess, sys, tempfile, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "dastra-proxy")
+# DASTRA_BIN runs another build (e.g. an earlier commit's) for comparison.
+BIN = os.environ.get("DASTRA_BIN") or os.path.join(ROOT, "target", "release", "dastra-proxy")
 N, LIMIT, PER = 10_000, 2000, 10.0
 
 

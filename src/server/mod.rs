@@ -5,34 +5,27 @@
 //! and queued calls up to `server.shutdown_grace`; then whatever still waits
 //! for quota is answered `503 shutting_down` rather than dropped.
 
+mod accept;
+mod head;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use hyper::body::{Body as _, Incoming};
-use hyper::Request;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
-use tower::util::MapRequest;
-use tower::ServiceExt as _;
 
-use crate::access::ConnInfo;
 use crate::app::{App, AppError};
 use crate::config::{Config, TlsFiles};
-use crate::conn::{self, ActiveIo, Activity, ConnLimits, Tracked};
 use crate::metrics::Metrics;
 use crate::proxy;
 use crate::store::StoreError;
+use accept::{accept_loop, with_conn, ConnPolicy};
 
 /// What keeps the proxy from starting, said plainly.
 #[derive(Debug, thiserror::Error)]
@@ -174,144 +167,6 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(4096)
-}
-
-/// Accepts until told to stop, then hands back the graceful-shutdown watcher
-/// of the connections still open.
-/// What each accepted connection is held to (see `conn`).
-#[derive(Debug, Clone)]
-struct ConnPolicy {
-    limits: Arc<ConnLimits>,
-    header_timeout: Duration,
-    idle_timeout: Duration,
-}
-
-impl ConnPolicy {
-    fn new(config: &Config, metrics: &Metrics) -> Self {
-        let s = &config.server;
-        Self {
-            limits: ConnLimits::new(s.max_connections, s.max_connections_per_ip, metrics.clone()),
-            header_timeout: s.header_read_timeout,
-            idle_timeout: s.idle_timeout,
-        }
-    }
-}
-
-async fn accept_loop<F, S>(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    policy: ConnPolicy,
-    mut stop: watch::Receiver<bool>,
-    make_service: F,
-) -> GracefulShutdown
-where
-    F: Fn(ConnInfo) -> S + Send + 'static,
-    S: tower::Service<Request<Incoming>, Response = http::Response<axum::body::Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let graceful = GracefulShutdown::new();
-    let mut builder = Builder::new(TokioExecutor::new());
-    // The watchdog in `conn` holds the first request head to
-    // header_read_timeout and idle connections to idle_timeout. hyper's own
-    // head timer runs from the end of one answer to the next head, so it is
-    // set just past idle_timeout: a kept-alive connection may idle that long
-    // (the watchdog closes it first, and counts it), and a later head
-    // trickled in byte by byte is cut then.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(policy.idle_timeout + Duration::from_secs(1));
-    let builder = Arc::new(builder);
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.wait_for(|s| *s) => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // Out of file descriptors and similar: back off, keep serving.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        // Over a cap, the socket is closed at once: it costs nothing more.
-        let Ok(slot) = policy.limits.admit(peer.ip()) else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let activity = Activity::new();
-        let io = ActiveIo::new(stream, activity.clone());
-        let service = TowerToHyperService::new(Tracked::new(
-            make_service(ConnInfo {
-                peer,
-                tls: tls.is_some(),
-            }),
-            activity.clone(),
-        ));
-        let (builder, tls, policy) = (builder.clone(), tls.clone(), policy.clone());
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let serve = async {
-                let result = match tls {
-                    None => {
-                        let conn = builder.serve_connection(TokioIo::new(io), service);
-                        watcher.watch(conn.into_owned()).await
-                    }
-                    Some(acceptor) => match acceptor.accept(io).await {
-                        Ok(tls_stream) => {
-                            let conn = builder.serve_connection(TokioIo::new(tls_stream), service);
-                            watcher.watch(conn.into_owned()).await
-                        }
-                        Err(e) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            Ok(())
-                        }
-                    },
-                };
-                if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
-            };
-            let timeouts =
-                conn::watch(serve, &activity, policy.header_timeout, policy.idle_timeout);
-            if let Err(why) = timeouts.await {
-                policy.limits.refuse(why);
-                tracing::debug!(%peer, reason = why.label(), "connection closed");
-            }
-        });
-    }
-    graceful
-}
-
-/// A service for one connection: each request carries the connection's
-/// facts, and its body as the one body type the services take (axum's Router
-/// for the admin side, the proxy stack for the other).
-fn with_conn<S>(
-    svc: S,
-    conn: ConnInfo,
-) -> MapRequest<S, impl FnMut(Request<Incoming>) -> Request<Body> + Clone>
-where
-    S: tower::Service<Request<Body>>,
-{
-    svc.map_request(move |req: Request<Incoming>| {
-        // Most calls have no body: an empty one costs no allocation.
-        let mut req = req.map(|b| {
-            if b.is_end_stream() {
-                Body::empty()
-            } else {
-                Body::new(b)
-            }
-        });
-        req.extensions_mut().insert(conn);
-        req
-    })
 }
 
 fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, StartError> {

@@ -1,0 +1,234 @@
+//! One listener's accept loop, and how each accepted connection is served:
+//! its place among the connection caps, its protocol (HTTP/1.1 or HTTP/2,
+//! by ALPN or by the h2c preface), the watchdog, graceful shutdown.
+//!
+//! Each connection is one task holding only what its protocol needs: hyper's
+//! version-sniffing server read the first bytes through a rewind buffer,
+//! which made hyper's HTTP/1 read buffer grow to 16 KiB on every connection;
+//! here the preface is peeked from the socket, and hyper reads it itself.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use futures_util::FutureExt as _;
+use hyper::body::{Body as _, Incoming};
+use hyper::server::conn::{http1, http2};
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tower::util::MapRequest;
+use tower::ServiceExt as _;
+
+use super::head;
+use crate::access::ConnInfo;
+use crate::config::Config;
+use crate::conn::{self, ActiveIo, Activity, ConnLimits, Tracked};
+use crate::metrics::Metrics;
+
+/// What each accepted connection is held to (see `conn`).
+#[derive(Debug, Clone)]
+pub(super) struct ConnPolicy {
+    limits: Arc<ConnLimits>,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl ConnPolicy {
+    pub(super) fn new(config: &Config, metrics: &Metrics) -> Self {
+        let s = &config.server;
+        Self {
+            limits: ConnLimits::new(s.max_connections, s.max_connections_per_ip, metrics.clone()),
+            header_timeout: s.header_read_timeout,
+            idle_timeout: s.idle_timeout,
+        }
+    }
+}
+
+/// hyper's servers for each protocol, configured once per listener.
+#[derive(Clone)]
+struct Protocols {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
+impl Protocols {
+    fn new(policy: &ConnPolicy) -> Arc<Self> {
+        let mut h1 = http1::Builder::new();
+        // The watchdog in `conn` holds the first request head to
+        // header_read_timeout and idle connections to idle_timeout. hyper's
+        // own head timer runs from the end of one answer to the next head,
+        // so it is set just past idle_timeout: a kept-alive connection may
+        // idle that long (the watchdog closes it first, and counts it), and
+        // a later head trickled in byte by byte is cut then.
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(policy.idle_timeout + Duration::from_secs(1));
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new());
+        Arc::new(Self { h1, h2 })
+    }
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a cleartext connection opens with the HTTP/2 preface, read
+/// without consuming it. A connection that sends part of the preface and
+/// stalls is looked at again with growing pauses (at most 10 times a
+/// second), until the header timeout closes it.
+async fn is_h2c(stream: &TcpStream) -> bool {
+    let mut buf = [0u8; PREFACE.len()];
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match stream.peek(&mut buf).await {
+            Ok(n) if n > 0 && buf[..n] == PREFACE[..n] => {
+                if n == PREFACE.len() {
+                    return true;
+                }
+            }
+            // Anything else, an EOF or an error included, is hyper's to answer.
+            _ => return false,
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// Accepts until told to stop, then hands back the graceful-shutdown watcher
+/// of the connections still open.
+pub(super) async fn accept_loop<F, S>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    policy: ConnPolicy,
+    mut stop: watch::Receiver<bool>,
+    make_service: F,
+) -> GracefulShutdown
+where
+    F: Fn(ConnInfo) -> S + Send + 'static,
+    S: tower::Service<Request<Incoming>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let graceful = GracefulShutdown::new();
+    let protocols = Protocols::new(&policy);
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and similar: back off, keep serving.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Over a cap, the socket is closed at once: it costs nothing more.
+        let Ok(slot) = policy.limits.admit(peer.ip()) else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let activity = Activity::new();
+        let service = TowerToHyperService::new(Tracked::new(
+            make_service(ConnInfo {
+                peer,
+                tls: tls.is_some(),
+            }),
+            activity.clone(),
+        ));
+        let watcher = graceful.watcher();
+        let (p, limits) = (protocols.clone(), policy.limits.clone());
+        let (header_timeout, idle_timeout) = (policy.header_timeout, policy.idle_timeout);
+        let serve = {
+            let activity = activity.clone();
+            let tls = tls.clone();
+            async move {
+                match tls {
+                    None => {
+                        let h2 = is_h2c(&stream).await;
+                        let io = TokioIo::new(ActiveIo::new(stream, activity));
+                        if h2 {
+                            // Rare: boxed, so HTTP/1 connections do not carry its size.
+                            Box::pin(watcher.watch(p.h2.serve_connection(io, service))).await
+                        } else {
+                            watcher.watch(p.h1.serve_connection(io, service)).await
+                        }
+                    }
+                    Some(acceptor) => {
+                        let io = ActiveIo::new(stream, activity);
+                        let tls_stream = match Box::pin(acceptor.accept(io)).await {
+                            Ok(s) => s,
+                            Err(e) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return Ok(());
+                            }
+                        };
+                        // Over TLS, HTTP/2 is chosen by ALPN only (RFC 9113 §3.2).
+                        let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                        let io = TokioIo::new(tls_stream);
+                        if h2 {
+                            Box::pin(watcher.watch(p.h2.serve_connection(io, service))).await
+                        } else {
+                            Box::pin(watcher.watch(p.h1.serve_connection(io, service))).await
+                        }
+                    }
+                }
+            }
+        };
+        let serve = conn::watch(serve, activity, header_timeout, idle_timeout);
+        tokio::spawn(serve.map(move |r| finish(r, slot, &limits, peer)));
+    }
+    graceful
+}
+
+/// How a served connection ended: logged, a watchdog close counted, and its
+/// place given back. A plain function mapped over the connection's future:
+/// an `async fn` taking that future would hold it twice.
+fn finish(
+    ended: Result<Result<(), hyper::Error>, conn::Refused>,
+    slot: conn::ConnSlot,
+    limits: &ConnLimits,
+    peer: SocketAddr,
+) {
+    match ended {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
+        Err(why) => {
+            limits.refuse(why);
+            tracing::debug!(%peer, reason = why.label(), "connection closed");
+        }
+    }
+    drop(slot);
+}
+
+/// A service for one connection: each request carries the connection's
+/// facts, and its body as the one body type the services take (axum's Router
+/// for the admin side, the proxy stack for the other).
+pub(super) fn with_conn<S>(
+    svc: S,
+    conn: ConnInfo,
+) -> MapRequest<S, impl FnMut(Request<Incoming>) -> Request<Body> + Clone>
+where
+    S: tower::Service<Request<Body>>,
+{
+    svc.map_request(move |req: Request<Incoming>| {
+        let (mut parts, body) = req.into_parts();
+        head::detach(&mut parts);
+        // Most calls have no body: an empty one costs no allocation.
+        let body = if body.is_end_stream() {
+            Body::empty()
+        } else {
+            Body::new(body)
+        };
+        let mut req = Request::from_parts(parts, body);
+        req.extensions_mut().insert(conn);
+        req
+    })
+}
