@@ -172,6 +172,45 @@ async fn sigterm_drains_in_flight_calls_then_exits_0() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// A sidecar given one core runs tokio on one thread (no worker threads to
+/// hand calls between); everything still works there: forwarding, a queue
+/// that waits on the clock, and a drain on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_one_cpu_it_runs_on_one_thread_and_still_queues_and_drains() {
+    let up = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "[[limits]]\nrequests = 2\nper = \"500ms\"\n[admission]\non_limit = \"queue\"\nmax_wait = \"5s\"\n";
+    let mut proxy = BinProxy::start_on_one_cpu(dir.path(), &up, extra);
+    let workers = proxy
+        .threads()
+        .into_iter()
+        .filter(|t| t.starts_with("tokio-r"))
+        .count();
+    assert_eq!(workers, 0, "threads: {:?}", proxy.threads());
+    let c = client();
+    let calls: Vec<_> = (0..6)
+        .map(|i| {
+            let (c, url) = (c.clone(), proxy.url(&format!("/v1/one-cpu/{i}")));
+            tokio::spawn(async move { get(&c, &url).await.status })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap(), 200);
+    }
+    let arrivals = up.arrivals("/v1/one-cpu/");
+    assert_eq!(arrivals.len(), 6);
+    // 2 per 500 ms: the last two could not go before a full window passed.
+    assert!(
+        arrivals[5] - arrivals[0] >= Duration::from_millis(900),
+        "{arrivals:?}"
+    );
+    proxy.signal("TERM");
+    let status = tokio::task::spawn_blocking(move || proxy.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthcheck_command_reads_readyz() {
     let up = MockUpstream::start().await;

@@ -168,6 +168,22 @@ impl BinProxy {
         extra: &str,
         edit: impl FnOnce(String) -> String,
     ) -> Self {
+        Self::launch(dir, upstream, extra, edit, &[])
+    }
+
+    /// Starts the binary allowed onto CPU 0 only (`taskset`), as a sidecar
+    /// given one core runs.
+    pub fn start_on_one_cpu(dir: &std::path::Path, upstream: &MockUpstream, extra: &str) -> Self {
+        Self::launch(dir, upstream, extra, |s| s, &["taskset", "-c", "0"])
+    }
+
+    fn launch(
+        dir: &std::path::Path,
+        upstream: &MockUpstream,
+        extra: &str,
+        edit: impl FnOnce(String) -> String,
+        wrapper: &[&str],
+    ) -> Self {
         let proxy = free_port();
         let admin = free_port();
         let path = write_config(dir, upstream, extra);
@@ -183,7 +199,16 @@ impl BinProxy {
                 1,
             );
         std::fs::write(&path, text).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_dastra-proxy"))
+        let exe = env!("CARGO_BIN_EXE_dastra-proxy");
+        let mut command = match wrapper {
+            [] => Command::new(exe),
+            [first, rest @ ..] => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(exe);
+                c
+            }
+        };
+        let child = command
             .arg("--config")
             .arg(&path)
             .env("TEST_DASTRA_KEY", DASTRA_KEY)
@@ -206,6 +231,16 @@ impl BinProxy {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The names of the process's threads.
+    pub fn threads(&self) -> Vec<String> {
+        let dir = format!("/proc/{}/task", self.pid());
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|n| n.trim().to_owned())
+            .collect()
     }
 
     /// Peak resident memory so far (VmHWM), in KiB.
