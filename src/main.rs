@@ -73,40 +73,58 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         tracing::warn!("{w}");
     }
     runtime()?.block_on(async move {
+        // Handlers first: a SIGHUP (or SIGTERM) arriving while the listeners
+        // come up would otherwise meet the default action and kill the process.
+        let signals = Signals::install()?;
         let running = server::start(config, Metrics::new()).await?;
-        signals(&running, path).await?;
+        signals.serve(&running, path).await;
         running.shutdown().await;
         Ok(())
     })
 }
 
-/// Waits for SIGTERM/SIGINT; reloads on SIGHUP in between.
-async fn signals(running: &server::Running, path: &std::path::Path) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => {
-                let metrics = &running.app.metrics;
-                let outcome = Config::load(path).map_err(|e| e.to_string()).and_then(|next| {
-                    running.app.reload(&next).map_err(|e| e.to_string())?;
-                    Ok(next.warnings())
-                });
-                match outcome {
-                    Ok(warnings) => {
-                        metrics.config_reloads_total.with_label_values(&["ok"]).inc();
-                        tracing::info!(config = %path.display(), "configuration reloaded");
-                        for w in warnings {
-                            tracing::warn!("{w}");
+/// The signals the proxy answers, listened for from before it starts.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Waits for SIGTERM/SIGINT; reloads on SIGHUP in between.
+    async fn serve(mut self, running: &server::Running, path: &std::path::Path) {
+        let Self { term, int, hup } = &mut self;
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = int.recv() => return,
+                _ = hup.recv() => {
+                    let metrics = &running.app.metrics;
+                    let outcome = Config::load(path).map_err(|e| e.to_string()).and_then(|next| {
+                        running.app.reload(&next).map_err(|e| e.to_string())?;
+                        Ok(next.warnings())
+                    });
+                    match outcome {
+                        Ok(warnings) => {
+                            metrics.config_reloads_total.with_label_values(&["ok"]).inc();
+                            tracing::info!(config = %path.display(), "configuration reloaded");
+                            for w in warnings {
+                                tracing::warn!("{w}");
+                            }
                         }
-                    }
-                    Err(e) => {
-                        metrics.config_reloads_total.with_label_values(&["error"]).inc();
-                        tracing::error!(error = %e, "reload refused; the previous configuration stays in force");
+                        Err(e) => {
+                            metrics.config_reloads_total.with_label_values(&["error"]).inc();
+                            tracing::error!(error = %e, "reload refused; the previous configuration stays in force");
+                        }
                     }
                 }
             }

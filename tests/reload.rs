@@ -133,3 +133,29 @@ async fn a_broken_reload_keeps_the_old_config_serving() {
     )
     .await;
 }
+
+/// A SIGHUP that arrives while the proxy is still starting (here: its admin
+/// port is bound and it waits on a Redis that never answers) is a reload once
+/// it runs, not the default action that ends the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_during_start_up_is_a_reload_not_a_death() {
+    let up = MockUpstream::start().await;
+    // Connections land in its backlog and are never answered.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let extra = format!(
+        "[store]\nkind = \"redis\"\nurl = \"redis://{}\"\n",
+        silent.local_addr().unwrap()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut proxy = BinProxy::start(dir.path(), &up, &extra);
+    proxy.signal("HUP");
+    let c = client();
+    wait_metric(
+        &c,
+        proxy.admin,
+        "dastra_proxy_config_reloads_total{result=\"ok\"}",
+        1.0,
+    )
+    .await;
+    assert!(proxy.child.try_wait().unwrap().is_none(), "still running");
+}
