@@ -165,28 +165,35 @@ async fn handle(st: Arc<MockState>, addr: SocketAddr, req: Request<Incoming>) ->
             }
         }
     }
-    st.log.lock().unwrap().push(Recorded {
-        method: parts.method.clone(),
-        target: target.clone(),
-        version: parts.version,
-        authority: parts
-            .uri
-            .authority()
-            .map(|a| a.to_string())
-            .or_else(|| {
-                parts
-                    .headers
-                    .get("host")
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_owned)
-            })
-            .unwrap_or_default(),
-        headers: parts.headers.clone(),
-        body_len: len,
-        at,
-    });
+    // This request's number in the log, taken as it is logged: read later,
+    // two calls arriving together could both see the same count.
+    let number = {
+        let mut log = st.log.lock().unwrap();
+        log.push(Recorded {
+            method: parts.method.clone(),
+            target: target.clone(),
+            version: parts.version,
+            authority: parts
+                .uri
+                .authority()
+                .map(|a| a.to_string())
+                .or_else(|| {
+                    parts
+                        .headers
+                        .get("host")
+                        .and_then(|h| h.to_str().ok())
+                        .map(str::to_owned)
+                })
+                .unwrap_or_default(),
+            headers: parts.headers.clone(),
+            body_len: len,
+            at,
+        });
+        log.len()
+    };
     let resp = route(
         &st,
+        number,
         addr,
         &parts.method,
         &path,
@@ -203,6 +210,7 @@ async fn handle(st: Arc<MockState>, addr: SocketAddr, req: Request<Incoming>) ->
 #[allow(clippy::too_many_arguments)]
 async fn route(
     st: &MockState,
+    number: usize,
     addr: SocketAddr,
     method: &Method,
     path: &str,
@@ -289,7 +297,7 @@ async fn route(
         // log (which call answered proves who shared it); `nostore` adds
         // Cache-Control: no-store, `big` a 2 MiB body.
         ["seq", ms, rest @ ..] => {
-            let n = st.log.lock().unwrap().len();
+            let n = number;
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
             let body = if rest.contains(&"big") {
                 vec![b'b'; 2 << 20]
