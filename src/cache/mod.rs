@@ -6,13 +6,14 @@
 mod store;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::CacheConfig;
@@ -67,7 +68,17 @@ pub enum Landing {
 #[derive(Debug)]
 pub enum Join {
     Lead(Flight),
-    Follow(watch::Receiver<Option<Landing>>),
+    Follow(Follower),
+}
+
+/// Where a flight's landing is left for its followers: a lock and one
+/// `Notify` (a `watch` channel, with its eight-way notifier, made every
+/// flight twice as large), and a count of who follows.
+#[derive(Debug, Default)]
+struct Board {
+    landing: Mutex<Option<Landing>>,
+    notify: Notify,
+    followers: AtomicUsize,
 }
 
 /// A call in flight that others wait on. Dropped without [`Flight::land`]
@@ -76,24 +87,49 @@ pub enum Join {
 pub struct Flight {
     cache: Arc<Cache>,
     key: Key,
-    tx: Arc<watch::Sender<Option<Landing>>>,
+    board: Arc<Board>,
     landed: bool,
 }
 
 /// How many callers follow a flight.
 #[derive(Debug, Clone)]
-pub struct Watchers(Arc<watch::Sender<Option<Landing>>>);
+pub struct Watchers(Arc<Board>);
 
 impl Watchers {
     pub fn count(&self) -> usize {
-        // The flights map holds one receiver while the flight is open.
-        self.0.receiver_count().saturating_sub(1)
+        self.0.followers.load(Ordering::Acquire)
+    }
+}
+
+/// One caller waiting for a flight's landing.
+#[derive(Debug)]
+pub struct Follower(Arc<Board>);
+
+impl Follower {
+    /// The landing, once the flight has one.
+    pub async fn landing(&self) -> Landing {
+        loop {
+            let notified = self.0.notify.notified();
+            tokio::pin!(notified);
+            // Registered before looking, so a landing between the two wakes it.
+            notified.as_mut().enable();
+            if let Some(l) = lock(&self.0.landing).clone() {
+                return l;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.0.followers.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 impl Flight {
     pub fn watchers(&self) -> Watchers {
-        Watchers(self.tx.clone())
+        Watchers(self.board.clone())
     }
 
     /// Ends the flight: later callers start a new one (or find the cache).
@@ -104,7 +140,8 @@ impl Flight {
     fn finish(&mut self, landing: Landing) {
         self.landed = true;
         self.cache.flights().remove(&self.key);
-        let _ = self.tx.send(Some(landing));
+        *lock(&self.board.landing) = Some(landing);
+        self.board.notify.notify_waiters();
     }
 }
 
@@ -116,11 +153,15 @@ impl Drop for Flight {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The cache and the flights, one per process.
 pub struct Cache {
     cfg: ArcSwap<CacheConfig>,
     store: Mutex<Store>,
-    flights: Mutex<HashMap<Key, watch::Receiver<Option<Landing>>>>,
+    flights: Mutex<HashMap<Key, Arc<Board>>>,
     metrics: Metrics,
 }
 
@@ -196,15 +237,16 @@ impl Cache {
     /// Leads the flight for `key`, or follows the one already in flight.
     pub fn join(self: &Arc<Self>, key: Key) -> Join {
         let mut flights = self.flights();
-        if let Some(rx) = flights.get(&key) {
-            return Join::Follow(rx.clone());
+        if let Some(board) = flights.get(&key) {
+            board.followers.fetch_add(1, Ordering::AcqRel);
+            return Join::Follow(Follower(board.clone()));
         }
-        let (tx, rx) = watch::channel(None);
-        flights.insert(key.clone(), rx);
+        let board = Arc::new(Board::default());
+        flights.insert(key.clone(), board.clone());
         Join::Lead(Flight {
             cache: self.clone(),
             key,
-            tx: Arc::new(tx),
+            board,
             landed: false,
         })
     }
@@ -221,8 +263,8 @@ impl Cache {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn flights(&self) -> std::sync::MutexGuard<'_, HashMap<Key, watch::Receiver<Option<Landing>>>> {
-        self.flights.lock().unwrap_or_else(|e| e.into_inner())
+    fn flights(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Arc<Board>>> {
+        lock(&self.flights)
     }
 }
 

@@ -98,9 +98,7 @@ where
         let ttl = ttl.filter(|_| !head);
         let fwd = if no_cache { Fwd::Request } else { Fwd::Miss };
         if !coalesce {
-            return Box::pin(async move {
-                lead(inner, req, &cache, key, ttl, None, max_entry, fwd).await
-            });
+            return Box::pin(lead(inner, req, cache, key, ttl, None, max_entry, fwd));
         }
         // Out of quota in reject mode: the 429 comes at once and costs less
         // than a flight to share it in (a cached answer was served above).
@@ -113,14 +111,11 @@ where
             return Box::pin(inner.call(req));
         }
         match cache.join(key.clone()) {
-            Join::Follow(mut rx) => Box::pin(async move {
-                let landing = rx
-                    .wait_for(Option::is_some)
-                    .await
-                    .ok()
-                    .and_then(|l| l.clone());
+            Join::Follow(follower) => Box::pin(async move {
+                let landing = follower.landing().await;
+                drop(follower);
                 match landing {
-                    Some(Landing::Answer(snap)) => {
+                    Landing::Answer(snap) => {
                         cache.saved("coalesced");
                         Ok(respond(
                             &snap,
@@ -128,9 +123,9 @@ where
                             "dastra-proxy; fwd=uri-miss; collapsed",
                         ))
                     }
-                    Some(Landing::Failed(e)) => Err(ProxyError::Shared(e)),
+                    Landing::Failed(e) => Err(ProxyError::Shared(e)),
                     // Too large to share, or the lead broke off: a call of its own.
-                    Some(Landing::Own) | None => {
+                    Landing::Own => {
                         let mut resp = inner.call(req).await?;
                         set_status(&mut resp, "dastra-proxy; fwd=uri-miss");
                         Ok(resp)
@@ -139,9 +134,18 @@ where
             }),
             Join::Lead(flight) => {
                 let followers = flight.watchers();
-                let fut: StageFuture = Box::pin(async move {
-                    lead(inner, req, &cache, key, ttl, Some(flight), max_entry, fwd).await
-                });
+                // `lead` boxed as it is: an async block around it would hold
+                // its arguments twice (1.8 KB per waiting GET).
+                let fut: StageFuture = Box::pin(lead(
+                    inner,
+                    req,
+                    cache,
+                    key,
+                    ttl,
+                    Some(flight),
+                    max_entry,
+                    fwd,
+                ));
                 Box::pin(Detach {
                     fut: Some(fut),
                     followers,
@@ -195,7 +199,7 @@ impl Drop for Detach {
 async fn lead<S>(
     mut inner: S,
     req: Request<Body>,
-    cache: &Arc<Cache>,
+    cache: Arc<Cache>,
     key: Key,
     ttl: Option<std::time::Duration>,
     flight: Option<crate::cache::Flight>,
