@@ -3,7 +3,7 @@
 //! host, because this is not an open proxy — and what of a request may cross
 //! the hop (RFC 9110 §7.6.1).
 
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Version};
 
 /// A request target the proxy will not forward.
@@ -76,26 +76,43 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 ];
 
 /// Removes the hop-by-hop headers and those `Connection` names. One pass
-/// over the headers finds whether there is anything to do: a request almost
-/// never carries any, and this runs on every call, refused ones included.
+/// over the headers finds which are there: a request almost never carries
+/// any, an answer mostly `Connection: keep-alive`, and this runs on every
+/// call; removing only what is there spares a hash per absent name.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
-        return;
-    }
-    if h.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = h
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for n in named {
-            h.remove(n);
+    let mut present = [false; HOP_BY_HOP.len()];
+    let mut any = false;
+    for k in h.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
+            present[i] = true;
+            any = true;
         }
     }
-    for n in &HOP_BY_HOP {
-        h.remove(n);
+    if !any {
+        return;
+    }
+    // `Connection` is HOP_BY_HOP[0]. The names it lists that are hop-by-hop
+    // anyway (`keep-alive`) need no lookup of their own; the others are
+    // removed by name, with no `HeaderName` made for them.
+    if present[0] {
+        let listed: Vec<HeaderValue> = h.get_all(header::CONNECTION).iter().cloned().collect();
+        for v in &listed {
+            let Ok(v) = v.to_str() else { continue };
+            for n in v.split(',').map(str::trim) {
+                if !n.is_empty()
+                    && !HOP_BY_HOP
+                        .iter()
+                        .any(|hop| n.eq_ignore_ascii_case(hop.as_str()))
+                {
+                    h.remove(n);
+                }
+            }
+        }
+    }
+    for (n, there) in HOP_BY_HOP.iter().zip(present) {
+        if there {
+            h.remove(n);
+        }
     }
 }
 
@@ -141,5 +158,17 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+
+        // An answer's usual `Connection: keep-alive`, a name in any case,
+        // one listed twice, and a header literally named by `close`.
+        let mut h = HeaderMap::new();
+        h.append("connection", "keep-alive".parse().unwrap());
+        h.append("connection", "X-Other, close".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-other", "1".parse().unwrap());
+        h.insert("close", "1".parse().unwrap());
+        h.insert("content-length", "2".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["content-length"]);
     }
 }

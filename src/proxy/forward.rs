@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
+use http::uri::PathAndQuery;
 use http::{header, Request, Response, Uri, Version};
 use tokio::time::Instant;
 use tower::Service;
@@ -112,15 +113,17 @@ impl Service<Request<Body>> for Forward {
 
 fn upstream_uri(app: &App, uri: &Uri) -> Result<Uri, TargetError> {
     let u = &app.config.upstream;
-    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
-    Uri::builder()
-        .scheme(u.scheme.clone())
-        .authority(u.authority.clone())
-        .path_and_query(if u.base_path.is_empty() {
-            pq.to_owned()
-        } else {
-            format!("{}{}", u.base_path, pq)
-        })
-        .build()
-        .map_err(|e| TargetError::Malformed(e.to_string()))
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(u.scheme.clone());
+    parts.authority = Some(u.authority.clone());
+    parts.path_and_query = Some(match uri.path_and_query() {
+        // The caller's path as it is (a shared buffer, not parsed again).
+        Some(pq) if u.base_path.is_empty() => pq.clone(),
+        pq => {
+            let pq = pq.map_or("/", |p| p.as_str());
+            PathAndQuery::try_from(format!("{}{}", u.base_path, pq))
+                .map_err(|e| TargetError::Malformed(e.to_string()))?
+        }
+    });
+    Uri::from_parts(parts).map_err(|e| TargetError::Malformed(e.to_string()))
 }
