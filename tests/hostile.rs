@@ -168,6 +168,43 @@ async fn h2c_after_its_preface_and_http1_after_a_call_close_when_idle() {
     proxy.shutdown().await;
 }
 
+/// The h2c preface is peeked, not read: one that comes in pieces still
+/// opens HTTP/2, and one that stops halfway is closed at the header timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_preface_in_pieces_works_and_half_a_preface_is_cut_off() {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let up = MockUpstream::start().await;
+    let proxy = proxy_with_server(&up, FAST_TIMEOUTS, "").await;
+    let mut pieces = TcpStream::connect(proxy.proxy).await.unwrap();
+    pieces.write_all(&PREFACE[..5]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    pieces.write_all(&PREFACE[5..]).await.unwrap();
+    pieces
+        .write_all(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    // An HTTP/2 server answers with its own SETTINGS frame (type 4).
+    let mut frame = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(2), pieces.read_exact(&mut frame))
+        .await
+        .expect("an HTTP/2 answer")
+        .unwrap();
+    assert_eq!(frame[3], 4, "a SETTINGS frame: {frame:?}");
+
+    let before = refused(&proxy, "header_timeout");
+    let mut half = TcpStream::connect(proxy.proxy).await.unwrap();
+    half.write_all(&PREFACE[..10]).await.unwrap();
+    let t = closed_after(half).await;
+    assert!(
+        t < Duration::from_secs(2),
+        "half a preface: closed after {t:?}"
+    );
+    // (The HTTP/2 connection above, which never sent a request, may be
+    // counted too.)
+    assert!(refused(&proxy, "header_timeout") > before);
+    proxy.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_cannot_take_every_connection() {
     let up = MockUpstream::start().await;
