@@ -50,9 +50,9 @@ fn message(e: &anyhow::Error) -> String {
 }
 
 /// One thread when the process may use one CPU (a pinned sidecar, a cgroup
-/// quota of one core): the multi-thread scheduler then only adds cross-thread
-/// hand-offs, and measured 16% fewer requests per second on one core
-/// (README, performance).
+/// quota of one core): there the multi-thread scheduler has nothing to
+/// spread work over, and the current-thread one served 16% more requests per
+/// second (README, design notes).
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     let one_cpu = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
     let mut builder = if one_cpu {
