@@ -98,7 +98,7 @@ where
         let ttl = ttl.filter(|_| !head);
         let fwd = if no_cache { Fwd::Request } else { Fwd::Miss };
         if !coalesce {
-            return Box::pin(lead(inner, req, cache, key, ttl, None, max_entry, fwd));
+            return Box::pin(lead(inner.call(req), cache, key, ttl, None, max_entry, fwd));
         }
         // Out of quota in reject mode: the 429 comes at once and costs less
         // than a flight to share it in (a cached answer was served above).
@@ -137,8 +137,7 @@ where
                 // `lead` boxed as it is: an async block around it would hold
                 // its arguments twice (1.8 KB per waiting GET).
                 let fut: StageFuture = Box::pin(lead(
-                    inner,
-                    req,
+                    inner.call(req),
                     cache,
                     key,
                     ttl,
@@ -195,30 +194,31 @@ impl Drop for Detach {
 /// Makes the call, reads its answer whole when it fits `max_entry`, hands it
 /// to the followers and keeps it for `ttl`; a larger answer streams to this
 /// caller alone and the followers make their own calls.
-#[allow(clippy::too_many_arguments)]
-async fn lead<S>(
-    mut inner: S,
-    req: Request<Body>,
+/// Takes the call already made (not the service and the request): an async
+/// fn keeps every argument for its whole life, and the request is large.
+async fn lead<F>(
+    call: F,
     cache: Arc<Cache>,
     key: Key,
     ttl: Option<std::time::Duration>,
-    flight: Option<crate::cache::Flight>,
+    mut flight: Option<crate::cache::Flight>,
     max_entry: u64,
     fwd: Fwd,
 ) -> Result<Response<Body>, ProxyError>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>,
+    F: Future<Output = Result<Response<Body>, ProxyError>>,
 {
-    let land = |l: Landing| {
-        if let Some(f) = flight {
+    // A plain function of the flight, not a closure that would hold it twice.
+    fn land(flight: &mut Option<crate::cache::Flight>, l: Landing) {
+        if let Some(f) = flight.take() {
             f.land(l);
         }
-    };
-    let resp = match inner.call(req).await {
+    }
+    let resp = match call.await {
         Ok(r) => r,
         Err(e) => {
             let e = Arc::new(e);
-            land(Landing::Failed(e.clone()));
+            land(&mut flight, Landing::Failed(e.clone()));
             return Err(ProxyError::Shared(e));
         }
     };
@@ -228,7 +228,7 @@ where
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max_entry) {
-        land(Landing::Own);
+        land(&mut flight, Landing::Own);
         let mut resp = resp;
         set_status(&mut resp, miss);
         return Ok(resp);
@@ -246,7 +246,7 @@ where
                 len += data.len() as u64;
                 chunks.push(data);
                 if len > max_entry {
-                    land(Landing::Own);
+                    land(&mut flight, Landing::Own);
                     let rest =
                         futures_util::stream::iter(chunks.into_iter().map(Ok::<_, axum::Error>))
                             .chain(body.into_data_stream());
@@ -257,7 +257,7 @@ where
             }
             Some(Err(e)) => {
                 // The answer broke off: this caller sees what came, then the error.
-                land(Landing::Own);
+                land(&mut flight, Landing::Own);
                 let got = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, axum::Error>))
                     .chain(futures_util::stream::iter([Err(e)]));
                 return Ok(Response::from_parts(parts, Body::from_stream(got)));
@@ -280,7 +280,7 @@ where
         body,
     });
     let stored = ttl.is_some_and(|t| cache.put(key, snap.clone(), t, Instant::now()));
-    land(Landing::Answer(snap.clone()));
+    land(&mut flight, Landing::Answer(snap.clone()));
     let status = if stored { fwd.status(true) } else { miss };
     Ok(respond_with(&snap, false, status, true))
 }

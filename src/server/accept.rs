@@ -5,13 +5,15 @@
 //! Each connection is one task holding only what its protocol needs: hyper's
 //! version-sniffing server read the first bytes through a rewind buffer,
 //! which made hyper's HTTP/1 read buffer grow to 16 KiB on every connection;
-//! here the preface is peeked from the socket, and hyper reads it itself.
+//! here the preface is peeked from the socket (`sniff`), and hyper reads it
+//! itself.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
+use futures_util::future::Either;
 use futures_util::FutureExt as _;
 use hyper::body::{Body as _, Incoming};
 use hyper::server::conn::{http1, http2};
@@ -19,13 +21,14 @@ use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tower::util::MapRequest;
 use tower::ServiceExt as _;
 
 use super::head;
+use super::sniff::Cleartext;
 use crate::access::ConnInfo;
 use crate::config::Config;
 use crate::conn::{self, ActiveIo, Activity, ConnLimits, Tracked};
@@ -71,31 +74,6 @@ impl Protocols {
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new());
         Arc::new(Self { h1, h2 })
-    }
-}
-
-/// The HTTP/2 connection preface (RFC 9113 §3.4).
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Whether a cleartext connection opens with the HTTP/2 preface, read
-/// without consuming it. A connection that sends part of the preface and
-/// stalls is looked at again with growing pauses (at most 10 times a
-/// second), until the header timeout closes it.
-async fn is_h2c(stream: &TcpStream) -> bool {
-    let mut buf = [0u8; PREFACE.len()];
-    let mut pause = Duration::from_millis(1);
-    loop {
-        match stream.peek(&mut buf).await {
-            Ok(n) if n > 0 && buf[..n] == PREFACE[..n] => {
-                if n == PREFACE.len() {
-                    return true;
-                }
-            }
-            // Anything else, an EOF or an error included, is hyper's to answer.
-            _ => return false,
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
 
@@ -155,16 +133,15 @@ where
         // for both made every plain connection carry room for a TLS session
         // (4.0 KB per connection's task; 1.6 KB now).
         match tls.clone() {
-            None => watched.spawn(async move {
-                let h2 = is_h2c(&stream).await;
+            None => watched.spawn(Cleartext::new(stream, move |stream, h2| {
                 let io = TokioIo::new(ActiveIo::new(stream, activity));
                 if h2 {
                     // Rare: boxed, so HTTP/1 connections do not carry its size.
-                    Box::pin(watcher.watch(p.h2.serve_connection(io, service))).await
+                    Either::Right(Box::pin(watcher.watch(p.h2.serve_connection(io, service))))
                 } else {
-                    watcher.watch(p.h1.serve_connection(io, service)).await
+                    Either::Left(watcher.watch(p.h1.serve_connection(io, service)))
                 }
-            }),
+            })),
             Some(acceptor) => watched.spawn(async move {
                 let io = ActiveIo::new(stream, activity);
                 let tls_stream = match acceptor.accept(io).await {

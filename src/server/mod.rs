@@ -7,6 +7,7 @@
 
 mod accept;
 mod head;
+mod sniff;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
