@@ -149,6 +149,12 @@ mod tests {
     }
 
     #[test]
+    fn connection_is_the_first_hop_by_hop_name() {
+        // strip_hop_by_hop reads `Connection`'s presence at index 0.
+        assert_eq!(HOP_BY_HOP[0], header::CONNECTION);
+    }
+
+    #[test]
     fn connection_named_headers_go_too() {
         let mut h = HeaderMap::new();
         h.insert("connection", "close, x-secret".parse().unwrap());

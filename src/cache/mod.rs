@@ -260,7 +260,7 @@ impl Cache {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
-        self.store.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.store)
     }
 
     fn flights(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Arc<Board>>> {

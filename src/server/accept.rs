@@ -54,7 +54,6 @@ impl ConnPolicy {
 }
 
 /// hyper's servers for each protocol, configured once per listener.
-#[derive(Clone)]
 struct Protocols {
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
