@@ -56,28 +56,42 @@ impl From<Refusal> for ProxyError {
     }
 }
 
-/// A refusal's message, written straight into the formatter (the 429 path).
+/// A refusal's message, written straight into the formatter.
 struct RefusalText<'a>(&'a Refusal, &'a Duration);
 
 impl std::fmt::Display for RefusalText<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let secs = ceil_secs(*self.1).max(1);
-        match self.0 {
-            Refusal::QuotaExhausted { .. } => {
-                write!(f, "the Dastra quota is used up; retry after {secs} s")
-            }
-            Refusal::QueueFull { .. } => write!(
-                f,
-                "too many calls are already waiting for quota; retry after {secs} s"
-            ),
-            Refusal::TooManyKeys { .. } => write!(
-                f,
-                "too many caller credentials are busy at once; retry after {secs} s"
-            ),
-            Refusal::ShuttingDown => f.write_str("the proxy is shutting down"),
-            Refusal::StoreUnavailable => f.write_str("the shared quota store is unreachable"),
+        let (text, waits) = refusal_text(self.0);
+        f.write_str(text)?;
+        if waits {
+            write!(f, "{} s", wait_secs(*self.1))?;
         }
+        Ok(())
     }
+}
+
+/// A refusal's fixed text, and whether the wait in seconds and " s" follow it:
+/// the one place the words are, for logs and for the pre-encoded 429 body.
+fn refusal_text(r: &Refusal) -> (&'static str, bool) {
+    match r {
+        Refusal::QuotaExhausted { .. } => ("the Dastra quota is used up; retry after ", true),
+        Refusal::QueueFull { .. } => (
+            "too many calls are already waiting for quota; retry after ",
+            true,
+        ),
+        Refusal::TooManyKeys { .. } => (
+            "too many caller credentials are busy at once; retry after ",
+            true,
+        ),
+        Refusal::ShuttingDown => ("the proxy is shutting down", false),
+        Refusal::StoreUnavailable => ("the shared quota store is unreachable", false),
+    }
+}
+
+/// A wait in whole seconds, rounded up so that a caller waiting that long is
+/// never early, and never 0 (which would invite an immediate retry).
+fn wait_secs(d: Duration) -> u64 {
+    ceil_secs(d).max(1)
 }
 
 impl ProxyError {
@@ -149,35 +163,46 @@ impl ProxyError {
         }
     }
 
+    /// The refusal behind this error, if admission refused it.
+    fn refusal(&self) -> Option<(&Refusal, Duration)> {
+        match self {
+            ProxyError::Shared(e) => e.refusal(),
+            ProxyError::Refused(r, d) => Some((r, *d)),
+            _ => None,
+        }
+    }
+
     /// The JSON error envelope; 429s carry `Retry-After` in whole seconds,
     /// rounded up so that a caller waiting that long is never early.
     pub fn into_response(self) -> Response<Body> {
-        use std::fmt::Write as _;
         // Written into one buffer (no serde_json::Value): this is the 429 hot
-        // path. Codes are fixed identifiers; the message is escaped only when
-        // it holds something JSON must escape (a caller-sent host, say).
-        let mut body = String::with_capacity(192);
-        body.push_str(r#"{"error":{"code":""#);
-        body.push_str(self.code());
-        body.push_str(r#"","message":"#);
-        let at = body.len();
-        let _ = write!(body, "\"{self}\"");
-        let inner = &body[at + 1..body.len() - 1];
-        if inner
-            .bytes()
-            .any(|b| b < 0x20 || b == b'"' || b == b'\\' || b >= 0x7f)
-        {
-            let escaped = serde_json::to_string(inner).unwrap_or_else(|_| "\"\"".into());
-            body.truncate(at);
-            body.push_str(&escaped);
+        // path, where a refusal's body is copied from fixed parts and its
+        // seconds. Codes are fixed identifiers; any other message is escaped
+        // only when it holds something JSON must escape (a caller-sent host).
+        let mut num = itoa::Buffer::new();
+        let mut body = Vec::with_capacity(192);
+        body.extend_from_slice(br#"{"error":{"code":""#);
+        body.extend_from_slice(self.code().as_bytes());
+        body.extend_from_slice(br#"","message":""#);
+        match self.refusal() {
+            Some((r, d)) => {
+                let (text, waits) = refusal_text(r);
+                body.extend_from_slice(text.as_bytes());
+                if waits {
+                    body.extend_from_slice(num.format(wait_secs(d)).as_bytes());
+                    body.extend_from_slice(b" s");
+                }
+                body.push(b'"');
+            }
+            None => push_json_text(&mut body, &self),
         }
         if self.code() == "quota_exhausted" {
-            body.push_str(
-                r#","type":"https://iana.org/assignments/http-problem-types#quota-exceeded""#,
+            body.extend_from_slice(
+                br#","type":"https://iana.org/assignments/http-problem-types#quota-exceeded""#,
             );
         }
-        body.push_str("}}");
-        let mut resp = Response::new(Body::from(body));
+        body.extend_from_slice(b"}}");
+        let mut resp = Response::new(Body::from(bytes::Bytes::from(body)));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
         h.insert(
@@ -185,9 +210,26 @@ impl ProxyError {
             HeaderValue::from_static("application/json"),
         );
         if let Some(d) = self.retry_after() {
-            h.insert(header::RETRY_AFTER, HeaderValue::from(ceil_secs(d).max(1)));
+            h.insert(header::RETRY_AFTER, HeaderValue::from(wait_secs(d)));
         }
         resp
+    }
+}
+
+/// `text` as the rest of a JSON string whose opening quote is written.
+fn push_json_text(body: &mut Vec<u8>, text: &impl std::fmt::Display) {
+    use std::io::Write as _;
+    let at = body.len();
+    let _ = write!(body, "{text}\"");
+    let inner = &body[at..body.len() - 1];
+    if inner
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\' || b >= 0x7f)
+    {
+        let plain = String::from_utf8_lossy(inner).into_owned();
+        let escaped = serde_json::to_string(&plain).unwrap_or_else(|_| "\"\"".into());
+        body.truncate(at);
+        body.extend_from_slice(&escaped.as_bytes()[1..]);
     }
 }
 
@@ -230,6 +272,35 @@ mod tests {
             .unwrap()
             .to_bytes();
         String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn a_pre_encoded_refusal_says_what_its_log_line_says() {
+        let at = Instant::now();
+        for r in [
+            Refusal::QuotaExhausted { retry_at: at },
+            Refusal::QueueFull { retry_at: at },
+            Refusal::TooManyKeys { retry_at: at },
+            Refusal::ShuttingDown,
+            Refusal::StoreUnavailable,
+        ] {
+            let e = ProxyError::Refused(r, Duration::from_millis(2_500));
+            let (text, code) = (e.to_string(), e.code());
+            let v: serde_json::Value =
+                serde_json::from_str(&futures_body(e.into_response())).unwrap();
+            assert_eq!(v["error"]["message"], text.as_str());
+            assert_eq!(v["error"]["code"], code);
+        }
+        let shared = ProxyError::Shared(Arc::new(ProxyError::Refused(
+            Refusal::QueueFull { retry_at: at },
+            Duration::from_millis(2_500),
+        )));
+        let v: serde_json::Value =
+            serde_json::from_str(&futures_body(shared.into_response())).unwrap();
+        assert_eq!(
+            v["error"]["message"],
+            "too many calls are already waiting for quota; retry after 3 s"
+        );
     }
 
     #[test]

@@ -34,11 +34,10 @@ impl Admission {
             .and_then(|r| r.store.ratelimit_value(now));
         let mut st = self.inner.lock();
         let state = shared.unwrap_or_else(|| st.windows.ratelimit_value(now));
-        (
-            st.policy.clone(),
-            http::HeaderValue::from_str(&state)
-                .unwrap_or_else(|_| http::HeaderValue::from_static("")),
-        )
+        // The text becomes the value's bytes as they are (no copy).
+        let state = http::HeaderValue::from_maybe_shared(bytes::Bytes::from(state.into_bytes()))
+            .unwrap_or_else(|_| http::HeaderValue::from_static(""));
+        (st.policy.clone(), state)
     }
 
     /// The windows as all replicas share them (Redis), or this process's own.

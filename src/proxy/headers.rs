@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Request;
-use tower_http::request_id::{MakeRequestId, RequestId};
 
 use crate::access::ConnInfo;
 use crate::admission::Admission;
@@ -125,40 +124,37 @@ pub(crate) fn retry_after(h: &HeaderMap) -> Option<Duration> {
     )
 }
 
-/// A caller's `X-Request-Id` is kept only when it is sane for logs: 1 to 128
-/// visible ASCII characters. Anything else is replaced.
-pub(crate) fn drop_insane_request_id<B>(mut req: Request<B>) -> Request<B> {
+/// The call's `X-Request-Id`: the caller's own when it is sane for logs (1 to
+/// 128 visible ASCII characters), otherwise a fresh one written over it.
+pub(crate) fn request_id<B>(req: &mut Request<B>) -> HeaderValue {
     if let Some(v) = req.headers().get(&X_REQUEST_ID) {
         let b = v.as_bytes();
-        if b.is_empty() || b.len() > 128 || !b.iter().all(u8::is_ascii_graphic) {
-            req.headers_mut().remove(&X_REQUEST_ID);
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(u8::is_ascii_graphic) {
+            return v.clone();
         }
     }
-    req
+    let id = fresh_request_id();
+    req.headers_mut().insert(&X_REQUEST_ID, id.clone());
+    id
 }
 
 /// Unique ids without a syscall per call: a random prefix per process and a counter.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct CounterId;
-
-impl MakeRequestId for CounterId {
-    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
-        static PREFIX: LazyLock<u64> = LazyLock::new(|| {
-            let mut b = [0u8; 8];
-            let _ = getrandom::fill(&mut b);
-            u64::from_le_bytes(b)
-        });
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        // Hex by hand: `format!` was a visible share of the 429 path.
-        let mut id = [0u8; 32];
-        for (i, v) in [*PREFIX, n].into_iter().enumerate() {
-            for j in 0..16 {
-                id[i * 16 + j] = b"0123456789abcdef"[((v >> (60 - 4 * j)) & 0xf) as usize];
-            }
+fn fresh_request_id() -> HeaderValue {
+    static PREFIX: LazyLock<u64> = LazyLock::new(|| {
+        let mut b = [0u8; 8];
+        let _ = getrandom::fill(&mut b);
+        u64::from_le_bytes(b)
+    });
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    // Hex by hand: `format!` was a visible share of the 429 path.
+    let mut id = [0u8; 32];
+    for (i, v) in [*PREFIX, n].into_iter().enumerate() {
+        for j in 0..16 {
+            id[i * 16 + j] = b"0123456789abcdef"[((v >> (60 - 4 * j)) & 0xf) as usize];
         }
-        HeaderValue::from_bytes(&id).ok().map(RequestId::new)
     }
+    HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
 }
 
 #[cfg(test)]
@@ -202,13 +198,8 @@ mod tests {
 
     #[test]
     fn made_ids_are_32_hex_digits_and_unique() {
-        let req = Request::new(());
-        let a = CounterId.make_request_id(&req).unwrap();
-        let b = CounterId.make_request_id(&req).unwrap();
-        let (a, b) = (
-            a.header_value().to_str().unwrap(),
-            b.header_value().to_str().unwrap(),
-        );
+        let (a, b) = (fresh_request_id(), fresh_request_id());
+        let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
         assert_ne!(a, b);
         assert_eq!(a.len(), 32);
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
@@ -221,20 +212,25 @@ mod tests {
     }
 
     #[test]
-    fn insane_request_ids_are_dropped() {
-        let with = |v: &str| {
-            let req = Request::builder()
+    fn insane_request_ids_are_replaced() {
+        let kept = |v: &str| {
+            let mut req = Request::builder()
                 .header("x-request-id", v)
                 .body(())
                 .unwrap();
-            drop_insane_request_id(req)
-                .headers()
-                .get("x-request-id")
-                .is_some()
+            let id = request_id(&mut req);
+            assert_eq!(req.headers()["x-request-id"], id, "the request carries it");
+            id == v
         };
-        assert!(with("req-abc-123"));
-        assert!(!with("has space"));
-        assert!(!with(&"x".repeat(129)));
+        assert!(kept("req-abc-123"));
+        assert!(kept(&"x".repeat(128)));
+        assert!(!kept("has space"));
+        assert!(!kept(""));
+        assert!(!kept(&"x".repeat(129)));
+        let mut req = Request::new(());
+        let id = request_id(&mut req);
+        assert_eq!(id.len(), 32, "made when absent");
+        assert_eq!(req.headers()["x-request-id"], id);
     }
 }
 

@@ -27,13 +27,11 @@ use std::sync::Arc;
 use axum::body::Body;
 use http::{header, HeaderName, Request, Response};
 use tower::{Service, ServiceBuilder};
-use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
 use crate::app::App;
 use crate::error::ProxyError;
 use check::CheckLayer;
-use headers::{drop_insane_request_id, CounterId, X_REQUEST_ID};
 use layer::AppLayer;
 use stages::{AccessStage, BodyLimitStage, GuardStage, TargetStage};
 
@@ -59,15 +57,12 @@ pub fn stack(
     let limit = app.config.server.max_request_body;
     let upstream = forward::Forward::new(app.clone(), app.upstream.clone());
     ServiceBuilder::new()
-        // Request id first: it never refuses, and the access log and every
-        // stage's own logs carry it. A caller's id is kept only if sane.
-        .map_request(drop_insane_request_id)
-        .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), CounterId))
         // Access log and metrics outside everything that can refuse, so every
-        // refusal is logged and counted once, with its client and code.
+        // refusal is logged and counted once, with its client and code. It
+        // also gives the call its request id (a caller's is kept only if
+        // sane), which every stage's logs carry and every answer returns,
+        // error envelopes included.
         .layer(AppLayer::<observe::Observe>::new(app.clone()))
-        // The id goes back on every answer, error envelopes included.
-        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
         // Caller credentials are marked sensitive at once: never HPACK-indexed
         // upstream (passthrough), never printed by a Debug of the headers.
         .layer(SetSensitiveRequestHeadersLayer::new([

@@ -1,5 +1,5 @@
-//! The outermost stage: every call, forwarded or refused, is counted and
-//! written to the access log once, after its answer is known.
+//! The outermost stage: every call, forwarded or refused, gets its request id,
+//! and is counted and written to the access log once, after its answer is known.
 //!
 //! Inner stages say what they learned (who called, how long it queued and
 //! waited for Dastra, which refusal) through the [`Outcome`] this stage puts
@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tower::Service;
 use tracing::Instrument as _;
 
+use super::headers::{request_id, X_REQUEST_ID};
 use super::layer::AppStage;
 use crate::access::Identity;
 use crate::admission::Admission;
@@ -94,19 +95,20 @@ where
         req.extensions_mut().insert(outcome.clone());
         let method = method_label(req.method());
         let uri = req.uri().clone();
-        let request_id = req.headers().get("x-request-id").cloned();
+        let request_id = request_id(&mut req);
         let span = tracing::info_span!(
             "request",
-            request_id = request_id
-                .as_ref()
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or(""),
+            request_id = request_id.to_str().unwrap_or(""),
             method
         );
         let call = self.inner.call(req).instrument(span.clone());
         let app = self.app.clone();
         Box::pin(async move {
-            let resp = call.await?;
+            let mut resp = call.await?;
+            // Unless Dastra answered with an id of its own.
+            resp.headers_mut()
+                .entry(&X_REQUEST_ID)
+                .or_insert(request_id);
             let rec = std::mem::take(&mut *outcome.lock());
             let client = rec.client.unwrap_or_else(|| ANONYMOUS.into());
             let status = resp.status();

@@ -22,12 +22,19 @@ pub fn policy_header(limits: &[Limit]) -> String {
 
 /// Appends one `RateLimit` item, `"1m";r=0;t=17`: the one place its shape is
 /// written, for the local windows and the shared (Redis) ones alike.
+/// Numbers go through `itoa`, not the formatting machinery: this runs on
+/// every answer, 429s included.
 pub fn push_ratelimit_item(out: &mut String, name: &str, remaining: u32, frees_in: Duration) {
-    use std::fmt::Write as _;
+    let mut num = itoa::Buffer::new();
     if !out.is_empty() {
         out.push_str(", ");
     }
-    let _ = write!(out, "\"{name}\";r={remaining};t={}", ceil_secs(frees_in));
+    out.push('"');
+    out.push_str(name);
+    out.push_str("\";r=");
+    out.push_str(num.format(remaining));
+    out.push_str(";t=");
+    out.push_str(num.format(ceil_secs(frees_in)));
 }
 
 /// `"1m";r=0;t=17, "10m";r=9500;t=3`; `t` is until one slot frees, margin included.
