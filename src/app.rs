@@ -8,11 +8,11 @@ use arc_swap::ArcSwap;
 use crate::access::Access;
 use crate::admission::{LocalState, Quotas, SharedStore};
 use crate::config::{
-    Config, CredentialConfig, StoreConfig, StoreOnError, Upstream429, MAX_STATE_SLOTS,
+    Config, CredentialConfig, StoreConfig, StoreOnError, Upstream429, ANONYMOUS, MAX_STATE_SLOTS,
 };
 use crate::credential::Credential;
 use crate::guard::Guard;
-use crate::metrics::Metrics;
+use crate::metrics::{CallMetrics, Metrics};
 use crate::state_file::{StateError, StateFile};
 use crate::store::RedisLink;
 use crate::target::Target;
@@ -24,14 +24,21 @@ pub struct Policy {
     pub access: Access,
     pub guard: Guard,
     pub upstream_429: Upstream429,
+    /// Per-call series of this generation's clients.
+    pub calls: CallMetrics,
 }
 
 impl Policy {
-    fn new(cfg: &Config) -> Self {
+    fn new(cfg: &Config, metrics: &Metrics) -> Self {
         Self {
             access: Access::new(cfg),
             guard: Guard::new(&cfg.clients),
             upstream_429: cfg.admission.upstream_429,
+            calls: CallMetrics::new(
+                metrics,
+                cfg.clients.iter().map(|c| Arc::from(c.name.as_str())),
+                ANONYMOUS.into(),
+            ),
         }
     }
 }
@@ -220,7 +227,7 @@ impl App {
         let cache = crate::cache::Cache::new(&config.cache, metrics.clone());
         Ok(Arc::new(Self {
             cache,
-            policy: ArcSwap::from_pointee(Policy::new(&config)),
+            policy: ArcSwap::from_pointee(Policy::new(&config, &metrics)),
             config,
             upstream,
             target,
@@ -261,7 +268,8 @@ impl App {
                 .set(i64::from(l.requests));
         }
         self.cache.reconfigure(&next.cache);
-        self.policy.store(Arc::new(Policy::new(next)));
+        self.policy
+            .store(Arc::new(Policy::new(next, &self.metrics)));
         Ok(())
     }
 }

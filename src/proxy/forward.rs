@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tower::Service;
 
 use super::headers::{add_forwarding, rewrite_location};
-use super::observe::{method_label, Outcome};
+use super::observe::Outcome;
 use super::StageFuture;
 use crate::access::ConnInfo;
 use crate::app::App;
@@ -63,7 +63,7 @@ impl Service<Request<Body>> for Forward {
         if let Some(conn) = conn {
             add_forwarding(&mut parts.headers, &hops, conn, trusted);
         }
-        let method = method_label(&parts.method);
+        let method = parts.method.clone();
         let mut out = Request::new(body);
         *out.method_mut() = parts.method;
         *out.uri_mut() = uri;
@@ -79,10 +79,7 @@ impl Service<Request<Body>> for Forward {
             if let Some(o) = &outcome {
                 o.lock().upstream = Some(took);
             }
-            app.metrics
-                .upstream_duration_seconds
-                .with_label_values(&[method])
-                .observe(took.as_secs_f64());
+            app.metrics.upstream_took(&method, took);
             let resp = match result {
                 Err(_) => return Err(CallError::Timeout(timeout).into()),
                 Ok(Err(e)) => {

@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use http::{Method, Request, Response};
+use http::{Request, Response};
 use tokio::time::Instant;
 use tower::Service;
 use tracing::Instrument as _;
@@ -24,6 +24,7 @@ use crate::admission::Admission;
 use crate::app::Policy;
 use crate::body::BodyFault;
 use crate::config::ANONYMOUS;
+use crate::metrics::method_label;
 
 /// What the inner stages learned about one call; the one per-call value in
 /// the request's extensions, so stages share it without more allocations.
@@ -57,21 +58,6 @@ impl Outcome {
     }
 }
 
-/// The `method` label: the seven verbs of SPEC §1 and `other`, so a client
-/// inventing methods cannot grow `/metrics`.
-pub(crate) fn method_label(m: &Method) -> &'static str {
-    match *m {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::PATCH => "PATCH",
-        Method::DELETE => "DELETE",
-        Method::OPTIONS => "OPTIONS",
-        _ => "other",
-    }
-}
-
 /// The access log and metrics of every call.
 #[derive(Debug, Clone)]
 pub(crate) struct Observe;
@@ -93,13 +79,15 @@ where
         let started = Instant::now();
         let outcome = Arc::new(Outcome::default());
         req.extensions_mut().insert(outcome.clone());
-        let method = method_label(req.method());
-        let uri = req.uri().clone();
+        let method = req.method().clone();
+        // Kept for the access log's path only when that log is on.
+        let uri = tracing::enabled!(target: "dastra_proxy::access", tracing::Level::INFO)
+            .then(|| req.uri().clone());
         let request_id = request_id(&mut req);
         let span = tracing::info_span!(
             "request",
             request_id = request_id.to_str().unwrap_or(""),
-            method
+            method = method_label(&method)
         );
         let call = self.inner.call(req).instrument(span.clone());
         let app = self.app.clone();
@@ -110,25 +98,22 @@ where
                 .entry(&X_REQUEST_ID)
                 .or_insert(request_id);
             let rec = std::mem::take(&mut *outcome.lock());
-            let client = rec.client.unwrap_or_else(|| ANONYMOUS.into());
+            let client = rec.client.as_deref().unwrap_or(ANONYMOUS);
             let status = resp.status();
             let elapsed = started.elapsed();
-            let m = &app.metrics;
-            if let Some(code) = rec.code {
-                m.rejected_total.with_label_values(&[&client, code]).inc();
-            }
-            m.requests_total
-                .with_label_values(&[&client, method, status.as_str()])
-                .inc();
-            m.request_duration_seconds
-                .with_label_values(&[&client, method])
-                .observe(elapsed.as_secs_f64());
+            // Refused before the access stage: the anonymous caller, as the
+            // policy of the moment counts it.
+            let policy = rec.policy.unwrap_or_else(|| app.policy());
+            let index = rec.identity.as_ref().and_then(|i| i.index);
+            policy
+                .calls
+                .answered(index, &method, status, rec.code, elapsed);
             let ms = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
             let _enter = span.enter();
             tracing::info!(
                 target: "dastra_proxy::access",
                 client = %client,
-                path = %uri.path(),
+                path = uri.as_ref().map_or("", |u| u.path()),
                 status = status.as_u16(),
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
                 queue_ms = ms(rec.queue_wait),

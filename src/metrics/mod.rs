@@ -6,12 +6,17 @@
 //! Labels only ever hold bounded values: client names from the config, methods,
 //! status codes, error codes, window names.
 
-use std::sync::Arc;
+mod calls;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use prometheus::{
     Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
 };
+
+pub use calls::{method_label, CallMetrics};
 
 /// Handles to every metric; cheap to clone.
 #[derive(Debug, Clone)]
@@ -25,6 +30,8 @@ pub struct Families {
     pub requests_total: IntCounterVec,
     pub request_duration_seconds: HistogramVec,
     pub upstream_duration_seconds: HistogramVec,
+    /// `upstream_duration_seconds` by method, resolved once each.
+    upstream_by_method: [OnceLock<prometheus::Histogram>; calls::METHODS.len()],
     pub queue_wait_seconds: HistogramVec,
     pub queue_depth: IntGaugeVec,
     pub rejected_total: IntCounterVec,
@@ -96,6 +103,7 @@ impl Metrics {
                 .buckets(LATENCY.to_vec()),
                 &["method"]
             )),
+            upstream_by_method: Default::default(),
             queue_wait_seconds: reg!(HistogramVec::new(
                 HistogramOpts::new(
                     "queue_wait_seconds",
@@ -192,6 +200,16 @@ impl Metrics {
         Self {
             inner: Arc::new(families),
         }
+    }
+
+    /// How long Dastra took to send a call's answer head.
+    pub fn upstream_took(&self, method: &http::Method, took: Duration) {
+        self.upstream_by_method[calls::method_index(method)]
+            .get_or_init(|| {
+                self.upstream_duration_seconds
+                    .with_label_values(&[method_label(method)])
+            })
+            .observe(took.as_secs_f64());
     }
 
     /// The text exposition format.
