@@ -5,6 +5,9 @@ Three paths to the same local upstream (nginx answering 200 "ok"):
   direct      wrk -> upstream
   dastra      wrk -> dastra-proxy -> upstream
   nginx       wrk -> nginx (1 worker, reverse proxy) -> upstream     (the peer)
+  hyper-floor wrk -> examples/hyper_floor.rs -> upstream: hyper and tokio with
+              nothing of ours, so the report splits what hyper costs from what
+              our stack costs
 and the rejection path at saturation:
   dastra-429  wrk -> dastra-proxy in reject mode with the window full
   nginx-429   wrk -> nginx limit_req (limit_req_status 429)
@@ -105,9 +108,13 @@ server {{ listen 127.0.0.1:{ng429_port}; location / {{ limit_req zone=one burst=
         procs.append(dh)
         urllib.request.urlopen(f"http://127.0.0.1:{dh_port}/v1/bench").read()
         idle_rss = rss(dp.pid)
+        floor_port = free_port()
+        floor = os.path.join(os.path.dirname(BIN), "examples", "hyper_floor")
+        procs.append(subprocess.Popen(["taskset", "-c", "0", floor, f"127.0.0.1:{floor_port}", f"127.0.0.1:{up_port}"]))
+        wait_port(floor_port)
 
         targets = {"direct": up_port, "dastra": dp_port, "nginx": ng_port, "dastra-429": dr_port, "nginx-429": ng429_port,
-                   "dastra-hit": dh_port}
+                   "dastra-hit": dh_port, "hyper-floor": floor_port}
         for spec in a.baseline:
             name, binary = spec.split("=", 1)
             bp, bp_port = dastra(tmp, name, up_port, open_limits + own, binary)
@@ -138,6 +145,8 @@ server {{ listen 127.0.0.1:{ng429_port}; location / {{ limit_req zone=one burst=
         print(f"  dastra / direct throughput      {d['rps'] / x['rps']:.2f}")
         print(f"  dastra added p99 vs direct      {added('dastra'):.3f} ms   (median of the rounds' own pairs; target <= 0.5 ms at c8)")
         print(f"  nginx added p99 vs direct       {added('nginx'):.3f} ms")
+        print(f"  hyper-floor / nginx throughput  {med['hyper-floor']['rps'] / n['rps']:.2f}   (hyper and tokio alone)")
+        print(f"  dastra / hyper-floor throughput {d['rps'] / med['hyper-floor']['rps']:.2f}   (what our stack costs)")
         print(f"  dastra-429 / nginx-429 throughput {med['dastra-429']['rps'] / med['nginx-429']['rps']:.2f}   (target >= 1.00)")
         print(f"  dastra-hit / dastra throughput  {med['dastra-hit']['rps'] / d['rps']:.2f}   (a cache hit vs a proxied call)")
         for spec in a.baseline:

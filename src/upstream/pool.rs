@@ -5,7 +5,6 @@
 //! checkout racing a lazy connect and no per-call pool key hashing; a
 //! connection goes back to the pool when its answer's body ends.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -34,7 +33,9 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 pub struct Client {
     tls: TlsConnector,
     connect_timeout: Duration,
-    origins: Mutex<HashMap<(Scheme, Authority), Arc<Origin>>>,
+    /// Dastra's and the token endpoint's: so few that a scan beats hashing
+    /// the authority on every call.
+    origins: Mutex<Vec<Arc<Origin>>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -64,7 +65,7 @@ impl Client {
         Self {
             tls: TlsConnector::from(Arc::new(tls)),
             connect_timeout,
-            origins: Mutex::new(HashMap::new()),
+            origins: Mutex::new(Vec::new()),
         }
     }
 
@@ -130,19 +131,22 @@ impl Client {
             )));
         };
         let mut all = lock(&self.origins);
-        let o = all
-            .entry((scheme.clone(), authority.clone()))
-            .or_insert_with(|| {
-                Arc::new(Origin {
-                    scheme: scheme.clone(),
-                    authority: authority.clone(),
-                    host: HeaderValue::from_str(authority.as_str())
-                        .unwrap_or_else(|_| HeaderValue::from_static("")),
-                    idle: Mutex::new(Vec::new()),
-                    h2: Mutex::new(None),
-                })
-            });
-        Ok(o.clone())
+        if let Some(o) = all
+            .iter()
+            .find(|o| o.scheme == *scheme && o.authority == *authority)
+        {
+            return Ok(o.clone());
+        }
+        let o = Arc::new(Origin {
+            scheme: scheme.clone(),
+            authority: authority.clone(),
+            host: HeaderValue::from_str(authority.as_str())
+                .unwrap_or_else(|_| HeaderValue::from_static("")),
+            idle: Mutex::new(Vec::new()),
+            h2: Mutex::new(None),
+        });
+        all.push(o.clone());
+        Ok(o)
     }
 
     /// A new connection; every failure here is `NotConnected` (nothing sent).
