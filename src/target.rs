@@ -92,20 +92,18 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         return;
     }
     // `Connection` is HOP_BY_HOP[0]. The names it lists that are hop-by-hop
-    // anyway (`keep-alive`) need no lookup of their own; the others are
-    // removed by name, with no `HeaderName` made for them.
-    if present[0] {
+    // anyway (`keep-alive`) need no lookup of their own, and when it lists
+    // nothing else (an answer's usual `keep-alive`) nothing is copied; the
+    // others are removed by name, with no `HeaderName` made for them.
+    if present[0]
+        && h.get_all(header::CONNECTION)
+            .iter()
+            .any(|v| listed_others(v).next().is_some())
+    {
         let listed: Vec<HeaderValue> = h.get_all(header::CONNECTION).iter().cloned().collect();
         for v in &listed {
-            let Ok(v) = v.to_str() else { continue };
-            for n in v.split(',').map(str::trim) {
-                if !n.is_empty()
-                    && !HOP_BY_HOP
-                        .iter()
-                        .any(|hop| n.eq_ignore_ascii_case(hop.as_str()))
-                {
-                    h.remove(n);
-                }
+            for n in listed_others(v) {
+                h.remove(n);
             }
         }
     }
@@ -114,6 +112,21 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
             h.remove(n);
         }
     }
+}
+
+/// The names a `Connection` value lists that are not hop-by-hop anyway
+/// (`close` is one: a header literally named so goes too).
+fn listed_others(v: &HeaderValue) -> impl Iterator<Item = &str> {
+    v.to_str()
+        .into_iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|n| {
+            !n.is_empty()
+                && !HOP_BY_HOP
+                    .iter()
+                    .any(|hop| n.eq_ignore_ascii_case(hop.as_str()))
+        })
 }
 
 #[cfg(test)]

@@ -41,8 +41,17 @@ pub(crate) fn add_forwarding(
         xff.push_str(", ");
     }
     push_ip(&mut xff, conn.peer.ip());
-    h.remove(header::FORWARDED);
-    if !trusted_peer {
+    // One pass finds what is there: a caller almost never sends any of
+    // these, and each removal by a custom name is a hash.
+    let (mut forwarded, mut claims) = (false, false);
+    for k in h.keys() {
+        forwarded |= k == header::FORWARDED;
+        claims |= !trusted_peer && CLAIMS.contains(k);
+    }
+    if forwarded {
+        h.remove(header::FORWARDED);
+    }
+    if claims {
         for name in &CLAIMS {
             h.remove(name);
         }
