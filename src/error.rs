@@ -46,13 +46,26 @@ pub enum ProxyError {
 
 impl From<Refusal> for ProxyError {
     fn from(r: Refusal) -> Self {
-        let retry_at = match r {
+        match r {
+            Refusal::ShuttingDown | Refusal::StoreUnavailable => {
+                ProxyError::Refused(r, Duration::ZERO)
+            }
+            _ => ProxyError::refused_at(r, Instant::now()),
+        }
+    }
+}
+
+impl ProxyError {
+    /// A refusal decided at `at`: its wait is counted from then, with no
+    /// clock read of its own (the 429 fast path has read it already).
+    pub fn refused_at(r: Refusal, at: Instant) -> Self {
+        let wait = match r {
             Refusal::QuotaExhausted { retry_at }
             | Refusal::QueueFull { retry_at }
-            | Refusal::TooManyKeys { retry_at } => retry_at,
-            Refusal::ShuttingDown | Refusal::StoreUnavailable => Instant::now(),
+            | Refusal::TooManyKeys { retry_at } => retry_at.saturating_duration_since(at),
+            Refusal::ShuttingDown | Refusal::StoreUnavailable => Duration::ZERO,
         };
-        ProxyError::Refused(r, retry_at.saturating_duration_since(Instant::now()))
+        ProxyError::Refused(r, wait)
     }
 }
 
@@ -301,6 +314,22 @@ mod tests {
             v["error"]["message"],
             "too many calls are already waiting for quota; retry after 3 s"
         );
+    }
+
+    #[test]
+    fn a_refusal_waits_from_when_it_was_decided() {
+        // Decided "later" than now: an implementation reading the clock again says 33.
+        let at = Instant::now() + Duration::from_secs(30);
+        let e = ProxyError::refused_at(
+            Refusal::QuotaExhausted {
+                retry_at: at + Duration::from_millis(2_500),
+            },
+            at,
+        );
+        assert_eq!(e.into_response().headers()["retry-after"], "3");
+        let e = ProxyError::refused_at(Refusal::ShuttingDown, at);
+        assert_eq!(e.status(), 503);
+        assert!(e.into_response().headers().get("retry-after").is_none());
     }
 
     #[test]

@@ -204,25 +204,30 @@ impl Admission {
     /// The answer when no waiting is involved: a slot now, or (reject mode,
     /// draining) a refusal now. `None` when the call must go through
     /// [`Self::acquire`]: it would queue, or the shared store must be asked.
-    /// The refusal path stays synchronous, which keeps 429s cheap.
-    pub fn try_acquire(&self) -> Option<Result<Permit, Refusal>> {
+    /// The refusal path stays synchronous, which keeps 429s cheap; a refusal
+    /// comes with the instant it was decided at, so its `Retry-After` needs
+    /// no second clock read.
+    pub fn try_acquire(&self) -> Option<Result<Permit, (Refusal, Instant)>> {
         if self.inner.remote.is_some() {
             return None;
         }
         let mut st = self.inner.lock();
-        if st.closed {
-            return Some(Err(Refusal::ShuttingDown));
-        }
         let now = Instant::now();
+        if st.closed {
+            return Some(Err((Refusal::ShuttingDown, now)));
+        }
         let blocked = st.blocked_until(now);
         if blocked <= now && st.queue.is_empty() {
             st.windows.reserve(now);
             st.paused_until = None;
             return Some(Ok(Permit::new(self.inner.clone(), Duration::ZERO)));
         }
-        (st.on_limit == OnLimit::Reject).then_some(Err(Refusal::QuotaExhausted {
-            retry_at: blocked.max(now),
-        }))
+        (st.on_limit == OnLimit::Reject).then_some(Err((
+            Refusal::QuotaExhausted {
+                retry_at: blocked.max(now),
+            },
+            now,
+        )))
     }
 
     /// Waits for a slot, or says at once why there will be none in time.

@@ -84,9 +84,9 @@ where
         outcome.lock().admission = Some(admission.clone());
         // A refusal that needs no waiting is answered without an async stage.
         let now = match admission.try_acquire() {
-            Some(Err(refusal)) => {
+            Some(Err((refusal, at))) => {
                 return CheckFuture::Refused {
-                    error: Some(refusal.into()),
+                    error: Some(ProxyError::refused_at(refusal, at)),
                 }
             }
             Some(Ok(permit)) => Some(permit),
