@@ -149,3 +149,20 @@ pub fn build_client(
         .with_no_client_auth();
     Ok(Arc::new(pool::Client::new(tls, connect_timeout)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every forwarded call's future is moved into its box as the call
+    /// starts; with the connect path inline it was several KB, and copying
+    /// it was 1.3% of the forwarding path's CPU.
+    #[test]
+    fn a_calls_future_stays_small() {
+        let client = build_client(None, Duration::from_secs(1)).unwrap();
+        let req = Request::new(Body::empty());
+        let call = client.request(req);
+        let size = std::mem::size_of_val(&call);
+        assert!(size < 1024, "{size} bytes");
+    }
+}

@@ -76,7 +76,9 @@ impl Client {
         loop {
             let (conn, fresh) = match origin.checkout() {
                 Some(c) => (c, false),
-                None => (self.connect(&origin).await?, true),
+                // Boxed: inline, the TCP and TLS handshakes' state made every
+                // call's future several KB, copied whole as it started.
+                None => (Box::pin(self.connect(&origin)).await?, true),
             };
             match conn {
                 Conn::H2(mut s) => {
