@@ -213,7 +213,9 @@ impl Admission {
                 return Err(Refusal::QuotaExhausted { retry_at: start });
             }
             let (tx, rx) = oneshot::channel();
-            (st.queue.push(&caller.name, caller.weight, now, tx), rx)
+            let id = st.queue.push(&caller.name, caller.weight, now, tx);
+            super::queued(id);
+            (id, rx)
         };
         // Queued before the next caller asks, so it counts this call ahead.
         drop(one);
