@@ -265,8 +265,8 @@ impl Admission {
             }
             let (tx, rx) = oneshot::channel();
             let id = st.queue.push(&caller.name, caller.weight, now, tx);
-            queued(id);
             drop(st);
+            queued(id);
             self.inner.wake.notify_one();
             (id, rx)
         };
@@ -406,15 +406,16 @@ impl Inner {
     }
 }
 
-/// Takes a queued call out of the queue when its caller goes away.
 /// Each call's place in its queue, in the order calls joined it (debug level,
-/// target `dastra_proxy::queue`): the request ids are taken earlier, and on
-/// the multi-thread runtime a call can be overtaken between the two, so order
-/// checks (`scripts/bench-queue`) judge by this instead.
+/// target `dastra_proxy::queue`; written after the lock is let go): the
+/// request ids are taken earlier, and on the multi-thread runtime a call can
+/// be overtaken between the two, so order checks (`scripts/bench-queue`)
+/// judge by this instead.
 fn queued(position: u64) {
     tracing::debug!(target: "dastra_proxy::queue", position, "queued");
 }
 
+/// Takes a queued call out of the queue when its caller goes away.
 struct LeaveOnDrop<'a> {
     inner: &'a Inner,
     caller: &'a str,

@@ -213,10 +213,9 @@ impl Admission {
                 return Err(Refusal::QuotaExhausted { retry_at: start });
             }
             let (tx, rx) = oneshot::channel();
-            let id = st.queue.push(&caller.name, caller.weight, now, tx);
-            super::queued(id);
-            (id, rx)
+            (st.queue.push(&caller.name, caller.weight, now, tx), rx)
         };
+        super::queued(id);
         // Queued before the next caller asks, so it counts this call ahead.
         drop(one);
         self.inner.wake.notify_one();
