@@ -116,7 +116,8 @@ http {{ log_format t '$msec $http_x_request_id $request_uri'; access_log {tmp}/a
     # Calls released together travel over different upstream connections, so
     # arrivals within a few ms may swap; a call that arrives more than 10 ms
     # after one queued behind it was released out of order.
-    by_queue = sorted((position[rid], t) for t, rid, u in sent if u.startswith("/q/"))
+    # A call that found a free slot at once never queued: it has no place to compare.
+    by_queue = sorted((position[rid], t) for t, rid, u in sent if u.startswith("/q/") and rid in position)
     q_order = [t for _, t in by_queue]
     latest, inversions, worst_late = 0.0, 0, 0.0
     for t in q_order:

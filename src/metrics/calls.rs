@@ -96,21 +96,19 @@ impl CallMetrics {
         let c = self.client(client);
         let m = self.method(c, method);
         if let Some(code) = code {
-            let counter = find_or_add(&c.rejected, &code, || {
+            count(&c.rejected, code, || {
                 self.metrics
                     .rejected_total
                     .with_label_values(&[&c.name, code])
             });
-            counter.inc();
         }
-        let counter = find_or_add(&m.answered, &status, || {
+        count(&m.answered, status, || {
             self.metrics.requests_total.with_label_values(&[
                 &c.name,
                 method_label(method),
                 status.as_str(),
             ])
         });
-        counter.inc();
         m.duration.observe(elapsed.as_secs_f64());
     }
 
@@ -125,19 +123,22 @@ impl CallMetrics {
     }
 }
 
-/// The handle kept for `key`, resolved with `make` the first time.
-fn find_or_add<K: PartialEq + Copy>(
+/// Counts one for `key`, with the handle resolved by `make` the first time
+/// (incremented under the lock: no handle clone per call).
+fn count<K: PartialEq>(
     list: &Mutex<Vec<(K, IntCounter)>>,
-    key: &K,
+    key: K,
     make: impl FnOnce() -> IntCounter,
-) -> IntCounter {
+) {
     let mut list = list.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, c)) = list.iter().find(|(k, _)| k == key) {
-        return c.clone();
+    match list.iter().find(|(k, _)| *k == key) {
+        Some((_, c)) => c.inc(),
+        None => {
+            let c = make();
+            c.inc();
+            list.push((key, c));
+        }
     }
-    let c = make();
-    list.push((*key, c.clone()));
-    c
 }
 
 #[cfg(test)]
