@@ -41,8 +41,9 @@ pub(crate) type StageFuture =
     Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
 
 /// Builds the request path, outermost first. Requests go down the list,
-/// answers come back up it. The type stays concrete (not boxed): hyper clones
-/// the service for every request, and a concrete clone is a few `Arc`s.
+/// answers come back up it. The type stays concrete (not boxed): every
+/// connection takes a copy (called in place, see `server`), and a concrete
+/// clone is a few `Arc`s.
 pub fn stack(
     app: Arc<App>,
 ) -> impl Service<

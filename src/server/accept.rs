@@ -20,7 +20,6 @@ use hyper::server::conn::{http1, http2};
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -28,6 +27,7 @@ use tower::util::MapRequest;
 use tower::ServiceExt as _;
 
 use super::head;
+use super::service::InPlace;
 use super::sniff::Cleartext;
 use crate::access::ConnInfo;
 use crate::config::Config;
@@ -113,7 +113,7 @@ where
         };
         let _ = stream.set_nodelay(true);
         let activity = Activity::new();
-        let service = TowerToHyperService::new(Tracked::new(
+        let service = InPlace::new(Tracked::new(
             make_service(ConnInfo {
                 peer,
                 tls: tls.is_some(),

@@ -7,6 +7,7 @@
 
 mod accept;
 mod head;
+mod service;
 mod sniff;
 
 use std::net::SocketAddr;
