@@ -2,9 +2,11 @@
 //! `max_connections_per_ip`), and time. A connection must deliver a request
 //! head within `header_read_timeout` of being accepted (TLS handshake,
 //! protocol detection and the HTTP/2 preface included), and closes after
-//! `idle_timeout` with no request in flight and no bytes moving. So idle,
-//! half-open or slow sockets cannot use up the file descriptors that real
-//! callers need.
+//! `idle_timeout` with no request in flight and nothing written to it (an
+//! answer still streaming out keeps it). Bytes a caller sends without
+//! completing a request do not count: a later head trickled in byte by byte
+//! is cut like an idle connection. So idle, half-open or slow sockets cannot
+//! use up the file descriptors that real callers need.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -119,7 +121,7 @@ pub struct Activity {
     base: Instant,
     /// Requests whose answer head has not gone out yet.
     in_flight: AtomicUsize,
-    /// Bytes moved (or a request ended) since the watchdog last looked: a
+    /// Bytes written (or a request ended) since the watchdog last looked: a
     /// flag, not a timestamp, so the IO path reads no clock.
     moved: AtomicBool,
     /// Whether any request arrived (before that, the header timeout rules).
@@ -162,7 +164,7 @@ impl Drop for RequestGuard {
 /// Runs `conn` until it ends, or closes it (by dropping it) when it breaks
 /// the header or idle timeout; says which. Activity is sampled four times
 /// per `idle_timeout`, so an idle connection closes between 1 and 1.25
-/// `idle_timeout` after its last byte: never early.
+/// `idle_timeout` after its last answer byte: never early.
 ///
 /// A future of its own rather than an `async fn`: an `async fn` keeps its
 /// argument and the pinned copy it polls as two fields, and every open
@@ -280,7 +282,10 @@ impl<F: Future> Future for TrackedFuture<F> {
 }
 
 pin_project! {
-    /// An IO stream that tells its connection's [`Activity`] when bytes move.
+    /// An IO stream that tells its connection's [`Activity`] when bytes are
+    /// written. Reads are not activity: what a caller sends only counts once
+    /// it is a request (hyper's own per-head timer, which cost a timer entry
+    /// and an allocation on every request, is off: see `server::accept`).
     #[derive(Debug)]
     pub struct ActiveIo<T> {
         #[pin]
@@ -301,13 +306,7 @@ impl<T: AsyncRead> AsyncRead for ActiveIo<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.project();
-        let before = buf.filled().len();
-        let r = this.inner.poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.activity.touch();
-        }
-        r
+        self.project().inner.poll_read(cx, buf)
     }
 }
 

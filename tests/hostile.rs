@@ -168,6 +168,39 @@ async fn h2c_after_its_preface_and_http1_after_a_call_close_when_idle() {
     proxy.shutdown().await;
 }
 
+/// Bytes that never make a request are not activity: a second head
+/// trickled in a byte at a time, faster than the idle timeout, is cut by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_head_trickled_in_byte_by_byte_is_cut_as_idle() {
+    let up = MockUpstream::start().await;
+    let proxy = proxy_with_server(&up, FAST_TIMEOUTS, "").await;
+    let mut s = TcpStream::connect(proxy.proxy).await.unwrap();
+    s.write_all(b"GET /v1/one HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let (read, mut write) = s.into_split();
+    let closed = tokio::spawn(closed_after(read));
+    let started = Instant::now();
+    // 100 ms apart, five times within idle_timeout (500 ms); at most 4 s.
+    for b in b"GET /v1/two HTTP/1.1\r\nhost: x\r\nx-padding: aaaaa".iter() {
+        if closed.is_finished() || write.write_all(&[*b]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    closed.await.unwrap();
+    let took = started.elapsed();
+    // idle_timeout sampled four times per period: 500-625 ms, with room for
+    // a loaded machine; hyper's own head timer would have cut it at 1.5 s.
+    assert!(took < Duration::from_millis(1200), "cut after {took:?}");
+    assert_eq!(refused(&proxy, "idle"), 1);
+    assert_eq!(up.count(), 1, "the trickled head never became a call");
+    proxy.shutdown().await;
+}
+
 /// The h2c preface is peeked, not read: one that comes in pieces still
 /// opens HTTP/2, and one that stops halfway is closed at the header timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,16 +60,14 @@ struct Protocols {
 }
 
 impl Protocols {
-    fn new(policy: &ConnPolicy) -> Arc<Self> {
+    fn new() -> Arc<Self> {
         let mut h1 = http1::Builder::new();
         // The watchdog in `conn` holds the first request head to
-        // header_read_timeout and idle connections to idle_timeout. hyper's
-        // own head timer runs from the end of one answer to the next head,
-        // so it is set just past idle_timeout: a kept-alive connection may
-        // idle that long (the watchdog closes it first, and counts it), and
-        // a later head trickled in byte by byte is cut then.
-        h1.timer(TokioTimer::new())
-            .header_read_timeout(policy.idle_timeout + Duration::from_secs(1));
+        // header_read_timeout, and a connection with no request in flight
+        // and nothing written to idle_timeout, a later head trickled in
+        // byte by byte included. hyper's own head timer (30 s by default)
+        // would arm a timer and allocate on every request: off.
+        h1.header_read_timeout(None);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new());
         Arc::new(Self { h1, h2 })
@@ -92,7 +90,7 @@ where
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let graceful = GracefulShutdown::new();
-    let protocols = Protocols::new(&policy);
+    let protocols = Protocols::new();
     loop {
         let accepted = tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
