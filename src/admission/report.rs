@@ -33,10 +33,14 @@ impl Admission {
             .as_ref()
             .and_then(|r| r.store.ratelimit_value(now));
         let mut st = self.inner.lock();
-        let state = shared.unwrap_or_else(|| st.windows.ratelimit_value(now));
-        // The text becomes the value's bytes as they are (no copy).
-        let state = http::HeaderValue::from_maybe_shared(bytes::Bytes::from(state.into_bytes()))
-            .unwrap_or_else(|_| http::HeaderValue::from_static(""));
+        let state = match shared {
+            // The text becomes the value's bytes as they are (no copy).
+            Some(text) => {
+                http::HeaderValue::from_maybe_shared(bytes::Bytes::from(text.into_bytes()))
+                    .unwrap_or_else(|_| http::HeaderValue::from_static(""))
+            }
+            None => st.windows.ratelimit_value(now),
+        };
         (st.policy.clone(), state)
     }
 

@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::HeaderValue;
+
 use super::WindowState;
 use crate::config::Limit;
 
@@ -35,6 +38,44 @@ pub fn push_ratelimit_item(out: &mut String, name: &str, remaining: u32, frees_i
     out.push_str(num.format(remaining));
     out.push_str(";t=");
     out.push_str(num.format(ceil_secs(frees_in)));
+}
+
+/// The `RateLimit` value last written for one window set, and the numbers it
+/// says. While they hold (a storm of 429s against a full window, a quiet
+/// key) the same bytes are handed out again: no text, no allocation.
+#[derive(Debug, Clone, Default)]
+pub struct LastValue {
+    said: Vec<(u32, u64)>,
+    value: Option<HeaderValue>,
+}
+
+impl LastValue {
+    /// The value for `items` (name, remaining, time to a free slot), in
+    /// window order; written anew only when a number changed.
+    pub fn get<'a, I>(&mut self, items: I) -> HeaderValue
+    where
+        I: Iterator<Item = (&'a str, u32, Duration)> + Clone,
+    {
+        let numbers = items.clone().map(|(_, r, t)| (r, ceil_secs(t)));
+        if let Some(v) = self
+            .value
+            .as_ref()
+            .filter(|_| numbers.eq(self.said.iter().copied()))
+        {
+            return v.clone();
+        }
+        let mut out = String::with_capacity(32);
+        self.said.clear();
+        for (name, r, t) in items {
+            push_ratelimit_item(&mut out, name, r, t);
+            self.said.push((r, ceil_secs(t)));
+        }
+        // The text becomes the value's bytes as they are (no copy).
+        let v = HeaderValue::from_maybe_shared(Bytes::from(out.into_bytes()))
+            .unwrap_or_else(|_| HeaderValue::from_static(""));
+        self.value = Some(v.clone());
+        v
+    }
 }
 
 /// `"1m";r=0;t=17, "10m";r=9500;t=3`; `t` is until one slot frees, margin included.

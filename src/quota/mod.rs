@@ -12,7 +12,7 @@
 mod headers;
 mod window;
 
-pub use headers::{ceil_secs, policy_header, push_ratelimit_item, ratelimit_header};
+pub use headers::{ceil_secs, policy_header, push_ratelimit_item, ratelimit_header, LastValue};
 
 /// Windows of `n` per `ms` milliseconds, named `"<ms>ms"`, for unit tests.
 #[cfg(test)]
