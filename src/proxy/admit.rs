@@ -18,7 +18,6 @@ use super::stages::outcome;
 use super::StageFuture;
 use crate::admission::Caller;
 use crate::config::{Upstream429, ANONYMOUS};
-use crate::credential::QuotaKey;
 use crate::error::ProxyError;
 use crate::upstream::CallError;
 
@@ -68,11 +67,8 @@ where
         };
         // Hop-by-hop headers are gone by now: the key is the credential that
         // will actually be forwarded.
-        let key = req
-            .extensions()
-            .get::<QuotaKey>()
-            .copied()
-            .unwrap_or_else(|| app.credential.quota_key(req.headers()));
+        let key = outcome.lock().quota;
+        let key = key.unwrap_or_else(|| app.credential.quota_key(req.headers()));
         let admission = match app.quotas.get(key) {
             Ok(a) => a,
             Err(refusal) => {

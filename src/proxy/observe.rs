@@ -24,6 +24,7 @@ use crate::admission::Admission;
 use crate::app::Policy;
 use crate::body::BodyFault;
 use crate::config::ANONYMOUS;
+use crate::credential::QuotaKey;
 use crate::metrics::method_label;
 
 /// What the inner stages learned about one call; the one per-call value in
@@ -44,6 +45,9 @@ pub(crate) struct Record {
     /// The bearer token this call goes out with was fetched for it: a 401
     /// then says nothing about the token, so it is neither dropped nor retried.
     pub(crate) token_fresh: bool,
+    /// The quota key, computed once (a SHA-256 in passthrough) by the
+    /// savings stage for admission.
+    pub(crate) quota: Option<QuotaKey>,
     /// The quota key's admission, once chosen: refusals carry its RateLimit fields.
     pub(crate) admission: Option<Admission>,
     pub(crate) queue_wait: Option<Duration>,

@@ -45,10 +45,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<Body>) -> StageFuture {
+    fn call(&mut self, req: Request<Body>) -> StageFuture {
         // Computed once here (a SHA-256 in passthrough) and handed to admission.
         let quota = self.app.credential.quota_key(req.headers());
-        req.extensions_mut().insert(quota);
+        super::stages::outcome(&req).lock().quota = Some(quota);
         let cache = self.app.cache.clone();
         let cfg = cache.config();
         let mut inner = self.inner.clone();
