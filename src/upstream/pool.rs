@@ -5,6 +5,7 @@
 //! checkout racing a lazy connect and no per-call pool key hashing; a
 //! connection goes back to the pool when its answer's body ends.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -71,55 +72,67 @@ impl Client {
 
     /// Sends `req` (absolute URI) and returns the answer's head; its body
     /// streams and gives the connection back when it ends.
-    pub async fn request(&self, mut req: Request<Body>) -> Result<Response<Body>, CallError> {
-        let origin = self.origin(req.uri())?;
-        loop {
-            let (conn, fresh) = match origin.checkout() {
-                Some(c) => (c, false),
-                // Boxed: inline, the TCP and TLS handshakes' state made every
-                // call's future several KB, copied whole as it started.
-                None => (Box::pin(self.connect(&origin)).await?, true),
-            };
-            match conn {
-                Conn::H2(mut s) => {
-                    *req.version_mut() = Version::HTTP_2;
-                    return match s.try_send_request(req).await {
-                        Ok(resp) => Ok(resp.map(Body::new)),
-                        Err(mut e) => match e.take_message() {
-                            // Not sent: this connection is gone; try another.
-                            Some(back) if !fresh => {
-                                *lock(&origin.h2) = None;
-                                req = back;
-                                continue;
-                            }
-                            _ => Err(failed(&origin, e.error())),
-                        },
-                    };
-                }
-                Conn::H1(mut s) => {
-                    if s.ready().await.is_err() {
-                        continue;
+    ///
+    /// A future of its own (owning the client) rather than an `async fn`:
+    /// that kept its request argument and the moved-in copy side by side,
+    /// and the caller's `async` wrapper around the borrow added another; the
+    /// boxed call was 1,088 bytes, past glibc's per-thread cache (1,032),
+    /// so every call took malloc's slow path.
+    pub fn request(
+        self: &Arc<Self>,
+        mut req: Request<Body>,
+    ) -> impl Future<Output = Result<Response<Body>, CallError>> + Send + 'static {
+        let this = self.clone();
+        async move {
+            let origin = this.origin(req.uri())?;
+            loop {
+                let (conn, fresh) = match origin.checkout() {
+                    Some(c) => (c, false),
+                    // Boxed: inline, the TCP and TLS handshakes' state made every
+                    // call's future several KB, copied whole as it started.
+                    None => (Box::pin(this.connect(&origin)).await?, true),
+                };
+                match conn {
+                    Conn::H2(mut s) => {
+                        *req.version_mut() = Version::HTTP_2;
+                        return match s.try_send_request(req).await {
+                            Ok(resp) => Ok(resp.map(Body::new)),
+                            Err(mut e) => match e.take_message() {
+                                // Not sent: this connection is gone; try another.
+                                Some(back) if !fresh => {
+                                    *lock(&origin.h2) = None;
+                                    req = back;
+                                    continue;
+                                }
+                                _ => Err(failed(&origin, e.error())),
+                            },
+                        };
                     }
-                    to_origin_form(&mut req, &origin);
-                    match s.try_send_request(req).await {
-                        Ok(resp) => {
-                            let (parts, body) = resp.into_parts();
-                            let body = Returning {
-                                body,
-                                back: Some((s, origin.clone())),
-                            };
-                            return Ok(Response::from_parts(
-                                parts,
-                                Body::new(body.give_back_if_done()),
-                            ));
+                    Conn::H1(mut s) => {
+                        if s.ready().await.is_err() {
+                            continue;
                         }
-                        Err(mut e) => match e.take_message() {
-                            Some(back) if !fresh => {
-                                req = back;
-                                continue;
+                        to_origin_form(&mut req, &origin);
+                        match s.try_send_request(req).await {
+                            Ok(resp) => {
+                                let (parts, body) = resp.into_parts();
+                                let body = Returning {
+                                    body,
+                                    back: Some((s, origin.clone())),
+                                };
+                                return Ok(Response::from_parts(
+                                    parts,
+                                    Body::new(body.give_back_if_done()),
+                                ));
                             }
-                            _ => return Err(failed(&origin, e.error())),
-                        },
+                            Err(mut e) => match e.take_message() {
+                                Some(back) if !fresh => {
+                                    req = back;
+                                    continue;
+                                }
+                                _ => return Err(failed(&origin, e.error())),
+                            },
+                        }
                     }
                 }
             }
