@@ -128,12 +128,21 @@ async fn a_waiting_connection() {
     );
     let env = SecretEnv::fixed([("K", "dastra-key")]);
     let config = Config::parse_with(&text, std::path::Path::new("t.toml"), &env).unwrap();
+    // The access log on (its path is kept for the whole call) and the
+    // callers' own request ids (returned on the answer): neither may keep
+    // hyper's read buffer while the call waits.
+    let _log = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(std::io::sink)
+            .with_env_filter("warn,dastra_proxy::access=info")
+            .finish(),
+    );
     let running = dastra_proxy::server::start(config, Metrics::new())
         .await
         .unwrap();
     let addr = running.proxy_addr;
     let request = |i: usize| {
-        format!("GET /v1/ws/1/Actors/{i} HTTP/1.1\r\nhost: proxy.test\r\naccept: application/json\r\nuser-agent: app/1.0\r\n\r\n")
+        format!("GET /v1/ws/1/Actors/{i} HTTP/1.1\r\nhost: proxy.test\r\naccept: application/json\r\nuser-agent: app/1.0\r\nx-request-id: app-call-{i}\r\n\r\n")
     };
     let first = tokio::task::spawn_blocking(move || {
         let mut s = std::net::TcpStream::connect(addr).unwrap();

@@ -88,6 +88,9 @@ where
             Some(Ok(permit)) => Some(permit),
             None => None,
         };
+        // From here the call waits, for a slot or for Dastra (see `head`).
+        let mut req = req;
+        super::head::detach(&mut req);
         let mut inner = self.inner.clone();
         CheckFuture::Inner {
             inner: Box::pin(async move {

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Request;
 
@@ -135,11 +136,14 @@ pub(crate) fn retry_after(h: &HeaderMap) -> Option<Duration> {
 
 /// The call's `X-Request-Id`: the caller's own when it is sane for logs (1 to
 /// 128 visible ASCII characters), otherwise a fresh one written over it.
+/// The caller's is copied: the answer needs it after the call waited, and
+/// the request's own value borrows hyper's read buffer (see `head`).
 pub(crate) fn request_id<B>(req: &mut Request<B>) -> HeaderValue {
     if let Some(v) = req.headers().get(&X_REQUEST_ID) {
         let b = v.as_bytes();
         if !b.is_empty() && b.len() <= 128 && b.iter().all(u8::is_ascii_graphic) {
-            return v.clone();
+            return HeaderValue::from_maybe_shared(Bytes::copy_from_slice(b))
+                .unwrap_or_else(|_| v.clone());
         }
     }
     let id = fresh_request_id();

@@ -9,6 +9,7 @@ mod admit;
 mod buffer;
 mod check;
 mod forward;
+mod head;
 mod headers;
 mod inject;
 mod layer;

@@ -84,9 +84,10 @@ where
         let outcome = Arc::new(Outcome::default());
         req.extensions_mut().insert(outcome.clone());
         let method = req.method().clone();
-        // Kept for the access log's path only when that log is on.
-        let uri = tracing::enabled!(target: "dastra_proxy::access", tracing::Level::INFO)
-            .then(|| req.uri().clone());
+        // Kept for the access log's path only when that log is on; a copy, so
+        // a waiting call does not keep hyper's read buffer (see `head`).
+        let path = tracing::enabled!(target: "dastra_proxy::access", tracing::Level::INFO)
+            .then(|| Box::<str>::from(req.uri().path()));
         let request_id = request_id(&mut req);
         let span = tracing::info_span!(
             "request",
@@ -117,7 +118,7 @@ where
             tracing::info!(
                 target: "dastra_proxy::access",
                 client = %client,
-                path = uri.as_ref().map_or("", |u| u.path()),
+                path = path.as_deref().unwrap_or(""),
                 status = status.as_u16(),
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
                 queue_ms = ms(rec.queue_wait),

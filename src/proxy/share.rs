@@ -83,7 +83,11 @@ where
                     .path_and_query()
                     .map_or(b"/".as_slice(), |p| p.as_str().as_bytes()),
             ),
-            accept: req.headers().get(header::ACCEPT).cloned(),
+            // A copy: the key outlives the wait, the request's value
+            // borrows hyper's read buffer (see `head`).
+            accept: req.headers().get(header::ACCEPT).and_then(|v| {
+                HeaderValue::from_maybe_shared(Bytes::copy_from_slice(v.as_bytes())).ok()
+            }),
         };
         let head = method == Method::HEAD;
         if ttl.is_some() && !no_cache {
@@ -111,27 +115,32 @@ where
             return Box::pin(inner.call(req));
         }
         match cache.join(key.clone()) {
-            Join::Follow(follower) => Box::pin(async move {
-                let landing = follower.landing().await;
-                drop(follower);
-                match landing {
-                    Landing::Answer(snap) => {
-                        cache.saved("coalesced");
-                        Ok(respond(
-                            &snap,
-                            false,
-                            "dastra-proxy; fwd=uri-miss; collapsed",
-                        ))
+            Join::Follow(follower) => {
+                // It waits for the leader's answer (see `head`).
+                let mut req = req;
+                super::head::detach(&mut req);
+                Box::pin(async move {
+                    let landing = follower.landing().await;
+                    drop(follower);
+                    match landing {
+                        Landing::Answer(snap) => {
+                            cache.saved("coalesced");
+                            Ok(respond(
+                                &snap,
+                                false,
+                                "dastra-proxy; fwd=uri-miss; collapsed",
+                            ))
+                        }
+                        Landing::Failed(e) => Err(ProxyError::Shared(e)),
+                        // Too large to share, or the lead broke off: a call of its own.
+                        Landing::Own => {
+                            let mut resp = inner.call(req).await?;
+                            set_status(&mut resp, "dastra-proxy; fwd=uri-miss");
+                            Ok(resp)
+                        }
                     }
-                    Landing::Failed(e) => Err(ProxyError::Shared(e)),
-                    // Too large to share, or the lead broke off: a call of its own.
-                    Landing::Own => {
-                        let mut resp = inner.call(req).await?;
-                        set_status(&mut resp, "dastra-proxy; fwd=uri-miss");
-                        Ok(resp)
-                    }
-                }
-            }),
+                })
+            }
             Join::Lead(flight) => {
                 let followers = flight.watchers();
                 // `lead` boxed as it is: an async block around it would hold

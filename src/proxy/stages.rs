@@ -86,6 +86,8 @@ impl Check for BodyLimitStage {
         if req.body().is_end_stream() {
             return Ok(());
         }
+        // Reading the body can wait (see `head`).
+        super::head::detach(req);
         let body = std::mem::take(req.body_mut());
         let (limited, fault) = LimitedBody::new(body, self.limit, self.timeout);
         *req.body_mut() = Body::new(limited);

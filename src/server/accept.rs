@@ -26,7 +26,6 @@ use tokio_rustls::TlsAcceptor;
 use tower::util::MapRequest;
 use tower::ServiceExt as _;
 
-use super::head;
 use super::service::InPlace;
 use super::sniff::Cleartext;
 use crate::access::ConnInfo;
@@ -219,15 +218,14 @@ where
     S: tower::Service<Request<Body>>,
 {
     svc.map_request(move |req: Request<Incoming>| {
-        let (mut parts, body) = req.into_parts();
-        head::detach(&mut parts);
         // Most calls have no body: an empty one costs no allocation.
-        let body = if body.is_end_stream() {
-            Body::empty()
-        } else {
-            Body::new(body)
-        };
-        let mut req = Request::from_parts(parts, body);
+        let mut req = req.map(|body| {
+            if body.is_end_stream() {
+                Body::empty()
+            } else {
+                Body::new(body)
+            }
+        });
         req.extensions_mut().insert(conn);
         req
     })

@@ -6,7 +6,6 @@
 //! for quota is answered `503 shutting_down` rather than dropped.
 
 mod accept;
-mod head;
 mod service;
 mod sniff;
 
