@@ -7,8 +7,6 @@
 //!
 //! Larger bodies, and bodies without a length, stream once, after admission.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
@@ -16,11 +14,10 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
-use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::stages::outcome;
-use super::StageFuture;
+use super::MaybeBoxed;
 use crate::body::BodyError;
 use crate::error::ProxyError;
 
@@ -62,7 +59,7 @@ where
 {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = BufferFuture<S::Future>;
+    type Future = MaybeBoxed<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -77,13 +74,13 @@ where
         if !small {
             // Nothing to read ahead (empty, large or of unknown length). The
             // common GET goes through without an async stage of its own.
-            return BufferFuture::Direct {
+            return MaybeBoxed::Direct {
                 inner: self.inner.call(req),
             };
         }
         let mut inner = self.inner.clone();
         let cfg = self.cfg.clone();
-        BufferFuture::Buffered {
+        MaybeBoxed::Boxed {
             inner: Box::pin(async move {
                 let outcome = outcome(&req).clone();
                 let (parts, body) = req.into_parts();
@@ -116,29 +113,6 @@ where
                 tracing::info!("upstream answered 401; retrying once with a fresh token");
                 inner.call(again(&parts)).await
             }),
-        }
-    }
-}
-
-pin_project! {
-    /// The inner stage's own future, or the buffering one.
-    #[project = BufferProj]
-    pub(crate) enum BufferFuture<F> {
-        Direct { #[pin] inner: F },
-        Buffered { inner: StageFuture },
-    }
-}
-
-impl<F> Future for BufferFuture<F>
-where
-    F: Future<Output = Result<Response<Body>, ProxyError>>,
-{
-    type Output = Result<Response<Body>, ProxyError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            BufferProj::Direct { inner } => inner.poll(cx),
-            BufferProj::Buffered { inner } => inner.as_mut().poll(cx),
         }
     }
 }

@@ -41,6 +41,42 @@ use stages::{AccessStage, BodyLimitStage, GuardStage, TargetStage};
 pub(crate) type StageFuture =
     Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
 
+pin_project_lite::pin_project! {
+    /// A stage's future when most calls pass straight through: the inner
+    /// stage's own future as it is (no box, no copy), or one of the stage's
+    /// own, boxed.
+    #[project = MaybeBoxedProj]
+    pub(crate) enum MaybeBoxed<F> {
+        Direct { #[pin] inner: F },
+        Boxed { inner: StageFuture },
+    }
+}
+
+impl<F> MaybeBoxed<F> {
+    pub(crate) fn boxed(
+        f: impl Future<Output = Result<Response<Body>, ProxyError>> + Send + 'static,
+    ) -> Self {
+        Self::Boxed { inner: Box::pin(f) }
+    }
+}
+
+impl<F> Future for MaybeBoxed<F>
+where
+    F: Future<Output = Result<Response<Body>, ProxyError>>,
+{
+    type Output = Result<Response<Body>, ProxyError>;
+
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.project() {
+            MaybeBoxedProj::Direct { inner } => inner.poll(cx),
+            MaybeBoxedProj::Boxed { inner } => inner.as_mut().poll(cx),
+        }
+    }
+}
+
 /// Builds the request path, outermost first. Requests go down the list,
 /// answers come back up it. The type stays concrete (not boxed): every
 /// connection takes a copy (called in place, see `server`), and a concrete

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tower::Service;
 
 use super::layer::AppStage;
-use super::StageFuture;
+use super::{MaybeBoxed, StageFuture};
 use crate::cache::{has_directive, Cache, Join, Key, Landing, Snapshot, Watchers};
 use crate::error::ProxyError;
 use crate::upstream::CallError;
@@ -39,26 +39,28 @@ where
 {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = StageFuture;
+    type Future = MaybeBoxed<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> StageFuture {
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
         // Computed once here (a SHA-256 in passthrough) and handed to admission.
         let quota = self.app.credential.quota_key(req.headers());
         super::stages::outcome(&req).lock().quota = Some(quota);
         let cache = self.app.cache.clone();
         let cfg = cache.config();
-        let mut inner = self.inner.clone();
         let method = req.method().clone();
         if method != Method::GET && method != Method::HEAD {
             if method == Method::OPTIONS || cfg.rules.is_empty() {
-                return Box::pin(inner.call(req));
+                return MaybeBoxed::Direct {
+                    inner: self.inner.call(req),
+                };
             }
+            let mut inner = self.inner.clone();
             let path = req.uri().path().to_owned();
-            return Box::pin(async move {
+            return MaybeBoxed::boxed(async move {
                 let resp = inner.call(req).await?;
                 if resp.status().is_success() {
                     cache.evict(&quota, &path);
@@ -74,7 +76,10 @@ where
             .any(|v| has_directive(v, "no-cache"));
         let coalesce = cfg.coalesce && method == Method::GET && !no_cache && bodiless(&req);
         if ttl.is_none() && !coalesce {
-            return Box::pin(inner.call(req));
+            // Straight through: the inner stage's future as it is.
+            return MaybeBoxed::Direct {
+                inner: self.inner.call(req),
+            };
         }
         let key = Key {
             quota,
@@ -94,7 +99,7 @@ where
             if let Some((snap, left)) = cache.get(&key, Instant::now()) {
                 cache.saved("cached");
                 let status = format!("dastra-proxy; hit; ttl={}", left.as_secs());
-                return Box::pin(std::future::ready(Ok(respond(&snap, head, &status))));
+                return MaybeBoxed::boxed(std::future::ready(Ok(respond(&snap, head, &status))));
             }
         }
         let max_entry = cfg.max_entry;
@@ -102,7 +107,8 @@ where
         let ttl = ttl.filter(|_| !head);
         let fwd = if no_cache { Fwd::Request } else { Fwd::Miss };
         if !coalesce {
-            return Box::pin(lead(inner.call(req), cache, key, ttl, None, max_entry, fwd));
+            let call = self.inner.call(req);
+            return MaybeBoxed::boxed(lead(call, cache, key, ttl, None, max_entry, fwd));
         }
         // Out of quota in reject mode: the 429 comes at once and costs less
         // than a flight to share it in (a cached answer was served above).
@@ -112,14 +118,17 @@ where
             .get(key.quota)
             .is_ok_and(|a| a.refuses_now())
         {
-            return Box::pin(inner.call(req));
+            return MaybeBoxed::Direct {
+                inner: self.inner.call(req),
+            };
         }
         match cache.join(key.clone()) {
             Join::Follow(follower) => {
                 // It waits for the leader's answer (see `head`).
                 let mut req = req;
                 super::head::detach(&mut req);
-                Box::pin(async move {
+                let mut inner = self.inner.clone();
+                MaybeBoxed::boxed(async move {
                     let landing = follower.landing().await;
                     drop(follower);
                     match landing {
@@ -146,7 +155,7 @@ where
                 // `lead` boxed as it is: an async block around it would hold
                 // its arguments twice (1.8 KB per waiting GET).
                 let fut: StageFuture = Box::pin(lead(
-                    inner.call(req),
+                    self.inner.call(req),
                     cache,
                     key,
                     ttl,
@@ -154,7 +163,7 @@ where
                     max_entry,
                     fwd,
                 ));
-                Box::pin(Detach {
+                MaybeBoxed::boxed(Detach {
                     fut: Some(fut),
                     followers,
                 })
