@@ -120,6 +120,18 @@ async fn request_id_is_generated_when_absent_and_matches_both_sides() {
     );
     assert_ne!(ida, idb);
     assert_eq!(up.log()[0].headers["x-request-id"], ida);
+    // An id unfit for logs is replaced, on both sides alike.
+    let c3 = send(
+        &c,
+        Method::GET,
+        &proxy.url("/v1/c"),
+        &[("x-request-id", "not fit")],
+        Body::empty(),
+    )
+    .await;
+    let idc = c3.header("x-request-id").unwrap();
+    assert_eq!(idc.len(), 32);
+    assert_eq!(up.log()[2].headers["x-request-id"], idc);
     proxy.shutdown().await;
 }
 

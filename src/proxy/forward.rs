@@ -12,7 +12,7 @@ use http::{header, Request, Response, Uri, Version};
 use tokio::time::Instant;
 use tower::Service;
 
-use super::headers::{add_forwarding, rewrite_location};
+use super::headers::{add_forwarding, rewrite_location, X_REQUEST_ID};
 use super::observe::Outcome;
 use super::StageFuture;
 use crate::access::ConnInfo;
@@ -50,6 +50,10 @@ impl Service<Request<Body>> for Forward {
         let conn = ext.get::<ConnInfo>().copied();
         let (hops, trusted, fault) = outcome.as_ref().map_or((Vec::new(), false, None), |o| {
             let rec = o.lock();
+            // A fresh request id goes to Dastra (over an insane one of the caller's).
+            if let (false, Some(id)) = (rec.id_on_request, &rec.request_id) {
+                parts.headers.insert(&X_REQUEST_ID, id.clone());
+            }
             let (hops, trusted) = rec.identity.as_ref().map_or((Vec::new(), false), |i| {
                 (i.forwarded.clone(), i.via_trusted_proxy)
             });

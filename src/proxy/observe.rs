@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use tokio::time::Instant;
 use tower::Service;
 use tracing::Instrument as _;
@@ -52,6 +52,11 @@ pub(crate) struct Record {
     pub(crate) admission: Option<Admission>,
     pub(crate) queue_wait: Option<Duration>,
     pub(crate) upstream: Option<Duration>,
+    /// The call's `X-Request-Id`, for its answer and for Dastra.
+    pub(crate) request_id: Option<HeaderValue>,
+    /// Whether the request carries it already (the caller's own); a fresh
+    /// one is written by the forward stage, so a refused call never is.
+    pub(crate) id_on_request: bool,
     /// The error code the rescue stage answered with.
     pub(crate) code: Option<&'static str>,
 }
@@ -88,21 +93,26 @@ where
         // a waiting call does not keep hyper's read buffer (see `head`).
         let path = tracing::enabled!(target: "dastra_proxy::access", tracing::Level::INFO)
             .then(|| Box::<str>::from(req.uri().path()));
-        let request_id = request_id(&mut req);
+        let (request_id, fresh) = request_id(req.headers());
         let span = tracing::info_span!(
             "request",
             request_id = request_id.to_str().unwrap_or(""),
             method = method_label(&method)
         );
+        {
+            let mut rec = outcome.lock();
+            rec.request_id = Some(request_id);
+            rec.id_on_request = !fresh;
+        }
         let call = self.inner.call(req).instrument(span.clone());
         let app = self.app.clone();
         Box::pin(async move {
             let mut resp = call.await?;
-            // Unless Dastra answered with an id of its own.
-            resp.headers_mut()
-                .entry(&X_REQUEST_ID)
-                .or_insert(request_id);
             let rec = std::mem::take(&mut *outcome.lock());
+            // Unless Dastra answered with an id of its own.
+            if let Some(id) = rec.request_id {
+                resp.headers_mut().entry(&X_REQUEST_ID).or_insert(id);
+            }
             let client = rec.client.as_deref().unwrap_or(ANONYMOUS);
             let status = resp.status();
             let elapsed = started.elapsed();

@@ -277,6 +277,8 @@ async fn admission_stage_refuses_with_exact_retry_after_and_fields() {
     assert_eq!(headers["ratelimit-policy"], "\"10s\";q=1;w=10");
     assert_eq!(headers["ratelimit"], "\"10s\";r=0;t=8");
     assert_eq!(h.seen.lock().unwrap().len(), 1);
+    // A refused call still answers with its (fresh) request id.
+    assert_eq!(headers["x-request-id"].len(), 32);
 }
 
 #[tokio::test(start_paused = true)]
