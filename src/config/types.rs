@@ -78,7 +78,8 @@ pub struct ServerConfig {
     /// Accept to a complete request head (TLS handshake, protocol detection
     /// and the HTTP/2 preface included); a connection slower than that closes.
     pub header_read_timeout: Duration,
-    /// A connection with no request in flight and no bytes moving closes.
+    /// A connection with no request in flight and nothing written closes
+    /// (what a caller sends without completing a request does not count).
     pub idle_timeout: Duration,
     /// The longest gap between two chunks of a request body (408 after it).
     pub body_read_timeout: Duration,
