@@ -19,13 +19,13 @@ use hyper::body::{Body as _, Incoming};
 use hyper::server::conn::{http1, http2};
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tower::util::MapRequest;
 use tower::ServiceExt as _;
 
+use super::drain::Drain;
 use super::service::InPlace;
 use super::sniff::Cleartext;
 use crate::access::ConnInfo;
@@ -81,14 +81,14 @@ pub(super) async fn accept_loop<F, S>(
     policy: ConnPolicy,
     mut stop: watch::Receiver<bool>,
     make_service: F,
-) -> GracefulShutdown
+) -> Drain
 where
     F: Fn(ConnInfo) -> S + Send + 'static,
     S: tower::Service<Request<Incoming>, Response = http::Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let graceful = GracefulShutdown::new();
+    let drain = Drain::new();
     let protocols = Protocols::new();
     loop {
         let accepted = tokio::select! {
@@ -117,7 +117,7 @@ where
             }),
             activity.clone(),
         ));
-        let watcher = graceful.watcher();
+        let watcher = drain.watcher();
         let p = protocols.clone();
         let watched = Watched {
             activity: activity.clone(),
@@ -158,7 +158,7 @@ where
             }),
         }
     }
-    graceful
+    drain
 }
 
 /// What one connection's task needs besides serving it.

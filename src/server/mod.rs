@@ -6,6 +6,7 @@
 //! for quota is answered `503 shutting_down` rather than dropped.
 
 mod accept;
+mod drain;
 mod service;
 mod sniff;
 
