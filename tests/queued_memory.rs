@@ -93,10 +93,11 @@ async fn a_waiting_call() {
     for t in &tasks {
         t.abort();
     }
-    // 4.6 KB measured, the test's own request included; it was 8.7 KB before
-    // the Redis branch was boxed, 5.6 KB before the savings stage stopped
-    // holding its leader's arguments (and its request) for the whole call and
-    // flights dropped tokio's watch.
+    // 4.2 KB measured, the test's own request included (4.6 KB before each
+    // connection called its stack in place); it was 8.7 KB before the Redis
+    // branch was boxed, 5.6 KB before the savings stage stopped holding its
+    // leader's arguments (and its request) for the whole call and flights
+    // dropped tokio's watch.
     assert!(each < 6 * 1024, "{each} bytes per waiting call");
 }
 
@@ -177,7 +178,7 @@ async fn a_waiting_connection() {
     println!("one waiting connection holds {each} bytes ({stats:?})");
     drop(clients);
     running.shutdown().await;
-    // 22.8 KB measured (release and debug alike), coalescing on: hyper's
+    // 22.2 KB measured (22.8 KB last round), coalescing on: hyper's
     // 8 KiB read and 8 KiB write buffers, the connection's task, the stack.
     // Before (heaptrack, release, coalescing off): 38.8 KB, with hyper's
     // version-sniffing server (its rewind buffer grew the read buffer to
