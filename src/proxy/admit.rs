@@ -44,7 +44,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let app = self.app.clone();
         let outcome = outcome(&req).clone();
         let (caller, pause) = {
@@ -89,7 +89,6 @@ where
             None => None,
         };
         // From here the call waits, for a slot or for Dastra (see `head`).
-        let mut req = req;
         super::head::detach(&mut req);
         let mut inner = self.inner.clone();
         CheckFuture::Inner {

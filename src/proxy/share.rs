@@ -45,7 +45,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         // Computed once here (a SHA-256 in passthrough) and handed to admission.
         let quota = self.app.credential.quota_key(req.headers());
         super::stages::outcome(&req).lock().quota = Some(quota);
@@ -125,7 +125,6 @@ where
         match cache.join(key.clone()) {
             Join::Follow(follower) => {
                 // It waits for the leader's answer (see `head`).
-                let mut req = req;
                 super::head::detach(&mut req);
                 let mut inner = self.inner.clone();
                 MaybeBoxed::boxed(async move {

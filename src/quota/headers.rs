@@ -64,7 +64,7 @@ impl LastValue {
         {
             return v.clone();
         }
-        let mut out = String::with_capacity(32);
+        let mut out = String::with_capacity(24 * items.clone().count());
         self.said.clear();
         for (name, r, t) in items {
             push_ratelimit_item(&mut out, name, r, t);
