@@ -64,7 +64,7 @@ impl LastValue {
         {
             return v.clone();
         }
-        let mut out = String::with_capacity(24 * items.clone().count());
+        let mut out = String::with_capacity(24 * items.size_hint().0);
         self.said.clear();
         for (name, r, t) in items {
             push_ratelimit_item(&mut out, name, r, t);
