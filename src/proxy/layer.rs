@@ -1,6 +1,7 @@
 //! One layer for every stage that needs the [`App`]: the stage is named by a
 //! marker type, and each stage implements `Service` for `AppStage<Marker, S>`.
-//! Cloning a stage is one `Arc` increment (hyper clones the stack per call).
+//! Cloning a stage is one `Arc` increment (each connection copies the stack,
+//! and the async stages clone the stage below them per call).
 
 use std::marker::PhantomData;
 use std::sync::Arc;
