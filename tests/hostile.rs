@@ -62,6 +62,18 @@ async fn closed_after(mut s: impl tokio::io::AsyncRead + Unpin) -> Duration {
     }
 }
 
+/// A kept-alive HTTP/1 connection that has had one answer (its head read).
+async fn after_one_call(proxy: &TestProxy) -> TcpStream {
+    let mut s = TcpStream::connect(proxy.proxy).await.unwrap();
+    s.write_all(b"GET /v1/one HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    s
+}
+
 fn refused(proxy: &TestProxy, reason: &str) -> u64 {
     proxy
         .metrics
@@ -151,13 +163,7 @@ async fn h2c_after_its_preface_and_http1_after_a_call_close_when_idle() {
     h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
         .await
         .unwrap();
-    let mut kept = TcpStream::connect(proxy.proxy).await.unwrap();
-    kept.write_all(b"GET /v1/one HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut head = [0u8; 12];
-    kept.read_exact(&mut head).await.unwrap();
-    assert_eq!(&head, b"HTTP/1.1 200");
+    let kept = after_one_call(&proxy).await;
     let (a, b) = tokio::join!(closed_after(h2), closed_after(kept));
     assert!(a < Duration::from_secs(2), "h2c after preface: {a:?}");
     assert!(b < Duration::from_secs(2), "kept-alive HTTP/1: {b:?}");
@@ -174,14 +180,7 @@ async fn h2c_after_its_preface_and_http1_after_a_call_close_when_idle() {
 async fn a_later_head_trickled_in_byte_by_byte_is_cut_as_idle() {
     let up = MockUpstream::start().await;
     let proxy = proxy_with_server(&up, FAST_TIMEOUTS, "").await;
-    let mut s = TcpStream::connect(proxy.proxy).await.unwrap();
-    s.write_all(b"GET /v1/one HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
-        .await
-        .unwrap();
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).await.unwrap();
-    assert_eq!(&head, b"HTTP/1.1 200");
-    let (read, mut write) = s.into_split();
+    let (read, mut write) = after_one_call(&proxy).await.into_split();
     let closed = tokio::spawn(closed_after(read));
     let started = Instant::now();
     // 100 ms apart, five times within idle_timeout (500 ms); at most 4 s.

@@ -86,8 +86,6 @@ where
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let started = Instant::now();
-        let outcome = Arc::new(Outcome::default());
-        req.extensions_mut().insert(outcome.clone());
         let method = req.method().clone();
         // Kept for the access log's path only when that log is on; a copy, so
         // a waiting call does not keep hyper's read buffer (see `head`).
@@ -99,11 +97,12 @@ where
             request_id = request_id.to_str().unwrap_or(""),
             method = method_label(&method)
         );
-        {
-            let mut rec = outcome.lock();
-            rec.request_id = Some(request_id);
-            rec.id_on_request = !fresh;
-        }
+        let outcome = Arc::new(Outcome(Mutex::new(Record {
+            request_id: Some(request_id),
+            id_on_request: !fresh,
+            ..Record::default()
+        })));
+        req.extensions_mut().insert(outcome.clone());
         let call = self.inner.call(req).instrument(span.clone());
         let app = self.app.clone();
         Box::pin(async move {

@@ -116,7 +116,7 @@ mod tests {
     use hyper_util::rt::TokioIo;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn an_idle_kept_alive_connection_closes_and_shutdown_returns() {
         let drain = Drain::new();
         let (client, server) = tokio::io::duplex(4096);
@@ -143,7 +143,7 @@ mod tests {
         assert!(served.await.unwrap().is_ok());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_connection_watched_after_the_signal_closes_too() {
         let drain = Drain::new();
         let watcher = drain.watcher();
