@@ -91,25 +91,33 @@ impl Credential {
     /// Replaces the caller's credential headers by the proxy's own; `true`
     /// when that is an OAuth2 token fetched for this very call.
     pub async fn inject(&self, headers: &mut HeaderMap) -> Result<bool, TokenError> {
-        if matches!(self, Credential::Passthrough) {
+        let Credential::OAuth2(cache) = self else {
+            self.inject_held(headers);
             return Ok(false);
-        }
+        };
         headers.remove("x-api-key");
         headers.remove(header::AUTHORIZATION);
+        // Boxed: the token fetch is large and rare; unboxed it would sit in
+        // every queued call's future.
+        let (value, fresh) = Box::pin(cache.bearer()).await?;
+        headers.insert(header::AUTHORIZATION, value);
+        Ok(fresh)
+    }
+
+    /// [`Self::inject`] for a credential that never waits (a held key or
+    /// Basic pair, passthrough): the common call needs no future for it.
+    /// `false`, and the headers untouched, for OAuth2.
+    pub fn inject_held(&self, headers: &mut HeaderMap) -> bool {
         match self {
             Credential::Static(value, name) => {
+                headers.remove("x-api-key");
+                headers.remove(header::AUTHORIZATION);
                 headers.insert(name.clone(), value.clone());
+                true
             }
-            Credential::OAuth2(cache) => {
-                // Boxed: the token fetch is large and rare; unboxed it would sit
-                // in every queued call's future.
-                let (value, fresh) = Box::pin(cache.bearer()).await?;
-                headers.insert(header::AUTHORIZATION, value);
-                return Ok(fresh);
-            }
-            Credential::Passthrough => {}
+            Credential::Passthrough => true,
+            Credential::OAuth2(_) => false,
         }
-        Ok(false)
     }
 
     /// After an upstream 401: forget `used` so the next call fetches a new token.
@@ -137,4 +145,36 @@ fn sensitive(s: &str, from: &Secret) -> Result<HeaderValue, CredentialError> {
     let mut v = HeaderValue::from_str(s).map_err(|_| CredentialError(from.source().clone()))?;
     v.set_sensitive(true);
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_credential_replaces_the_callers_at_once_passthrough_keeps_it() {
+        let caller = |h: &mut HeaderMap| {
+            h.insert("x-api-key", HeaderValue::from_static("callers-key"));
+            h.insert(
+                header::AUTHORIZATION,
+                HeaderValue::from_static("Bearer caller"),
+            );
+        };
+        let held = Credential::Static(
+            HeaderValue::from_static("Basic b3Vycw=="),
+            header::AUTHORIZATION,
+        );
+        let mut h = HeaderMap::new();
+        caller(&mut h);
+        assert!(held.inject_held(&mut h));
+        assert_eq!(h.get("x-api-key"), None);
+        assert_eq!(h.get_all(header::AUTHORIZATION).iter().count(), 1);
+        assert_eq!(h[header::AUTHORIZATION], "Basic b3Vycw==");
+
+        let mut h = HeaderMap::new();
+        caller(&mut h);
+        assert!(Credential::Passthrough.inject_held(&mut h));
+        assert_eq!(h["x-api-key"], "callers-key");
+        assert_eq!(h[header::AUTHORIZATION], "Bearer caller");
+    }
 }

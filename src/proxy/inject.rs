@@ -10,7 +10,7 @@ use tower::Service;
 
 use super::layer::AppStage;
 use super::stages::outcome;
-use super::StageFuture;
+use super::MaybeBoxed;
 use crate::error::ProxyError;
 
 /// The Dastra credential on each call.
@@ -27,16 +27,23 @@ where
 {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = StageFuture;
+    type Future = MaybeBoxed<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<Body>) -> StageFuture {
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        // A held key (or passthrough) is in place at once, and no 401 can be
+        // mended by a fresh one: nothing to wait for before or after.
+        if self.app.credential.inject_held(req.headers_mut()) {
+            return MaybeBoxed::Direct {
+                inner: self.inner.call(req),
+            };
+        }
         let app = self.app.clone();
         let mut inner = self.inner.clone();
-        Box::pin(async move {
+        MaybeBoxed::boxed(async move {
             let fresh = app.credential.inject(req.headers_mut()).await?;
             let outcome = outcome(&req).clone();
             outcome.lock().token_fresh = fresh;
