@@ -8,11 +8,11 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Method, Request, Response};
 use tokio::time::Instant;
 use tower::Service;
 use tracing::Instrument as _;
@@ -21,7 +21,7 @@ use super::headers::{request_id, X_REQUEST_ID};
 use super::layer::AppStage;
 use crate::access::Identity;
 use crate::admission::Admission;
-use crate::app::Policy;
+use crate::app::{App, Policy};
 use crate::body::BodyFault;
 use crate::config::ANONYMOUS;
 use crate::credential::QuotaKey;
@@ -74,11 +74,10 @@ pub(crate) struct Observe;
 impl<S> Service<Request<Body>> for AppStage<Observe, S>
 where
     S: Service<Request<Body>, Response = Response<Body>>,
-    S::Future: Send + 'static,
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, S::Error>> + Send>>;
+    type Future = ObserveFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -103,38 +102,84 @@ where
             ..Record::default()
         })));
         req.extensions_mut().insert(outcome.clone());
-        let call = self.inner.call(req).instrument(span.clone());
-        let app = self.app.clone();
-        Box::pin(async move {
-            let mut resp = call.await?;
-            let rec = std::mem::take(&mut *outcome.lock());
-            // Unless Dastra answered with an id of its own.
-            if let Some(id) = rec.request_id {
-                resp.headers_mut().entry(&X_REQUEST_ID).or_insert(id);
-            }
-            let client = rec.client.as_deref().unwrap_or(ANONYMOUS);
-            let status = resp.status();
-            let elapsed = started.elapsed();
-            // Refused before the access stage: the anonymous caller, as the
-            // policy of the moment counts it.
-            let policy = rec.policy.unwrap_or_else(|| app.policy());
-            let index = rec.identity.as_ref().and_then(|i| i.index);
-            policy
-                .calls
-                .answered(index, &method, status, rec.code, elapsed);
-            let ms = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
-            let _enter = span.enter();
-            tracing::info!(
-                target: "dastra_proxy::access",
-                client = %client,
-                path = path.as_deref().unwrap_or(""),
-                status = status.as_u16(),
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                queue_ms = ms(rec.queue_wait),
-                upstream_ms = ms(rec.upstream),
-                "request"
-            );
-            Ok(resp)
-        })
+        ObserveFuture {
+            call: self.inner.call(req).instrument(span.clone()),
+            after: Some(After {
+                app: self.app.clone(),
+                outcome,
+                method,
+                started,
+                path,
+                span,
+            }),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The call, then its count and log line. A future of its own rather
+    /// than a boxed `async` block: hyper keeps each connection's call future
+    /// in place, so the outermost stage needs no allocation per call.
+    pub(crate) struct ObserveFuture<F> {
+        #[pin]
+        call: tracing::instrument::Instrumented<F>,
+        after: Option<After>,
+    }
+}
+
+/// What the answer is counted and logged with.
+struct After {
+    app: Arc<App>,
+    outcome: Arc<Outcome>,
+    method: Method,
+    started: Instant,
+    path: Option<Box<str>>,
+    span: tracing::Span,
+}
+
+impl<F, E> Future for ObserveFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, E>>,
+{
+    type Output = Result<Response<Body>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut resp = ready!(this.call.poll(cx))?;
+        let after = this.after.take().expect("polled after completion");
+        after.answered(&mut resp);
+        Poll::Ready(Ok(resp))
+    }
+}
+
+impl After {
+    fn answered(self, resp: &mut Response<Body>) {
+        let rec = std::mem::take(&mut *self.outcome.lock());
+        // Unless Dastra answered with an id of its own.
+        if let Some(id) = rec.request_id {
+            resp.headers_mut().entry(&X_REQUEST_ID).or_insert(id);
+        }
+        let client = rec.client.as_deref().unwrap_or(ANONYMOUS);
+        let status = resp.status();
+        let elapsed = self.started.elapsed();
+        // Refused before the access stage: the anonymous caller, as the
+        // policy of the moment counts it.
+        let policy = rec.policy.unwrap_or_else(|| self.app.policy());
+        let index = rec.identity.as_ref().and_then(|i| i.index);
+        policy
+            .calls
+            .answered(index, &self.method, status, rec.code, elapsed);
+        let ms = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+        let _enter = self.span.enter();
+        tracing::info!(
+            target: "dastra_proxy::access",
+            client = %client,
+            path = self.path.as_deref().unwrap_or(""),
+            status = status.as_u16(),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            queue_ms = ms(rec.queue_wait),
+            upstream_ms = ms(rec.upstream),
+            "request"
+        );
     }
 }
