@@ -3,23 +3,27 @@
 //! `upstream.timeout`, and the answer as the caller sees it (hop-by-hop
 //! headers out, upstream URLs rewritten to ours).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use axum::body::Body;
 use http::uri::PathAndQuery;
-use http::{header, Request, Response, Uri, Version};
-use tokio::time::Instant;
+use http::{header, Method, Request, Response, Uri, Version};
+use tokio::time::error::Elapsed;
+use tokio::time::{Instant, Timeout};
 use tower::Service;
 
+use super::check::CheckFuture;
 use super::headers::{add_forwarding, rewrite_location, X_REQUEST_ID};
 use super::observe::Outcome;
-use super::StageFuture;
 use crate::access::ConnInfo;
 use crate::app::App;
+use crate::body::BodyFault;
 use crate::error::ProxyError;
 use crate::target::{strip_hop_by_hop, TargetError};
-use crate::upstream::{CallError, Upstream};
+use crate::upstream::{CallError, Upstream, UpstreamFuture};
 
 #[derive(Debug, Clone)]
 pub(crate) struct Forward {
@@ -36,14 +40,13 @@ impl Forward {
 impl Service<Request<Body>> for Forward {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = StageFuture;
+    type Future = CheckFuture<ForwardFuture>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.upstream.poll_ready(cx).map_err(ProxyError::from)
     }
 
-    fn call(&mut self, req: Request<Body>) -> StageFuture {
-        let app = self.app.clone();
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
         let (mut parts, body) = req.into_parts();
         let ext = std::mem::take(&mut parts.extensions);
         let outcome = ext.get::<Arc<Outcome>>().cloned();
@@ -59,9 +62,13 @@ impl Service<Request<Body>> for Forward {
             });
             (hops, trusted, rec.body_fault.clone())
         });
-        let uri = match upstream_uri(&app, &parts.uri) {
+        let uri = match upstream_uri(&self.app, &parts.uri) {
             Ok(u) => u,
-            Err(e) => return Box::pin(std::future::ready(Err(e.into()))),
+            Err(e) => {
+                return CheckFuture::Refused {
+                    error: Some(e.into()),
+                }
+            }
         };
         parts.headers.remove(header::HOST);
         if let Some(conn) = conn {
@@ -74,41 +81,90 @@ impl Service<Request<Body>> for Forward {
         // The pool speaks HTTP/1.1 or HTTP/2 as ALPN decides, whatever the caller spoke.
         *out.version_mut() = Version::HTTP_11;
         *out.headers_mut() = parts.headers;
-        let call = self.upstream.call(out);
-        Box::pin(async move {
-            let sent_at = Instant::now();
-            let timeout = app.config.upstream.timeout;
-            let result = tokio::time::timeout(timeout, call).await;
-            let took = sent_at.elapsed();
-            if let Some(o) = &outcome {
-                o.lock().upstream = Some(took);
-            }
-            app.metrics.upstream_took(&method, took);
-            let resp = match result {
-                Err(_) => return Err(CallError::Timeout(timeout).into()),
-                Ok(Err(e)) => {
-                    let s = &app.config.server;
-                    if let Some(e) =
-                        fault.and_then(|f| f.get(s.max_request_body, s.body_read_timeout))
-                    {
-                        return Err(e.into());
-                    }
-                    tracing::warn!(error = %e, "upstream call failed");
+        let timeout = self.app.config.upstream.timeout;
+        let sent_at = Instant::now();
+        CheckFuture::Inner {
+            inner: ForwardFuture {
+                call: tokio::time::timeout_at(sent_at + timeout, self.upstream.call(out)),
+                after: Some(After {
+                    app: self.app.clone(),
+                    outcome,
+                    method,
+                    fault,
+                    sent_at,
+                }),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The upstream call within `upstream.timeout`, then the answer as the
+    /// caller sees it. A future of its own: the stage above holds it in
+    /// place (no allocation per call beyond the `Upstream`'s own).
+    pub(crate) struct ForwardFuture {
+        #[pin]
+        call: Timeout<UpstreamFuture>,
+        after: Option<After>,
+    }
+}
+
+/// What the answer is finished with.
+struct After {
+    app: Arc<App>,
+    outcome: Option<Arc<Outcome>>,
+    method: Method,
+    fault: Option<BodyFault>,
+    sent_at: Instant,
+}
+
+impl Future for ForwardFuture {
+    type Output = Result<Response<Body>, ProxyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.call.poll(cx));
+        let after = this.after.take().expect("polled after completion");
+        Poll::Ready(after.answered(result))
+    }
+}
+
+impl After {
+    fn answered(
+        self,
+        result: Result<Result<Response<Body>, CallError>, Elapsed>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let app = &self.app;
+        let took = self.sent_at.elapsed();
+        if let Some(o) = &self.outcome {
+            o.lock().upstream = Some(took);
+        }
+        app.metrics.upstream_took(&self.method, took);
+        let resp = match result {
+            Err(_) => return Err(CallError::Timeout(app.config.upstream.timeout).into()),
+            Ok(Err(e)) => {
+                let s = &app.config.server;
+                if let Some(e) = self
+                    .fault
+                    .and_then(|f| f.get(s.max_request_body, s.body_read_timeout))
+                {
                     return Err(e.into());
                 }
-                Ok(Ok(resp)) => resp,
-            };
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            for name in [header::LOCATION, header::CONTENT_LOCATION] {
-                if let Some(v) = parts.headers.get(&name).and_then(|v| v.to_str().ok()) {
-                    if let Some(rewritten) = rewrite_location(&app.config, v) {
-                        parts.headers.insert(name, rewritten);
-                    }
+                tracing::warn!(error = %e, "upstream call failed");
+                return Err(e.into());
+            }
+            Ok(Ok(resp)) => resp,
+        };
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            if let Some(v) = parts.headers.get(&name).and_then(|v| v.to_str().ok()) {
+                if let Some(rewritten) = rewrite_location(&app.config, v) {
+                    parts.headers.insert(name, rewritten);
                 }
             }
-            Ok(Response::from_parts(parts, body))
-        })
+        }
+        Ok(Response::from_parts(parts, body))
     }
 }
 

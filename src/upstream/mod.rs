@@ -24,7 +24,8 @@ mod pool;
 /// The shared outbound client.
 pub type HttpClient = Arc<pool::Client>;
 
-type UpstreamFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, CallError>> + Send>>;
+/// An outbound call: boxed, as the service behind an [`Upstream`] is any.
+pub type UpstreamFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, CallError>> + Send>>;
 
 /// Every outbound HTTP call goes through this service. Cloning it is one
 /// `Arc` increment: stages clone their inner service on every call.
