@@ -81,14 +81,36 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 /// call; removing only what is there spares a hash per absent name.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     let mut present = [false; HOP_BY_HOP.len()];
-    let mut any = false;
     for k in h.keys() {
         if let Some(i) = hop_by_hop_index(k) {
             present[i] = true;
-            any = true;
         }
     }
-    if !any {
+    remove_present(h, present);
+}
+
+/// [`strip_hop_by_hop`] for a caller's request, which in the same pass marks
+/// the caller's credentials (`Authorization`, `X-API-Key`) sensitive: never
+/// HPACK-indexed upstream (passthrough), never printed by a Debug of the
+/// headers. One pass instead of a lookup per name (tower-http's
+/// `SetSensitiveRequestHeaders` did two hashed lookups per call).
+pub fn strip_request_hop_by_hop(h: &mut HeaderMap) {
+    let mut present = [false; HOP_BY_HOP.len()];
+    for (k, v) in h.iter_mut() {
+        match k.as_str() {
+            "authorization" | "x-api-key" => v.set_sensitive(true),
+            _ => {
+                if let Some(i) = hop_by_hop_index(k) {
+                    present[i] = true;
+                }
+            }
+        }
+    }
+    remove_present(h, present);
+}
+
+fn remove_present(h: &mut HeaderMap, present: [bool; HOP_BY_HOP.len()]) {
+    if !present.contains(&true) {
         return;
     }
     // `Connection` is HOP_BY_HOP[0]. The names it lists that are hop-by-hop
@@ -152,6 +174,27 @@ fn listed_others(v: &HeaderValue) -> impl Iterator<Item = &str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_requests_pass_marks_the_callers_credentials_sensitive_and_nothing_else() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+        h.append("x-api-key", HeaderValue::from_static("k1"));
+        h.append("x-api-key", HeaderValue::from_static("k2"));
+        h.insert("x-other", HeaderValue::from_static("o"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_request_hop_by_hop(&mut h);
+        assert!(h[header::AUTHORIZATION].is_sensitive());
+        assert!(h.get_all("x-api-key").iter().all(HeaderValue::is_sensitive));
+        assert_eq!(h.get_all("x-api-key").iter().count(), 2);
+        assert!(!h["x-other"].is_sensitive());
+        assert!(!h.contains_key(header::TE));
+        // An answer's pass marks nothing.
+        let mut a = HeaderMap::new();
+        a.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+        strip_hop_by_hop(&mut a);
+        assert!(!a[header::AUTHORIZATION].is_sensitive());
+    }
 
     #[test]
     fn the_hop_by_hop_match_finds_each_listed_name_and_nothing_else() {

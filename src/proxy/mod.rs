@@ -26,9 +26,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::body::Body;
-use http::{header, HeaderName, Request, Response};
+use http::{Request, Response};
 use tower::{Service, ServiceBuilder};
-use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
 use crate::app::App;
 use crate::error::ProxyError;
@@ -101,16 +100,12 @@ pub fn stack(
         // sane), which every stage's logs carry and every answer returns,
         // error envelopes included.
         .layer(AppLayer::<observe::Observe>::new(app.clone()))
-        // Caller credentials are marked sensitive at once: never HPACK-indexed
-        // upstream (passthrough), never printed by a Debug of the headers.
-        .layer(SetSensitiveRequestHeadersLayer::new([
-            header::AUTHORIZATION,
-            HeaderName::from_static("x-api-key"),
-        ]))
         // The one place a stage's error becomes its JSON envelope (error.rs);
         // everything below answers with typed errors.
         .layer(rescue::RescueLayer)
-        // Not an open proxy; hop-by-hop headers out before anything reads them.
+        // Not an open proxy; hop-by-hop headers out before anything reads
+        // them, and the caller's credentials marked sensitive (never
+        // HPACK-indexed upstream, never printed by a Debug of the headers).
         .layer(CheckLayer(TargetStage(app.clone())))
         // Allow-lists and client keys: nothing below runs for a stranger.
         .layer(CheckLayer(AccessStage(app.clone())))

@@ -14,10 +14,11 @@ use crate::access::{AccessError, ConnInfo};
 use crate::app::App;
 use crate::body::{BodyError, LimitedBody};
 use crate::guard::GuardError;
-use crate::target::{strip_hop_by_hop, TargetError};
+use crate::target::{strip_request_hop_by_hop, TargetError};
 
 /// Not an open proxy; nothing hop-by-hop crosses, so nothing later (the quota
 /// key in passthrough included) can see a header that will not be forwarded.
+/// The caller's credentials are marked sensitive in the same pass.
 #[derive(Debug, Clone)]
 pub(crate) struct TargetStage(pub(crate) Arc<App>);
 
@@ -25,7 +26,7 @@ impl Check for TargetStage {
     type Error = TargetError;
     fn check(&self, req: &mut Request<Body>) -> Result<(), TargetError> {
         self.0.target.check(req)?;
-        strip_hop_by_hop(req.headers_mut());
+        strip_request_hop_by_hop(req.headers_mut());
         Ok(())
     }
 }
