@@ -110,8 +110,12 @@ impl Credential {
     pub fn inject_held(&self, headers: &mut HeaderMap) -> bool {
         match self {
             Credential::Static(value, name) => {
-                headers.remove("x-api-key");
-                headers.remove(header::AUTHORIZATION);
+                // Inserting ours replaces the caller's of the same name.
+                if *name == header::AUTHORIZATION {
+                    headers.remove("x-api-key");
+                } else {
+                    headers.remove(header::AUTHORIZATION);
+                }
                 headers.insert(name.clone(), value.clone());
                 true
             }
@@ -170,6 +174,17 @@ mod tests {
         assert_eq!(h.get("x-api-key"), None);
         assert_eq!(h.get_all(header::AUTHORIZATION).iter().count(), 1);
         assert_eq!(h[header::AUTHORIZATION], "Basic b3Vycw==");
+
+        let key = Credential::Static(
+            HeaderValue::from_static("ours"),
+            header::HeaderName::from_static("x-api-key"),
+        );
+        let mut h = HeaderMap::new();
+        caller(&mut h);
+        assert!(key.inject_held(&mut h));
+        assert_eq!(h.get(header::AUTHORIZATION), None);
+        assert_eq!(h.get_all("x-api-key").iter().count(), 1);
+        assert_eq!(h["x-api-key"], "ours");
 
         let mut h = HeaderMap::new();
         caller(&mut h);
