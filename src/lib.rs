@@ -17,6 +17,7 @@ pub mod conn;
 pub mod credential;
 pub mod error;
 pub mod guard;
+mod head;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;

@@ -88,8 +88,10 @@ where
             Some(Ok(permit)) => Some(permit),
             None => None,
         };
-        // From here the call waits, for a slot or for Dastra (see `head`).
-        super::head::detach(&mut req);
+        if now.is_none() {
+            // The call waits for a slot (see `head`).
+            crate::head::detach(&mut req);
+        }
         let mut inner = self.inner.clone();
         CheckFuture::Inner {
             inner: Box::pin(async move {

@@ -41,6 +41,8 @@ where
                 inner: self.inner.call(req),
             };
         }
+        // A token may have to be fetched first (see `head`).
+        crate::head::detach(&mut req);
         let app = self.app.clone();
         let mut inner = self.inner.clone();
         MaybeBoxed::boxed(async move {

@@ -9,7 +9,6 @@ mod admit;
 mod buffer;
 mod check;
 mod forward;
-mod head;
 mod headers;
 mod inject;
 mod layer;

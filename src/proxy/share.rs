@@ -125,7 +125,7 @@ where
         match cache.join(key.clone()) {
             Join::Follow(follower) => {
                 // It waits for the leader's answer (see `head`).
-                super::head::detach(&mut req);
+                crate::head::detach(&mut req);
                 let mut inner = self.inner.clone();
                 MaybeBoxed::boxed(async move {
                     let landing = follower.landing().await;

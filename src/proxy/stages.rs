@@ -88,7 +88,7 @@ impl Check for BodyLimitStage {
             return Ok(());
         }
         // Reading the body can wait (see `head`).
-        super::head::detach(req);
+        crate::head::detach(req);
         let body = std::mem::take(req.body_mut());
         let (limited, fault) = LimitedBody::new(body, self.limit, self.timeout);
         *req.body_mut() = Body::new(limited);

@@ -90,7 +90,11 @@ impl Client {
                     Some(c) => (c, false),
                     // Boxed: inline, the TCP and TLS handshakes' state made every
                     // call's future several KB, copied whole as it started.
-                    None => (Box::pin(this.connect(&origin)).await?, true),
+                    None => {
+                        // The call waits for a connection (see `head`).
+                        crate::head::detach(&mut req);
+                        (Box::pin(this.connect(&origin)).await?, true)
+                    }
                 };
                 match conn {
                     Conn::H2(mut s) => {
@@ -109,6 +113,10 @@ impl Client {
                         };
                     }
                     Conn::H1(mut s) => {
+                        if !s.is_ready() {
+                            // It waits for the connection to free (see `head`).
+                            crate::head::detach(&mut req);
+                        }
                         if s.ready().await.is_err() {
                             continue;
                         }

@@ -9,10 +9,13 @@
 //! bytes into one allocation of their own, before hyper reads again, lets it
 //! reuse the buffer.
 //!
-//! Only a call that can wait pays for the copy: the stages call [`detach`]
-//! where a call may first go pending (a body to read, a flight to follow, a
-//! quota slot or the upstream). A call answered at once (a refusal, a 429 in
-//! reject mode, a cached answer) drops its head before hyper reads again.
+//! Only a call that can wait pays for the copy: [`detach`] is called where a
+//! call may first go pending with its head (a body to read, a flight to
+//! follow, a quota slot, an OAuth2 token, an upstream connection to open or
+//! to free). A call answered at once (a refusal, a 429 in reject mode, a
+//! cached answer) drops its head before hyper reads again, and so does one
+//! sent at once: the upstream connection encodes the head and drops it, and
+//! only the answer is waited for.
 
 use bytes::{BufMut as _, Bytes, BytesMut};
 use http::uri::{PathAndQuery, Uri};
