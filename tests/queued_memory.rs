@@ -57,10 +57,7 @@ async fn a_waiting_call() {
             .header("host", "proxy.example.com")
             .header("accept", "application/json")
             .header("user-agent", "app/1.0")
-            .extension(ConnInfo {
-                peer: "127.0.0.1:5000".parse().unwrap(),
-                tls: false,
-            })
+            .extension(ConnInfo::new("127.0.0.1:5000".parse().unwrap(), false))
             .body(Body::empty())
             .unwrap()
     };

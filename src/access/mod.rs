@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use base64::Engine as _;
-use http::{header, HeaderMap};
+use http::{header, HeaderMap, HeaderValue};
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -24,10 +24,26 @@ mod tests;
 
 /// The connection a request came in on: the peer the allow-lists start from,
 /// and whether it spoke TLS (for `X-Forwarded-Proto`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The peer's address as a header value, made once per connection: it is
+    /// the whole `X-Forwarded-For` of nearly every call.
+    peer_ip: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool) -> Self {
+        let peer_ip = HeaderValue::from_str(&peer.ip().to_string())
+            .expect("an IP address is a valid header value");
+        Self { peer, tls, peer_ip }
+    }
+
+    /// The peer's address as text, shared (a clone is a count, not a copy).
+    pub fn peer_ip(&self) -> &HeaderValue {
+        &self.peer_ip
+    }
 }
 
 /// Why a caller may not use the proxy.

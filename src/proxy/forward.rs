@@ -50,7 +50,7 @@ impl Service<Request<Body>> for Forward {
         let (mut parts, body) = req.into_parts();
         let ext = std::mem::take(&mut parts.extensions);
         let outcome = ext.get::<Arc<Outcome>>().cloned();
-        let conn = ext.get::<ConnInfo>().copied();
+        let conn = ext.get::<ConnInfo>();
         let (hops, trusted, fault) = outcome.as_ref().map_or((Vec::new(), false, None), |o| {
             let rec = o.lock();
             // A fresh request id goes to Dastra (over an insane one of the caller's).

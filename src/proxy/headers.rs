@@ -32,15 +32,9 @@ static CLAIMS: [HeaderName; 3] = [
 pub(crate) fn add_forwarding(
     h: &mut HeaderMap,
     hops: &[IpAddr],
-    conn: ConnInfo,
+    conn: &ConnInfo,
     trusted_peer: bool,
 ) {
-    let mut xff = String::with_capacity(16 * (hops.len() + 1));
-    for hop in hops {
-        push_ip(&mut xff, *hop);
-        xff.push_str(", ");
-    }
-    push_ip(&mut xff, conn.peer.ip());
     // One pass finds what is there: a caller almost never sends any of
     // these, and each removal by a custom name is a hash.
     let (mut forwarded, mut claims) = (false, false);
@@ -56,14 +50,27 @@ pub(crate) fn add_forwarding(
             h.remove(name);
         }
     }
-    // The text becomes the value as it is: no second copy.
-    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
-        h.insert(X_FORWARDED_FOR.clone(), v);
-    }
+    h.insert(X_FORWARDED_FOR.clone(), forwarded_for(hops, conn));
     h.insert(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
     );
+}
+
+/// The hops, then the peer: nearly always the peer alone, whose text the
+/// connection made once.
+fn forwarded_for(hops: &[IpAddr], conn: &ConnInfo) -> HeaderValue {
+    if hops.is_empty() {
+        return conn.peer_ip().clone();
+    }
+    let mut xff = String::with_capacity(16 * (hops.len() + 1));
+    for hop in hops {
+        push_ip(&mut xff, *hop);
+        xff.push_str(", ");
+    }
+    push_ip(&mut xff, conn.peer.ip());
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(xff))
+        .expect("addresses are valid header text")
 }
 
 /// An address as text; IPv4 (nearly every caller) without the formatting

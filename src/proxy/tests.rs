@@ -70,10 +70,7 @@ fn req(method: Method, uri: &str, peer: &str) -> http::request::Builder {
     Request::builder()
         .method(method)
         .uri(uri)
-        .extension(ConnInfo {
-            peer: peer.parse().unwrap(),
-            tls: false,
-        })
+        .extension(ConnInfo::new(peer.parse().unwrap(), false))
 }
 
 async fn send(h: &Harness, r: Request<Body>) -> (StatusCode, HeaderMap, String) {

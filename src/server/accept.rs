@@ -111,10 +111,7 @@ where
         let _ = stream.set_nodelay(true);
         let activity = Activity::new();
         let service = InPlace::new(Tracked::new(
-            make_service(ConnInfo {
-                peer,
-                tls: tls.is_some(),
-            }),
+            make_service(ConnInfo::new(peer, tls.is_some())),
             activity.clone(),
         ));
         let watcher = drain.watcher();
@@ -226,7 +223,7 @@ where
                 Body::new(body)
             }
         });
-        req.extensions_mut().insert(conn);
+        req.extensions_mut().insert(conn.clone());
         req
     })
 }

@@ -154,10 +154,13 @@ impl Client {
             )));
         };
         let mut all = lock(&self.origins);
-        if let Some(o) = all
-            .iter()
-            .find(|o| o.scheme == *scheme && o.authority == *authority)
-        {
+        // Our own URLs spell the authority as configured: the exact bytes
+        // match at once, before the case-insensitive comparison.
+        let same = |o: &Origin| {
+            (o.authority.as_str() == authority.as_str() || o.authority == *authority)
+                && o.scheme == *scheme
+        };
+        if let Some(o) = all.iter().find(|o| same(o)) {
             return Ok(o.clone());
         }
         let o = Arc::new(Origin {
