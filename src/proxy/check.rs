@@ -19,6 +19,24 @@ pub(crate) trait Check: Clone {
     fn check(&self, req: &mut Request<Body>) -> Result<(), Self::Error>;
 }
 
+/// Consecutive checks as one stage: each runs in order on the same request,
+/// which then moves to the inner service once, not once per check.
+impl<A, B, C, D> Check for (A, B, C, D)
+where
+    A: Check,
+    B: Check,
+    C: Check,
+    D: Check,
+{
+    type Error = ProxyError;
+    fn check(&self, req: &mut Request<Body>) -> Result<(), ProxyError> {
+        self.0.check(req).map_err(Into::into)?;
+        self.1.check(req).map_err(Into::into)?;
+        self.2.check(req).map_err(Into::into)?;
+        self.3.check(req).map_err(Into::into)
+    }
+}
+
 /// Runs a [`Check`] before the inner service.
 #[derive(Debug, Clone)]
 pub(crate) struct CheckLayer<C>(pub(crate) C);

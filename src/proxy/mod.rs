@@ -102,22 +102,27 @@ pub fn stack(
         // The one place a stage's error becomes its JSON envelope (error.rs);
         // everything below answers with typed errors.
         .layer(rescue::RescueLayer)
-        // Not an open proxy; hop-by-hop headers out before anything reads
-        // them, and the caller's credentials marked sensitive (never
-        // HPACK-indexed upstream, never printed by a Debug of the headers).
-        .layer(CheckLayer(TargetStage(app.clone())))
-        // Allow-lists and client keys: nothing below runs for a stranger.
-        .layer(CheckLayer(AccessStage(app.clone())))
-        // The client's own rate before it can queue for the shared quota.
-        .layer(CheckLayer(GuardStage))
-        // 413 by Content-Length before a slot is taken; while streaming, a cut
-        // at the size limit (413) or after a stall of body_read_timeout (408).
-        // Hand-written: tower-http's RequestBodyLimit answers its own plain
-        // 413 instead of an error the rescue stage can turn into our envelope.
-        .layer(CheckLayer(BodyLimitStage {
-            limit,
-            timeout: app.config.server.body_read_timeout,
-        }))
+        // The synchronous checks, in this order, as one stage (the request
+        // moves on once):
+        .layer(CheckLayer((
+            // not an open proxy; hop-by-hop headers out before anything reads
+            // them, and the caller's credentials marked sensitive (never
+            // HPACK-indexed upstream, never printed by a Debug of the headers);
+            TargetStage(app.clone()),
+            // allow-lists and client keys: nothing below runs for a stranger;
+            AccessStage(app.clone()),
+            // the client's own rate before it can queue for the shared quota;
+            GuardStage,
+            // 413 by Content-Length before a slot is taken; while streaming, a
+            // cut at the size limit (413) or after a stall of
+            // body_read_timeout (408). Hand-written: tower-http's
+            // RequestBodyLimit answers its own plain 413 instead of an error
+            // the rescue stage can turn into our envelope.
+            BodyLimitStage {
+                limit,
+                timeout: app.config.server.body_read_timeout,
+            },
+        )))
         // Small bodies are read before a slot is taken (a stalled upload
         // holds none), which also lets an OAuth2 401 be retried: outside
         // admission, so the retry takes a slot of its own.
