@@ -160,21 +160,27 @@ pub(crate) fn request_id(headers: &HeaderMap) -> (HeaderValue, bool) {
 
 /// Unique ids without a syscall per call: a random prefix per process and a counter.
 fn fresh_request_id() -> HeaderValue {
-    static PREFIX: LazyLock<u64> = LazyLock::new(|| {
+    // The prefix's text is made once; each id writes only its counter.
+    static PREFIX: LazyLock<[u8; 16]> = LazyLock::new(|| {
         let mut b = [0u8; 8];
         let _ = getrandom::fill(&mut b);
-        u64::from_le_bytes(b)
+        hex16(u64::from_le_bytes(b))
     });
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    // Hex by hand: `format!` was a visible share of the 429 path.
     let mut id = [0u8; 32];
-    for (i, v) in [*PREFIX, n].into_iter().enumerate() {
-        for j in 0..16 {
-            id[i * 16 + j] = b"0123456789abcdef"[((v >> (60 - 4 * j)) & 0xf) as usize];
-        }
-    }
+    id[..16].copy_from_slice(&*PREFIX);
+    id[16..].copy_from_slice(&hex16(n));
     HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
+}
+
+/// Hex by hand: `format!` was a visible share of the 429 path.
+fn hex16(v: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = b"0123456789abcdef"[((v >> (60 - 4 * j)) & 0xf) as usize];
+    }
+    out
 }
 
 #[cfg(test)]
