@@ -80,13 +80,7 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 /// any, an answer mostly `Connection: keep-alive`, and this runs on every
 /// call; removing only what is there spares a hash per absent name.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let mut present = [false; HOP_BY_HOP.len()];
-    for k in h.keys() {
-        if let Some(i) = hop_by_hop_index(k) {
-            present[i] = true;
-        }
-    }
-    remove_present(h, present);
+    strip(h, false);
 }
 
 /// [`strip_hop_by_hop`] for a caller's request, which in the same pass marks
@@ -95,15 +89,16 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 /// headers. One pass instead of a lookup per name (tower-http's
 /// `SetSensitiveRequestHeaders` did two hashed lookups per call).
 pub fn strip_request_hop_by_hop(h: &mut HeaderMap) {
+    strip(h, true);
+}
+
+fn strip(h: &mut HeaderMap, mark_credentials: bool) {
     let mut present = [false; HOP_BY_HOP.len()];
     for (k, v) in h.iter_mut() {
-        match k.as_str() {
-            "authorization" | "x-api-key" => v.set_sensitive(true),
-            _ => {
-                if let Some(i) = hop_by_hop_index(k) {
-                    present[i] = true;
-                }
-            }
+        if mark_credentials && matches!(k.as_str(), "authorization" | "x-api-key") {
+            v.set_sensitive(true);
+        } else if let Some(i) = hop_by_hop_index(k) {
+            present[i] = true;
         }
     }
     remove_present(h, present);
