@@ -278,13 +278,15 @@ impl WindowSet {
         }))
     }
 
-    /// When every window will hold nothing: `now` if already; `None` never
-    /// (not while sends are in flight, whose landing is not known yet).
+    /// When every window will hold nothing: `now` if already, otherwise the
+    /// latest instant any window still holds a send (a send in flight counts
+    /// until its bound: its landing is not known yet). Never `None`: the
+    /// `Option` lets callers filter with `> now` in one step.
     pub fn empty_at(&mut self, now: Instant) -> Option<Instant> {
         let mut at = now;
         for w in &mut self.windows {
             if !w.in_flight.is_empty() {
-                return Some(w.in_flight_bound(now));
+                at = at.max(w.in_flight_bound(now));
             }
             w.prune(now);
             if let Some(last) = w.log.back() {
@@ -328,5 +330,7 @@ impl WindowSet {
     }
 }
 
+#[cfg(test)]
+mod props;
 #[cfg(test)]
 mod tests;
