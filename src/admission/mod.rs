@@ -437,4 +437,6 @@ impl Drop for LeaveOnDrop<'_> {
 }
 
 #[cfg(test)]
+mod keys_tests;
+#[cfg(test)]
 mod tests;
