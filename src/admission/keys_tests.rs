@@ -31,7 +31,14 @@ fn caller() -> Caller {
 
 #[tokio::test(start_paused = true)]
 async fn a_key_with_sends_in_its_window_is_never_forgotten_while_the_map_is_full() {
-    let q = Quotas::new(&limits(&[(2, 1000), (3, 4000)]), &reject(), Some(2), None, None).unwrap();
+    let q = Quotas::new(
+        &limits(&[(2, 1000), (3, 4000)]),
+        &reject(),
+        Some(2),
+        None,
+        None,
+    )
+    .unwrap();
     let t0 = Instant::now();
     let (a, b, c) = (QuotaKey([1; 32]), QuotaKey([2; 32]), QuotaKey([3; 32]));
     for key in [a, b] {

@@ -3,6 +3,7 @@
 //! for its ttl ([`Cache::get`]). Neither spends quota. Keys hold the quota key
 //! (the credential the call goes out with), so two credentials never share.
 
+mod sharing;
 mod store;
 
 use std::collections::HashMap;
@@ -20,15 +21,18 @@ use crate::config::CacheConfig;
 use crate::credential::QuotaKey;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
+pub use sharing::{not_modified, shareable, Request, NOT_MODIFIED_HEADERS, VARYING};
 use store::Store;
 
 /// What identifies an answer: HEAD reads GET's entry, so no method.
+/// Made by [`Key::of`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Key {
     pub quota: QuotaKey,
     /// Path and query, byte for byte.
     pub target: Bytes,
-    pub accept: Option<HeaderValue>,
+    /// The request's value of each of [`VARYING`], in that order.
+    pub varying: [Option<HeaderValue>; 3],
 }
 
 /// A whole answer, shared by reference between callers and the cache.
@@ -214,6 +218,7 @@ impl Cache {
         }
         let max = self.cfg.load().max_bytes;
         let mut st = self.lock();
+        st.purge(now);
         let kept = st.put(key, snap, now + ttl, max);
         self.metrics.cache_bytes.set(st.bytes() as i64);
         kept
@@ -268,14 +273,10 @@ impl Cache {
     }
 }
 
-/// SPEC §8: 200/203/204/404 only, never `Cache-Control: no-store`.
+/// SPEC §8 and §9.1: 200/203/204/404 only, and only answers that may go
+/// to another caller at all.
 fn cacheable(snap: &Snapshot) -> bool {
-    matches!(snap.status.as_u16(), 200 | 203 | 204 | 404)
-        && !snap
-            .headers
-            .get_all(http::header::CACHE_CONTROL)
-            .iter()
-            .any(|v| has_directive(v, "no-store"))
+    matches!(snap.status.as_u16(), 200 | 203 | 204 | 404) && shareable(snap)
 }
 
 /// Whether a `Cache-Control` value holds `directive` (case-insensitive).

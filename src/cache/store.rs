@@ -14,6 +14,8 @@ struct Entry {
     expires: Instant,
     size: u64,
     used: u64,
+    /// The counter when stored: its place in `expiry`.
+    born: u64,
 }
 
 #[derive(Default)]
@@ -21,6 +23,9 @@ pub(super) struct Store {
     map: HashMap<Key, Entry>,
     /// Last use (a counter) -> key.
     order: BTreeMap<u64, Key>,
+    /// Expiry -> keys, so expired entries are purged, not only pushed out
+    /// by the LRU bound. The counter makes equal instants distinct.
+    expiry: BTreeMap<(Instant, u64), Key>,
     tick: u64,
     bytes: u64,
 }
@@ -31,11 +36,8 @@ impl Store {
     }
 
     pub(super) fn get(&mut self, key: &Key, now: Instant) -> Option<(Arc<Snapshot>, Duration)> {
+        self.purge(now);
         let expires = self.map.get(key)?.expires;
-        if expires <= now {
-            self.remove(key);
-            return None;
-        }
         self.tick += 1;
         let tick = self.tick;
         let e = self.map.get_mut(key)?;
@@ -52,7 +54,7 @@ impl Store {
         expires: Instant,
         max: u64,
     ) -> bool {
-        let size = snap.size() + key.target.len() as u64;
+        let size = snap.size() + key.size();
         if size > max {
             return false;
         }
@@ -60,6 +62,7 @@ impl Store {
         self.shrink(max - size);
         self.tick += 1;
         self.order.insert(self.tick, key.clone());
+        self.expiry.insert((expires, self.tick), key.clone());
         self.bytes += size;
         self.map.insert(
             key,
@@ -68,6 +71,7 @@ impl Store {
                 expires,
                 size,
                 used: self.tick,
+                born: self.tick,
             },
         );
         true
@@ -80,6 +84,7 @@ impl Store {
                 break;
             };
             if let Some(e) = self.map.remove(&key) {
+                self.expiry.remove(&(e.expires, e.born));
                 self.bytes -= e.size;
             }
         }
@@ -92,9 +97,25 @@ impl Store {
         }
     }
 
+    /// Drops every entry expired at `now`.
+    pub(super) fn purge(&mut self, now: Instant) {
+        while let Some(entry) = self.expiry.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let key = entry.remove();
+            self.remove(&key);
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.map.len()
+    }
+
     fn remove(&mut self, key: &Key) {
         if let Some(e) = self.map.remove(key) {
             self.order.remove(&e.used);
+            self.expiry.remove(&(e.expires, e.born));
             self.bytes -= e.size;
         }
     }

@@ -20,11 +20,7 @@ fn cache(max_bytes: u64) -> Arc<Cache> {
 }
 
 fn key(quota: u8, target: &str) -> Key {
-    Key {
-        quota: QuotaKey([quota; 32]),
-        target: Bytes::copy_from_slice(target.as_bytes()),
-        accept: None,
-    }
+    Key::of(QuotaKey([quota; 32]), target.as_bytes(), &HeaderMap::new())
 }
 
 fn snap(status: u16, body: &[u8], version: u64) -> Arc<Snapshot> {
@@ -167,4 +163,121 @@ proptest! {
             Ok(())
         })?;
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn expired_entries_are_purged_not_only_pushed_out() {
+    let c = cache(1 << 20);
+    let now = Instant::now();
+    for i in 0..100 {
+        let k = key(1, &format!("/v1/ws/1/A/{i}"));
+        assert!(c.put(k, snap(200, b"x", 1), Duration::from_secs(1), now));
+    }
+    let long = key(1, "/v1/ws/1/B");
+    assert!(c.put(
+        long.clone(),
+        snap(200, b"x", 1),
+        Duration::from_secs(60),
+        now
+    ));
+    let alone = cache(1 << 20);
+    alone.put(
+        long.clone(),
+        snap(200, b"x", 1),
+        Duration::from_secs(60),
+        now,
+    );
+    let one = alone.lock().bytes();
+    tokio::time::advance(Duration::from_secs(2)).await;
+    // Any use of the cache drops what has expired, even entries never asked for again.
+    assert!(c.get(&long, Instant::now()).is_some());
+    assert_eq!(c.lock().len(), 1);
+    assert_eq!(c.lock().bytes(), one);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_entry_counts_the_bytes_of_its_key() {
+    let c = cache(1 << 20);
+    let now = Instant::now();
+    let small = key(1, "/v1/ws/1/A");
+    assert!(c.put(small, snap(200, b"x", 1), Duration::from_secs(5), now));
+    let before = c.lock().bytes();
+    let mut h = HeaderMap::new();
+    h.insert(http::header::ACCEPT, "a".repeat(60_000).parse().unwrap());
+    let large = Key::of(QuotaKey([1; 32]), b"/v1/ws/1/A", &h);
+    assert!(c.put(large, snap(200, b"x", 1), Duration::from_secs(5), now));
+    assert!(
+        c.lock().bytes() - before >= 60_000,
+        "a 60 KB Accept counted as {} bytes",
+        c.lock().bytes() - before
+    );
+}
+
+#[test]
+fn what_may_share() {
+    let h = |pairs: &[(&'static str, &'static str)]| {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(*k, v.parse().unwrap());
+        }
+        m
+    };
+    assert_eq!(Request::of(&h(&[("accept", "x")])), Request::Plain);
+    for own in [
+        "cookie",
+        "range",
+        "if-match",
+        "if-unmodified-since",
+        "if-range",
+    ] {
+        assert_eq!(
+            Request::of(&h(&[(own, "x"), ("if-none-match", "x")])),
+            Request::Own,
+            "{own}"
+        );
+    }
+    for cond in ["if-none-match", "if-modified-since"] {
+        assert_eq!(Request::of(&h(&[(cond, "x")])), Request::Conditional);
+    }
+    let answer = |pairs: &[(&'static str, &'static str)]| Snapshot {
+        status: StatusCode::OK,
+        headers: h(pairs),
+        body: Bytes::new(),
+    };
+    assert!(shareable(&answer(&[
+        ("vary", "Accept-Encoding, accept"),
+        ("cache-control", "max-age=5")
+    ])));
+    for not in [
+        ("set-cookie", "a=b"),
+        ("cache-control", "Private"),
+        ("cache-control", "max-age=5, no-cache"),
+        ("cache-control", "no-store"),
+        ("vary", "*"),
+        ("vary", "Accept, Cookie"),
+    ] {
+        assert!(!shareable(&answer(&[not])), "{not:?}");
+    }
+    let stored = answer(&[
+        ("etag", "W/\"7\""),
+        ("last-modified", "Tue, 01 Dec 2026 10:00:00 GMT"),
+    ]);
+    assert!(not_modified(&h(&[("if-none-match", "\"7\"")]), &stored));
+    assert!(!not_modified(&h(&[("if-none-match", "\"8\"")]), &stored));
+    assert!(not_modified(
+        &h(&[("if-modified-since", "Tue, 01 Dec 2026 10:00:00 GMT")]),
+        &stored
+    ));
+    assert!(!not_modified(
+        &h(&[("if-modified-since", "Mon, 30 Nov 2026 10:00:00 GMT")]),
+        &stored
+    ));
+    // If-None-Match decides alone when both are sent (RFC 9110 §13.2.2).
+    assert!(!not_modified(
+        &h(&[
+            ("if-none-match", "\"8\""),
+            ("if-modified-since", "Tue, 01 Dec 2026 10:00:00 GMT")
+        ]),
+        &stored
+    ));
 }

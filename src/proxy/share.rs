@@ -19,7 +19,10 @@ use tower::Service;
 
 use super::layer::AppStage;
 use super::{MaybeBoxed, StageFuture};
-use crate::cache::{has_directive, Cache, Join, Key, Landing, Snapshot, Watchers};
+use crate::cache::{
+    has_directive, not_modified, shareable, Cache, Join, Key, Landing, Request as Sharing,
+    Snapshot, Watchers, NOT_MODIFIED_HEADERS,
+};
 use crate::error::ProxyError;
 use crate::upstream::CallError;
 
@@ -74,33 +77,44 @@ where
             .get_all(header::CACHE_CONTROL)
             .iter()
             .any(|v| has_directive(v, "no-cache"));
-        let coalesce = cfg.coalesce && method == Method::GET && !no_cache && bodiless(&req);
-        if ttl.is_none() && !coalesce {
+        // A cookie, a range or a precondition: an answer for this caller alone.
+        let kind = Sharing::of(req.headers());
+        let coalesce = cfg.coalesce
+            && method == Method::GET
+            && !no_cache
+            && kind == Sharing::Plain
+            && bodiless(&req);
+        if kind == Sharing::Own || (ttl.is_none() && !coalesce) {
             // Straight through: the inner stage's future as it is.
             return MaybeBoxed::Direct {
                 inner: self.inner.call(req),
             };
         }
-        let key = Key {
+        let key = Key::of(
             quota,
-            target: Bytes::copy_from_slice(
-                req.uri()
-                    .path_and_query()
-                    .map_or(b"/".as_slice(), |p| p.as_str().as_bytes()),
-            ),
-            // A copy: the key outlives the wait, the request's value
-            // borrows hyper's read buffer (see `head`).
-            accept: req.headers().get(header::ACCEPT).and_then(|v| {
-                HeaderValue::from_maybe_shared(Bytes::copy_from_slice(v.as_bytes())).ok()
-            }),
-        };
+            req.uri()
+                .path_and_query()
+                .map_or(b"/".as_slice(), |p| p.as_str().as_bytes()),
+            req.headers(),
+        );
         let head = method == Method::HEAD;
         if ttl.is_some() && !no_cache {
             if let Some((snap, left)) = cache.get(&key, Instant::now()) {
                 cache.saved("cached");
                 let status = format!("dastra-proxy; hit; ttl={}", left.as_secs());
-                return MaybeBoxed::boxed(std::future::ready(Ok(respond(&snap, head, &status))));
+                let resp = if kind == Sharing::Conditional && not_modified(req.headers(), &snap) {
+                    respond_not_modified(&snap, &status)
+                } else {
+                    respond(&snap, head, &status)
+                };
+                return MaybeBoxed::boxed(std::future::ready(Ok(resp)));
             }
+        }
+        if kind == Sharing::Conditional {
+            // Its answer may be a 304 meant for it alone: neither kept nor shared.
+            return MaybeBoxed::Direct {
+                inner: self.inner.call(req),
+            };
         }
         let max_entry = cfg.max_entry;
         // HEAD never fills the cache (no body to keep); no-cache refreshes it.
@@ -296,6 +310,12 @@ where
         headers,
         body,
     });
+    if !shareable(&snap) {
+        // A cookie, `private`, or a `Vary` outside the key: this caller's
+        // alone; whoever followed makes a call of its own.
+        land(&mut flight, Landing::Own);
+        return Ok(respond_with(&snap, false, miss, true));
+    }
     let stored = ttl.is_some_and(|t| cache.put(key, snap.clone(), t, Instant::now()));
     land(&mut flight, Landing::Answer(snap.clone()));
     let status = if stored { fwd.status(true) } else { miss };
@@ -351,6 +371,20 @@ fn respond_with(snap: &Snapshot, head: bool, status: &str, own: bool) -> Respons
     for (k, v) in &snap.headers {
         if own || (k != "ratelimit" && k != "ratelimit-policy") {
             h.append(k, v.clone());
+        }
+    }
+    set_status(&mut resp, status);
+    resp
+}
+
+/// `304 Not Modified` from a stored 200 whose validator the caller holds.
+fn respond_not_modified(snap: &Snapshot, status: &str) -> Response<Body> {
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = http::StatusCode::NOT_MODIFIED;
+    let h = resp.headers_mut();
+    for name in &NOT_MODIFIED_HEADERS {
+        for v in snap.headers.get_all(name) {
+            h.append(name, v.clone());
         }
     }
     set_status(&mut resp, status);

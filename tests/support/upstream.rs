@@ -294,8 +294,8 @@ async fn route(
         }
         ["upload"] => text(200, len.to_string()),
         // /seq/<ms>/...: answers after <ms> with this request's number in the
-        // log (which call answered proves who shared it); `nostore` adds
-        // Cache-Control: no-store, `big` a 2 MiB body.
+        // log (which call answered proves who shared it); `big` makes a 2 MiB
+        // body; the other flags are in `seq_reply`.
         ["seq", ms, rest @ ..] => {
             let n = number;
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
@@ -304,12 +304,7 @@ async fn route(
             } else {
                 format!("id={n} target={target}").into_bytes()
             };
-            let mut r = text(200, body);
-            if rest.contains(&"nostore") {
-                r.headers_mut()
-                    .insert("cache-control", "no-store".parse().unwrap());
-            }
-            r
+            seq_reply(number, rest, headers, body)
         }
         ["slow", ms] => {
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
@@ -349,6 +344,70 @@ async fn route(
             r
         }
     }
+}
+
+/// What a request said that its answer may depend on, as `x-seen` reports it.
+pub fn seen(headers: &HeaderMap) -> String {
+    [
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "cookie",
+        "range",
+        "if-none-match",
+    ]
+    .iter()
+    .map(|h| {
+        let v = headers.get(*h).and_then(|v| v.to_str().ok()).unwrap_or("-");
+        format!("{h}={v}")
+    })
+    .collect::<Vec<_>>()
+    .join(";")
+}
+
+/// A `/seq` answer as an origin that honours its request would give it:
+/// `x-seen` says what it was answering, `If-None-Match: "v1"` gets 304 when
+/// the path has `etag`, a `Range` gets 206, `gzip` in `Accept-Encoding` gets
+/// `Content-Encoding: gzip`. Path flags add headers: `nostore`, `private`,
+/// `nocache` (Cache-Control), `setcookie`, `varystar`, `varycookie`,
+/// `varyalang`, `etag`.
+fn seq_reply(n: usize, flags: &[&str], req: &HeaderMap, body: Vec<u8>) -> Response<Body> {
+    let etag = flags.contains(&"etag");
+    let inm = req.get("if-none-match").and_then(|v| v.to_str().ok());
+    let mut r = if etag && inm == Some("\"v1\"") {
+        text(304, "")
+    } else if req.contains_key("range") {
+        text(206, body)
+    } else {
+        text(200, body)
+    };
+    let h = r.headers_mut();
+    h.insert("x-seen", seen(req).parse().unwrap());
+    let gzip = req
+        .get("accept-encoding")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("gzip"));
+    if gzip {
+        h.insert("content-encoding", "gzip".parse().unwrap());
+    }
+    if let Some(l) = req.get("accept-language") {
+        h.insert("content-language", l.clone());
+    }
+    for (flag, name, value) in [
+        ("nostore", "cache-control", "no-store".to_owned()),
+        ("private", "cache-control", "private, max-age=60".to_owned()),
+        ("nocache", "cache-control", "no-cache".to_owned()),
+        ("setcookie", "set-cookie", format!("session={n}")),
+        ("varystar", "vary", "*".to_owned()),
+        ("varycookie", "vary", "Accept, Cookie".to_owned()),
+        ("varyalang", "vary", "Accept-Language".to_owned()),
+        ("etag", "etag", "\"v1\"".to_owned()),
+    ] {
+        if flags.contains(&flag) {
+            h.append(name, value.parse().unwrap());
+        }
+    }
+    r
 }
 
 /// `total` bytes in 64 KiB chunks, produced as they are read.
