@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::access::Access;
-use crate::admission::{LocalState, Quotas, SharedStore};
+use crate::admission::{KeyBounds, LocalState, Quotas, SharedStore};
 use crate::config::{
     Config, CredentialConfig, StoreConfig, StoreOnError, Upstream429, ANONYMOUS, MAX_STATE_SLOTS,
 };
@@ -158,7 +158,13 @@ impl App {
     ) -> Result<Arc<Self>, AppError> {
         let credential = Credential::new(&config.credential, upstream.clone(), metrics.clone())?;
         let max_keys = match config.credential {
-            CredentialConfig::Passthrough { max_keys } => Some(max_keys),
+            CredentialConfig::Passthrough {
+                max_keys,
+                max_keys_per_ip,
+            } => Some(KeyBounds {
+                max_keys,
+                max_keys_per_ip,
+            }),
             _ => None,
         };
         let store_healthy = Arc::new(AtomicBool::new(true));

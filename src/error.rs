@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::access::AccessError;
 use crate::admission::Refusal;
 use crate::body::BodyError;
-use crate::credential::TokenError;
+use crate::credential::{CallerCredentialError, TokenError};
 use crate::guard::GuardError;
 use crate::quota::ceil_secs;
 use crate::target::TargetError;
@@ -34,6 +34,8 @@ pub enum ProxyError {
     /// Admission said no; the duration is until a slot frees, from when it said so.
     #[error("{}", RefusalText(.0, .1))]
     Refused(Refusal, Duration),
+    #[error(transparent)]
+    Credential(#[from] CallerCredentialError),
     #[error(transparent)]
     Token(#[from] TokenError),
     #[error(transparent)]
@@ -111,6 +113,8 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Shared(e) => e.status(),
+            ProxyError::Target(TargetError::Trace) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Credential(_) => StatusCode::BAD_REQUEST,
             ProxyError::Target(_) | ProxyError::Access(AccessError::BadForwarded) => {
                 StatusCode::BAD_REQUEST
             }
@@ -142,6 +146,8 @@ impl ProxyError {
     pub fn code(&self) -> &'static str {
         match self {
             ProxyError::Shared(e) => e.code(),
+            ProxyError::Target(TargetError::Trace) => "method_not_allowed",
+            ProxyError::Credential(CallerCredentialError::Ambiguous) => "ambiguous_credential",
             ProxyError::Target(_) | ProxyError::Access(AccessError::BadForwarded) => "bad_request",
             ProxyError::Access(AccessError::Unauthenticated) => "unauthenticated",
             ProxyError::Access(AccessError::IpNotAllowed) => "ip_not_allowed",
@@ -224,6 +230,12 @@ impl ProxyError {
         );
         if let Some(d) = self.retry_after() {
             h.insert(header::RETRY_AFTER, HeaderValue::from(wait_secs(d)));
+        }
+        if matches!(self, ProxyError::Target(TargetError::Trace)) {
+            h.insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+            );
         }
         resp
     }

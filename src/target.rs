@@ -11,6 +11,9 @@ use http::{Method, Request, Version};
 pub enum TargetError {
     #[error("CONNECT is not supported: this is not an open proxy")]
     Connect,
+    /// TRACE would echo the request back, the injected credential with it.
+    #[error("TRACE is not allowed: the answer would echo the Dastra credential")]
+    Trace,
     #[error("absolute-form request to another host ({0}) refused: this is not an open proxy")]
     OtherHost(String),
     #[error("the request target must start with /")]
@@ -41,6 +44,9 @@ impl Target {
     pub fn check<B>(&self, req: &Request<B>) -> Result<(), TargetError> {
         if req.method() == Method::CONNECT {
             return Err(TargetError::Connect);
+        }
+        if req.method() == Method::TRACE {
+            return Err(TargetError::Trace);
         }
         let uri = req.uri();
         // HTTP/2 always carries `:authority`; only HTTP/1 absolute-form is a

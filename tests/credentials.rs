@@ -149,6 +149,23 @@ async fn oauth2_token_is_refreshed_shortly_before_expiry() {
 }
 
 #[tokio::test]
+async fn oauth2_a_huge_expires_in_is_capped_not_overflowed() {
+    let up = MockUpstream::start().await;
+    up.state.token_expires_in.store(u64::MAX, Ordering::SeqCst);
+    let proxy = proxy_with(&up, &oauth2_section(&up), "").await;
+    let c = client();
+    for i in 0..3 {
+        assert_eq!(get(&c, &proxy.url(&format!("/v1/h/{i}"))).await.status, 200);
+    }
+    assert_eq!(
+        up.state.token_calls.load(Ordering::SeqCst),
+        1,
+        "one token, kept (for a day at most)"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
 async fn oauth2_upstream_401_refreshes_and_retries_once() {
     let up = MockUpstream::start().await;
     let proxy = proxy_with(&up, &oauth2_section(&up), "").await;

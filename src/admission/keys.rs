@@ -2,7 +2,8 @@
 //! per caller credential in passthrough, made on first use.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -96,21 +97,87 @@ pub struct Quotas {
     waiting: Arc<AtomicUsize>,
 }
 
+/// Passthrough's bounds on the credentials tracked.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyBounds {
+    /// At most this many credentials tracked at once.
+    pub max_keys: usize,
+    /// At most this many of them first used by one client address, so one
+    /// client churning keys cannot fill the map for everyone.
+    pub max_keys_per_ip: usize,
+}
+
 #[derive(Debug)]
 struct KeyState {
     limits: Vec<Limit>,
     cfg: AdmissionConfig,
-    /// Passthrough: at most this many credentials tracked at once.
-    max_keys: usize,
-    map: HashMap<QuotaKey, Admission>,
+    bounds: KeyBounds,
+    map: HashMap<QuotaKey, Tracked>,
+    /// Keys tracked per client address that first used them.
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+#[derive(Debug)]
+struct Tracked {
+    admission: Admission,
+    owner: Option<IpAddr>,
+}
+
+impl KeyState {
+    /// A key that may make room, among those `mine` accepts: one Dastra
+    /// rejected (401/403: no quota of its own there) with nobody waiting,
+    /// else an idle one. Otherwise when the first may be idle.
+    fn victim(&self, now: Instant, mine: impl Fn(&Tracked) -> bool) -> Result<QuotaKey, Instant> {
+        let mut soonest = None::<Instant>;
+        let mut idle = None;
+        for (k, t) in self.map.iter().filter(|(_, t)| mine(t)) {
+            if t.admission.rejected() && t.admission.waiting() == 0 {
+                return Ok(*k);
+            }
+            match t.admission.idle_at(now) {
+                None => idle = idle.or(Some(*k)),
+                Some(at) => soonest = Some(soonest.map_or(at, |s| s.min(at))),
+            }
+        }
+        idle.ok_or(soonest.unwrap_or(now))
+    }
+
+    fn forget(&mut self, key: &QuotaKey) {
+        let Some(t) = self.map.remove(key) else {
+            return;
+        };
+        if let Some(ip) = t.owner {
+            if let Some(n) = self.per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_ip.remove(&ip);
+                }
+            }
+        }
+        // Its releaser task ends; nothing of it is left.
+        t.admission.close();
+    }
+}
+
+impl Admission {
+    /// Marks whether Dastra rejected this credential's last answered call.
+    pub fn set_rejected(&self, yes: bool) {
+        if self.inner.rejected.load(Ordering::Relaxed) != yes {
+            self.inner.rejected.store(yes, Ordering::Relaxed);
+        }
+    }
+
+    fn rejected(&self) -> bool {
+        self.inner.rejected.load(Ordering::Relaxed)
+    }
 }
 
 impl Quotas {
-    /// `max_keys`: `Some` in passthrough (one admission per caller credential).
+    /// `bounds`: `Some` in passthrough (one admission per caller credential).
     pub fn new(
         limits: &[Limit],
         cfg: &AdmissionConfig,
-        max_keys: Option<usize>,
+        bounds: Option<KeyBounds>,
         shared: Option<SharedStore>,
         local: Option<LocalState>,
     ) -> Result<Self, StoreError> {
@@ -123,12 +190,13 @@ impl Quotas {
         single.share_queue(waiting.clone());
         Ok(Self {
             single,
-            per_key: max_keys.map(|max_keys| {
+            per_key: bounds.map(|bounds| {
                 Mutex::new(KeyState {
                     limits: limits.to_vec(),
                     cfg: cfg.clone(),
-                    max_keys,
+                    bounds,
                     map: HashMap::new(),
+                    per_ip: HashMap::new(),
                 })
             }),
             shared,
@@ -138,52 +206,64 @@ impl Quotas {
     }
 
     /// The admission of `key`. In passthrough a new credential takes the
-    /// place of one that is idle (nothing waiting, in flight or in any
-    /// window); when all `max_keys` are busy, the call is refused.
-    pub fn get(&self, key: QuotaKey) -> Result<Admission, Refusal> {
+    /// place of one Dastra rejected or one that is idle (nothing waiting, in
+    /// flight or in any window); when all `max_keys` are busy, or `owner`
+    /// (the client address) already made `max_keys_per_ip` of them, the
+    /// call is refused.
+    pub fn get(&self, key: QuotaKey, owner: Option<IpAddr>) -> Result<Admission, Refusal> {
         let Some(m) = &self.per_key else {
             return Ok(self.single.clone());
         };
         let mut st = m.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(a) = st.map.get(&key) {
-            return Ok(a.clone());
+        if let Some(t) = st.map.get(&key) {
+            return Ok(t.admission.clone());
         }
-        if st.map.len() >= st.max_keys {
-            let now = Instant::now();
-            let mut soonest = None::<Instant>;
-            let mut idle = None;
-            for (k, a) in &st.map {
-                match a.idle_at(now) {
-                    None => {
-                        idle = Some(*k);
-                        break;
-                    }
-                    Some(t) => soonest = Some(soonest.map_or(t, |s| s.min(t))),
-                }
-            }
-            match idle.and_then(|k| st.map.remove(&k)) {
-                // Its releaser task ends; nothing of it is left.
-                Some(evicted) => evicted.close(),
-                None => {
-                    return Err(Refusal::TooManyKeys {
-                        retry_at: soonest.unwrap_or(now),
-                    })
-                }
-            }
+        let now = Instant::now();
+        let owned = owner.map_or(0, |ip| st.per_ip.get(&ip).copied().unwrap_or(0));
+        let room = if owned >= st.bounds.max_keys_per_ip {
+            Some(st.victim(now, |t| t.owner == owner))
+        } else if st.map.len() >= st.bounds.max_keys {
+            Some(st.victim(now, |_| true))
+        } else {
+            None
+        };
+        match room {
+            Some(Ok(victim)) => st.forget(&victim),
+            Some(Err(retry_at)) => return Err(Refusal::TooManyKeys { retry_at }),
+            None => {}
         }
-        let KeyState {
-            limits, cfg, map, ..
-        } = &mut *st;
+        let (limits, cfg) = (&st.limits, &st.cfg);
         let a = match (&self.shared, &self.local) {
+            // Never a full local quota in place of the shared one.
             (Some(s), _) => s
                 .admission(key, limits, cfg)
-                .unwrap_or_else(|_| Admission::new(limits, cfg)),
+                .map_err(|_| Refusal::StoreUnavailable)?,
             (None, Some(l)) => l.admission(key, limits, cfg),
             (None, None) => Admission::new(limits, cfg),
         };
         a.share_queue(self.waiting.clone());
-        map.insert(key, a.clone());
+        st.map.insert(
+            key,
+            Tracked {
+                admission: a.clone(),
+                owner,
+            },
+        );
+        if let Some(ip) = owner {
+            *st.per_ip.entry(ip).or_default() += 1;
+        }
         Ok(a)
+    }
+
+    /// The admission of `key` if it is tracked already; never makes one.
+    pub fn existing(&self, key: &QuotaKey) -> Option<Admission> {
+        match &self.per_key {
+            None => Some(self.single.clone()),
+            Some(m) => {
+                let st = m.lock().unwrap_or_else(|e| e.into_inner());
+                st.map.get(key).map(|t| t.admission.clone())
+            }
+        }
     }
 
     /// Every key's admission (just one unless passthrough).
@@ -195,7 +275,7 @@ impl Quotas {
                 if st.map.is_empty() {
                     vec![self.single.clone()]
                 } else {
-                    st.map.values().cloned().collect()
+                    st.map.values().map(|t| t.admission.clone()).collect()
                 }
             }
         }
@@ -207,8 +287,8 @@ impl Quotas {
             let mut st = m.lock().unwrap_or_else(|e| e.into_inner());
             st.limits = limits.to_vec();
             st.cfg = cfg.clone();
-            for a in st.map.values() {
-                a.reconfigure(limits, cfg);
+            for t in st.map.values() {
+                t.admission.reconfigure(limits, cfg);
             }
         }
     }

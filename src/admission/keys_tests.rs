@@ -34,7 +34,10 @@ async fn a_key_with_sends_in_its_window_is_never_forgotten_while_the_map_is_full
     let q = Quotas::new(
         &limits(&[(2, 1000), (3, 4000)]),
         &reject(),
-        Some(2),
+        Some(KeyBounds {
+            max_keys: 2,
+            max_keys_per_ip: 2,
+        }),
         None,
         None,
     )
@@ -42,7 +45,7 @@ async fn a_key_with_sends_in_its_window_is_never_forgotten_while_the_map_is_full
     let t0 = Instant::now();
     let (a, b, c) = (QuotaKey([1; 32]), QuotaKey([2; 32]), QuotaKey([3; 32]));
     for key in [a, b] {
-        let adm = q.get(key).unwrap();
+        let adm = q.get(key, None).unwrap();
         for _ in 0..2 {
             adm.acquire(&caller()).await.unwrap().sent().landed();
         }
@@ -50,7 +53,7 @@ async fn a_key_with_sends_in_its_window_is_never_forgotten_while_the_map_is_full
     advance(Duration::from_millis(100)).await;
     // A full map of busy keys: the newcomer waits until the first one is
     // empty in *every* window (the 4 s one), not only the shortest.
-    match q.get(c) {
+    match q.get(c, None) {
         Err(Refusal::TooManyKeys { retry_at }) => {
             assert_eq!(retry_at, t0 + Duration::from_millis(4000))
         }
@@ -58,10 +61,10 @@ async fn a_key_with_sends_in_its_window_is_never_forgotten_while_the_map_is_full
     }
     // Past the short window only: `a` still holds two sends in the long one.
     advance(Duration::from_millis(1000)).await;
-    assert!(matches!(q.get(c), Err(Refusal::TooManyKeys { .. })));
+    assert!(matches!(q.get(c, None), Err(Refusal::TooManyKeys { .. })));
     // And `a`, asked again, is the same admission with its sends counted.
     {
-        let adm = q.get(a).unwrap();
+        let adm = q.get(a, None).unwrap();
         adm.acquire(&caller()).await.unwrap().sent().landed();
         assert!(matches!(
             adm.acquire(&caller()).await,
@@ -70,10 +73,10 @@ async fn a_key_with_sends_in_its_window_is_never_forgotten_while_the_map_is_full
     }
     advance(Duration::from_millis(3000)).await;
     // `b` has emptied (`a` sent again at 1.1 s): the newcomer takes its place.
-    assert!(q.get(c).is_ok());
+    assert!(q.get(c, None).is_ok());
     assert_eq!(q.all().len(), 2);
     assert!(
-        matches!(q.get(a).unwrap().acquire(&caller()).await, Ok(_)),
+        matches!(q.get(a, None).unwrap().acquire(&caller()).await, Ok(_)),
         "`a` kept, its 1.1 s send still counted below the 3 in 4 s"
     );
 }

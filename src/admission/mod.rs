@@ -27,7 +27,7 @@ use crate::metrics::Metrics;
 use crate::quota::{policy_header, WindowSet, WindowState};
 use crate::state_file::{StateError, StateFile};
 use fair::FairQueue;
-pub use keys::{LocalState, Quotas, SharedStore};
+pub use keys::{KeyBounds, LocalState, Quotas, SharedStore};
 pub use permit::{Permit, SentPermit};
 use releaser::release_loop;
 pub use remote::Remote;
@@ -80,6 +80,8 @@ struct Inner {
     remote: Option<Arc<Remote>>,
     /// The memory store's state file, when restarts must keep the window.
     persist: Option<Persist>,
+    /// Passthrough: Dastra answered this credential's last call 401/403.
+    rejected: std::sync::atomic::AtomicBool,
 }
 
 /// Where one key's sends are written so a restart keeps them.
@@ -185,6 +187,7 @@ impl Admission {
         let inner = Arc::new(Inner {
             remote: remote.map(Arc::new),
             persist,
+            rejected: Default::default(),
             state: Mutex::new(State {
                 on_limit: cfg.on_limit,
                 max_queue: cfg.max_queue,

@@ -108,6 +108,7 @@ impl Store {
         }
     }
 
+    #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.map.len()
     }

@@ -89,9 +89,13 @@ pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             o,
             "kind = \"oauth2\"\ntoken_url = \"{token_url}\"\nscope = \"{scope}\"\npublic_key = \"{public}\"\nprivate_key = \"{private}\""
         )?,
-        CredentialConfig::Passthrough { max_keys } => {
-            writeln!(o, "kind = \"passthrough\"\nmax_keys = {max_keys}")?
-        }
+        CredentialConfig::Passthrough {
+            max_keys,
+            max_keys_per_ip,
+        } => writeln!(
+            o,
+            "kind = \"passthrough\"\nmax_keys = {max_keys}\nmax_keys_per_ip = {max_keys_per_ip}"
+        )?,
     }
     for l in &c.limits {
         writeln!(

@@ -103,6 +103,7 @@ pub(crate) struct RawCredential {
     pub(crate) token_url: Option<String>,
     pub(crate) scope: Option<String>,
     pub(crate) max_keys: Option<i64>,
+    pub(crate) max_keys_per_ip: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -135,8 +135,12 @@ pub enum CredentialConfig {
         private: Secret,
     },
     /// The caller's own credential goes through; its digest is the quota key.
-    /// At most `max_keys` credentials are tracked at once.
-    Passthrough { max_keys: usize },
+    /// At most `max_keys` credentials are tracked at once, and at most
+    /// `max_keys_per_ip` made by one client address.
+    Passthrough {
+        max_keys: usize,
+        max_keys_per_ip: usize,
+    },
 }
 
 /// One sliding window: at most `requests` sends in any interval of length `per`.

@@ -265,7 +265,10 @@ impl Validator<'_> {
             || raw.private_key_file.is_some();
         let oauth_set = raw.token_url.is_some() || raw.scope.is_some();
         if kind != "passthrough" {
-            unused(&[("max_keys", raw.max_keys.is_some())])?;
+            unused(&[
+                ("max_keys", raw.max_keys.is_some()),
+                ("max_keys_per_ip", raw.max_keys_per_ip.is_some()),
+            ])?;
         }
         match kind {
             "api_key" => {
@@ -323,7 +326,22 @@ impl Validator<'_> {
                     .ok_or_else(|| {
                         self.invalid("credential.max_keys", "must be between 1 and 1000000")
                     })?;
-                Ok(CredentialConfig::Passthrough { max_keys })
+                // The default never exceeds max_keys.
+                let max_keys_per_ip = raw
+                    .max_keys_per_ip
+                    .map_or(Ok(50.min(max_keys)), usize::try_from)
+                    .ok()
+                    .filter(|n| (1..=max_keys).contains(n))
+                    .ok_or_else(|| {
+                        self.invalid(
+                            "credential.max_keys_per_ip",
+                            format!("must be between 1 and max_keys ({max_keys})"),
+                        )
+                    })?;
+                Ok(CredentialConfig::Passthrough {
+                    max_keys,
+                    max_keys_per_ip,
+                })
             }
             other => Err(self.invalid(
                 "credential.kind",

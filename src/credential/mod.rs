@@ -6,16 +6,17 @@
 //! digest of it is the quota key, so each credential gets its own windows.
 
 mod oauth2;
+mod passthrough;
 
 use base64::Engine as _;
 use http::{header, HeaderMap, HeaderValue};
-use sha2::{Digest, Sha256};
 
 use crate::config::CredentialConfig;
 use crate::metrics::Metrics;
 use crate::secret::{Secret, SecretSource};
 use crate::upstream::Upstream;
 pub use oauth2::{TokenCache, TokenError};
+pub use passthrough::CallerCredentialError;
 
 /// What the quota is kept per: one key for a held credential, a digest per
 /// caller credential in passthrough.
@@ -69,18 +70,16 @@ impl Credential {
     }
 
     /// The quota key of a call with these (caller) headers.
-    pub fn quota_key(&self, headers: &HeaderMap) -> QuotaKey {
+    pub fn quota_key(&self, headers: &HeaderMap) -> Result<QuotaKey, CallerCredentialError> {
         match self {
-            Credential::Passthrough => {
-                let mut h = Sha256::new();
-                for name in ["x-api-key", "authorization"] {
-                    h.update(headers.get(name).map_or(&b""[..], |v| v.as_bytes()));
-                    h.update([0]);
-                }
-                QuotaKey(h.finalize().into())
-            }
-            _ => QuotaKey([0; 32]),
+            Credential::Passthrough => passthrough::quota_key(headers),
+            _ => Ok(QuotaKey([0; 32])),
         }
+    }
+
+    /// Whether the caller's own credential goes out (one quota per credential).
+    pub fn is_passthrough(&self) -> bool {
+        matches!(self, Credential::Passthrough)
     }
 
     /// Whether a 401 from upstream may be fixed by a fresh credential.

@@ -164,10 +164,15 @@ impl TokenCache {
                 TokenError::Malformed("access_token is not a valid header value".into())
             })?;
         value.set_sensitive(true);
-        let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(3600).max(1));
+        // Capped: a huge `expires_in` would overflow the expiry instant.
+        let lifetime =
+            Duration::from_secs(answer.expires_in.unwrap_or(3600).clamp(1, MAX_LIFETIME));
         Ok((value, lifetime))
     }
 }
+
+/// The longest a token is trusted, whatever `expires_in` says (SPEC §9.1).
+const MAX_LIFETIME: u64 = 24 * 3600;
 
 /// `application/x-www-form-urlencoded` for the few characters a scope may hold.
 fn form_encode(s: &str) -> String {

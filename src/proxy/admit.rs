@@ -68,8 +68,16 @@ where
         // Hop-by-hop headers are gone by now: the key is the credential that
         // will actually be forwarded.
         let key = outcome.lock().quota;
-        let key = key.unwrap_or_else(|| app.credential.quota_key(req.headers()));
-        let admission = match app.quotas.get(key) {
+        let key = match key.map_or_else(|| app.credential.quota_key(req.headers()), Ok) {
+            Ok(k) => k,
+            Err(e) => {
+                return CheckFuture::Refused {
+                    error: Some(e.into()),
+                }
+            }
+        };
+        let owner = outcome.lock().identity.as_ref().map(|id| id.addr);
+        let admission = match app.quotas.get(key, owner) {
             Ok(a) => a,
             Err(refusal) => {
                 return CheckFuture::Refused {
@@ -92,6 +100,7 @@ where
             // The call waits for a slot (see `head`).
             crate::head::detach(&mut req);
         }
+        let passthrough = app.credential.is_passthrough();
         let mut inner = self.inner.clone();
         CheckFuture::Inner {
             inner: Box::pin(async move {
@@ -118,6 +127,11 @@ where
                     Err(_) => drop(sent),
                 }
                 let mut resp = result?;
+                if passthrough {
+                    let s = resp.status();
+                    admission
+                        .set_rejected(s == StatusCode::UNAUTHORIZED || s == StatusCode::FORBIDDEN);
+                }
                 if resp.status() == StatusCode::TOO_MANY_REQUESTS {
                     app.metrics.upstream_429_total.inc();
                     if pause {

@@ -50,7 +50,10 @@ where
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         // Computed once here (a SHA-256 in passthrough) and handed to admission.
-        let quota = self.app.credential.quota_key(req.headers());
+        let quota = match self.app.credential.quota_key(req.headers()) {
+            Ok(q) => q,
+            Err(e) => return MaybeBoxed::boxed(std::future::ready(Err(e.into()))),
+        };
         super::stages::outcome(&req).lock().quota = Some(quota);
         let cache = self.app.cache.clone();
         let cfg = cache.config();
@@ -129,8 +132,8 @@ where
         if self
             .app
             .quotas
-            .get(key.quota)
-            .is_ok_and(|a| a.refuses_now())
+            .existing(&key.quota)
+            .is_some_and(|a| a.refuses_now())
         {
             return MaybeBoxed::Direct {
                 inner: self.inner.call(req),

@@ -379,7 +379,7 @@ async fn a_401_is_replayed_once_with_a_fresh_token() {
     let snap = h
         .app
         .quotas
-        .get(crate::credential::QuotaKey([0; 32]))
+        .get(crate::credential::QuotaKey([0; 32]), None)
         .unwrap()
         .snapshot();
     assert_eq!(snap.windows[0].used, 3, "the replay took a slot of its own");
