@@ -83,7 +83,16 @@ async fn release_remote(inner: &Arc<Inner>, remote: &Arc<Remote>) -> Release {
             }
             Release::Sleep(Instant::now())
         }
-        Answer::StartsAt(at) | Answer::Settling(at) => Release::Sleep(at),
+        // Calls queued here while another replica finds Redis lost sends:
+        // asked again within a heartbeat, so this replica writes its own
+        // back during the settle, not after it.
+        Answer::StartsAt(at) | Answer::Settling(at) => {
+            let now = Instant::now();
+            match remote.store.watch_due(now) {
+                Some(_) => Release::Sleep(at.min(now + HEARTBEAT)),
+                None => Release::Sleep(at),
+            }
+        }
         Answer::Failed if remote.on_error == StoreOnError::Reject => {
             let mut st = inner.lock();
             for tx in st.queue.drain() {

@@ -66,6 +66,10 @@ pub struct RedisLink {
     conn: tokio::sync::Mutex<Option<Conn>>,
     retry_at: Mutex<Option<Instant>>,
     pub(super) op_timeout: Duration,
+    /// Counts connections made: a new one after the first means Redis may
+    /// have restarted (from an older dump) or failed over (to a lagging
+    /// replica), so what it holds is not trusted until written back.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for RedisLink {
@@ -171,6 +175,7 @@ impl RedisLink {
             conn: tokio::sync::Mutex::new(None),
             retry_at: Mutex::new(None),
             op_timeout: Duration::from_millis(500),
+            generation: Default::default(),
         }))
     }
 
@@ -188,6 +193,8 @@ impl RedisLink {
         match tokio::time::timeout(self.op_timeout * 2, self.connect()).await {
             Ok(Ok(c)) => {
                 *slot = Some(c.clone());
+                self.generation
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Ok(c)
             }
             Ok(Err(e)) => {
@@ -242,6 +249,11 @@ impl RedisLink {
     }
 
     /// Forgets a connection that failed; the next call reconnects.
+    /// Which connection the last [`Self::connection`] handed out.
+    pub(super) fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub(super) async fn reset(&self) {
         *self.conn.lock().await = None;
     }

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use link::RedisLink;
-use script::{random, Ask};
+use script::{random, Ask, Code, Reply};
 use sends::Sends;
 use tokio::time::Instant;
 
@@ -52,6 +52,7 @@ pub enum StoreError {
 
 /// After Redis lost a key, how long nobody is admitted so that every replica
 /// writes its sends back first: more than a heartbeat plus an operation.
+/// (The README's Redis section names this figure; `tests/layout.rs` checks it.)
 pub const SETTLE: Duration = Duration::from_millis(600);
 /// How often a replica with sends in a window asks whether Redis lost them.
 pub const HEARTBEAT: Duration = Duration::from_millis(200);
@@ -61,7 +62,7 @@ pub const HEARTBEAT: Duration = Duration::from_millis(200);
 pub struct RedisStore {
     link: Arc<RedisLink>,
     script: redis::Script,
-    keys: [String; 4],
+    keys: [String; 5],
     windows: Mutex<Arc<Windows>>,
     flight: Duration,
     next_id: AtomicU64,
@@ -69,8 +70,13 @@ pub struct RedisStore {
     /// The epoch of the key this replica's sends are in Redis under.
     epoch: Mutex<String>,
     sends: Mutex<Sends>,
-    /// The windows as the latest reply showed them: (when, [used, frees_us]*, pause_us).
-    last: Mutex<Option<(Instant, Vec<i64>)>>,
+    /// The windows as the latest reply showed them: (when, [(used, frees_us)]).
+    last: Mutex<Option<(Instant, Vec<(u32, u64)>)>>,
+    /// The highest decision counter Redis answered in this epoch: a lower
+    /// one later means Redis went back in time (see `window.lua`).
+    seen: Mutex<u64>,
+    /// The link's connection this key last decided over (0: none yet).
+    generation: Mutex<u64>,
     /// When this replica last heard from Redis about this key.
     heard: Mutex<Option<Instant>>,
     settle: Duration,
@@ -131,7 +137,7 @@ impl RedisStore {
         Self {
             link,
             script: redis::Script::new(include_str!("window.lua")),
-            keys: ["sends", "pause", "epoch", "settle"].map(|k| format!("{tag}:{k}")),
+            keys: ["sends", "pause", "epoch", "settle", "counter"].map(|k| format!("{tag}:{k}")),
             windows: Mutex::new(Arc::new(Windows::new(limits, margin))),
             flight,
             next_id: AtomicU64::new(0),
@@ -139,6 +145,8 @@ impl RedisStore {
             epoch: Mutex::new(String::new()),
             sends: Mutex::new(Sends::default()),
             last: Mutex::new(None),
+            seen: Mutex::new(0),
+            generation: Mutex::new(0),
             heard: Mutex::new(None),
             settle: SETTLE,
         }
@@ -171,11 +179,11 @@ impl RedisStore {
     pub fn ratelimit_value(&self, now: Instant) -> Option<String> {
         let (at, v) = lock(&self.last).clone()?;
         let windows = lock(&self.windows).clone();
-        let elapsed = now.saturating_duration_since(at).as_micros() as i64;
+        let elapsed = now.saturating_duration_since(at).as_micros() as u64;
         let mut out = String::new();
         for (i, l) in windows.limits.iter().enumerate() {
-            let used = v.get(2 * i).copied().unwrap_or(0).max(0) as u32;
-            let frees = (v.get(2 * i + 1).copied().unwrap_or(0) - elapsed).max(0) as u64;
+            let (used, frees) = v.get(i).copied().unwrap_or_default();
+            let frees = frees.saturating_sub(elapsed);
             let remaining = l.requests.saturating_sub(used);
             crate::quota::push_ratelimit_item(
                 &mut out,
@@ -194,15 +202,13 @@ impl RedisStore {
         Ok(windows
             .limits
             .iter()
-            .enumerate()
-            .map(|(i, l)| WindowState {
+            .zip(&v.windows)
+            .map(|(l, (used, frees))| WindowState {
                 name: l.name.clone(),
                 limit: l.requests,
                 period: l.per,
-                used: v.get(2 + 2 * i).copied().unwrap_or(0).max(0) as u32,
-                frees_in: Duration::from_micros(
-                    v.get(3 + 2 * i).copied().unwrap_or(0).max(0) as u64
-                ),
+                used: *used,
+                frees_in: Duration::from_micros(*frees),
             })
             .collect())
     }
@@ -239,15 +245,19 @@ impl RedisStore {
                 ..Ask::new(op, &member, now_us)
             })
             .await?;
-        let wait = Duration::from_micros(v[1].max(1) as u64);
-        Ok(match v[0] {
-            1 => {
+        Ok(match v.code {
+            Code::Lost { .. } => {
+                return Err(StoreError::Redis(
+                    "the quota key's epoch changed twice".into(),
+                ))
+            }
+            Code::Done => {
                 let w = lock(&self.windows).clone();
                 lock(&self.sends).sent(id, Instant::now(), w.longest, self.flight);
                 Decision::Admitted
             }
-            2 => Decision::Settling(wait),
-            _ => Decision::Wait(wait),
+            Code::Settling(us) => Decision::Settling(Duration::from_micros(us)),
+            Code::Wait(us) => Decision::Wait(Duration::from_micros(us)),
         })
     }
 
@@ -255,27 +265,25 @@ impl RedisStore {
     /// if not; cheap when nothing changed. Returns the pause left.
     pub async fn check(&self) -> Result<Duration, StoreError> {
         let v = self.current(Ask::new("check", "", None)).await?;
-        Ok(Duration::from_micros(
-            v.last().copied().unwrap_or(0).max(0) as u64
-        ))
+        Ok(Duration::from_micros(v.pause_us))
     }
 
     /// Runs `ask` after writing back what Redis is missing: on a new epoch,
     /// or after sends it did not see (an outage), then once more.
-    async fn current(&self, ask: Ask<'_>) -> Result<Vec<i64>, StoreError> {
+    async fn current(&self, ask: Ask<'_>) -> Result<Reply, StoreError> {
         if lock(&self.sends).dirty {
             self.write_back().await?;
         }
         let v = self.run(ask.clone()).await?;
-        if v[0] != -1 {
+        let Code::Lost { epoch } = v.code else {
             return Ok(v);
-        }
-        let epoch = v[1].to_string();
+        };
         tracing::info!(key = %self.keys[0], "redis lost this quota key's sends; writing this replica's back");
         self.write_back().await?;
-        *lock(&self.epoch) = epoch;
+        *lock(&self.epoch) = epoch.to_string();
+        *lock(&self.seen) = 0;
         let v = self.run(ask).await?;
-        if v[0] == -1 {
+        if matches!(v.code, Code::Lost { .. }) {
             // Lost again in between: the next call starts over.
             return Err(StoreError::Redis(
                 "the quota key's epoch changed twice".into(),
@@ -357,6 +365,14 @@ impl RedisStore {
             return None;
         }
         Some(lock(&self.heard).map_or(now, |h| h + HEARTBEAT))
+    }
+
+    /// This replica's newest landed send that Redis must still hold: landed
+    /// (a send in flight may be refunded at any moment) and well inside the
+    /// longest window (one near its end may be trimmed by Redis' clock).
+    fn newest_landed(&self) -> Option<u64> {
+        let w = lock(&self.windows).clone();
+        lock(&self.sends).newest_landed(Instant::now(), w.longest / 2)
     }
 
     fn missed<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {

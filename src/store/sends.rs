@@ -44,6 +44,16 @@ impl Sends {
         }
     }
 
+    /// The newest send that landed less than `young` ago.
+    pub(super) fn newest_landed(&self, now: Instant, young: Duration) -> Option<u64> {
+        self.log
+            .iter()
+            .rev()
+            .find_map(|e| e.landed.map(|at| (e.id, at)))
+            .filter(|(_, at)| *at + young > now)
+            .map(|(id, _)| id)
+    }
+
     /// Whether any send may still count in a window of `keep`.
     pub(super) fn any_recent(&mut self, now: Instant, keep: Duration, flight: Duration) -> bool {
         self.prune(now, keep, flight);

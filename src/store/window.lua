@@ -1,29 +1,35 @@
 -- The sliding-window log of one quota key, shared by every replica.
 -- KEYS: [1] the key's sends (sorted set: member = call id, score = µs it ages
 -- from), [2] the upstream-429 pause, [3] the epoch, [4] the settle after a new
--- epoch. One set for all windows, each window counted over its own span, so the
+-- epoch, [5] the decision counter (goes up by one per decision, so a Redis
+-- that went back in time answers a number a replica has seen before). One set for all windows, each window counted over its own span, so the
 -- layout does not depend on the order or number of [[limits]].
 -- Redis TIME is the clock, so the replicas' own clocks do not matter.
 -- ARGV: [1] op, [2] member, [3] flight_us, [4] now_us ('' = Redis TIME; tests
 -- only), [5] the epoch the replica knows, [6] a new epoch should none exist,
 -- [7] settle_us, [8] ahead (calls queued before this one on this replica),
--- [9] n windows, then n pairs limit, span_us, then the op's own arguments.
+-- [9] the highest decision counter this replica has seen in this epoch,
+-- [10] this replica's newest landed send still well inside the window ('' =
+-- none), [11] n windows, then n pairs limit, span_us, then the op's own
+-- arguments.
+-- Every reply is {code, value, counter, n pairs used, frees_us, pause_us}.
 -- A reservation is scored now + flight_us (a crashed replica's reservations
 -- still expire); `land` moves it to the moment its answer arrived.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 if ARGV[4] ~= '' then now = tonumber(ARGV[4]) end
-local sends, pause, epoch, settle = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local sends, pause, epoch, settle, counter = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local op, member = ARGV[1], ARGV[2]
 local flight = tonumber(ARGV[3])
-local n = tonumber(ARGV[9])
+local n = tonumber(ARGV[11])
 local limit, span, longest = {}, {}, 0
 for i = 1, n do
-  limit[i] = tonumber(ARGV[8 + 2 * i])
-  span[i] = tonumber(ARGV[9 + 2 * i])
+  limit[i] = tonumber(ARGV[10 + 2 * i])
+  span[i] = tonumber(ARGV[11 + 2 * i])
   if span[i] > longest then longest = span[i] end
 end
-local extra = 10 + 2 * n
+local extra = 12 + 2 * n
+local seq = 0
 -- The set outlives its newest send by the longest span; the epoch by a day,
 -- so an idle key does not pay the settle again and again.
 local keep_ms = math.ceil((longest + flight) / 1000) + 1000
@@ -55,6 +61,7 @@ end
 -- Each window's count and µs until its oldest send leaves, then the pause
 -- left: what the replica writes into RateLimit fields and /quota.
 local function state(out)
+  out[3] = seq
   for i = 1, n do
     local from = now - span[i] + 1
     local used = redis.call('ZCOUNT', sends, from, '+inf')
@@ -98,14 +105,27 @@ end
 -- restart without persistence, a flush, an eviction) or never had it: a new
 -- one is made, and for settle_us nobody is admitted, so that every replica
 -- writes back the sends it made before anyone decides on a partial log.
-local e = redis.call('GET', epoch)
-if not e then
-  e = ARGV[6]
+local function new_epoch()
+  local e = ARGV[6]
   redis.call('SET', epoch, e, 'PX', epoch_ms)
   local settle_ms = math.ceil(tonumber(ARGV[7]) / 1000)
   if settle_ms > 0 then redis.call('SET', settle, '1', 'PX', settle_ms) end
+  return e
 end
-if e ~= ARGV[5] then return {-1, tonumber(e)} end
+local e = redis.call('GET', epoch)
+if not e then e = new_epoch() end
+if e ~= ARGV[5] then return {-1, tonumber(e), 0} end
+-- The same epoch, but did Redis lose part of what this replica knows it
+-- holds? The counter went back (an older dump restored, a failover to a
+-- lagging replica, writes lost with AOF everysec), or this replica's newest
+-- send is gone (the sends key evicted alone). Then a new epoch: everyone
+-- writes back, and nobody is admitted until the settle ends.
+seq = redis.call('INCR', counter)
+redis.call('PEXPIRE', counter, epoch_ms)
+local newest = ARGV[10]
+if seq <= tonumber(ARGV[9]) or (newest ~= '' and not redis.call('ZSCORE', sends, newest)) then
+  return {-1, tonumber(new_epoch()), seq}
+end
 if op == 'check' then return state({1, now}) end
 
 redis.call('PEXPIRE', epoch, epoch_ms)
