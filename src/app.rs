@@ -64,6 +64,8 @@ pub struct App {
     pub store_healthy: Arc<AtomicBool>,
     /// Without the store this replica refuses calls (`on_error = "reject"`).
     pub store_rejects: bool,
+    /// Request bodies read ahead of admission (`server.max_buffered_body`).
+    pub read_ahead: Arc<crate::body::ReadAhead>,
     policy: ArcSwap<Policy>,
 }
 
@@ -233,6 +235,7 @@ impl App {
         let cache = crate::cache::Cache::new(&config.cache, metrics.clone());
         Ok(Arc::new(Self {
             cache,
+            read_ahead: crate::body::ReadAhead::new(config.server.max_buffered_body),
             policy: ArcSwap::from_pointee(Policy::new(&config, &metrics)),
             config,
             upstream,

@@ -29,6 +29,61 @@ pub enum BodyError {
     /// No chunk arrived for `server.body_read_timeout`.
     #[error("the request body stalled for more than {} ms", .0.as_millis())]
     Stalled(Duration),
+    /// Reading it ahead of admission would pass `server.max_buffered_body`.
+    #[error("the proxy holds too many request bodies; retry in a moment")]
+    Overloaded,
+}
+
+/// Bytes of request bodies read ahead of admission, over every connection:
+/// many streams each trickling a small body must not add up to unbounded
+/// memory, whatever `max_concurrent_streams` allows per connection.
+#[derive(Debug)]
+pub struct ReadAhead {
+    max: u64,
+    used: std::sync::atomic::AtomicU64,
+}
+
+impl ReadAhead {
+    pub fn new(max: u64) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            used: Default::default(),
+        })
+    }
+
+    /// Room for `n` more bytes, held until the returned value is dropped.
+    pub fn take(self: &Arc<Self>, n: u64) -> Result<ReadAheadHold, BodyError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.used
+            .fetch_update(Relaxed, Relaxed, |u| {
+                u.checked_add(n).filter(|total| *total <= self.max)
+            })
+            .map_err(|_| BodyError::Overloaded)?;
+        Ok(ReadAheadHold {
+            budget: self.clone(),
+            n,
+        })
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> u64 {
+        self.used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A body's share of [`ReadAhead`], given back on drop.
+#[derive(Debug)]
+pub struct ReadAheadHold {
+    budget: Arc<ReadAhead>,
+    n: u64,
+}
+
+impl Drop for ReadAheadHold {
+    fn drop(&mut self) {
+        self.budget
+            .used
+            .fetch_sub(self.n, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// What went wrong with a body, readable after the body itself is gone.
@@ -52,6 +107,8 @@ impl BodyFault {
         let v = match e {
             BodyError::TooLarge(_) => Self::TOO_LARGE,
             BodyError::Stalled(_) => Self::STALLED,
+            // Refused before reading: never a fault of a body being read.
+            BodyError::Overloaded => return,
         };
         self.0.store(v, Ordering::Release);
     }

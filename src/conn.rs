@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::Body;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
@@ -126,6 +127,9 @@ pub struct Activity {
     moved: AtomicBool,
     /// Whether any request arrived (before that, the header timeout rules).
     seen_request: AtomicBool,
+    /// HTTP/2: bytes written are not activity (PING, SETTINGS and
+    /// WINDOW_UPDATE frames go out with no call); answer bodies are.
+    h2: AtomicBool,
 }
 
 impl Activity {
@@ -135,11 +139,24 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             moved: AtomicBool::new(false),
             seen_request: AtomicBool::new(false),
+            h2: AtomicBool::new(false),
         })
+    }
+
+    /// The connection speaks HTTP/2 (see the field).
+    pub fn set_h2(&self) {
+        self.h2.store(true, Ordering::Relaxed);
     }
 
     fn touch(&self) {
         self.moved.store(true, Ordering::Relaxed);
+    }
+
+    /// Bytes went out: activity on HTTP/1, where only answers are written.
+    fn wrote(&self) {
+        if !self.h2.load(Ordering::Relaxed) {
+            self.touch();
+        }
     }
 
     /// A request started; the guard ends it.
@@ -163,8 +180,9 @@ impl Drop for RequestGuard {
 
 /// Runs `conn` until it ends, or closes it (by dropping it) when it breaks
 /// the header or idle timeout; says which. Activity is sampled four times
-/// per `idle_timeout`, so an idle connection closes between 1 and 1.25
-/// `idle_timeout` after its last answer byte: never early.
+/// per `idle_timeout` from the start (not only once the header timeout has
+/// passed), so an idle connection closes between 1 and 1.25 `idle_timeout`
+/// after the end of its last call or answer byte: never early.
 ///
 /// A future of its own rather than an `async fn`: an `async fn` keeps its
 /// argument and the pinned copy it polls as two fields, and every open
@@ -176,11 +194,13 @@ pub fn watch<F: Future>(
     idle_timeout: Duration,
 ) -> Watch<F> {
     let base = activity.base;
+    let tick = (idle_timeout / 4).max(Duration::from_millis(10));
     Watch {
         conn,
-        sleep: tokio::time::sleep_until(base + header_timeout),
+        sleep: tokio::time::sleep_until(base + header_timeout.min(tick)),
         activity,
-        tick: (idle_timeout / 4).max(Duration::from_millis(10)),
+        tick,
+        header_timeout,
         idle_timeout,
         last: base,
     }
@@ -196,6 +216,7 @@ pin_project! {
         sleep: tokio::time::Sleep,
         activity: Arc<Activity>,
         tick: Duration,
+        header_timeout: Duration,
         idle_timeout: Duration,
         last: Instant,
     }
@@ -213,7 +234,12 @@ impl<F: Future> Future for Watch<F> {
             let now = Instant::now();
             let activity = &**this.activity;
             if !activity.seen_request.load(Ordering::Relaxed) {
-                return Poll::Ready(Err(Refused::HeaderTimeout));
+                let deadline = activity.base + *this.header_timeout;
+                if now >= deadline {
+                    return Poll::Ready(Err(Refused::HeaderTimeout));
+                }
+                this.sleep.as_mut().reset(deadline.min(now + *this.tick));
+                continue;
             }
             if activity.moved.swap(false, Ordering::Relaxed)
                 || activity.in_flight.load(Ordering::Relaxed) > 0
@@ -244,7 +270,7 @@ impl<S> Tracked<S> {
 
 impl<S, R> tower::Service<R> for Tracked<S>
 where
-    S: tower::Service<R>,
+    S: tower::Service<R, Response = http::Response<Body>>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -271,13 +297,67 @@ pin_project! {
     }
 }
 
-impl<F: Future> Future for TrackedFuture<F> {
+impl<F, E> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<http::Response<Body>, E>>,
+{
     type Output = F::Output;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
         let out = std::task::ready!(this.inner.poll(cx));
-        this.guard.take();
-        Poll::Ready(out)
+        let Some(guard) = this.guard.take() else {
+            return Poll::Ready(out);
+        };
+        let activity = guard.0.clone();
+        drop(guard);
+        // HTTP/2: what the answer body sends is the activity (see `Activity::h2`).
+        let h2 = activity.h2.load(Ordering::Relaxed);
+        Poll::Ready(out.map(|resp| {
+            if h2 {
+                resp.map(|inner| {
+                    Body::new(ActiveBody {
+                        inner,
+                        activity: activity.clone(),
+                    })
+                })
+            } else {
+                resp
+            }
+        }))
+    }
+}
+
+pin_project! {
+    /// An HTTP/2 answer body that marks its connection active as it streams.
+    struct ActiveBody {
+        #[pin]
+        inner: Body,
+        activity: Arc<Activity>,
+    }
+}
+
+impl http_body::Body for ActiveBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, axum::Error>>> {
+        let this = self.project();
+        let r = this.inner.poll_frame(cx);
+        if r.is_ready() {
+            this.activity.touch();
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -298,6 +378,10 @@ impl<T> ActiveIo<T> {
     pub fn new(inner: T, activity: Arc<Activity>) -> Self {
         Self { inner, activity }
     }
+
+    pub fn activity(&self) -> &Arc<Activity> {
+        &self.activity
+    }
 }
 
 impl<T: AsyncRead> AsyncRead for ActiveIo<T> {
@@ -315,7 +399,7 @@ impl<T: AsyncWrite> AsyncWrite for ActiveIo<T> {
         let this = self.project();
         let r = this.inner.poll_write(cx, b);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.touch();
+            this.activity.wrote();
         }
         r
     }
@@ -328,7 +412,7 @@ impl<T: AsyncWrite> AsyncWrite for ActiveIo<T> {
         let this = self.project();
         let r = this.inner.poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.touch();
+            this.activity.wrote();
         }
         r
     }

@@ -124,6 +124,7 @@ impl ProxyError {
             }
             ProxyError::Body(BodyError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Body(BodyError::Stalled(_)) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::Body(BodyError::Overloaded) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Guard(_)
             | ProxyError::Refused(
                 Refusal::QuotaExhausted { .. }
@@ -154,6 +155,7 @@ impl ProxyError {
             ProxyError::Access(AccessError::AdminNotAllowed) => "admin_not_allowed",
             ProxyError::Body(BodyError::TooLarge(_)) => "body_too_large",
             ProxyError::Body(BodyError::Stalled(_)) => "body_timeout",
+            ProxyError::Body(BodyError::Overloaded) => "overloaded",
             ProxyError::Guard(_) => "client_rate",
             ProxyError::Refused(Refusal::QuotaExhausted { .. }, _) => "quota_exhausted",
             ProxyError::Refused(Refusal::QueueFull { .. }, _) => "queue_full",
@@ -178,6 +180,7 @@ impl ProxyError {
                 d,
             ) => Some(*d),
             ProxyError::Guard(g) => Some(g.retry_after),
+            ProxyError::Body(BodyError::Overloaded) => Some(Duration::from_secs(1)),
             _ => None,
         }
     }

@@ -51,12 +51,15 @@ pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     writeln!(
         o,
         "header_read_timeout = \"{}\"\nidle_timeout = \"{}\"\nbody_read_timeout = \"{}\"\n\
-         max_connections = {}\nmax_connections_per_ip = {}\nadmin_allow = {}",
+         max_connections = {}\nmax_connections_per_ip = {}\nmax_concurrent_streams = {}\n\
+         max_buffered_body = {}\nadmin_allow = {}",
         d(s.header_read_timeout),
         d(s.idle_timeout),
         d(s.body_read_timeout),
         s.max_connections,
         s.max_connections_per_ip,
+        s.max_concurrent_streams,
+        s.max_buffered_body,
         nets(&s.admin_allow)
     )?;
     if let Some(t) = &s.tls {

@@ -69,6 +69,8 @@ pub(crate) struct RawServer {
     pub(crate) body_read_timeout: Option<Duration>,
     pub(crate) max_connections: Option<i64>,
     pub(crate) max_connections_per_ip: Option<i64>,
+    pub(crate) max_concurrent_streams: Option<i64>,
+    pub(crate) max_buffered_body: Option<String>,
     pub(crate) admin_allow: Option<Vec<IpNet>>,
 }
 

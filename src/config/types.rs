@@ -86,6 +86,11 @@ pub struct ServerConfig {
     /// Open client connections in all, and from one address.
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// HTTP/2 streams one client connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// Request bodies held before admission (read ahead, see the buffer
+    /// stage), over all connections together; past it `503 overloaded`.
+    pub max_buffered_body: u64,
     /// Peers that may use the admin listener.
     pub admin_allow: Vec<IpNet>,
 }

@@ -206,6 +206,19 @@ impl Validator<'_> {
                 raw.max_connections_per_ip,
                 512,
             )?,
+            max_concurrent_streams: u32::try_from(raw.max_concurrent_streams.unwrap_or(100))
+                .ok()
+                .filter(|n| (1..=10_000).contains(n))
+                .ok_or_else(|| {
+                    self.invalid(
+                        "server.max_concurrent_streams",
+                        "must be between 1 and 10000",
+                    )
+                })?,
+            max_buffered_body: super::units::parse_size(
+                raw.max_buffered_body.as_deref().unwrap_or("64MiB"),
+            )
+            .map_err(|m| self.invalid("server.max_buffered_body", m))?,
             admin_allow: raw.admin_allow.unwrap_or_else(|| {
                 vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]
             }),

@@ -18,7 +18,7 @@ use tower::{Layer, Service};
 
 use super::stages::outcome;
 use super::MaybeBoxed;
-use crate::body::BodyError;
+use crate::body::{BodyError, ReadAhead};
 use crate::error::ProxyError;
 
 /// Bodies up to this size are read before admission and can be replayed.
@@ -31,6 +31,8 @@ pub(crate) struct BufferLayer {
     pub(crate) timeout: std::time::Duration,
     /// Whether a 401 can be fixed by a fresh credential (OAuth2).
     pub(crate) refreshes: bool,
+    /// `server.max_buffered_body`, shared by every connection.
+    pub(crate) read_ahead: std::sync::Arc<ReadAhead>,
 }
 
 impl<S> Layer<S> for BufferLayer {
@@ -70,18 +72,24 @@ where
             .body()
             .size_hint()
             .exact()
-            .is_some_and(|n| n > 0 && n <= SMALL_BODY);
-        if !small {
+            .filter(|n| *n > 0 && *n <= SMALL_BODY);
+        let Some(len) = small else {
             // Nothing to read ahead (empty, large or of unknown length). The
             // common GET goes through without an async stage of its own.
             return MaybeBoxed::Direct {
                 inner: self.inner.call(req),
             };
-        }
+        };
+        // Held until the call ends: the bytes live as long as a retry may need them.
+        let hold = match self.cfg.read_ahead.take(len) {
+            Ok(h) => h,
+            Err(e) => return MaybeBoxed::boxed(std::future::ready(Err(e.into()))),
+        };
         let mut inner = self.inner.clone();
         let cfg = self.cfg.clone();
         MaybeBoxed::Boxed {
             inner: Box::pin(async move {
+                let _hold = hold;
                 let outcome = outcome(&req).clone();
                 let (parts, body) = req.into_parts();
                 let bytes: Bytes = match body.collect().await {

@@ -130,6 +130,7 @@ pub fn stack(
             limit,
             timeout: app.config.server.body_read_timeout,
             refreshes: app.credential.refreshes(),
+            read_ahead: app.read_ahead.clone(),
         })
         // Quota savings before the slot: a cached answer, or the answer of an
         // identical GET in flight, spends none. A 2xx write evicts entries.

@@ -39,6 +39,7 @@ pub(super) struct ConnPolicy {
     limits: Arc<ConnLimits>,
     header_timeout: Duration,
     idle_timeout: Duration,
+    max_concurrent_streams: u32,
 }
 
 impl ConnPolicy {
@@ -48,6 +49,7 @@ impl ConnPolicy {
             limits: ConnLimits::new(s.max_connections, s.max_connections_per_ip, metrics.clone()),
             header_timeout: s.header_read_timeout,
             idle_timeout: s.idle_timeout,
+            max_concurrent_streams: s.max_concurrent_streams,
         }
     }
 }
@@ -59,7 +61,7 @@ struct Protocols {
 }
 
 impl Protocols {
-    fn new() -> Arc<Self> {
+    fn new(max_concurrent_streams: u32) -> Arc<Self> {
         let mut h1 = http1::Builder::new();
         // The watchdog in `conn` holds the first request head to
         // header_read_timeout, and a connection with no request in flight
@@ -68,7 +70,8 @@ impl Protocols {
         // would arm a timer and allocate on every request: off.
         h1.header_read_timeout(None);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
-        h2.timer(TokioTimer::new());
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(max_concurrent_streams);
         Arc::new(Self { h1, h2 })
     }
 }
@@ -89,7 +92,7 @@ where
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let drain = Drain::new();
-    let protocols = Protocols::new();
+    let protocols = Protocols::new(policy.max_concurrent_streams);
     loop {
         let accepted = tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
@@ -127,6 +130,9 @@ where
         // (4.0 KB per connection's task; 1.6 KB now).
         match tls.clone() {
             None => watched.spawn(Cleartext::new(stream, move |stream, h2| {
+                if h2 {
+                    activity.set_h2();
+                }
                 let io = TokioIo::new(ActiveIo::new(stream, activity));
                 if h2 {
                     // Rare: boxed, so HTTP/1 connections do not carry its size.
@@ -146,6 +152,9 @@ where
                 };
                 // Over TLS, HTTP/2 is chosen by ALPN only (RFC 9113 §3.2).
                 let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                if h2 {
+                    tls_stream.get_ref().0.activity().set_h2();
+                }
                 let io = TokioIo::new(tls_stream);
                 if h2 {
                     watcher.watch(p.h2.serve_connection(io, service)).await
