@@ -161,3 +161,34 @@ async fn idle_counts_from_the_end_of_the_last_call() {
     );
     proxy.shutdown().await;
 }
+
+/// An HTTP/2 upstream that closes each connection after 5 requests (a
+/// GOAWAY, as nginx's `keepalive_requests` does): the requests it refused
+/// unprocessed go again on a new connection, none fails, none is counted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_goaway_loses_no_call_and_spends_no_extra_slot() {
+    let up = MockUpstream::start().await;
+    up.state
+        .requests_per_conn
+        .store(5, std::sync::atomic::Ordering::SeqCst);
+    let proxy = proxy_with_server(&up, "", "").await;
+    let c = support::client();
+    let mut statuses = Vec::new();
+    for round in 0..20 {
+        let calls: Vec<_> = (0..10)
+            .map(|i| {
+                let (c, url) = (c.clone(), proxy.url(&format!("/v1/ga/{round}/{i}")));
+                tokio::spawn(async move { support::get(&c, &url).await.status })
+            })
+            .collect();
+        for call in calls {
+            statuses.push(call.await.unwrap());
+        }
+    }
+    let failed = statuses.iter().filter(|s| **s != StatusCode::OK).count();
+    assert_eq!(failed, 0, "{failed} of 200 calls failed");
+    assert_eq!(up.arrivals("/v1/ga/").len(), 200, "arrivals equal answers");
+    let q = support::get(&c, &proxy.admin_url("/quota")).await.json();
+    assert_eq!(q["windows"][0]["used"], 200, "one slot per call: {q}");
+    proxy.shutdown().await;
+}

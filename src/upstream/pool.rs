@@ -51,13 +51,19 @@ struct Origin {
     authority: Authority,
     host: HeaderValue,
     idle: Mutex<Vec<(http1::SendRequest<Body>, Instant)>>,
-    h2: Mutex<Option<http2::SendRequest<Body>>>,
+    /// The HTTP/2 connection, numbered so a call can drop exactly the one
+    /// that refused it (a GOAWAY'd connection takes no new requests).
+    h2: Mutex<Option<(u64, http2::SendRequest<Body>)>>,
+    h2_made: std::sync::atomic::AtomicU64,
 }
 
 enum Conn {
     H1(http1::SendRequest<Body>),
-    H2(http2::SendRequest<Body>),
+    H2(u64, http2::SendRequest<Body>),
 }
+
+/// How many times a request Dastra refused unprocessed is sent again.
+const REFUSED_RETRIES: u32 = 3;
 
 impl Client {
     pub fn new(tls: rustls::ClientConfig, connect_timeout: Duration) -> Self {
@@ -85,6 +91,7 @@ impl Client {
         let this = self.clone();
         async move {
             let origin = this.origin(req.uri())?;
+            let mut refused = 0;
             loop {
                 let (conn, fresh) = match origin.checkout() {
                     Some(c) => (c, false),
@@ -97,20 +104,46 @@ impl Client {
                     }
                 };
                 match conn {
-                    Conn::H2(mut s) => {
+                    Conn::H2(id, mut s) => {
                         *req.version_mut() = Version::HTTP_2;
-                        return match s.try_send_request(req).await {
-                            Ok(resp) => Ok(resp.map(Body::new)),
-                            Err(mut e) => match e.take_message() {
-                                // Not sent: this connection is gone; try another.
-                                Some(back) if !fresh => {
-                                    *lock(&origin.h2) = None;
-                                    req = back;
-                                    continue;
-                                }
-                                _ => Err(failed(&origin, e.error())),
-                            },
+                        // A bodiless request can go again if Dastra refuses it
+                        // unprocessed (RFC 9113 §8.7); its head is kept for that.
+                        let again =
+                            hyper::body::Body::is_end_stream(req.body()).then(|| head_of(&req));
+                        let mut e = match s.try_send_request(req).await {
+                            Ok(resp) => return Ok(resp.map(Body::new)),
+                            Err(e) => e,
                         };
+                        match e.take_message() {
+                            // Not sent: this connection is gone; try another.
+                            Some(back) if !fresh => {
+                                origin.drop_h2(id);
+                                req = back;
+                                continue;
+                            }
+                            Some(_) => return Err(failed(&origin, e.error())),
+                            None => {}
+                        }
+                        if !unprocessed(e.error()) {
+                            return Err(failed(&origin, e.error()));
+                        }
+                        origin.drop_h2(id);
+                        match again {
+                            Some(r) if refused < REFUSED_RETRIES => {
+                                refused += 1;
+                                req = r;
+                                continue;
+                            }
+                            // Never processed: a refund, not a spent call.
+                            _ => {
+                                return Err(CallError::NotConnected(format!(
+                                    "{}://{} refused the request unprocessed: {}",
+                                    origin.scheme,
+                                    origin.authority,
+                                    error_chain(e.error())
+                                )))
+                            }
+                        }
                     }
                     Conn::H1(mut s) => {
                         if !s.is_ready() {
@@ -170,6 +203,7 @@ impl Client {
                 .unwrap_or_else(|_| HeaderValue::from_static("")),
             idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
+            h2_made: Default::default(),
         });
         all.push(o.clone());
         Ok(o)
@@ -221,8 +255,11 @@ impl Client {
                 tokio::spawn(async move {
                     let _ = conn.await;
                 });
-                *lock(&origin.h2) = Some(send.clone());
-                Ok(Conn::H2(send))
+                let id = origin
+                    .h2_made
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                *lock(&origin.h2) = Some((id, send.clone()));
+                Ok(Conn::H2(id, send))
             } else {
                 handshake_h1(io).await.map_err(|e| not("handshake", &e))
             }
@@ -254,9 +291,9 @@ impl Origin {
     /// The HTTP/2 connection if one is open, else the most recently used
     /// idle HTTP/1.1 connection that is still open and fresh.
     fn checkout(&self) -> Option<Conn> {
-        if let Some(s) = lock(&self.h2).as_ref() {
+        if let Some((id, s)) = lock(&self.h2).as_ref() {
             if !s.is_closed() {
-                return Some(Conn::H2(s.clone()));
+                return Some(Conn::H2(*id, s.clone()));
             }
         }
         let now = Instant::now();
@@ -269,6 +306,14 @@ impl Origin {
         None
     }
 
+    /// Forgets HTTP/2 connection `id` (not a newer one made meanwhile).
+    fn drop_h2(&self, id: u64) {
+        let mut h2 = lock(&self.h2);
+        if h2.as_ref().is_some_and(|(current, _)| *current == id) {
+            *h2 = None;
+        }
+    }
+
     /// Kept unless closed: right after a body's last frame the connection
     /// may not say it is ready yet; `ready()` at checkout waits for that.
     fn give_back(&self, s: http1::SendRequest<Body>) {
@@ -279,6 +324,31 @@ impl Origin {
             }
         }
     }
+}
+
+/// Whether an HTTP/2 request failed without Dastra processing it: above a
+/// GOAWAY's last stream id, or reset with REFUSED_STREAM (RFC 9113 §8.7).
+/// Anything else may have been processed and is never sent again.
+fn unprocessed(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.is_remote()
+                && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM));
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// A bodiless request's head, to send again.
+fn head_of(req: &Request<Body>) -> Request<Body> {
+    let mut r = Request::new(Body::empty());
+    *r.method_mut() = req.method().clone();
+    *r.uri_mut() = req.uri().clone();
+    *r.version_mut() = req.version();
+    *r.headers_mut() = req.headers().clone();
+    r
 }
 
 /// HTTP/1.1 wants the path on the request line and the origin in `Host`.

@@ -42,6 +42,9 @@ pub struct MockState {
     pub token_expires_in: AtomicU64,
     pub revoked: Mutex<HashSet<String>>,
     pub in_flight: AtomicUsize,
+    /// After this many requests a connection is shut down gracefully (an
+    /// HTTP/2 GOAWAY, like nginx's `keepalive_requests`); 0: never.
+    pub requests_per_conn: AtomicUsize,
 }
 
 pub struct MockUpstream {
@@ -96,13 +99,27 @@ impl MockUpstream {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
+                    let served = Arc::new(AtomicUsize::new(0));
+                    let enough = Arc::new(tokio::sync::Notify::new());
+                    let (count, notify) = (served.clone(), enough.clone());
+                    let limit = st.requests_per_conn.load(Ordering::SeqCst);
                     let svc = hyper::service::service_fn(move |req| {
                         let st = st.clone();
+                        if count.fetch_add(1, Ordering::SeqCst) + 1 == limit {
+                            notify.notify_one();
+                        }
                         async move { Ok::<_, Infallible>(handle(st, addr, req).await) }
                     });
-                    let _ = Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
+                    let builder = Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection(TokioIo::new(tls), svc);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = enough.notified() => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
                 });
             }
         });
