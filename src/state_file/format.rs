@@ -1,10 +1,12 @@
-//! The file's layout: a 64-byte header (magic, slot count, pid, checksum),
-//! then fixed 40-byte records (key, seq, reserved, landed, checksum).
+//! The file's layout: a 64-byte header (magic, slot count, pid, checksum;
+//! then the boot the times are on, the wall clock minus that boot's clock,
+//! checksum), then fixed 40-byte records (key, seq, reserved, landed,
+//! checksum). A 0.2 file has zeros where the boot goes: its times are wall
+//! clock, as they were then.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt as _;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::StateError;
 
@@ -72,20 +74,33 @@ fn checksum(b: &[u8]) -> u64 {
     })
 }
 
-pub(super) fn nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(1, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1))
-        .max(1)
+/// What the header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) struct Header {
+    pub(super) slots: u64,
+    /// The process that last opened the file.
+    pub(super) pid: u64,
+    /// The boot whose `CLOCK_BOOTTIME` the times are on; zero: wall clock.
+    pub(super) boot: [u8; 16],
+    /// Wall-clock nanoseconds minus boot-clock nanoseconds when written:
+    /// turns the times into wall clock after a reboot.
+    pub(super) offset: i64,
 }
 
-pub(super) fn header(slots: u64) -> [u8; HEADER as usize] {
-    let mut h = [0u8; HEADER as usize];
-    h[..8].copy_from_slice(MAGIC);
-    h[8..16].copy_from_slice(&slots.to_le_bytes());
-    h[16..24].copy_from_slice(&u64::from(std::process::id()).to_le_bytes());
-    let check = checksum(&h[..24]);
-    h[24..32].copy_from_slice(&check.to_le_bytes());
-    h
+pub(super) fn header(h: &Header) -> [u8; HEADER as usize] {
+    let mut b = [0u8; HEADER as usize];
+    b[..8].copy_from_slice(MAGIC);
+    b[8..16].copy_from_slice(&h.slots.to_le_bytes());
+    b[16..24].copy_from_slice(&h.pid.to_le_bytes());
+    let check = checksum(&b[..24]);
+    b[24..32].copy_from_slice(&check.to_le_bytes());
+    if h.boot != [0; 16] {
+        b[32..48].copy_from_slice(&h.boot);
+        b[48..56].copy_from_slice(&h.offset.to_le_bytes());
+        let check = checksum(&b[32..56]);
+        b[56..64].copy_from_slice(&check.to_le_bytes());
+    }
+    b
 }
 
 pub(super) fn read_pid(file: &mut File) -> u64 {
@@ -96,15 +111,15 @@ pub(super) fn read_pid(file: &mut File) -> u64 {
     }
 }
 
-/// The header's `(slots, pid)` and every record in use; an empty file is a new one.
-pub(super) fn parse(path: &Path, b: &[u8]) -> Result<((u64, u64), Vec<Rec>), StateError> {
+/// The header and every record in use; an empty file is a new one.
+pub(super) fn parse(path: &Path, b: &[u8]) -> Result<(Header, Vec<Rec>), StateError> {
     let corrupt = |offset: u64, reason: String| StateError::Corrupt {
         path: path.to_owned(),
         offset,
         reason,
     };
     if b.is_empty() {
-        return Ok(((0, 0), Vec::new()));
+        return Ok((Header::default(), Vec::new()));
     }
     if b.len() < HEADER as usize || &b[..8] != MAGIC {
         return Err(corrupt(0, "not a dastra-proxy state file".into()));
@@ -114,6 +129,15 @@ pub(super) fn parse(path: &Path, b: &[u8]) -> Result<((u64, u64), Vec<Rec>), Sta
         return Err(corrupt(0, "header checksum mismatch".into()));
     }
     let (slots, pid) = (u(8), u(16));
+    let mut boot = [0u8; 16];
+    let mut offset = 0;
+    if b[32..64].iter().any(|x| *x != 0) {
+        if u(56) != checksum(&b[32..56]) {
+            return Err(corrupt(32, "header checksum mismatch (boot clock)".into()));
+        }
+        boot.copy_from_slice(&b[32..48]);
+        offset = u(48) as i64;
+    }
     let expected = slots
         .checked_mul(RECORD)
         .and_then(|n| n.checked_add(HEADER))
@@ -136,5 +160,13 @@ pub(super) fn parse(path: &Path, b: &[u8]) -> Result<((u64, u64), Vec<Rec>), Sta
             out.push(r);
         }
     }
-    Ok(((slots, pid), out))
+    Ok((
+        Header {
+            slots,
+            pid,
+            boot,
+            offset,
+        },
+        out,
+    ))
 }

@@ -18,9 +18,12 @@
 //! next process counts that send as landed when it finds it, later than it
 //! was, which only over-counts. Writes go to the page cache, which survives
 //! the process; `fsync` runs at most once a second from the same thread, so a
-//! power loss may forget up to the last second of sends. An exclusive `flock` keeps a second process
-//! off the file. Times are wall-clock nanoseconds: a new process has no other
-//! clock in common with the old one.
+//! power loss may forget up to the last second of sends. An exclusive `flock`
+//! keeps a second process off the file, and a lock on its path ([`pathlock`])
+//! off the path even once the file was moved or deleted. Times are on the
+//! boot's clock ([`clock`]): within one boot a wall-clock step cannot make
+//! old sends look older; only across a reboot do they fall back to the wall
+//! clock, the one clock two boots share.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read as _;
@@ -28,11 +31,13 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use format::{header, nanos, parse, read_pid, Rec, HEADER, RECORD, RELEASED, UNANSWERED};
+use format::{header, parse, read_pid, Header, Rec, HEADER, RECORD, RELEASED, UNANSWERED};
 
+mod clock;
 mod format;
+mod pathlock;
 #[cfg(test)]
 mod tests;
 
@@ -51,6 +56,10 @@ pub enum StateError {
     },
     #[error("store.state_file {}: in use by another dastra-proxy (pid {pid}); one file per process", path.display())]
     Locked { path: PathBuf, pid: u64 },
+    /// Another process holds the path, though the file there is not its own
+    /// (it was moved or deleted under it).
+    #[error("store.state_file {}: the path is in use by another dastra-proxy (its file was moved or deleted); one file per process", path.display())]
+    PathLocked { path: PathBuf },
     #[error("store.state_file {}: corrupt at byte offset {offset}: {reason}", path.display())]
     Corrupt {
         path: PathBuf,
@@ -108,6 +117,9 @@ struct Ring {
 pub struct StateFile {
     path: PathBuf,
     file: File,
+    _path_lock: Option<pathlock::PathLock>,
+    /// Times are on the boot clock (the kernel names its boot).
+    boot_clock: bool,
     ring: Mutex<Ring>,
     dirty: AtomicBool,
 }
@@ -137,10 +149,28 @@ impl StateFile {
                 std::fs::TryLockError::Error(e) => io(e),
             });
         }
+        // After the `flock`: a holder of this very file is named by its pid.
+        let path_lock = pathlock::PathLock::acquire(path).map_err(|_| StateError::PathLocked {
+            path: path.to_owned(),
+        })?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(io)?;
-        let records = parse(path, &bytes)?.1;
-        let now = nanos(SystemTime::now());
+        let (old, records) = parse(path, &bytes)?;
+        let boot = clock::boot_id();
+        let boot_clock = boot != [0; 16];
+        let (now_boot, now_wall) = (clock::boot_nanos(), clock::wall_nanos());
+        let now = if boot_clock { now_boot } else { now_wall };
+        // How long ago a time of the old file was, on the clock it was read on.
+        let age = |t: u64| -> Duration {
+            let ago = if boot_clock && old.boot == boot {
+                now_boot.saturating_sub(t)
+            } else if old.boot != [0; 16] {
+                now_wall.saturating_sub(t.saturating_add_signed(old.offset))
+            } else {
+                now_wall.saturating_sub(t)
+            };
+            Duration::from_nanos(ago)
+        };
         // Records written ahead take up to a batch of slots beyond the
         // `slots` newest sends the ring must keep.
         let slots = slots.max(1) + BATCH;
@@ -152,9 +182,14 @@ impl StateFile {
             if r.landed == RELEASED {
                 continue;
             }
-            if r.landed == UNANSWERED {
-                r.landed = now;
-            }
+            // On this process's clock from here on; unanswered: landed now.
+            let ago = if r.landed == UNANSWERED {
+                Duration::ZERO
+            } else {
+                age(r.landed)
+            };
+            r.landed = now.saturating_sub(ago.as_nanos() as u64).max(1);
+            r.reserved = r.landed;
             let slot = &mut mirror[(r.seq % slots) as usize];
             if r.seq > slot.seq {
                 *slot = r;
@@ -165,7 +200,12 @@ impl StateFile {
             restored.sends.push((r.key, age));
         }
         let mut out = vec![0u8; (HEADER + slots * RECORD) as usize];
-        out[..HEADER as usize].copy_from_slice(&header(slots));
+        out[..HEADER as usize].copy_from_slice(&header(&Header {
+            slots,
+            pid: u64::from(std::process::id()),
+            boot: if boot_clock { boot } else { [0; 16] },
+            offset: now_wall.wrapping_sub(now_boot) as i64,
+        }));
         for (i, r) in mirror.iter().enumerate() {
             let at = (HEADER + i as u64 * RECORD) as usize;
             out[at..at + RECORD as usize].copy_from_slice(&r.encode());
@@ -176,6 +216,8 @@ impl StateFile {
         let me = Arc::new(Self {
             path: path.to_owned(),
             file,
+            _path_lock: path_lock,
+            boot_clock,
             ring: Mutex::new(Ring {
                 slots,
                 next_seq,
@@ -186,7 +228,7 @@ impl StateFile {
             }),
             dirty: AtomicBool::new(false),
         });
-        spawn_syncer(Arc::downgrade(&me));
+        spawn_syncer(Arc::downgrade(&me)).map_err(io)?;
         Ok((me, restored))
     }
 
@@ -202,7 +244,7 @@ impl StateFile {
                 })
             }
         };
-        let ((slots, pid), records) = parse(path, &bytes)?;
+        let (Header { slots, pid, .. }, records) = parse(path, &bytes)?;
         Ok(Some(Summary {
             slots,
             pid,
@@ -219,7 +261,7 @@ impl StateFile {
         let rec = Rec {
             key,
             seq,
-            reserved: nanos(SystemTime::now()),
+            reserved: self.now(),
             landed: UNANSWERED,
         };
         let slot = seq % ring.slots;
@@ -258,7 +300,7 @@ impl StateFile {
 
     /// The answer's head arrived: the send ages from now.
     pub fn land(&self, seq: u64) -> Result<(), StateError> {
-        self.finish(seq, nanos(SystemTime::now()))
+        self.finish(seq, self.now())
     }
 
     /// The send never reached Dastra: it no longer counts.
@@ -326,6 +368,15 @@ impl StateFile {
         self.sync();
     }
 
+    /// A send's time on the file's clock.
+    fn now(&self) -> u64 {
+        if self.boot_clock {
+            clock::boot_nanos()
+        } else {
+            clock::wall_nanos()
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
         self.ring.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -359,7 +410,7 @@ impl Drop for StateFile {
 
 /// Writes landings and forces dirty pages to disk at most once a second,
 /// while the file is open.
-fn spawn_syncer(file: Weak<StateFile>) {
+fn spawn_syncer(file: Weak<StateFile>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("state-file-sync".into())
         .spawn(move || loop {
@@ -369,5 +420,5 @@ fn spawn_syncer(file: Weak<StateFile>) {
                 None => return,
             }
         })
-        .expect("a thread can be spawned at start-up");
+        .map(drop)
 }

@@ -167,3 +167,101 @@ fn other_keys_get_records_of_their_own() {
     let (_, mut r) = StateFile::open(&p, 64).unwrap();
     assert_eq!((r.take(1).len(), r.take(2).len()), (1, 1));
 }
+
+#[test]
+fn a_second_opener_is_refused_after_the_file_was_moved_or_deleted() {
+    let (dir, p) = path();
+    let (_held, _) = StateFile::open(&p, 4).unwrap();
+    std::fs::rename(&p, dir.path().join("moved.state")).unwrap();
+    let err = StateFile::open(&p, 4).unwrap_err();
+    assert!(matches!(err, StateError::PathLocked { .. }), "{err}");
+    assert!(err.to_string().contains(&p.display().to_string()));
+    std::fs::remove_file(dir.path().join("moved.state")).unwrap();
+    assert!(matches!(
+        StateFile::open(&p, 4).unwrap_err(),
+        StateError::PathLocked { .. }
+    ));
+    // Another path in the same directory is free.
+    assert!(StateFile::open(&dir.path().join("other.state"), 4).is_ok());
+}
+
+/// A file written with times on this boot's clock, whose wall-clock offset
+/// says the wall clock then was a day ahead: a wall clock that stepped back
+/// since. Within one boot the boot clock decides, so a send that landed a
+/// moment ago is restored as a moment ago, not a day ago.
+#[test]
+fn within_one_boot_restored_ages_ignore_wall_clock_steps() {
+    let (_dir, p) = path();
+    {
+        let (f, _) = StateFile::open(&p, 4).unwrap();
+        let s = f.reserve(0).unwrap();
+        f.land(s).unwrap();
+    }
+    let mut bytes = std::fs::read(&p).unwrap();
+    let (mut h, _) = format::parse(&p, &bytes).unwrap();
+    assert_eq!(h.boot, clock::boot_id(), "the file names this boot");
+    h.offset += 86_400 * 1_000_000_000;
+    bytes[..HEADER as usize].copy_from_slice(&format::header(&h));
+    std::fs::write(&p, &bytes).unwrap();
+    let (_, mut restored) = StateFile::open(&p, 4).unwrap();
+    let ages = restored.take(0);
+    assert_eq!(ages.len(), 1);
+    assert!(
+        ages[0] < Duration::from_secs(5),
+        "restored as {:?} old",
+        ages[0]
+    );
+}
+
+/// Another boot: the times go back to the wall clock through the offset
+/// the file recorded, so a send a minute old on the wall clock is a minute old.
+#[test]
+fn after_a_reboot_restored_ages_come_from_the_wall_clock() {
+    let (_dir, p) = path();
+    {
+        let (f, _) = StateFile::open(&p, 4).unwrap();
+        let s = f.reserve(0).unwrap();
+        f.land(s).unwrap();
+    }
+    let mut bytes = std::fs::read(&p).unwrap();
+    let (mut h, _) = format::parse(&p, &bytes).unwrap();
+    h.boot = [7; 16];
+    h.offset -= 60 * 1_000_000_000;
+    bytes[..HEADER as usize].copy_from_slice(&format::header(&h));
+    std::fs::write(&p, &bytes).unwrap();
+    let (_, mut restored) = StateFile::open(&p, 4).unwrap();
+    let age = restored.take(0)[0];
+    assert!(
+        age >= Duration::from_secs(60) && age < Duration::from_secs(65),
+        "{age:?}"
+    );
+}
+
+/// A 0.2 file (no boot in its header, wall-clock times) still opens.
+#[test]
+fn a_file_of_the_previous_release_still_opens() {
+    let (_dir, p) = path();
+    let now = clock::wall_nanos();
+    let h = Header {
+        slots: 2,
+        pid: 1,
+        ..Header::default()
+    };
+    let mut bytes = format::header(&h).to_vec();
+    assert!(bytes[32..].iter().all(|b| *b == 0));
+    let rec = Rec {
+        key: 0,
+        seq: 1,
+        reserved: now - 3_000_000_000,
+        landed: now - 2_000_000_000,
+    };
+    bytes.extend_from_slice(&rec.encode());
+    bytes.extend_from_slice(&[0; RECORD as usize]);
+    std::fs::write(&p, &bytes).unwrap();
+    let (_, mut restored) = StateFile::open(&p, 2).unwrap();
+    let age = restored.take(0)[0];
+    assert!(
+        age >= Duration::from_secs(2) && age < Duration::from_secs(4),
+        "{age:?}"
+    );
+}
