@@ -90,3 +90,24 @@ fn no_source_file_grows_past_450_lines() {
         );
     }
 }
+
+/// The figures the README gives for the code's constants are the code's.
+#[test]
+fn the_readme_states_the_codes_constants() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let settle = dastra_proxy::store::SETTLE.as_millis();
+    let heartbeat = dastra_proxy::store::HEARTBEAT.as_millis();
+    for says in [
+        format!("for {settle} ms (`SETTLE`)"),
+        format!("{settle} ms settle once"),
+        format!("every {heartbeat} ms while it has any"),
+        format!("A replica asks Redis about a quota key every {heartbeat} ms"),
+    ] {
+        assert!(readme.contains(&says), "README does not say {says:?}");
+    }
+    assert!(
+        !readme.contains("1 s (`SETTLE`)") && !readme.contains("1 s settle"),
+        "a stale settle figure"
+    );
+}

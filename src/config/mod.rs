@@ -7,6 +7,7 @@
 
 mod cache;
 mod clients;
+mod credential;
 mod describe;
 mod error;
 mod raw;
