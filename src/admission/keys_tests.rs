@@ -76,7 +76,7 @@ async fn a_key_with_sends_in_its_window_is_never_forgotten_while_the_map_is_full
     assert!(q.get(c, None).is_ok());
     assert_eq!(q.all().len(), 2);
     assert!(
-        matches!(q.get(a, None).unwrap().acquire(&caller()).await, Ok(_)),
+        q.get(a, None).unwrap().acquire(&caller()).await.is_ok(),
         "`a` kept, its 1.1 s send still counted below the 3 in 4 s"
     );
 }

@@ -57,6 +57,9 @@ pub const SETTLE: Duration = Duration::from_millis(600);
 /// How often a replica with sends in a window asks whether Redis lost them.
 pub const HEARTBEAT: Duration = Duration::from_millis(200);
 
+/// Per window, as a reply showed it: sends counted, µs until the oldest leaves.
+type Counts = Vec<(u32, u64)>;
+
 /// One quota key's windows in Redis, as this replica uses them.
 #[derive(Debug)]
 pub struct RedisStore {
@@ -71,7 +74,7 @@ pub struct RedisStore {
     epoch: Mutex<String>,
     sends: Mutex<Sends>,
     /// The windows as the latest reply showed them: (when, [(used, frees_us)]).
-    last: Mutex<Option<(Instant, Vec<(u32, u64)>)>>,
+    last: Mutex<Option<(Instant, Counts)>>,
     /// The highest decision counter Redis answered in this epoch: a lower
     /// one later means Redis went back in time (see `window.lua`).
     seen: Mutex<u64>,
