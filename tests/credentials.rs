@@ -194,6 +194,47 @@ async fn oauth2_upstream_401_refreshes_and_retries_once() {
     up.state.revoked.lock().unwrap().insert("tok-3".into());
     let r = get(&c, &proxy.url("/v1/twice")).await;
     assert_eq!(r.status, 401, "only one retry: the second 401 is passed on");
+    let tries: Vec<_> = up
+        .log()
+        .into_iter()
+        .filter(|r| r.target == "/v1/twice")
+        .collect();
+    assert_eq!(tries.len(), 2, "the bodiless GET was retried once");
+    assert_eq!(tries[0].headers["authorization"], "Bearer tok-2");
+    assert_eq!(tries[1].headers["authorization"], "Bearer tok-3");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn oauth2_a_bodiless_call_meeting_a_revoked_token_is_retried_once() {
+    let up = MockUpstream::start().await;
+    let proxy = proxy_with(&up, &oauth2_section(&up), "").await;
+    let c = client();
+    assert_eq!(get(&c, &proxy.url("/v1/warm")).await.status, 200);
+    up.state.revoked.lock().unwrap().insert("tok-1".into());
+    for (method, path) in [(Method::GET, "/v1/get"), (Method::DELETE, "/v1/delete")] {
+        let r = send(&c, method, &proxy.url(path), &[], Body::empty()).await;
+        assert_eq!(r.status, 200, "{path}: retried with a fresh token");
+    }
+    let get_tries = up.arrivals("/v1/get").len();
+    assert_eq!(get_tries, 2, "one 401, one retry");
+    assert_eq!(
+        up.arrivals("/v1/delete").len(),
+        1,
+        "the fresh token works at once"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn oauth2_a_401_to_a_token_fetched_for_this_call_is_not_retried() {
+    let up = MockUpstream::start().await;
+    up.state.revoked.lock().unwrap().insert("tok-1".into());
+    let proxy = proxy_with(&up, &oauth2_section(&up), "").await;
+    let r = get(&client(), &proxy.url("/v1/first")).await;
+    assert_eq!(r.status, 401, "the token is not the problem: passed on");
+    assert_eq!(up.arrivals("/v1/first").len(), 1);
+    assert_eq!(up.state.token_calls.load(Ordering::SeqCst), 1);
     proxy.shutdown().await;
 }
 

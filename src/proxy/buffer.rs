@@ -2,8 +2,10 @@
 //! whole *before* the call queues for quota. A stalled or slow upload then
 //! spends nothing and holds no slot while it trickles in (it is cut after
 //! `body_read_timeout`), and the call can be sent again: with OAuth2, a 401
-//! to a token Dastra no longer takes is retried once with a fresh token. It
-//! sits outside admission, so that retry takes its own quota slot.
+//! to a token Dastra no longer takes is retried once with a fresh token —
+//! for such a call and for a bodiless one (any method: a 401 means Dastra
+//! did not process it), never for a call whose token was fetched for it.
+//! It sits outside admission, so that retry takes its own quota slot.
 //!
 //! Larger bodies, and bodies without a length, stream once, after admission.
 
@@ -73,12 +75,18 @@ where
             .size_hint()
             .exact()
             .filter(|n| *n > 0 && *n <= SMALL_BODY);
-        let Some(len) = small else {
+        // With OAuth2 a bodiless call can be sent again after a 401 too.
+        let bodiless = self.cfg.refreshes && req.body().is_end_stream();
+        let len = match small {
+            Some(n) => n,
+            None if bodiless => 0,
             // Nothing to read ahead (empty, large or of unknown length). The
             // common GET goes through without an async stage of its own.
-            return MaybeBoxed::Direct {
-                inner: self.inner.call(req),
-            };
+            None => {
+                return MaybeBoxed::Direct {
+                    inner: self.inner.call(req),
+                }
+            }
         };
         // Held until the call ends: the bytes live as long as a retry may need them.
         let hold = match self.cfg.read_ahead.take(len) {
