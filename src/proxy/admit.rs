@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use axum::body::Body;
 use http::{Request, Response, StatusCode};
 use tokio::time::Instant;
-use tower::Service;
+use tower::{Service, ServiceExt as _};
 
 use super::check::CheckFuture;
 use super::headers::{add_ratelimit_fields, retry_after};
@@ -101,7 +101,7 @@ where
             crate::head::detach(&mut req);
         }
         let passthrough = app.credential.is_passthrough();
-        let mut inner = self.inner.clone();
+        let mut inner = super::take_ready(&mut self.inner);
         CheckFuture::Inner {
             inner: Box::pin(async move {
                 let permit = match now {
@@ -117,7 +117,11 @@ where
                         .observe(waited.as_secs_f64());
                 }
                 let sent = permit.sent();
-                let result = inner.call(req).await;
+                // After a wait in the queue: ready again first.
+                let result = match inner.ready().await {
+                    Ok(ready) => ready.call(req).await,
+                    Err(e) => Err(e),
+                };
                 match &result {
                     Ok(_) => sent.landed(),
                     Err(

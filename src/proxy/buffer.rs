@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
-use tower::{Layer, Service};
+use tower::{Layer, Service, ServiceExt as _};
 
 use super::stages::outcome;
 use super::MaybeBoxed;
@@ -93,7 +93,7 @@ where
             Ok(h) => h,
             Err(e) => return MaybeBoxed::boxed(std::future::ready(Err(e.into()))),
         };
-        let mut inner = self.inner.clone();
+        let mut inner = super::take_ready(&mut self.inner);
         let cfg = self.cfg.clone();
         MaybeBoxed::Boxed {
             inner: Box::pin(async move {
@@ -119,7 +119,8 @@ where
                     *r.extensions_mut() = parts.extensions.clone();
                     r
                 };
-                let resp = inner.call(again(&parts)).await?;
+                // The body was read first: ready again before calling.
+                let resp = inner.ready().await?.call(again(&parts)).await?;
                 let retry = cfg.refreshes
                     && resp.status() == StatusCode::UNAUTHORIZED
                     && !std::mem::take(&mut outcome.lock().token_fresh);
@@ -127,7 +128,7 @@ where
                     return Ok(resp);
                 }
                 tracing::info!("upstream answered 401; retrying once with a fresh token");
-                inner.call(again(&parts)).await
+                inner.ready().await?.call(again(&parts)).await
             }),
         }
     }

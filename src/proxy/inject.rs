@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 
 use axum::body::Body;
 use http::{header, Request, Response, StatusCode};
-use tower::Service;
+use tower::{Service, ServiceExt as _};
 
 use super::layer::AppStage;
 use super::stages::outcome;
@@ -44,7 +44,7 @@ where
         // A token may have to be fetched first (see `head`).
         crate::head::detach(&mut req);
         let app = self.app.clone();
-        let mut inner = self.inner.clone();
+        let mut inner = super::take_ready(&mut self.inner);
         MaybeBoxed::boxed(async move {
             let fresh = app.credential.inject(req.headers_mut()).await?;
             let outcome = outcome(&req).clone();
@@ -53,7 +53,8 @@ where
             let used = refreshes
                 .then(|| req.headers().get(header::AUTHORIZATION).cloned())
                 .flatten();
-            let resp = inner.call(req).await?;
+            // The token fetch may have taken a while: ready again first.
+            let resp = inner.ready().await?.call(req).await?;
             // A token fetched for this very call that meets a 401 is not the
             // problem: dropping it would only make every call fetch another.
             if refreshes && !fresh && resp.status() == StatusCode::UNAUTHORIZED {

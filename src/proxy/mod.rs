@@ -50,6 +50,15 @@ pin_project_lite::pin_project! {
     }
 }
 
+/// The service that was polled ready for this call, leaving a clone in its
+/// place (tower's idiom: a clone is not ready because the original was). A
+/// stage that calls later (after a wait) or again asks `ready()` first, so a
+/// stock layer inside the stack (a timeout, a concurrency limit) holds.
+pub(crate) fn take_ready<S: Clone>(s: &mut S) -> S {
+    let fresh = s.clone();
+    std::mem::replace(s, fresh)
+}
+
 impl<F> MaybeBoxed<F> {
     pub(crate) fn boxed(
         f: impl Future<Output = Result<Response<Body>, ProxyError>> + Send + 'static,

@@ -15,7 +15,7 @@ use futures_util::StreamExt as _;
 use http::{header, HeaderName, HeaderValue, Method, Request, Response};
 use http_body_util::BodyExt as _;
 use tokio::time::Instant;
-use tower::Service;
+use tower::{Service, ServiceExt as _};
 
 use super::layer::AppStage;
 use super::{MaybeBoxed, StageFuture};
@@ -64,7 +64,7 @@ where
                     inner: self.inner.call(req),
                 };
             }
-            let mut inner = self.inner.clone();
+            let mut inner = super::take_ready(&mut self.inner);
             let path = req.uri().path().to_owned();
             return MaybeBoxed::boxed(async move {
                 let resp = inner.call(req).await?;
@@ -143,7 +143,7 @@ where
             Join::Follow(follower) => {
                 // It waits for the leader's answer (see `head`).
                 crate::head::detach(&mut req);
-                let mut inner = self.inner.clone();
+                let mut inner = super::take_ready(&mut self.inner);
                 MaybeBoxed::boxed(async move {
                     let landing = follower.landing().await;
                     drop(follower);
@@ -159,7 +159,7 @@ where
                         Landing::Failed(e) => Err(ProxyError::Shared(e)),
                         // Too large to share, or the lead broke off: a call of its own.
                         Landing::Own => {
-                            let mut resp = inner.call(req).await?;
+                            let mut resp = inner.ready().await?.call(req).await?;
                             set_status(&mut resp, "dastra-proxy; fwd=uri-miss");
                             Ok(resp)
                         }
