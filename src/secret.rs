@@ -35,6 +35,22 @@ impl SecretEnv {
         }
     }
 
+    /// Every variable whose name starts with `prefix` (names and values
+    /// that are not Unicode are skipped).
+    pub fn vars_with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        match &self.fixed {
+            Some(map) => map
+                .iter()
+                .filter(|(k, _)| k.starts_with(prefix))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            None => std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .filter(|(k, _)| k.starts_with(prefix))
+                .collect(),
+        }
+    }
+
     fn var(&self, name: &str) -> Result<String, SecretError> {
         match &self.fixed {
             Some(map) => map

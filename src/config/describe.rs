@@ -33,6 +33,30 @@ fn redact_url(url: &str) -> String {
     }
 }
 
+/// Each line holding a value set from the environment says its variable.
+fn mark_env(text: &str, c: &Config) -> String {
+    if c.from_env.is_empty() {
+        return text.to_owned();
+    }
+    let mut table = String::new();
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        out.push_str(line);
+        let t = line.trim();
+        if t.starts_with('[') {
+            table = t.trim_matches(|ch| ch == '[' || ch == ']').to_owned();
+        } else if let Some((key, _)) = t.split_once(" = ") {
+            let dotted = format!("{table}.{key}");
+            if let Some(e) = c.from_env.iter().find(|e| e.key == dotted) {
+                out.push_str("  # from ");
+                out.push_str(&e.var);
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
 pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     let mut o = String::new();
     let s = &c.server;
@@ -213,7 +237,7 @@ pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         "\n[log]\nformat = \"{format}\"\nlevel = \"{}\"",
         c.log.level
     )?;
-    f.write_str(&o)
+    f.write_str(&mark_env(&o, c))
 }
 
 #[cfg(test)]

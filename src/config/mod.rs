@@ -9,6 +9,7 @@ mod cache;
 mod clients;
 mod credential;
 mod describe;
+mod env;
 mod error;
 mod raw;
 mod types;
@@ -18,6 +19,7 @@ mod validate;
 use std::fmt;
 use std::path::Path;
 
+pub use env::FromEnv;
 pub use error::ConfigError;
 pub use types::*;
 
@@ -53,8 +55,16 @@ impl Config {
     /// Validates config text; `path` is only used in messages and to resolve
     /// relative file names.
     pub fn parse_with(text: &str, path: &Path, env: &SecretEnv) -> Result<Self, ConfigError> {
+        // The file alone first, so its own mistakes are named by line.
         let raw: RawConfig = toml::from_str(text).map_err(|e| parse_error(e, text, path))?;
-        Validator { path, env }.validate(raw)
+        let vars = env.vars_with_prefix(env::PREFIX);
+        if vars.is_empty() {
+            return Validator { path, env }.validate(raw);
+        }
+        let (raw, from_env) = env::apply(text, vars, path)?;
+        let mut config = Validator { path, env }.validate(raw)?;
+        config.from_env = from_env;
+        Ok(config)
     }
 
     /// Human notes that do not make the config invalid, such as windows that

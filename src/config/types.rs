@@ -27,6 +27,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub log: LogConfig,
     pub cache: CacheConfig,
+    /// Keys set from the environment, for `check` to name their variable.
+    pub from_env: Vec<super::env::FromEnv>,
 }
 
 /// Quota savings (SPEC §8): identical GETs in flight share one call, and

@@ -133,6 +133,7 @@ impl Validator<'_> {
             store,
             log,
             cache,
+            from_env: Vec::new(),
         })
     }
 
