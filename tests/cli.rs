@@ -150,7 +150,7 @@ fn hash_key(input: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_in_flight_calls_then_exits_0() {
+async fn sigterm_drains_in_flight_calls_then_exits_0_and_readyz_says_503_meanwhile() {
     let up = MockUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mut proxy = BinProxy::start(dir.path(), &up, "");
@@ -164,6 +164,22 @@ async fn sigterm_drains_in_flight_calls_then_exits_0() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     proxy.signal("TERM");
+    // While it drains, a probe on a new connection reads 503, not a refusal.
+    let probe = client();
+    let admin = format!("http://{}/readyz", proxy.admin);
+    let mut draining = None;
+    for _ in 0..50 {
+        let r = get(&probe, &admin).await;
+        if r.status == 503 {
+            draining = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        draining.is_some(),
+        "/readyz never said 503 during the drain"
+    );
     let r = call.await.unwrap();
     assert_eq!(r.status, 200, "the in-flight call finished");
     let status = tokio::task::spawn_blocking(move || proxy.child.wait().unwrap())

@@ -99,6 +99,9 @@ pub async fn start(config: Config, metrics: Metrics) -> Result<Running, StartErr
     }
     let app = App::new(config, metrics)?;
     let (stop, stop_rx) = watch::channel(false);
+    // The admin listener outlives the drain, so probes read /readyz's 503
+    // (not a refused connection) until the process is about to exit.
+    let (admin_stop, admin_stop_rx) = watch::channel(false);
 
     // The proxy stack is served straight from hyper: through axum's Router
     // (fallback_service) the proxied path measured slower (README, design notes).
@@ -115,7 +118,7 @@ pub async fn start(config: Config, metrics: Metrics) -> Result<Running, StartErr
         admin_listener,
         None,
         ConnPolicy::new(&app.config, &app.metrics),
-        stop_rx.clone(),
+        admin_stop_rx,
         move |conn| with_conn(admin.clone(), conn),
     ));
     app.ready.store(true, Ordering::SeqCst);
@@ -131,7 +134,7 @@ pub async fn start(config: Config, metrics: Metrics) -> Result<Running, StartErr
             "shutting down: draining in-flight and queued calls"
         );
         let deadline = tokio::time::Instant::now() + grace;
-        let (proxy_drain, admin_drain) = (proxy_task.await.ok(), admin_task.await.ok());
+        let proxy_drain = proxy_task.await.ok();
         let drain = async {
             if let Some(d) = proxy_drain {
                 d.shutdown().await;
@@ -143,7 +146,8 @@ pub async fn start(config: Config, metrics: Metrics) -> Result<Running, StartErr
             app2.quotas.close();
             let _ = tokio::time::timeout(Duration::from_secs(2), &mut drain).await;
         }
-        if let Some(d) = admin_drain {
+        let _ = admin_stop.send(true);
+        if let Ok(d) = admin_task.await {
             let _ = tokio::time::timeout(Duration::from_secs(1), d.shutdown()).await;
         }
         tracing::info!("shut down");
