@@ -14,12 +14,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked --bin dastra-proxy \
     && install -D -m 0755 target/release/dastra-proxy /out/dastra-proxy
 # The window log survives restarts in a volume the non-root user can write;
-# the image's config points its state_file there.
-COPY config.toml ./
-RUN install -d -m 0750 -o 65532 -g 65532 /out/state \
-    && sed 's|^state_file = "dastra-proxy.state"|state_file = "/var/lib/dastra-proxy/dastra-proxy.state"|' \
-       config.toml > /out/config.toml \
-    && grep -q '^state_file = "/var/lib/dastra-proxy/dastra-proxy.state"' /out/config.toml
+# the image's own config (deploy/container.toml) listens on every interface,
+# lets the private ranges in, and keeps its state_file there.
+COPY deploy/container.toml /out/config.toml
+RUN install -d -m 0750 -o 65532 -g 65532 /out/state
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/dastra-proxy /usr/local/bin/dastra-proxy
@@ -29,7 +27,8 @@ VOLUME /var/lib/dastra-proxy
 ENV DASTRA_PROXY_CONFIG=/etc/dastra-proxy/config.toml
 USER 65532:65532
 # 8080: the proxy; 9090: admin (/metrics, /healthz, /readyz, /quota, status page).
-# In a container, set server.listen / admin_listen to 0.0.0.0 in the mounted config.
+# Any key can be changed with DASTRA_PROXY__<TABLE>__<KEY>, or mount a whole
+# config over /etc/dastra-proxy/config.toml.
 EXPOSE 8080 9090
 HEALTHCHECK --interval=15s --timeout=5s --start-period=5s --retries=3 \
     CMD ["/usr/local/bin/dastra-proxy", "healthcheck"]

@@ -223,6 +223,14 @@ fn healthcheck(path: &std::path::Path, url: Option<String>) -> anyhow::Result<()
                         path.display()
                     )
                 })?;
+            // Listening on every interface: ask over loopback.
+            let mut admin = admin;
+            if admin.ip().is_unspecified() {
+                admin.set_ip(match admin {
+                    std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
             format!("http://{admin}/readyz")
         }
     };

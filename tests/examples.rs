@@ -71,3 +71,33 @@ fn each_example_passes_check() {
         check(example, secrets.path(), &redis.url());
     }
 }
+
+/// The image's own config serves as it is: every interface, the private
+/// ranges allowed on both listeners, the state file on the image's volume;
+/// and a key changed from the environment shows in `check` with its variable.
+#[test]
+fn the_container_config_listens_everywhere_and_lets_private_ranges_in() {
+    let path = format!("{}/deploy/container.toml", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(env!("CARGO_BIN_EXE_dastra-proxy"))
+        .args(["check", "--config", &path])
+        .env("DASTRA_API_KEY", "example-key")
+        .env("DASTRA_PROXY__ADMISSION__ON_LIMIT", "reject")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for want in [
+        "listen = \"0.0.0.0:8080\"",
+        "admin_listen = \"0.0.0.0:9090\"",
+        "\"10.0.0.0/8\", \"172.16.0.0/12\", \"192.168.0.0/16\", \"fc00::/7\"",
+        "/var/lib/dastra-proxy/dastra-proxy.state",
+        "on_limit = \"reject\"  # from DASTRA_PROXY__ADMISSION__ON_LIMIT",
+    ] {
+        assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
+    }
+    assert!(!stdout.contains("example-key"));
+    let dockerfile =
+        std::fs::read_to_string(format!("{}/Dockerfile", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    assert!(dockerfile.contains("COPY deploy/container.toml /out/config.toml"));
+}
