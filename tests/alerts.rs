@@ -40,6 +40,9 @@ fn every_alert_has_its_runbook_in_the_readme() {
             rules.contains(&format!("README.md#{}", a.to_lowercase())),
             "{a}: no runbook link"
         );
-        assert!(readme.contains(&format!("#### {a}")), "{a}: no runbook in the README");
+        assert!(
+            readme.contains(&format!("#### {a}")),
+            "{a}: no runbook in the README"
+        );
     }
 }

@@ -21,7 +21,7 @@ use crate::config::CacheConfig;
 use crate::credential::QuotaKey;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
-pub use sharing::{not_modified, shareable, Request, NOT_MODIFIED_HEADERS, VARYING};
+pub use sharing::{not_modified, scan, shareable, Request, Scan, NOT_MODIFIED_HEADERS, VARYING};
 use store::Store;
 
 /// What identifies an answer: HEAD reads GET's entry, so no method.

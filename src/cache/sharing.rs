@@ -43,24 +43,68 @@ pub enum Request {
 
 impl Request {
     pub fn of(headers: &HeaderMap) -> Self {
-        if OWN
-            .iter()
-            .chain(&PRECONDITIONS)
-            .any(|h| headers.contains_key(h))
-        {
-            Request::Own
-        } else if VALIDATORS.iter().any(|h| headers.contains_key(h)) {
-            Request::Conditional
-        } else {
-            Request::Plain
+        scan(headers).kind
+    }
+}
+
+/// What one pass over a request's headers says about sharing it: one walk
+/// over the few headers a call has, comparing names (cheap for standard
+/// ones), instead of a hashed lookup per header asked about.
+#[derive(Debug)]
+pub struct Scan<'a> {
+    pub kind: Request,
+    /// The caller's `Cache-Control: no-cache`: a fresh answer, please.
+    pub no_cache: bool,
+    varying: [Option<&'a HeaderValue>; 3],
+    /// A varying header came more than once (then the key joins its lines).
+    repeated: bool,
+}
+
+pub fn scan(headers: &HeaderMap) -> Scan<'_> {
+    let mut out = Scan {
+        kind: Request::Plain,
+        no_cache: false,
+        varying: [None; 3],
+        repeated: false,
+    };
+    for (name, value) in headers {
+        if OWN.contains(name) || PRECONDITIONS.contains(name) {
+            out.kind = Request::Own;
+        } else if VALIDATORS.contains(name) {
+            if out.kind == Request::Plain {
+                out.kind = Request::Conditional;
+            }
+        } else if name == header::CACHE_CONTROL {
+            out.no_cache |= has_directive(value, "no-cache");
+        } else if let Some(i) = VARYING.iter().position(|v| v == name) {
+            out.repeated |= out.varying[i].is_some();
+            out.varying[i] = Some(value);
         }
     }
+    out
 }
 
 impl Key {
     /// The key of a GET: credential, path and query, and its varying
     /// headers, copied (the request's values borrow hyper's read buffer).
     pub fn of(quota: QuotaKey, target: &[u8], headers: &HeaderMap) -> Self {
+        Self::from_scan(quota, target, &scan(headers), headers)
+    }
+
+    /// [`Key::of`] from a scan already made of `headers`.
+    pub fn from_scan(quota: QuotaKey, target: &[u8], scan: &Scan<'_>, headers: &HeaderMap) -> Self {
+        if !scan.repeated {
+            let copy = |v: Option<&HeaderValue>| {
+                v.and_then(|v| {
+                    HeaderValue::from_maybe_shared(Bytes::copy_from_slice(v.as_bytes())).ok()
+                })
+            };
+            return Key {
+                quota,
+                target: Bytes::copy_from_slice(target),
+                varying: scan.varying.map(copy),
+            };
+        }
         let copy = |h: &HeaderName| {
             let mut all = headers.get_all(h).iter();
             let first = all.next()?;
@@ -90,25 +134,24 @@ impl Key {
 /// no `Set-Cookie`, not `private`, `no-store` or `no-cache`, and a `Vary`
 /// that names only headers of the key.
 pub fn shareable(snap: &Snapshot) -> bool {
-    let h = &snap.headers;
-    if h.contains_key(header::SET_COOKIE) {
-        return false;
-    }
-    let restricted = h.get_all(header::CACHE_CONTROL).iter().any(|v| {
-        ["private", "no-store", "no-cache"]
-            .iter()
-            .any(|d| has_directive(v, d))
-    });
-    if restricted {
-        return false;
-    }
-    h.get_all(header::VARY).iter().all(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.split(',')
-                .map(str::trim)
-                .filter(|n| !n.is_empty())
-                .all(|n| VARYING.iter().any(|k| n.eq_ignore_ascii_case(k.as_str())))
-        })
+    // One pass over the answer's headers (see `scan`).
+    snap.headers.iter().all(|(name, value)| {
+        if name == header::SET_COOKIE {
+            false
+        } else if name == header::CACHE_CONTROL {
+            !["private", "no-store", "no-cache"]
+                .iter()
+                .any(|d| has_directive(value, d))
+        } else if name == header::VARY {
+            value.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .all(|n| VARYING.iter().any(|k| n.eq_ignore_ascii_case(k.as_str())))
+            })
+        } else {
+            true
+        }
     })
 }
 

@@ -68,22 +68,13 @@ where
         let Some(guard) = this.guard.take() else {
             return Poll::Ready(out);
         };
+        // HTTP/2: what the answer body sends is the activity (see `Activity::h2`).
+        if !guard.0.h2.load(Ordering::Relaxed) {
+            return Poll::Ready(out);
+        }
         let activity = guard.0.clone();
         drop(guard);
-        // HTTP/2: what the answer body sends is the activity (see `Activity::h2`).
-        let h2 = activity.h2.load(Ordering::Relaxed);
-        Poll::Ready(out.map(|resp| {
-            if h2 {
-                resp.map(|inner| {
-                    Body::new(ActiveBody {
-                        inner,
-                        activity: activity.clone(),
-                    })
-                })
-            } else {
-                resp
-            }
-        }))
+        Poll::Ready(out.map(|resp| resp.map(|inner| Body::new(ActiveBody { inner, activity }))))
     }
 }
 

@@ -47,7 +47,7 @@ where
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let app = self.app.clone();
         let outcome = outcome(&req).clone();
-        let (caller, pause) = {
+        let (caller, pause, owner, key) = {
             let rec = outcome.lock();
             let caller = rec.identity.as_ref().map_or_else(
                 || Caller {
@@ -63,11 +63,15 @@ where
                 .policy
                 .as_ref()
                 .is_none_or(|p| p.upstream_429 == Upstream429::Pause);
-            (caller, pause)
+            (
+                caller,
+                pause,
+                rec.identity.as_ref().map(|id| id.addr),
+                rec.quota,
+            )
         };
         // Hop-by-hop headers are gone by now: the key is the credential that
         // will actually be forwarded.
-        let key = outcome.lock().quota;
         let key = match key.map_or_else(|| app.credential.quota_key(req.headers()), Ok) {
             Ok(k) => k,
             Err(e) => {
@@ -76,7 +80,6 @@ where
                 }
             }
         };
-        let owner = outcome.lock().identity.as_ref().map(|id| id.addr);
         let admission = match app.quotas.get(key, owner) {
             Ok(a) => a,
             Err(refusal) => {

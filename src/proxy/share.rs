@@ -20,8 +20,8 @@ use tower::{Service, ServiceExt as _};
 use super::layer::AppStage;
 use super::{MaybeBoxed, StageFuture};
 use crate::cache::{
-    has_directive, not_modified, shareable, Cache, Join, Key, Landing, Request as Sharing,
-    Snapshot, Watchers, NOT_MODIFIED_HEADERS,
+    not_modified, shareable, Cache, Join, Key, Landing, Request as Sharing, Snapshot, Watchers,
+    NOT_MODIFIED_HEADERS,
 };
 use crate::error::ProxyError;
 use crate::upstream::CallError;
@@ -75,29 +75,31 @@ where
             });
         }
         let ttl = cache.ttl_for(req.uri().path());
-        let no_cache = req
-            .headers()
-            .get_all(header::CACHE_CONTROL)
-            .iter()
-            .any(|v| has_directive(v, "no-cache"));
+        if ttl.is_none() && !cfg.coalesce {
+            // Straight through: the inner stage's future as it is.
+            return MaybeBoxed::Direct {
+                inner: self.inner.call(req),
+            };
+        }
         // A cookie, a range or a precondition: an answer for this caller alone.
-        let kind = Sharing::of(req.headers());
+        let scan = crate::cache::scan(req.headers());
+        let (kind, no_cache) = (scan.kind, scan.no_cache);
         let coalesce = cfg.coalesce
             && method == Method::GET
             && !no_cache
             && kind == Sharing::Plain
             && bodiless(&req);
         if kind == Sharing::Own || (ttl.is_none() && !coalesce) {
-            // Straight through: the inner stage's future as it is.
             return MaybeBoxed::Direct {
                 inner: self.inner.call(req),
             };
         }
-        let key = Key::of(
+        let key = Key::from_scan(
             quota,
             req.uri()
                 .path_and_query()
                 .map_or(b"/".as_slice(), |p| p.as_str().as_bytes()),
+            &scan,
             req.headers(),
         );
         let head = method == Method::HEAD;
