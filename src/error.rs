@@ -234,6 +234,13 @@ impl ProxyError {
         if let Some(d) = self.retry_after() {
             h.insert(header::RETRY_AFTER, HeaderValue::from(wait_secs(d)));
         }
+        if matches!(self, ProxyError::Access(AccessError::Unauthenticated)) {
+            // RFC 9110 §11.6.1: a 401 says how to authenticate.
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"dastra-proxy\""),
+            );
+        }
         if matches!(self, ProxyError::Target(TargetError::Trace)) {
             h.insert(
                 header::ALLOW,

@@ -63,6 +63,11 @@ async fn client_keys_from_each_header_and_the_refusals() {
     );
     let none = get(&c, &proxy.url("/v1/no")).await;
     assert_eq!(none.status, 401);
+    assert_eq!(
+        none.header("www-authenticate"),
+        Some("Bearer realm=\"dastra-proxy\""),
+        "a 401 says how to authenticate"
+    );
     assert_eq!(up.count(), 3, "refused calls are not forwarded");
     let m = proxy.metrics.render();
     assert!(
@@ -372,4 +377,8 @@ async fn no_secret_in_any_log_line() {
             "secret {secret} leaked into the logs"
         );
     }
+    assert!(
+        !logs.contains('\u{1b}'),
+        "colour codes in a log written to a file"
+    );
 }
