@@ -2,6 +2,7 @@
 //! still holds sends is never forgotten to make room for another, so no
 //! credential can be re-admitted a whole window by churning keys.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::{advance, Instant};
@@ -10,6 +11,7 @@ use super::*;
 use crate::config::Upstream429;
 use crate::credential::QuotaKey;
 use crate::quota::test_limits as limits;
+use crate::state_file::StateFile;
 
 fn reject() -> AdmissionConfig {
     AdmissionConfig {
@@ -78,5 +80,64 @@ async fn a_key_with_sends_in_its_window_is_never_forgotten_while_the_map_is_full
     assert!(
         q.get(a, None).unwrap().acquire(&caller()).await.is_ok(),
         "`a` kept, its 1.1 s send still counted below the 3 in 4 s"
+    );
+}
+
+/// A pause that ends before the window frees: once it is over (still set,
+/// not yet cleared) the full window still decides — no admission, and a
+/// refusal names when the window frees, not when the pause ended.
+#[tokio::test(start_paused = true)]
+async fn a_pause_ending_before_the_window_frees_neither_admits_nor_answers_early() {
+    let a = Admission::new(&limits(&[(2, 1000)]), &reject());
+    let t0 = Instant::now();
+    for _ in 0..2 {
+        a.acquire(&caller()).await.unwrap().sent().landed();
+    }
+    a.pause_until(t0 + Duration::from_millis(100));
+    advance(Duration::from_millis(300)).await;
+    match a.acquire(&caller()).await {
+        Err(Refusal::QuotaExhausted { retry_at }) => {
+            assert_eq!(retry_at, t0 + Duration::from_millis(1000))
+        }
+        other => panic!("{other:?}"),
+    }
+    match a.try_acquire() {
+        Some(Err((Refusal::QuotaExhausted { retry_at }, _))) => {
+            assert_eq!(retry_at, t0 + Duration::from_millis(1000))
+        }
+        other => panic!("{:?}", other.map(|r| r.map(drop))),
+    }
+}
+
+/// Landings and refunds reach the state file: a restart counts a refunded
+/// send as nothing and a landed one from when it landed.
+#[tokio::test(start_paused = true)]
+async fn landings_and_refunds_reach_the_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.state");
+    {
+        let (file, _) = StateFile::open(&path, 16).unwrap();
+        let persist = Persist {
+            file: file.clone(),
+            key: 0,
+            metrics: crate::metrics::Metrics::new(),
+        };
+        let a = Admission::with_state(&limits(&[(5, 60_000)]), &reject(), persist, &[]);
+        a.acquire(&caller()).await.unwrap().sent().refund();
+        a.acquire(&caller()).await.unwrap().sent().landed();
+        a.close();
+        drop(a);
+        // The releaser task holds the file too until it sees the close.
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(Arc::strong_count(&file), 1, "only this test holds the file");
+    }
+    let (_, mut restored) = StateFile::open(&path, 16).unwrap();
+    let ages = restored.take(0);
+    assert_eq!(
+        ages.len(),
+        1,
+        "the refunded send does not count after a restart"
     );
 }
