@@ -3,7 +3,10 @@
 //!
 //! The request path is [`proxy`]; the quota arithmetic is [`quota`] and the
 //! queueing around it [`admission`]; [`config`] is the single place settings
-//! are checked. `main.rs` only parses the command line.
+//! are checked; [`app`] holds what one running proxy shares between calls.
+//! `main.rs` is the command line: it parses it and runs each command
+//! (`run` with its signals and reloads, `check`, `healthcheck`, key tools),
+//! the only place errors become `anyhow`.
 
 pub mod access;
 pub mod admin;

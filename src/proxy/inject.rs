@@ -1,6 +1,6 @@
 //! The credential stage: the caller's credential out, the proxy's in; after
 //! an upstream 401 the token that was used is dropped so the next call (or
-//! the replay stage's one retry) fetches a fresh one.
+//! the buffer stage's one retry, `proxy/buffer.rs`) fetches a fresh one.
 
 use std::task::{Context, Poll};
 
