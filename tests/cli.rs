@@ -53,7 +53,7 @@ fn shipped_config_is_valid_and_check_redacts_secrets() {
     assert!(!stdout.contains("super-secret") && !stderr.contains("super-secret"));
     assert!(stdout.contains("<redacted from env DASTRA_API_KEY>"));
     assert!(
-        stderr.contains("window \"10m\" (10000 per 10m) can never bind"),
+        stderr.contains("note: window \"10m\" (10000 per 10m) can never bind"),
         "{stderr}"
     );
     assert!(stderr.contains("500 x 10 = 5000"), "{stderr}");

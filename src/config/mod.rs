@@ -67,28 +67,9 @@ impl Config {
         Ok(config)
     }
 
-    /// Human notes that do not make the config invalid, such as windows that
-    /// can never bind given the others.
+    /// What deserves attention without making the config invalid.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for (j, wj) in self.limits.iter().enumerate() {
-            for (i, wi) in self.limits.iter().enumerate() {
-                if i == j || wi.per > wj.per {
-                    continue;
-                }
-                let cover = wj.per.as_nanos().div_ceil(wi.per.as_nanos());
-                let most = u128::from(wi.requests) * cover;
-                if most <= u128::from(wj.requests) && (most < u128::from(wj.requests) || i < j) {
-                    out.push(format!(
-                        "window \"{}\" ({} per {}) can never bind: \"{}\" allows at most {} x {} = {} \
-                         requests in any {}, which is within {}",
-                        wj.name, wj.requests, wj.name, wi.name, wi.requests, cover, most, wj.name,
-                        wj.requests
-                    ));
-                    break;
-                }
-            }
-        }
         if let Some(shortest) = self.limits.iter().min_by_key(|l| l.per) {
             for r in self.cache.rules.iter().filter(|r| r.ttl > shortest.per) {
                 out.push(format!(
@@ -171,9 +152,44 @@ impl Config {
 }
 
 impl Config {
+    /// Windows that can never bind given the others (Dastra's own pair: 500 a
+    /// minute can never reach 10,000 in ten minutes): a note, not a warning,
+    /// since nothing is wrong with them.
+    fn never_binding(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (j, wj) in self.limits.iter().enumerate() {
+            for (i, wi) in self.limits.iter().enumerate() {
+                if i == j || wi.per > wj.per {
+                    continue;
+                }
+                let cover = wj.per.as_nanos().div_ceil(wi.per.as_nanos());
+                let most = u128::from(wi.requests) * cover;
+                if most <= u128::from(wj.requests) && (most < u128::from(wj.requests) || i < j) {
+                    out.push(format!(
+                    "window \"{}\" ({} per {}) can never bind: \"{}\" allows at most {} x {} = {} \
+                         requests in any {}, which is within {}",
+                    wj.name,
+                    wj.requests,
+                    wj.name,
+                    wi.name,
+                    wi.requests,
+                    cover,
+                    most,
+                    wj.name,
+                    wj.requests
+                ));
+                    break;
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Config {
     /// Facts an operator should know that are not mistakes.
     pub fn notes(&self) -> Vec<String> {
-        let mut out = Vec::new();
+        let mut out = self.never_binding();
         if matches!(self.store, StoreConfig::Memory { .. }) {
             out.push(
                 "store.kind = \"memory\": this process holds the whole quota by itself; k \
