@@ -219,8 +219,20 @@ impl App {
                 .with_label_values(&[&l.name])
                 .set(i64::from(l.requests));
         }
-        for c in &config.clients {
-            metrics.queue_depth.with_label_values(&[&c.name]);
+        // Known label values exist at 0 from start-up: a quiet instance's
+        // panels read 0, not "No data".
+        for l in &config.limits {
+            metrics.window_used.with_label_values(&[&l.name]).set(0);
+        }
+        let names: Vec<&str> = match config.clients.is_empty() {
+            true => vec![crate::config::ANONYMOUS],
+            false => config.clients.iter().map(|c| c.name.as_str()).collect(),
+        };
+        for name in names {
+            metrics.queue_depth.with_label_values(&[name]);
+            for code in crate::error::REFUSAL_CODES {
+                metrics.rejected_total.with_label_values(&[name, code]);
+            }
         }
         let public_authority = config
             .server

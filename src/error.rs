@@ -109,6 +109,25 @@ fn wait_secs(d: Duration) -> u64 {
     ceil_secs(d).max(1)
 }
 
+/// The codes a refusal of a call can carry (`rejected_total{code}`), so
+/// their series exist at 0 from start-up; `tests` checks `code()` against it.
+pub const REFUSAL_CODES: [&str; 14] = [
+    "quota_exhausted",
+    "queue_full",
+    "client_rate",
+    "too_many_keys",
+    "unauthenticated",
+    "ip_not_allowed",
+    "bad_request",
+    "ambiguous_credential",
+    "method_not_allowed",
+    "body_too_large",
+    "body_timeout",
+    "overloaded",
+    "shutting_down",
+    "store_unavailable",
+];
+
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -373,5 +392,34 @@ mod tests {
         )
         .into_response();
         assert_eq!(r.headers()["retry-after"], "1");
+    }
+
+    /// Every refusal's code has its series at 0 from start-up.
+    #[test]
+    fn every_refusal_code_is_listed() {
+        let at = Instant::now();
+        let all = [
+            ProxyError::Refused(Refusal::QuotaExhausted { retry_at: at }, Duration::ZERO),
+            ProxyError::Refused(Refusal::QueueFull { retry_at: at }, Duration::ZERO),
+            ProxyError::Refused(Refusal::TooManyKeys { retry_at: at }, Duration::ZERO),
+            ProxyError::Refused(Refusal::ShuttingDown, Duration::ZERO),
+            ProxyError::Refused(Refusal::StoreUnavailable, Duration::ZERO),
+            ProxyError::Access(AccessError::Unauthenticated),
+            ProxyError::Access(AccessError::IpNotAllowed),
+            ProxyError::Access(AccessError::BadForwarded),
+            ProxyError::Target(TargetError::Trace),
+            ProxyError::Target(TargetError::Connect),
+            ProxyError::Credential(CallerCredentialError::Ambiguous),
+            ProxyError::Body(BodyError::TooLarge(1)),
+            ProxyError::Body(BodyError::Stalled(Duration::ZERO)),
+            ProxyError::Body(BodyError::Overloaded),
+        ];
+        for e in &all {
+            assert!(
+                REFUSAL_CODES.contains(&e.code()),
+                "{} is not listed",
+                e.code()
+            );
+        }
     }
 }

@@ -204,3 +204,37 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     );
     proxy.shutdown().await;
 }
+
+/// A quiet instance: the series of known label values exist at 0 from
+/// start-up (the dashboard reads 0, not "No data"), and the start time says
+/// since when every counter counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_series_exist_at_zero_before_any_call() {
+    let up = MockUpstream::start().await;
+    let proxy = TestProxy::start(&up, "").await;
+    let m = String::from_utf8_lossy(&get(&client(), &proxy.admin_url("/metrics")).await.body)
+        .into_owned();
+    for series in [
+        "dastra_proxy_queue_depth{client=\"anonymous\"} 0",
+        "dastra_proxy_rejected_total{client=\"anonymous\",code=\"quota_exhausted\"} 0",
+        "dastra_proxy_rejected_total{client=\"anonymous\",code=\"queue_full\"} 0",
+        "dastra_proxy_rejected_total{client=\"anonymous\",code=\"overloaded\"} 0",
+    ] {
+        assert!(m.contains(series), "missing {series} in\n{m}");
+    }
+    let started: f64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("dastra_proxy_process_start_time_seconds "))
+        .expect("process_start_time_seconds")
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        started > now - 600.0 && started <= now,
+        "{started} vs {now}"
+    );
+    proxy.shutdown().await;
+}

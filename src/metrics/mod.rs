@@ -47,6 +47,8 @@ pub struct Families {
     pub token_refresh_total: IntCounterVec,
     pub store_errors_total: IntCounterVec,
     pub build_info: IntGaugeVec,
+    /// When this process started (Unix seconds): every counter is since then.
+    pub process_start_time_seconds: prometheus::Gauge,
     pub config_reloads_total: IntCounterVec,
 }
 
@@ -172,6 +174,10 @@ impl Metrics {
                 ),
                 &["op"]
             )),
+            process_start_time_seconds: reg!(prometheus::Gauge::new(
+                "process_start_time_seconds",
+                "When this process started, in Unix seconds: every counter counts from then."
+            )),
             build_info: reg!(IntGaugeVec::new(
                 Opts::new("build_info", "Always 1; the version is the label."),
                 &["version"]
@@ -194,6 +200,11 @@ impl Metrics {
             families.config_reloads_total.with_label_values(&[result]);
         }
         families.store_errors_total.with_label_values(&["decide"]);
+        families.process_start_time_seconds.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        );
         for how in ["cached", "coalesced"] {
             families.quota_saved_total.with_label_values(&[how]);
         }
