@@ -141,3 +141,25 @@ async fn landings_and_refunds_reach_the_state_file() {
         "the refunded send does not count after a restart"
     );
 }
+
+/// The synchronous fast path answers only what needs no waiting: a full
+/// window in queue mode is the slow path's (the call queues), never a refusal.
+#[tokio::test(start_paused = true)]
+async fn the_fast_path_never_refuses_a_call_that_may_queue() {
+    let queue = AdmissionConfig {
+        on_limit: OnLimit::Queue,
+        ..reject()
+    };
+    let a = Admission::new(&limits(&[(1, 1000)]), &queue);
+    a.try_acquire().unwrap().unwrap().sent().landed();
+    assert!(
+        a.try_acquire().is_none(),
+        "full, queue mode: it must wait, not be refused"
+    );
+    let r = Admission::new(&limits(&[(1, 1000)]), &reject());
+    r.try_acquire().unwrap().unwrap().sent().landed();
+    assert!(matches!(
+        r.try_acquire(),
+        Some(Err((Refusal::QuotaExhausted { .. }, _)))
+    ));
+}
