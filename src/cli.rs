@@ -27,8 +27,13 @@ pub struct Cli {
 pub enum Command {
     /// Run the proxy (the default).
     Run,
-    /// Validate the configuration and print the effective settings, secrets redacted.
-    Check,
+    /// Validate the configuration and print the effective settings, secrets
+    /// redacted; fails exactly when `run` would at start-up.
+    Check {
+        /// Skip what needs the network (connecting to Redis), and say so.
+        #[arg(long)]
+        offline: bool,
+    },
     /// Read a client key on stdin and print its SHA-256 for `clients.key_sha256`.
     HashKey,
     /// Print a new random client key and its SHA-256.

@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(&cli.config),
-        Command::Check => check(&cli.config),
+        Command::Check { offline } => check(&cli.config, offline),
         Command::HashKey => hash_key(),
         Command::GenKey => gen_key(),
         Command::Healthcheck { url } => healthcheck(&cli.config, url),
@@ -132,10 +132,22 @@ impl Signals {
     }
 }
 
-fn check(path: &std::path::Path) -> anyhow::Result<()> {
+fn check(path: &std::path::Path, offline: bool) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     server::preflight(&config)?;
-    runtime()?.block_on(dastra_proxy::app::probe_store(&config))?;
+    if let StoreConfig::Memory {
+        state_file: Some(state),
+    } = &config.store
+    {
+        state_dir_writable(state)?;
+    }
+    if offline {
+        if matches!(config.store, StoreConfig::Redis { .. }) {
+            eprintln!("note: --offline: Redis was not contacted");
+        }
+    } else {
+        runtime()?.block_on(dastra_proxy::app::probe_store(&config))?;
+    }
     println!("{config}");
     let warnings = config.warnings();
     for w in warnings.iter().chain(fd_warning(&config).iter()) {
@@ -165,6 +177,36 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     }
     eprintln!("{}: valid", path.display());
     Ok(())
+}
+
+/// `run` creates the state file in its directory: that directory must exist
+/// and take a new file, or `run` would fail where `check` said "valid".
+fn state_dir_writable(state: &std::path::Path) -> anyhow::Result<()> {
+    let dir = match state.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let probe = dir.join(format!(".dastra-proxy-check-{}", std::process::id()));
+    let ok = if state.exists() {
+        // `run` opens it for writing, as here (nothing is written).
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(state)
+            .map(drop)
+    } else {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+            .and_then(|_| std::fs::remove_file(&probe))
+    };
+    ok.with_context(|| {
+        format!(
+            "store.state_file {}: its directory {} cannot take the file",
+            state.display(),
+            dir.display()
+        )
+    })
 }
 
 /// Each client connection costs a file descriptor, and a call in flight one

@@ -312,3 +312,33 @@ fn check_warns_when_max_connections_exceeds_the_open_file_limit() {
     let (_, _, err) = check(&format!("[server]\nmax_connections = 10\n{KEY}"));
     assert!(!err.contains("open-file limit"), "{err}");
 }
+
+/// `check` fails exactly when `run` would: a state file whose directory
+/// does not exist is an error naming the key; `--offline` skips Redis and
+/// says so, where a plain `check` fails on an unreachable one.
+#[test]
+fn check_fails_where_run_would_and_offline_skips_the_network() {
+    let (code, _, err) = check(&format!(
+        "{KEY}[store]\nstate_file = \"/nonexistent-dir/dp.state\"\n"
+    ));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("store.state_file /nonexistent-dir/dp.state"), "{err}");
+    let redis = format!(
+        "{KEY}[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:{}\"\n",
+        free_port().port()
+    );
+    let (code, _, err) = check(&redis);
+    assert_eq!(code, 1, "an unreachable Redis fails check: {err}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, &redis).unwrap();
+    let out = bin()
+        .args(["check", "--offline", "--config"])
+        .arg(&path)
+        .env("TEST_DASTRA_KEY", DASTRA_KEY)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("--offline: Redis was not contacted"), "{err}");
+}
