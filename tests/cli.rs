@@ -322,7 +322,10 @@ fn check_fails_where_run_would_and_offline_skips_the_network() {
         "{KEY}[store]\nstate_file = \"/nonexistent-dir/dp.state\"\n"
     ));
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("store.state_file /nonexistent-dir/dp.state"), "{err}");
+    assert!(
+        err.contains("store.state_file /nonexistent-dir/dp.state"),
+        "{err}"
+    );
     let redis = format!(
         "{KEY}[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:{}\"\n",
         free_port().port()

@@ -163,3 +163,20 @@ async fn the_fast_path_never_refuses_a_call_that_may_queue() {
         Some(Err((Refusal::QuotaExhausted { .. }, _)))
     ));
 }
+
+/// A call that would wait exactly `max_wait` is queued, not refused: it can
+/// start in time.
+#[tokio::test(start_paused = true)]
+async fn a_wait_of_exactly_max_wait_is_queued() {
+    let cfg = AdmissionConfig {
+        on_limit: OnLimit::Queue,
+        max_wait: Duration::from_millis(1000),
+        ..reject()
+    };
+    let a = Admission::new(&limits(&[(1, 1000)]), &cfg);
+    let t0 = Instant::now();
+    a.acquire(&caller()).await.unwrap().sent().landed();
+    let p = a.acquire(&caller()).await.expect("queued, then admitted");
+    assert_eq!(Instant::now() - t0, Duration::from_millis(1000));
+    drop(p);
+}
