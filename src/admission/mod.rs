@@ -440,6 +440,6 @@ impl Drop for LeaveOnDrop<'_> {
 }
 
 #[cfg(test)]
-mod keys_tests;
+mod edges;
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,8 @@
-//! The passthrough key map on tokio's paused clock: a credential whose window
-//! still holds sends is never forgotten to make room for another, so no
-//! credential can be re-admitted a whole window by churning keys.
+//! The edges of the quota promise, on tokio's paused clock: each test here
+//! kills a mutant `scripts/mutants` found surviving (a key still holding
+//! sends forgotten, a pause that ends before the window, a wait of exactly
+//! `max_wait`, the fast path refusing what may queue, the state file not
+//! told of a landing or refund).
 
 use std::sync::Arc;
 use std::time::Duration;
