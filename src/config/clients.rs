@@ -113,10 +113,13 @@ impl Validator<'_> {
                 Ok(StoreConfig::Memory { state_file })
             }
             "redis" => {
-                if raw.state_file.is_some() {
+                // `""` (keep nothing) is allowed: an image's memory config
+                // turned into a Redis one from the environment says so.
+                if raw.state_file.as_deref().is_some_and(|f| !f.is_empty()) {
                     return Err(self.invalid(
                         "store.state_file",
-                        "only used with kind = \"memory\": Redis holds the shared window",
+                        "only used with kind = \"memory\": Redis holds the shared window \
+                         (set it to \"\" to turn a memory config into a Redis one)",
                     ));
                 }
                 // The URL may carry a password: it is a secret wherever it
