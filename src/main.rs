@@ -111,6 +111,11 @@ impl Signals {
                     let metrics = &running.app.metrics;
                     let outcome = Config::load(path).map_err(|e| e.to_string()).and_then(|next| {
                         running.app.reload(&next).map_err(|e| e.to_string())?;
+                        // The inbound TLS pair is read again too (a rotated
+                        // certificate); one that does not load keeps the old.
+                        if running.reload_tls().map_err(|e| e.to_string())? {
+                            tracing::info!("inbound TLS certificate and key reloaded");
+                        }
                         Ok(next.warnings())
                     });
                     match outcome {

@@ -159,3 +159,90 @@ async fn a_sighup_during_start_up_is_a_reload_not_a_death() {
     .await;
     assert!(proxy.child.try_wait().unwrap().is_none(), "still running");
 }
+
+/// The leaf certificate a TLS handshake with `port` presents.
+async fn presented(port: u16, cas: &[&TestPki]) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in cas {
+        roots
+            .add(rustls::pki_types::CertificateDer::from_pem_slice(ca.ca_pem.as_bytes()).unwrap())
+            .unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn leaf(pki: &TestPki) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject as _;
+    rustls::pki_types::CertificateDer::from_pem_slice(pki.cert_pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+/// SIGHUP reads the inbound TLS pair again: a rotated certificate is served
+/// to new connections without a restart; a pair that does not load keeps the
+/// old one and counts a failed reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_inbound_certificate_and_a_broken_pair_keeps_the_old() {
+    let up = MockUpstream::start().await;
+    let (a, b) = (TestPki::new(), TestPki::new());
+    let dir = tempfile::tempdir().unwrap();
+    let (crt, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&crt, &a.cert_pem).unwrap();
+    std::fs::write(&key, &a.key_pem).unwrap();
+    let tls = format!(
+        "[server]\ntls = {{ cert_file = \"{}\", key_file = \"{}\" }}\n",
+        crt.display(),
+        key.display()
+    );
+    let proxy = BinProxy::start_edit(dir.path(), &up, "", move |s| {
+        s.replacen("[server]\n", &tls, 1)
+    });
+    let port = proxy.proxy.port();
+    assert_eq!(presented(port, &[&a, &b]).await, leaf(&a));
+    std::fs::write(&crt, &b.cert_pem).unwrap();
+    std::fs::write(&key, &b.key_pem).unwrap();
+    proxy.signal("HUP");
+    let c = client();
+    wait_metric(
+        &c,
+        proxy.admin,
+        "dastra_proxy_config_reloads_total{result=\"ok\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        presented(port, &[&a, &b]).await,
+        leaf(&b),
+        "the rotated pair"
+    );
+    std::fs::write(&key, "not a key\n").unwrap();
+    proxy.signal("HUP");
+    wait_metric(
+        &c,
+        proxy.admin,
+        "dastra_proxy_config_reloads_total{result=\"error\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        presented(port, &[&a, &b]).await,
+        leaf(&b),
+        "the old pair stays"
+    );
+}

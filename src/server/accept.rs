@@ -80,7 +80,7 @@ impl Protocols {
 /// of the connections still open.
 pub(super) async fn accept_loop<F, S>(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<arc_swap::ArcSwap<TlsAcceptor>>>,
     policy: ConnPolicy,
     mut stop: watch::Receiver<bool>,
     make_service: F,
@@ -128,7 +128,8 @@ where
         // Plain and TLS connections are tasks of different types: one future
         // for both made every plain connection carry room for a TLS session
         // (4.0 KB per connection's task; 1.6 KB now).
-        match tls.clone() {
+        // The pair in force when the connection came (see `Running::reload_tls`).
+        match tls.as_ref().map(|t| t.load_full()) {
             None => watched.spawn(Cleartext::new(stream, move |stream, h2| {
                 if h2 {
                     activity.set_h2();

@@ -45,16 +45,39 @@ pub enum StartError {
 }
 
 /// A started proxy: its bound addresses and the handle to stop it.
-#[derive(Debug)]
 pub struct Running {
     pub proxy_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub app: Arc<App>,
+    /// The inbound TLS pair in use, swapped whole by [`Running::reload_tls`].
+    tls: Option<Arc<arc_swap::ArcSwap<TlsAcceptor>>>,
     stop: watch::Sender<bool>,
     done: tokio::task::JoinHandle<()>,
 }
 
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("proxy_addr", &self.proxy_addr)
+            .field("admin_addr", &self.admin_addr)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Running {
+    /// Reads the inbound TLS certificate and key again (SIGHUP): new
+    /// connections get the new pair, open ones keep theirs. A pair that does
+    /// not load leaves the old one in place and says why. `Ok(false)` without
+    /// inbound TLS.
+    pub fn reload_tls(&self) -> Result<bool, StartError> {
+        let (Some(current), Some(files)) = (&self.tls, &self.app.config.server.tls) else {
+            return Ok(false);
+        };
+        current.store(Arc::new(tls_acceptor(files)?));
+        Ok(true)
+    }
+
     /// Stops accepting, drains, and returns once everything is answered.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
@@ -78,7 +101,13 @@ pub fn preflight(config: &Config) -> Result<(), StartError> {
 
 /// Binds both listeners and serves until shut down.
 pub async fn start(config: Config, metrics: Metrics) -> Result<Running, StartError> {
-    let tls = config.server.tls.as_ref().map(tls_acceptor).transpose()?;
+    let tls = config
+        .server
+        .tls
+        .as_ref()
+        .map(tls_acceptor)
+        .transpose()?
+        .map(|a| Arc::new(arc_swap::ArcSwap::from_pointee(a)));
     let bind = |addr: SocketAddr, what: &'static str| {
         let err = |source| StartError::Bind { addr, what, source };
         let listener = listen(addr).map_err(err)?;
@@ -155,6 +184,7 @@ pub async fn start(config: Config, metrics: Metrics) -> Result<Running, StartErr
     Ok(Running {
         proxy_addr,
         admin_addr,
+        tls,
         app,
         stop,
         done,
