@@ -53,7 +53,11 @@ pub struct App {
     pub upstream: Upstream,
     /// Which request targets are ours (not an open proxy).
     pub target: Target,
-    pub credential: Credential,
+    /// The Dastra credential; a reload swaps it when only its secrets
+    /// changed (a rotated key file), see [`App::reload`].
+    pub credential: ArcSwap<Credential>,
+    /// The settings it was made from: what a reload compares with.
+    credential_config: ArcSwap<CredentialConfig>,
     pub quotas: Quotas,
     /// Coalesced GETs and cached answers (`[cache]`); reloadable.
     pub cache: Arc<crate::cache::Cache>,
@@ -139,6 +143,8 @@ pub enum ReloadError {
     Config(#[from] crate::config::ConfigError),
     #[error("`{0}` cannot change on reload; restart the proxy to change it")]
     NeedsRestart(&'static str),
+    #[error(transparent)]
+    Credential(#[from] crate::credential::CredentialError),
 }
 
 impl App {
@@ -246,13 +252,14 @@ impl App {
         );
         let cache = crate::cache::Cache::new(&config.cache, metrics.clone());
         Ok(Arc::new(Self {
+            credential_config: ArcSwap::from_pointee(config.credential.clone()),
             cache,
             read_ahead: crate::body::ReadAhead::new(config.server.max_buffered_body),
             policy: ArcSwap::from_pointee(Policy::new(&config, &metrics)),
             config,
             upstream,
             target,
-            credential,
+            credential: ArcSwap::from_pointee(credential),
             quotas,
             metrics,
             ready: AtomicBool::new(false),
@@ -271,15 +278,33 @@ impl App {
     /// dropping connections, queued calls or recorded sends.
     pub fn reload(&self, next: &Config) -> Result<(), ReloadError> {
         let cur = &self.config;
+        // The same kind of credential with other secrets (a rotated key or
+        // client secret) is swapped in; another kind needs a restart (the
+        // stack was built for it: passthrough's keys, OAuth2's 401 retry).
+        let held = self.credential_config.load_full();
+        let cred_changed = next.credential != *held;
+        let cred_swaps = std::mem::discriminant(&next.credential) == std::mem::discriminant(&*held)
+            && !matches!(next.credential, CredentialConfig::Passthrough { .. });
         let fixed: [(&'static str, bool); 5] = [
             ("[server]", next.server == cur.server),
             ("[upstream]", next.upstream == cur.upstream),
-            ("[credential]", next.credential == cur.credential),
+            ("[credential]", !cred_changed || cred_swaps),
             ("[store]", next.store == cur.store),
             ("[log]", next.log == cur.log),
         ];
         if let Some((section, _)) = fixed.iter().find(|(_, same)| !same) {
             return Err(ReloadError::NeedsRestart(section));
+        }
+        if cred_changed {
+            let fresh = Credential::new(
+                &next.credential,
+                self.upstream.clone(),
+                self.metrics.clone(),
+            )?;
+            self.credential.store(Arc::new(fresh));
+            self.credential_config
+                .store(Arc::new(next.credential.clone()));
+            tracing::info!("Dastra credential reloaded");
         }
         self.quotas.reconfigure(&next.limits, &next.admission);
         for l in &next.limits {

@@ -246,3 +246,58 @@ async fn sighup_reloads_the_inbound_certificate_and_a_broken_pair_keeps_the_old(
         "the old pair stays"
     );
 }
+
+/// SIGHUP reads `*_file` secrets again: a rotated Dastra key goes out on the
+/// next call, no restart; another kind of credential still needs a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_a_rotated_key_file() {
+    let up = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("dastra.key");
+    std::fs::write(&key, "first-key-0123456789\n").unwrap();
+    let file = format!("api_key_file = \"{}\"", key.display());
+    let proxy = BinProxy::start_edit(dir.path(), &up, "", move |s| {
+        s.replace("api_key_env = \"TEST_DASTRA_KEY\"", &file)
+    });
+    let c = client();
+    assert_eq!(get(&c, &proxy.url("/v1/before")).await.status, 200);
+    std::fs::write(&key, "second-key-9876543210\n").unwrap();
+    proxy.signal("HUP");
+    wait_metric(
+        &c,
+        proxy.admin,
+        "dastra_proxy_config_reloads_total{result=\"ok\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(get(&c, &proxy.url("/v1/after")).await.status, 200);
+    let sent = |path: &str| {
+        up.log()
+            .into_iter()
+            .find(|r| r.target == path)
+            .unwrap()
+            .headers["x-api-key"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(sent("/v1/before"), "first-key-0123456789");
+    assert_eq!(sent("/v1/after"), "second-key-9876543210");
+    // Another kind: refused, the rotated key stays in force.
+    let path = dir.path().join("config.toml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("kind = \"api_key\"", "kind = \"passthrough\"");
+    let text = text.replace(&format!("api_key_file = \"{}\"", key.display()), "");
+    std::fs::write(&path, text).unwrap();
+    proxy.signal("HUP");
+    wait_metric(
+        &c,
+        proxy.admin,
+        "dastra_proxy_config_reloads_total{result=\"error\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(get(&c, &proxy.url("/v1/later")).await.status, 200);
+    assert_eq!(sent("/v1/later"), "second-key-9876543210");
+}

@@ -72,7 +72,7 @@ where
         };
         // Hop-by-hop headers are gone by now: the key is the credential that
         // will actually be forwarded.
-        let key = match key.map_or_else(|| app.credential.quota_key(req.headers()), Ok) {
+        let key = match key.map_or_else(|| app.credential.load().quota_key(req.headers()), Ok) {
             Ok(k) => k,
             Err(e) => {
                 return CheckFuture::Refused {
@@ -103,7 +103,7 @@ where
             // The call waits for a slot (see `head`).
             crate::head::detach(&mut req);
         }
-        let passthrough = app.credential.is_passthrough();
+        let passthrough = app.credential.load().is_passthrough();
         let mut inner = super::take_ready(&mut self.inner);
         CheckFuture::Inner {
             inner: Box::pin(async move {

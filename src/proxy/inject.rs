@@ -36,20 +36,20 @@ where
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         // A held key (or passthrough) is in place at once, and no 401 can be
         // mended by a fresh one: nothing to wait for before or after.
-        if self.app.credential.inject_held(req.headers_mut()) {
+        let credential = self.app.credential.load_full();
+        if credential.inject_held(req.headers_mut()) {
             return MaybeBoxed::Direct {
                 inner: self.inner.call(req),
             };
         }
         // A token may have to be fetched first (see `head`).
         crate::head::detach(&mut req);
-        let app = self.app.clone();
         let mut inner = super::take_ready(&mut self.inner);
         MaybeBoxed::boxed(async move {
-            let fresh = app.credential.inject(req.headers_mut()).await?;
+            let fresh = credential.inject(req.headers_mut()).await?;
             let outcome = outcome(&req).clone();
             outcome.lock().token_fresh = fresh;
-            let refreshes = app.credential.refreshes();
+            let refreshes = credential.refreshes();
             let used = refreshes
                 .then(|| req.headers().get(header::AUTHORIZATION).cloned())
                 .flatten();
@@ -58,7 +58,7 @@ where
             // A token fetched for this very call that meets a 401 is not the
             // problem: dropping it would only make every call fetch another.
             if refreshes && !fresh && resp.status() == StatusCode::UNAUTHORIZED {
-                app.credential.invalidate(used.as_ref()).await;
+                credential.invalidate(used.as_ref()).await;
             }
             Ok(resp)
         })

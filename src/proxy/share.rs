@@ -50,7 +50,7 @@ where
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         // Computed once here (a SHA-256 in passthrough) and handed to admission.
-        let quota = match self.app.credential.quota_key(req.headers()) {
+        let quota = match self.app.credential.load().quota_key(req.headers()) {
             Ok(q) => q,
             Err(e) => return MaybeBoxed::boxed(std::future::ready(Err(e.into()))),
         };
