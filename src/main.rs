@@ -100,39 +100,93 @@ impl Signals {
         })
     }
 
-    /// Waits for SIGTERM/SIGINT; reloads on SIGHUP in between.
+    /// Waits for SIGTERM/SIGINT; reloads on SIGHUP in between, and, with
+    /// `server.watch`, when the config, TLS or secret files change.
     async fn serve(mut self, running: &server::Running, path: &std::path::Path) {
         let Self { term, int, hup } = &mut self;
+        let watching = running.app.config.server.watch;
+        let mut files = running.app.config.watched_files();
+        let mut seen = fingerprint(path, &files);
+        let mut tick = tokio::time::interval(WATCH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 _ = term.recv() => return,
                 _ = int.recv() => return,
                 _ = hup.recv() => {
-                    let metrics = &running.app.metrics;
-                    let outcome = Config::load(path).map_err(|e| e.to_string()).and_then(|next| {
-                        running.app.reload(&next).map_err(|e| e.to_string())?;
-                        // The inbound TLS pair is read again too (a rotated
-                        // certificate); one that does not load keeps the old.
-                        if running.reload_tls().map_err(|e| e.to_string())? {
-                            tracing::info!("inbound TLS certificate and key reloaded");
+                    if let Some(next) = reload(running, path) {
+                        files = next;
+                    }
+                    seen = fingerprint(path, &files);
+                }
+                _ = tick.tick(), if watching => {
+                    let now = fingerprint(path, &files);
+                    if now != seen {
+                        tracing::info!("a watched file changed; reloading");
+                        if let Some(next) = reload(running, path) {
+                            files = next;
                         }
-                        Ok(next.warnings())
-                    });
-                    match outcome {
-                        Ok(warnings) => {
-                            metrics.config_reloads_total.with_label_values(&["ok"]).inc();
-                            tracing::info!(config = %path.display(), "configuration reloaded");
-                            for w in warnings {
-                                tracing::warn!("{w}");
-                            }
-                        }
-                        Err(e) => {
-                            metrics.config_reloads_total.with_label_values(&["error"]).inc();
-                            tracing::error!(error = %e, "reload refused; the previous configuration stays in force");
-                        }
+                        seen = fingerprint(path, &files);
                     }
                 }
             }
+        }
+    }
+}
+
+/// How often `server.watch` looks at the files.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+
+/// What `server.watch` compares: each file's modification time and length
+/// (a Kubernetes ConfigMap or Secret swap changes where its symlink points,
+/// and so both).
+fn fingerprint(
+    config: &std::path::Path,
+    files: &[std::path::PathBuf],
+) -> Vec<Option<(std::time::SystemTime, u64)>> {
+    std::iter::once(config)
+        .chain(files.iter().map(|p| p.as_path()))
+        .map(|p| {
+            let m = std::fs::metadata(p).ok()?;
+            Some((m.modified().ok()?, m.len()))
+        })
+        .collect()
+}
+
+/// One reload, as SIGHUP asks it: counted and logged either way. On
+/// success, the files the new config reads (for `server.watch`).
+fn reload(running: &server::Running, path: &std::path::Path) -> Option<Vec<std::path::PathBuf>> {
+    let metrics = &running.app.metrics;
+    let outcome = Config::load(path)
+        .map_err(|e| e.to_string())
+        .and_then(|next| {
+            running.app.reload(&next).map_err(|e| e.to_string())?;
+            // The inbound TLS pair is read again too (a rotated certificate);
+            // one that does not load keeps the old.
+            if running.reload_tls().map_err(|e| e.to_string())? {
+                tracing::info!("inbound TLS certificate and key reloaded");
+            }
+            Ok(next)
+        });
+    match outcome {
+        Ok(next) => {
+            metrics
+                .config_reloads_total
+                .with_label_values(&["ok"])
+                .inc();
+            tracing::info!(config = %path.display(), "configuration reloaded");
+            for w in next.warnings() {
+                tracing::warn!("{w}");
+            }
+            Some(next.watched_files())
+        }
+        Err(e) => {
+            metrics
+                .config_reloads_total
+                .with_label_values(&["error"])
+                .inc();
+            tracing::error!(error = %e, "reload refused; the previous configuration stays in force");
+            None
         }
     }
 }

@@ -301,3 +301,36 @@ async fn sighup_reloads_a_rotated_key_file() {
     assert_eq!(get(&c, &proxy.url("/v1/later")).await.status, 200);
     assert_eq!(sent("/v1/later"), "second-key-9876543210");
 }
+
+/// `server.watch`: a changed secret file is reloaded without a signal, as a
+/// Kubernetes Secret swap would be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_reloads_a_changed_secret_file_without_a_signal() {
+    let up = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("dastra.key");
+    std::fs::write(&key, "watched-key-one-0000\n").unwrap();
+    let file = format!("api_key_file = \"{}\"", key.display());
+    let proxy = BinProxy::start_edit(dir.path(), &up, "", move |s| {
+        s.replace("api_key_env = \"TEST_DASTRA_KEY\"", &file)
+            .replacen("[server]\n", "[server]\nwatch = true\n", 1)
+    });
+    let c = client();
+    assert_eq!(get(&c, &proxy.url("/v1/one")).await.status, 200);
+    std::fs::write(&key, "watched-key-two-11111\n").unwrap();
+    // Checked every 2 s: wait_metric polls for up to 3 s.
+    wait_metric(
+        &c,
+        proxy.admin,
+        "dastra_proxy_config_reloads_total{result=\"ok\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(get(&c, &proxy.url("/v1/two")).await.status, 200);
+    let two = up
+        .log()
+        .into_iter()
+        .find(|r| r.target == "/v1/two")
+        .unwrap();
+    assert_eq!(two.headers["x-api-key"], "watched-key-two-11111");
+}

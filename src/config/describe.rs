@@ -76,7 +76,7 @@ pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         o,
         "header_read_timeout = \"{}\"\nidle_timeout = \"{}\"\nbody_read_timeout = \"{}\"\n\
          max_connections = {}\nmax_connections_per_ip = {}\nmax_concurrent_streams = {}\n\
-         max_buffered_body = {}\nadmin_allow = {}",
+         max_buffered_body = {}\nwatch = {}\nadmin_allow = {}",
         d(s.header_read_timeout),
         d(s.idle_timeout),
         d(s.body_read_timeout),
@@ -84,6 +84,7 @@ pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         s.max_connections_per_ip,
         s.max_concurrent_streams,
         s.max_buffered_body,
+        s.watch,
         nets(&s.admin_allow)
     )?;
     if let Some(t) = &s.tls {

@@ -187,6 +187,30 @@ impl Config {
 }
 
 impl Config {
+    /// The files a reload reads besides the config itself: inbound TLS and
+    /// `*_file` secrets (what `server.watch` looks at).
+    pub fn watched_files(&self) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        if let Some(t) = &self.server.tls {
+            out.push(t.cert_file.clone());
+            out.push(t.key_file.clone());
+        }
+        let secrets: Vec<&crate::secret::Secret> = match &self.credential {
+            CredentialConfig::ApiKey(k) => vec![k],
+            CredentialConfig::Basic { public, private }
+            | CredentialConfig::OAuth2 {
+                public, private, ..
+            } => vec![public, private],
+            CredentialConfig::Passthrough { .. } => vec![],
+        };
+        for s in secrets {
+            if let crate::secret::SecretSource::File(p) = s.source() {
+                out.push(p.clone());
+            }
+        }
+        out
+    }
+
     /// Facts an operator should know that are not mistakes.
     pub fn notes(&self) -> Vec<String> {
         let mut out = self.never_binding();

@@ -70,6 +70,7 @@ pub(crate) struct RawServer {
     pub(crate) max_connections: Option<i64>,
     pub(crate) max_connections_per_ip: Option<i64>,
     pub(crate) max_concurrent_streams: Option<i64>,
+    pub(crate) watch: Option<bool>,
     pub(crate) max_buffered_body: Option<String>,
     pub(crate) admin_allow: Option<Vec<IpNet>>,
 }

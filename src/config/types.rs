@@ -88,6 +88,8 @@ pub struct ServerConfig {
     /// Open client connections in all, and from one address.
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// Re-read the config, TLS and secret files when they change, as SIGHUP does.
+    pub watch: bool,
     /// HTTP/2 streams one client connection may have open at once.
     pub max_concurrent_streams: u32,
     /// Request bodies held before admission (read ahead, see the buffer

@@ -207,6 +207,7 @@ impl Validator<'_> {
                 raw.max_connections_per_ip,
                 512,
             )?,
+            watch: raw.watch.unwrap_or(false),
             max_concurrent_streams: u32::try_from(raw.max_concurrent_streams.unwrap_or(100))
                 .ok()
                 .filter(|n| (1..=10_000).contains(n))
