@@ -1,8 +1,9 @@
 //! The edges of the quota promise, on tokio's paused clock: each test here
 //! kills a mutant `scripts/mutants` found surviving (a key still holding
-//! sends forgotten, a pause that ends before the window, a wait of exactly
-//! `max_wait`, the fast path refusing what may queue, the state file not
-//! told of a landing or refund).
+//! sends forgotten, a pause that ends before the window, the longer of two
+//! pauses, a wait of exactly `max_wait`, the fast path refusing what may
+//! queue, `max_queue` over every key, the state file not told of a landing
+//! or refund).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -181,4 +182,60 @@ async fn a_wait_of_exactly_max_wait_is_queued() {
     let p = a.acquire(&caller()).await.expect("queued, then admitted");
     assert_eq!(Instant::now() - t0, Duration::from_millis(1000));
     drop(p);
+}
+
+/// Of two pauses ordered by Dastra's 429s, the longer holds, whichever came
+/// first.
+#[tokio::test(start_paused = true)]
+async fn the_longest_pause_holds() {
+    let t0 = Instant::now();
+    for (first, second) in [(100, 500), (500, 100)] {
+        let a = Admission::new(&limits(&[(100, 1000)]), &reject());
+        a.pause_until(t0 + Duration::from_millis(first));
+        a.pause_until(t0 + Duration::from_millis(second));
+        let now = Instant::now();
+        advance(Duration::from_millis(200) - (now - t0).min(Duration::from_millis(200))).await;
+        match a.acquire(&caller()).await {
+            Err(Refusal::QuotaExhausted { retry_at }) => {
+                assert_eq!(
+                    retry_at,
+                    t0 + Duration::from_millis(500),
+                    "{first} then {second}"
+                )
+            }
+            other => panic!("{first} then {second}: {other:?}"),
+        }
+    }
+}
+
+/// `max_queue` bounds the waiting calls of every passthrough key together.
+#[tokio::test(start_paused = true)]
+async fn max_queue_bounds_every_key_together() {
+    let cfg = AdmissionConfig {
+        on_limit: OnLimit::Queue,
+        max_queue: 1,
+        ..reject()
+    };
+    let bounds = KeyBounds {
+        max_keys: 4,
+        max_keys_per_ip: 4,
+    };
+    let q = Quotas::new(&limits(&[(1, 1000)]), &cfg, Some(bounds), None, None).unwrap();
+    let (a, b) = (
+        q.get(QuotaKey([1; 32]), None).unwrap(),
+        q.get(QuotaKey([2; 32]), None).unwrap(),
+    );
+    a.acquire(&caller()).await.unwrap().sent().landed();
+    b.acquire(&caller()).await.unwrap().sent().landed();
+    let waiting = {
+        let a = a.clone();
+        tokio::spawn(async move { a.acquire(&caller()).await.map(drop) })
+    };
+    tokio::task::yield_now().await;
+    assert!(
+        matches!(b.acquire(&caller()).await, Err(Refusal::QueueFull { .. })),
+        "one call already waits (on another key)"
+    );
+    advance(Duration::from_millis(1000)).await;
+    assert!(waiting.await.unwrap().is_ok());
 }
