@@ -37,16 +37,6 @@ async fn connect_from(local: &str, to: SocketAddr) -> TcpStream {
 }
 
 /// The test config with `credential.kind = "passthrough"` and `keys` after it.
-async fn passthrough(up: &MockUpstream, keys: &str, extra: &str) -> TestProxy {
-    let credential = format!("kind = \"passthrough\"\n{keys}");
-    TestProxy::start_edit(up, extra, move |s| {
-        s.replace(
-            "kind = \"api_key\"\napi_key_env = \"TEST_DASTRA_KEY\"\n",
-            &credential,
-        )
-    })
-    .await
-}
 
 /// Reads until the peer closes (or resets) the connection; how long it took.
 async fn closed_after(mut s: impl tokio::io::AsyncRead + Unpin) -> Duration {

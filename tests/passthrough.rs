@@ -9,17 +9,6 @@ use axum::body::Body;
 use http::{Method, StatusCode};
 use support::*;
 
-async fn passthrough(up: &MockUpstream, keys: &str, extra: &str) -> TestProxy {
-    let credential = format!("kind = \"passthrough\"\n{keys}");
-    TestProxy::start_edit(up, extra, move |s| {
-        s.replace(
-            "kind = \"api_key\"\napi_key_env = \"TEST_DASTRA_KEY\"\n",
-            &credential,
-        )
-    })
-    .await
-}
-
 const FIVE_PER_20S: &str =
     "[[limits]]\nrequests = 5\nper = \"20s\"\n[admission]\non_limit = \"reject\"\n";
 

@@ -15,20 +15,7 @@ async fn many(
     c: &TestClient,
     urls: Vec<(String, Vec<(&'static str, &'static str)>)>,
 ) -> Vec<Reply> {
-    let calls: Vec<_> = urls
-        .into_iter()
-        .map(|(url, headers)| {
-            let c = c.clone();
-            tokio::spawn(async move {
-                send(&c, Method::GET, &url, &headers, axum::body::Body::empty()).await
-            })
-        })
-        .collect();
-    let mut out = Vec::new();
-    for h in calls {
-        out.push(h.await.unwrap());
-    }
-    out
+    support::gets_together(c, urls).await
 }
 
 fn body(r: &Reply) -> String {

@@ -15,22 +15,8 @@ const CACHED: &str = "[cache]\n[[cache.rules]]\npath = \"/seq/*/*\"\nttl = \"10s
 
 type Headers = Vec<(&'static str, &'static str)>;
 
-/// All calls at once: whichever arrives first leads, the others may follow.
 async fn together(c: &TestClient, calls: Vec<(String, Headers)>) -> Vec<Reply> {
-    let tasks: Vec<_> = calls
-        .into_iter()
-        .map(|(url, headers)| {
-            let c = c.clone();
-            tokio::spawn(async move {
-                send(&c, Method::GET, &url, &headers, axum::body::Body::empty()).await
-            })
-        })
-        .collect();
-    let mut out = Vec::new();
-    for t in tasks {
-        out.push(t.await.unwrap());
-    }
-    out
+    support::gets_together(c, calls).await
 }
 
 fn calls_to(up: &MockUpstream, prefix: &str) -> usize {

@@ -303,6 +303,39 @@ pub fn client_from(local: &str) -> TestClient {
     Client::builder(TokioExecutor::new()).build(http)
 }
 
+/// A proxy whose credential is the caller's own (`kind = "passthrough"`),
+/// with these credential keys besides.
+pub async fn passthrough(up: &MockUpstream, keys: &str, extra: &str) -> TestProxy {
+    let credential = format!("kind = \"passthrough\"\n{keys}");
+    TestProxy::start_edit(up, extra, move |s| {
+        s.replace(
+            "kind = \"api_key\"\napi_key_env = \"TEST_DASTRA_KEY\"\n",
+            &credential,
+        )
+    })
+    .await
+}
+
+/// GETs all at once, each with its own headers: whichever arrives first
+/// leads a shared call, the others may follow it.
+pub async fn gets_together(
+    c: &TestClient,
+    calls: Vec<(String, Vec<(&'static str, &'static str)>)>,
+) -> Vec<Reply> {
+    let tasks: Vec<_> = calls
+        .into_iter()
+        .map(|(url, headers)| {
+            let c = c.clone();
+            tokio::spawn(async move { send(&c, Method::GET, &url, &headers, Body::empty()).await })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
 /// A finished response: status, headers and the whole body.
 #[derive(Debug)]
 pub struct Reply {
