@@ -36,8 +36,6 @@ async fn connect_from(local: &str, to: SocketAddr) -> TcpStream {
     s.connect(to).await.unwrap()
 }
 
-/// The test config with `credential.kind = "passthrough"` and `keys` after it.
-
 /// Reads until the peer closes (or resets) the connection; how long it took.
 async fn closed_after(mut s: impl tokio::io::AsyncRead + Unpin) -> Duration {
     let started = Instant::now();
