@@ -126,6 +126,26 @@ async fn quota(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
         })
         .collect();
     let first = keys.first().cloned().unwrap_or_else(|| json!({}));
+    // What an operator must know first: the modes in which the proxy is not
+    // doing what its config says (the status page's header shows them).
+    let mut degraded = Vec::new();
+    if !app.ready.load(Ordering::SeqCst) {
+        degraded.push("not ready: starting or draining");
+    }
+    if !app.store_healthy.load(Ordering::Relaxed) {
+        degraded.push(if app.store_rejects {
+            "store unreachable: refusing calls"
+        } else {
+            "store unreachable: holding this replica's share"
+        });
+    }
+    if snaps.iter().any(|s| s.paused_for.is_some()) {
+        degraded.push("paused by Dastra's 429");
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let uptime = (now - app.metrics.process_start_time_seconds.get()).max(0.0);
     let rejected = app.metrics.rejected_total.collect_by_code();
     Json(json!({
         "windows": first["windows"],
@@ -150,6 +170,8 @@ async fn quota(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
             "reachable": app.store_healthy.load(Ordering::Relaxed),
         },
         "version": env!("CARGO_PKG_VERSION"),
+        "degraded": degraded,
+        "uptime_seconds": uptime.floor(),
     }))
 }
 

@@ -238,3 +238,30 @@ async fn known_series_exist_at_zero_before_any_call() {
     );
     proxy.shutdown().await;
 }
+
+/// `/quota` (and the status page's header from it) says when the proxy is
+/// degraded, and how long it has been up (every counter is since then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_says_when_the_proxy_is_degraded_and_its_uptime() {
+    let up = MockUpstream::start().await;
+    let proxy = TestProxy::start(&up, "").await;
+    let q = get(&client(), &proxy.admin_url("/quota")).await.json();
+    assert_eq!(q["degraded"], serde_json::json!([]), "{q}");
+    assert!(q["uptime_seconds"].as_f64().unwrap() >= 0.0);
+    proxy.shutdown().await;
+    // Redis unreachable, falling back to this replica's share.
+    let store = format!(
+        "[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:{}\"\non_error = \"local\"\nreplicas = 1\n",
+        free_port().port()
+    );
+    let proxy = TestProxy::start(&up, &store).await;
+    let c = client();
+    assert_eq!(get(&c, &proxy.url("/v1/while-down")).await.status, 200);
+    let q = get(&c, &proxy.admin_url("/quota")).await.json();
+    let degraded = q["degraded"].to_string();
+    assert!(
+        degraded.contains("store unreachable: holding this replica's share"),
+        "{q}"
+    );
+    proxy.shutdown().await;
+}
