@@ -120,9 +120,14 @@ where
                     r
                 };
                 // The body was read first: ready again before calling.
+                if !cfg.refreshes {
+                    // No retry can follow (only OAuth2 mends a 401): the
+                    // request moves on whole, nothing copied.
+                    let req = Request::from_parts(parts, Body::from(bytes));
+                    return inner.ready().await?.call(req).await;
+                }
                 let resp = inner.ready().await?.call(again(&parts)).await?;
-                let retry = cfg.refreshes
-                    && resp.status() == StatusCode::UNAUTHORIZED
+                let retry = resp.status() == StatusCode::UNAUTHORIZED
                     && !std::mem::take(&mut outcome.lock().token_fresh);
                 if !retry {
                     return Ok(resp);
