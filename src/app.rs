@@ -73,6 +73,37 @@ pub struct App {
     policy: ArcSwap<Policy>,
 }
 
+/// The first key of `section` whose value differs between the two configs,
+/// as `check` prints them (`server.listen`); the section when none does
+/// (a secret's value, which `check` never prints).
+fn changed_key(cur: &Config, next: &Config, section: &str) -> String {
+    let table = section.trim_matches(|c| c == '[' || c == ']');
+    let keys = |c: &Config| -> Vec<(String, String)> {
+        let mut current = String::new();
+        let mut out = Vec::new();
+        for line in c.to_string().lines() {
+            let t = line.trim();
+            if t.starts_with('[') {
+                current = t.trim_matches(|ch| ch == '[' || ch == ']').to_owned();
+            } else if let Some((k, v)) = t.split_once(" = ") {
+                if current == table {
+                    out.push((format!("{current}.{k}"), v.to_owned()));
+                }
+            }
+        }
+        out
+    };
+    let (a, b) = (keys(cur), keys(next));
+    a.iter()
+        .find(|(k, v)| {
+            b.iter()
+                .find(|(k2, _)| k2 == k)
+                .is_none_or(|(_, v2)| v2 != v)
+        })
+        .or_else(|| b.iter().find(|(k, _)| a.iter().all(|(k2, _)| k2 != k)))
+        .map_or_else(|| section.to_owned(), |(k, _)| k.clone())
+}
+
 /// Why a config that passed validation still cannot be started.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -142,7 +173,7 @@ pub enum ReloadError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error("`{0}` cannot change on reload; restart the proxy to change it")]
-    NeedsRestart(&'static str),
+    NeedsRestart(String),
     #[error(transparent)]
     Credential(#[from] crate::credential::CredentialError),
 }
@@ -293,7 +324,7 @@ impl App {
             ("[log]", next.log == cur.log),
         ];
         if let Some((section, _)) = fixed.iter().find(|(_, same)| !same) {
-            return Err(ReloadError::NeedsRestart(section));
+            return Err(ReloadError::NeedsRestart(changed_key(cur, next, section)));
         }
         if cred_changed {
             let fresh = Credential::new(

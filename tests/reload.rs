@@ -334,3 +334,32 @@ async fn watch_reloads_a_changed_secret_file_without_a_signal() {
         .unwrap();
     assert_eq!(two.headers["x-api-key"], "watched-key-two-11111");
 }
+
+/// A reload that must refuse a change names the key that changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reload_names_the_key_that_changed() {
+    let up = MockUpstream::start().await;
+    let proxy = TestProxy::start(&up, "").await;
+    let app = proxy.running.as_ref().unwrap().app.clone();
+    let path = proxy.dir.path().join("config.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    for (from, to, key) in [
+        (
+            "shutdown_grace = \"5s\"",
+            "shutdown_grace = \"6s\"",
+            "server.shutdown_grace",
+        ),
+        (
+            "\ntimeout = \"2s\"",
+            "\ntimeout = \"3s\"",
+            "upstream.timeout",
+        ),
+    ] {
+        assert!(text.contains(from), "{from}");
+        let changed = text.replacen(from, to, 1);
+        let next = dastra_proxy::config::Config::parse_with(&changed, &path, &test_env()).unwrap();
+        let e = app.reload(&next).unwrap_err().to_string();
+        assert!(e.contains(&format!("`{key}`")), "{e}");
+    }
+    proxy.shutdown().await;
+}
