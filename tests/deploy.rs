@@ -160,3 +160,25 @@ fn the_compose_replicas_share_one_quota_and_prometheus_loads_the_alerts() {
         .unwrap();
     assert!(mounts.starts_with("../dashboards/alerts.yml:"));
 }
+
+/// Both manifests pass Kubernetes' own schemas, strictly (no unknown field):
+/// `kubernetes-validate`, which `scripts/test` installs when missing.
+#[test]
+fn the_manifests_pass_the_kubernetes_schemas() {
+    for file in [
+        "deploy/kubernetes/gateway.yaml",
+        "deploy/kubernetes/sidecar.yaml",
+    ] {
+        let out = Command::new("python3")
+            .args(["-m", "kubernetes_validate", "--strict", "--quiet"])
+            .arg(format!("{}/{file}", root()))
+            .output()
+            .expect("kubernetes-validate is installed (scripts/test installs it)");
+        assert!(
+            out.status.success(),
+            "{file}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
