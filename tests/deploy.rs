@@ -182,3 +182,25 @@ fn the_manifests_pass_the_kubernetes_schemas() {
         );
     }
 }
+
+/// The Compose file passes the Compose specification's schema
+/// (check-jsonschema's vendored copy, installed by `scripts/test`).
+#[test]
+fn the_compose_file_passes_the_compose_schema() {
+    let out = Command::new("python3")
+        .args([
+            "-m",
+            "check_jsonschema",
+            "--builtin-schema",
+            "vendor.compose-spec",
+        ])
+        .arg(format!("{}/deploy/compose.yaml", root()))
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
