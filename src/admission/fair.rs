@@ -250,4 +250,34 @@ mod tests {
         let order: Vec<String> = std::iter::from_fn(|| q.pop().map(|(v, _)| v)).collect();
         assert_eq!(order, ["b0", "a2", "b1", "a3"]);
     }
+
+    /// `ahead_of` is exactly the place the fair order then gives the call:
+    /// the projection `max_wait` and Retry-After stand on.
+    #[test]
+    fn ahead_of_is_the_place_pop_gives() {
+        let now = Instant::now();
+        let names: [Arc<str>; 3] = ["a".into(), "b".into(), "c".into()];
+        let weights = [1u32, 3, 7];
+        // Several queue shapes: each client's backlog.
+        for backlog in [[3usize, 3, 0], [5, 1, 2], [0, 4, 4], [2, 0, 6]] {
+            for (who, weight) in weights.iter().enumerate() {
+                let mut q = FairQueue::default();
+                for (c, n) in backlog.iter().enumerate() {
+                    for _ in 0..*n {
+                        q.push(&names[c], weights[c], now, usize::MAX);
+                    }
+                }
+                let ahead = q.ahead_of(&names[who], *weight);
+                q.push(&names[who], *weight, now, 0);
+                let mut place = 0;
+                while let Some((v, _)) = q.pop() {
+                    if v == 0 {
+                        break;
+                    }
+                    place += 1;
+                }
+                assert_eq!(ahead, place, "backlog {backlog:?}, client {who}");
+            }
+        }
+    }
 }
