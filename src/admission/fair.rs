@@ -263,9 +263,16 @@ mod tests {
             for (who, weight) in weights.iter().enumerate() {
                 let mut q = FairQueue::default();
                 for (c, n) in backlog.iter().enumerate() {
-                    for _ in 0..*n {
-                        q.push(&names[c], weights[c], now, usize::MAX);
+                    // One call of each client that leaves the queue again
+                    // (its caller went away) in the middle of its backlog.
+                    let mut leaving = None;
+                    for k in 0..*n + 1 {
+                        let id = q.push(&names[c], weights[c], now, usize::MAX);
+                        if k == n / 2 {
+                            leaving = Some(id);
+                        }
                     }
+                    assert!(q.remove(&names[c], leaving.unwrap()).is_some());
                 }
                 let ahead = q.ahead_of(&names[who], *weight);
                 q.push(&names[who], *weight, now, 0);
