@@ -33,6 +33,14 @@ fn most_in_30s(up: &MockUpstream) -> usize {
         .unwrap_or(0)
 }
 
+/// Two replicas of one config, each in a directory of its own.
+fn two(up: &MockUpstream, cfg: &str) -> ([tempfile::TempDir; 2], BinProxy, BinProxy) {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let a = BinProxy::start(dirs[0].path(), up, cfg);
+    let b = BinProxy::start(dirs[1].path(), up, cfg);
+    (dirs, a, b)
+}
+
 async fn ok(c: &TestClient, p: &BinProxy, path: &str) {
     assert_eq!(get(c, &p.url(path)).await.status, 200, "{path}");
 }
@@ -77,11 +85,7 @@ async fn a_restore_from_an_older_dump_loses_no_send() {
     let up = MockUpstream::start().await;
     let mut redis = RedisServer::start();
     let cfg = config(&redis, 5, "on_limit = \"reject\"");
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (a, b) = (
-        BinProxy::start(da.path(), &up, &cfg),
-        BinProxy::start(db.path(), &up, &cfg),
-    );
+    let (_dirs, a, b) = two(&up, &cfg);
     let c = client();
     ok(&c, &a, "/v1/a/0").await;
     ok(&c, &a, "/v1/a/1").await;
@@ -111,11 +115,7 @@ async fn the_sends_key_deleted_alone_is_written_back_before_anyone_is_admitted()
     let up = MockUpstream::start().await;
     let redis = RedisServer::start();
     let cfg = config(&redis, 5, "on_limit = \"reject\"");
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (a, b) = (
-        BinProxy::start(da.path(), &up, &cfg),
-        BinProxy::start(db.path(), &up, &cfg),
-    );
+    let (_dirs, a, b) = two(&up, &cfg);
     let c = client();
     for i in 0..3 {
         ok(&c, &a, &format!("/v1/a/{i}")).await;
@@ -139,11 +139,7 @@ async fn a_flush_while_calls_wait_on_another_replica_loses_no_send() {
     let up = MockUpstream::start().await;
     let redis = RedisServer::start();
     let cfg = config(&redis, 6, "on_limit = \"queue\"\nmax_wait = \"60s\"");
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (a, b) = (
-        BinProxy::start(da.path(), &up, &cfg),
-        BinProxy::start(db.path(), &up, &cfg),
-    );
+    let (_dirs, a, b) = two(&up, &cfg);
     let c = client();
     for i in 0..3 {
         ok(&c, &a, &format!("/v1/a/{i}")).await;

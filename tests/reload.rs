@@ -160,6 +160,13 @@ async fn a_sighup_during_start_up_is_a_reload_not_a_death() {
     assert!(proxy.child.try_wait().unwrap().is_none(), "still running");
 }
 
+/// Sends SIGHUP and waits until `config_reloads_total{result}` reaches `n`.
+async fn hup(c: &TestClient, proxy: &BinProxy, result: &str, n: f64) {
+    proxy.signal("HUP");
+    let series = format!("dastra_proxy_config_reloads_total{{result=\"{result}\"}}");
+    wait_metric(c, proxy.admin, &series, n).await;
+}
+
 /// The leaf certificate a TLS handshake with `port` presents.
 async fn presented(port: u16, cas: &[&TestPki]) -> Vec<u8> {
     use rustls::pki_types::pem::PemObject as _;
@@ -217,29 +224,15 @@ async fn sighup_reloads_the_inbound_certificate_and_a_broken_pair_keeps_the_old(
     assert_eq!(presented(port, &[&a, &b]).await, leaf(&a));
     std::fs::write(&crt, &b.cert_pem).unwrap();
     std::fs::write(&key, &b.key_pem).unwrap();
-    proxy.signal("HUP");
     let c = client();
-    wait_metric(
-        &c,
-        proxy.admin,
-        "dastra_proxy_config_reloads_total{result=\"ok\"}",
-        1.0,
-    )
-    .await;
+    hup(&c, &proxy, "ok", 1.0).await;
     assert_eq!(
         presented(port, &[&a, &b]).await,
         leaf(&b),
         "the rotated pair"
     );
     std::fs::write(&key, "not a key\n").unwrap();
-    proxy.signal("HUP");
-    wait_metric(
-        &c,
-        proxy.admin,
-        "dastra_proxy_config_reloads_total{result=\"error\"}",
-        1.0,
-    )
-    .await;
+    hup(&c, &proxy, "error", 1.0).await;
     assert_eq!(
         presented(port, &[&a, &b]).await,
         leaf(&b),
@@ -262,14 +255,7 @@ async fn sighup_reloads_a_rotated_key_file() {
     let c = client();
     assert_eq!(get(&c, &proxy.url("/v1/before")).await.status, 200);
     std::fs::write(&key, "second-key-9876543210\n").unwrap();
-    proxy.signal("HUP");
-    wait_metric(
-        &c,
-        proxy.admin,
-        "dastra_proxy_config_reloads_total{result=\"ok\"}",
-        1.0,
-    )
-    .await;
+    hup(&c, &proxy, "ok", 1.0).await;
     assert_eq!(get(&c, &proxy.url("/v1/after")).await.status, 200);
     let sent = |path: &str| {
         up.log()
@@ -290,14 +276,7 @@ async fn sighup_reloads_a_rotated_key_file() {
         .replace("kind = \"api_key\"", "kind = \"passthrough\"");
     let text = text.replace(&format!("api_key_file = \"{}\"", key.display()), "");
     std::fs::write(&path, text).unwrap();
-    proxy.signal("HUP");
-    wait_metric(
-        &c,
-        proxy.admin,
-        "dastra_proxy_config_reloads_total{result=\"error\"}",
-        1.0,
-    )
-    .await;
+    hup(&c, &proxy, "error", 1.0).await;
     assert_eq!(get(&c, &proxy.url("/v1/later")).await.status, 200);
     assert_eq!(sent("/v1/later"), "second-key-9876543210");
 }
