@@ -239,3 +239,73 @@ async fn max_queue_bounds_every_key_together() {
     advance(Duration::from_millis(1000)).await;
     assert!(waiting.await.unwrap().is_ok());
 }
+
+/// Passthrough's key map: a key Dastra rejected makes room first, even with
+/// sends in its window; busy keys Dastra accepted never do; the map answers
+/// for what it tracks and applies a reload to every key.
+#[tokio::test(start_paused = true)]
+async fn a_rejected_key_makes_room_first_and_accepted_busy_keys_never_do() {
+    let bounds = KeyBounds {
+        max_keys: 2,
+        max_keys_per_ip: 2,
+    };
+    let q = Quotas::new(&limits(&[(2, 1000)]), &reject(), Some(bounds), None, None).unwrap();
+    let (a, b, c) = (QuotaKey([1; 32]), QuotaKey([2; 32]), QuotaKey([3; 32]));
+    for key in [a, b] {
+        q.get(key, None)
+            .unwrap()
+            .acquire(&caller())
+            .await
+            .unwrap()
+            .sent()
+            .landed();
+    }
+    assert!(
+        matches!(q.get(c, None), Err(Refusal::TooManyKeys { .. })),
+        "both busy, both accepted"
+    );
+    assert!(q.existing(&a).is_some() && q.existing(&c).is_none());
+    assert_eq!(q.all().len(), 2);
+    q.existing(&a).unwrap().set_rejected(true);
+    assert!(q.get(c, None).is_ok(), "the rejected key made room");
+    assert!(q.existing(&a).is_none() && q.existing(&b).is_some());
+    // A reload reaches every tracked key: b's two sends now fill a limit of 2
+    // still, and a limit of 1 refuses c's second call.
+    q.reconfigure(&limits(&[(1, 1000)]), &reject());
+    let cq = q.get(c, None).unwrap();
+    cq.acquire(&caller()).await.unwrap().sent().landed();
+    assert!(matches!(
+        cq.acquire(&caller()).await,
+        Err(Refusal::QuotaExhausted { .. })
+    ));
+}
+
+/// One address's count goes down when its key is forgotten, so it can make
+/// keys again; another address is never held to it.
+#[tokio::test(start_paused = true)]
+async fn a_client_address_gets_its_keys_back_when_they_are_forgotten() {
+    let bounds = KeyBounds {
+        max_keys: 2,
+        max_keys_per_ip: 1,
+    };
+    let q = Quotas::new(&limits(&[(2, 1000)]), &reject(), Some(bounds), None, None).unwrap();
+    let ip = |s: &str| -> std::net::IpAddr { s.parse().unwrap() };
+    let (x, y, z) = (ip("10.0.0.1"), ip("10.0.0.2"), ip("10.0.0.3"));
+    let key = |n: u8| QuotaKey([n; 32]);
+    let send = |a: Admission| async move { a.acquire(&caller()).await.unwrap().sent().landed() };
+    send(q.get(key(1), Some(x)).unwrap()).await;
+    assert!(
+        matches!(q.get(key(2), Some(x)), Err(Refusal::TooManyKeys { .. })),
+        "x made its one"
+    );
+    advance(Duration::from_millis(1000)).await;
+    // x's key is idle now, y's busy: z's new key takes x's place.
+    send(q.get(key(3), Some(y)).unwrap()).await;
+    q.get(key(4), Some(z)).unwrap();
+    assert!(q.existing(&key(1)).is_none());
+    // x has no key tracked any more: it may make one again.
+    assert!(
+        q.get(key(5), Some(x)).is_ok(),
+        "x's count came back to zero"
+    );
+}
