@@ -77,11 +77,6 @@ impl Credential {
         }
     }
 
-    /// Whether the caller's own credential goes out (one quota per credential).
-    pub fn is_passthrough(&self) -> bool {
-        matches!(self, Credential::Passthrough)
-    }
-
     /// Whether a 401 from upstream may be fixed by a fresh credential.
     pub fn refreshes(&self) -> bool {
         matches!(self, Credential::OAuth2(_))

@@ -103,7 +103,12 @@ where
             // The call waits for a slot (see `head`).
             crate::head::detach(&mut req);
         }
-        let passthrough = app.credential.load().is_passthrough();
+        // The kind never changes on reload (only its secrets do): read once
+        // from the config, not from the swappable credential per call.
+        let passthrough = matches!(
+            app.config.credential,
+            crate::config::CredentialConfig::Passthrough { .. }
+        );
         let mut inner = super::take_ready(&mut self.inner);
         CheckFuture::Inner {
             inner: Box::pin(async move {

@@ -122,9 +122,12 @@ impl RedisStore {
         } else {
             *lock(&self.seen)
         };
-        // Judged on this replica's clock: not when a test overrides Redis'.
+        // Only a decision looks at it (landings, refunds and peeks return
+        // before the check); judged on this replica's clock, not when a test
+        // overrides Redis'.
         let newest = match ask.now_us {
             Some(_) => String::new(),
+            None if !deciding => String::new(),
             None => self
                 .newest_landed()
                 .map(|id| self.member(id))
