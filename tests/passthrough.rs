@@ -176,3 +176,32 @@ async fn trace_is_refused_and_never_forwarded() {
     assert_eq!(up.count(), 0);
     proxy.shutdown().await;
 }
+
+/// A 403 comes from a real key without the right to one resource: Dastra
+/// counts its sends, so it is never forgotten to make room for another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_answered_403_keeps_its_window() {
+    let up = MockUpstream::start().await;
+    let proxy = passthrough(&up, "max_keys = 1\n", FIVE_PER_20S).await;
+    let c = client();
+    let h = [("x-api-key", "real-but-limited"), ("x-mock-status", "403")];
+    let r = send(
+        &c,
+        Method::GET,
+        &proxy.url("/v1/forbidden"),
+        &h,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = send(
+        &c,
+        Method::GET,
+        &proxy.url("/v1/x"),
+        &[("x-api-key", "other")],
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(r.code(), "too_many_keys", "the 403 key's send still counts");
+    proxy.shutdown().await;
+}

@@ -125,7 +125,7 @@ struct Tracked {
 
 impl KeyState {
     /// A key that may make room, among those `mine` accepts: one Dastra
-    /// rejected (401/403: no quota of its own there) with nobody waiting,
+    /// rejected (401: no quota of its own there) with nobody waiting,
     /// else an idle one. Otherwise when the first may be idle.
     fn victim(&self, now: Instant, mine: impl Fn(&Tracked) -> bool) -> Result<QuotaKey, Instant> {
         let mut soonest = None::<Instant>;

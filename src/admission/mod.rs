@@ -80,7 +80,7 @@ struct Inner {
     remote: Option<Arc<Remote>>,
     /// The memory store's state file, when restarts must keep the window.
     persist: Option<Persist>,
-    /// Passthrough: Dastra answered this credential's last call 401/403.
+    /// Passthrough: Dastra answered this credential's last call 401.
     rejected: std::sync::atomic::AtomicBool,
 }
 

@@ -140,9 +140,10 @@ where
                 }
                 let mut resp = result?;
                 if passthrough {
-                    let s = resp.status();
-                    admission
-                        .set_rejected(s == StatusCode::UNAUTHORIZED || s == StatusCode::FORBIDDEN);
+                    // 401 only: Dastra did not take the credential, so it
+                    // keeps no quota for it. A 403 comes from a real key
+                    // without the right to a resource: its sends count.
+                    admission.set_rejected(resp.status() == StatusCode::UNAUTHORIZED);
                 }
                 if resp.status() == StatusCode::TOO_MANY_REQUESTS {
                     app.metrics.upstream_429_total.inc();
