@@ -33,6 +33,23 @@ fn most_in_30s(up: &MockUpstream) -> usize {
         .unwrap_or(0)
 }
 
+/// Window-script runs Redis has served (EVAL and EVALSHA).
+fn script_runs(redis: &RedisServer) -> u64 {
+    redis
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_eval:") || l.starts_with("cmdstat_evalsha:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
 /// Two replicas of one config, each in a directory of its own.
 fn two(up: &MockUpstream, cfg: &str) -> ([tempfile::TempDir; 2], BinProxy, BinProxy) {
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
@@ -159,6 +176,15 @@ async fn a_flush_while_calls_wait_on_another_replica_loses_no_send() {
         assert!(Instant::now() < deadline, "the call never queued");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Waiting, B asks Redis again within a heartbeat (200 ms), not in a
+    // loop: a handful of script runs a second, not thousands.
+    let before = script_runs(&redis);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let asked = script_runs(&redis) - before;
+    assert!(
+        asked <= 20,
+        "{asked} script runs in 1 s with one call queued"
+    );
     assert_eq!(redis.cli(&["FLUSHALL"]), "OK");
     let calls: Vec<_> = (0..4)
         .map(|i| {
