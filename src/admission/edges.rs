@@ -309,3 +309,27 @@ async fn a_client_address_gets_its_keys_back_when_they_are_forgotten() {
         "x's count came back to zero"
     );
 }
+
+/// An address at its cap that makes room among its own keys keeps its count:
+/// it never holds more than `max_keys_per_ip` keys.
+#[tokio::test(start_paused = true)]
+async fn an_address_making_room_among_its_own_keys_stays_at_its_cap() {
+    let bounds = KeyBounds {
+        max_keys: 10,
+        max_keys_per_ip: 2,
+    };
+    let q = Quotas::new(&limits(&[(2, 1000)]), &reject(), Some(bounds), None, None).unwrap();
+    let x: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+    let key = |n: u8| QuotaKey([n; 32]);
+    let send = |a: Admission| async move { a.acquire(&caller()).await.unwrap().sent().landed() };
+    send(q.get(key(1), Some(x)).unwrap()).await;
+    advance(Duration::from_millis(1000)).await;
+    send(q.get(key(2), Some(x)).unwrap()).await;
+    // At its cap: key 3 takes idle key 1's place.
+    send(q.get(key(3), Some(x)).unwrap()).await;
+    assert!(q.existing(&key(1)).is_none());
+    assert!(
+        matches!(q.get(key(4), Some(x)), Err(Refusal::TooManyKeys { .. })),
+        "two busy keys: still at its cap"
+    );
+}
