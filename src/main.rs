@@ -76,7 +76,9 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         // Handlers first: a SIGHUP (or SIGTERM) arriving while the listeners
         // come up would otherwise meet the default action and kill the process.
         let signals = Signals::install()?;
-        let running = server::start(config, Metrics::new()).await?;
+        let running = server::start(config, Metrics::new())
+            .await
+            .with_context(|| path.display().to_string())?;
         signals.serve(&running, path).await;
         running.shutdown().await;
         Ok(())
@@ -193,7 +195,7 @@ fn reload(running: &server::Running, path: &std::path::Path) -> Option<Vec<std::
 
 fn check(path: &std::path::Path, offline: bool) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    server::preflight(&config)?;
+    server::preflight(&config).with_context(|| path.display().to_string())?;
     if let StoreConfig::Memory {
         state_file: Some(state),
     } = &config.store

@@ -5,6 +5,13 @@ use super::raw;
 use super::types::*;
 use super::validate::Validator;
 use crate::secret::{Secret, SecretSource};
+use sha2::{Digest, Sha256};
+
+/// Keys anyone would try first (and that examples on the web use): a client
+/// whose digest is one of these is as good as open.
+const WEAK_KEYS: [&str; 9] = [
+    "", "abc", "hello", "test", "password", "secret", "changeme", "key", "123456",
+];
 
 /// `store.state_file` when the file names none, relative to the config file.
 const DEFAULT_STATE_FILE: &str = "dastra-proxy.state";
@@ -44,6 +51,18 @@ impl Validator<'_> {
                         "must be 64 hex digits from `dastra-proxy hash-key`",
                     )
                 })?;
+            if let Some(weak) = WEAK_KEYS
+                .iter()
+                .find(|k| <[u8; 32]>::from(Sha256::digest(k.as_bytes())) == digest)
+            {
+                return Err(self.invalid(
+                    &format!("{key}.key_sha256"),
+                    format!(
+                        "is the digest of the well-known key \"{weak}\": anyone can guess it; \
+                         make one with `dastra-proxy gen-key`"
+                    ),
+                ));
+            }
             if out.iter().any(|o| o.key_sha256 == digest) {
                 return Err(self.invalid(
                     &format!("{key}.key_sha256"),
@@ -80,7 +99,7 @@ impl Validator<'_> {
             out.push(ClientConfig {
                 name: c.name,
                 key_sha256: digest,
-                allow: c.allow,
+                allow: self.nets(&format!("{key}.allow"), c.allow)?,
                 weight,
                 rate,
             });

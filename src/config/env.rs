@@ -31,6 +31,7 @@ pub(super) fn apply(
         path: path.to_owned(),
         key: key.to_owned(),
         message,
+        at: None,
     };
     let mut table: toml::Table =
         toml::from_str(text).map_err(|e| super::error::parse_error(e, text, path))?;

@@ -20,7 +20,7 @@ use std::fmt;
 use std::path::Path;
 
 pub use env::FromEnv;
-pub use error::ConfigError;
+pub use error::{ConfigError, Place};
 pub use types::*;
 
 use crate::secret::SecretEnv;
@@ -59,10 +59,14 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|e| parse_error(e, text, path))?;
         let vars = env.vars_with_prefix(env::PREFIX);
         if vars.is_empty() {
-            return Validator { path, env }.validate(raw);
+            return Validator { path, env }
+                .validate(raw)
+                .map_err(|e| e.located(text, &[]));
         }
         let (raw, from_env) = env::apply(text, vars, path)?;
-        let mut config = Validator { path, env }.validate(raw)?;
+        let mut config = Validator { path, env }
+            .validate(raw)
+            .map_err(|e| e.located(text, &from_env))?;
         config.from_env = from_env;
         Ok(config)
     }
@@ -143,6 +147,30 @@ impl Config {
                 "[[clients]] send their keys over plain http on {}: set server.tls, or listen on loopback behind a TLS terminator",
                 self.server.listen
             ));
+        }
+        let loopback_only = |nets: &[ipnet::IpNet]| {
+            !nets.is_empty() && nets.iter().all(|n| n.network().is_loopback())
+        };
+        for (key, addr, allow, allow_key) in [
+            (
+                "server.listen",
+                self.server.listen,
+                &self.access.allow,
+                "access.allow",
+            ),
+            (
+                "server.admin_listen",
+                self.server.admin_listen,
+                &self.server.admin_allow,
+                "server.admin_allow",
+            ),
+        ] {
+            if !addr.ip().is_loopback() && loopback_only(allow) {
+                out.push(format!(
+                    "{key} = \"{addr}\" listens beyond this host, but {allow_key} admits only \
+                     loopback: every other caller gets 403 (add the networks that call it)"
+                ));
+            }
         }
         if self.access.allow.is_empty() {
             out.push("access.allow is empty: every caller is refused".to_owned());

@@ -6,7 +6,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ipnet::IpNet;
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
@@ -72,7 +71,7 @@ pub(crate) struct RawServer {
     pub(crate) max_concurrent_streams: Option<i64>,
     pub(crate) watch: Option<bool>,
     pub(crate) max_buffered_body: Option<String>,
-    pub(crate) admin_allow: Option<Vec<IpNet>>,
+    pub(crate) admin_allow: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,8 +130,8 @@ pub(crate) struct RawAdmission {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAccess {
-    pub(crate) allow: Option<Vec<IpNet>>,
-    pub(crate) trusted_proxies: Option<Vec<IpNet>>,
+    pub(crate) allow: Option<Vec<String>>,
+    pub(crate) trusted_proxies: Option<Vec<String>>,
     pub(crate) forwarded_header: Option<String>,
 }
 
@@ -141,7 +140,7 @@ pub(crate) struct RawAccess {
 pub(crate) struct RawClient {
     pub(crate) name: String,
     pub(crate) key_sha256: String,
-    pub(crate) allow: Option<Vec<IpNet>>,
+    pub(crate) allow: Option<Vec<String>>,
     pub(crate) weight: Option<i64>,
     pub(crate) rate: Option<String>,
     pub(crate) burst: Option<i64>,

@@ -93,7 +93,7 @@ fn windows_that_never_bind_are_explained() {
 
 #[test]
 fn cross_field_rules() {
-    let e = parse("[credential]\nkind = \"passthrough\"\n[[clients]]\nname = \"a\"\nkey_sha256 = \"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\"\n").unwrap_err();
+    let e = parse("[credential]\nkind = \"passthrough\"\n[[clients]]\nname = \"a\"\nkey_sha256 = \"0131254a1454a278322231df07fc65e2950e0bc532130cd0618f99719fa71dc3\"\n").unwrap_err();
     assert!(e.to_string().contains("credential.kind"), "{e}");
     let e =
         parse("[credential]\napi_key_env = \"CFG_TEST_KEY\"\napi_key_file = \"/x\"\n").unwrap_err();
@@ -149,7 +149,7 @@ fn client_rates_and_secret_files() {
     std::fs::write(&f, "public\n").unwrap();
     let c = parse(&format!(
         "[credential]\nkind = \"oauth2\"\npublic_key_file = \"{}\"\nprivate_key_env = \"CFG_TEST_PRIV\"\n\
-         [[clients]]\nname = \"crm\"\nkey_sha256 = \"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\"\nrate = \"20/s\"\nburst = 40\n",
+         [[clients]]\nname = \"crm\"\nkey_sha256 = \"0131254a1454a278322231df07fc65e2950e0bc532130cd0618f99719fa71dc3\"\nrate = \"20/s\"\nburst = 40\n",
         f.display()
     ))
     .unwrap();
@@ -199,7 +199,7 @@ fn risky_set_ups_are_warned_about() {
         "[access]\ntrusted_proxies = [\"::/0\"]\n",
         "trusts every address"
     ));
-    let client = "[[clients]]\nname = \"a\"\nkey_sha256 = \"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\"\n";
+    let client = "[[clients]]\nname = \"a\"\nkey_sha256 = \"0131254a1454a278322231df07fc65e2950e0bc532130cd0618f99719fa71dc3\"\n";
     assert!(warned(
         &format!("[server]\nlisten = \"0.0.0.0:8080\"\n{client}"),
         "keys over plain http"

@@ -24,6 +24,7 @@ impl Validator<'_> {
             path: self.path.to_owned(),
             key: key.to_owned(),
             message: message.into(),
+            at: None,
         }
     }
 
@@ -53,7 +54,49 @@ impl Validator<'_> {
             path: self.path.to_owned(),
             key: key.to_owned(),
             source,
+            at: None,
         })
+    }
+
+    /// An allow-list: CIDR networks, a bare address meaning itself alone
+    /// (/32 or /128); host bits set are refused with the network they would
+    /// mean, since `10.1.2.3/8` admitting all of 10/8 is rarely what was meant.
+    pub(super) fn nets(
+        &self,
+        key: &str,
+        raw: Option<Vec<String>>,
+    ) -> Result<Option<Vec<ipnet::IpNet>>, ConfigError> {
+        let Some(raw) = raw else { return Ok(None) };
+        let mut out = Vec::with_capacity(raw.len());
+        for (i, entry) in raw.iter().enumerate() {
+            let at = format!("{key}[{i}]");
+            let entry = entry.trim();
+            let net = match entry.parse::<ipnet::IpNet>() {
+                Ok(net) if net.trunc() != net => {
+                    return Err(self.invalid(
+                        &at,
+                        format!(
+                            "\"{entry}\" has host bits set: write \"{}\" for the whole network, \
+                             or \"{}\" for the one address",
+                            net.trunc(),
+                            ipnet::IpNet::from(net.addr())
+                        ),
+                    ))
+                }
+                Ok(net) => net,
+                Err(_) => match entry.parse::<std::net::IpAddr>() {
+                    Ok(addr) => ipnet::IpNet::from(addr),
+                    Err(_) => return Err(self.invalid(
+                        &at,
+                        format!(
+                            "\"{entry}\" is neither an address nor a network like \"10.0.0.0/8\""
+                        ),
+                    )),
+                },
+            };
+            out.push(net);
+        }
+        Ok(Some(out))
     }
 
     /// Paths in the file are relative to the file, not to the working directory.
@@ -81,10 +124,12 @@ impl Validator<'_> {
                 Duration::ZERO
             };
         let access = AccessConfig {
-            allow: raw.access.allow.unwrap_or_else(|| {
-                vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]
-            }),
-            trusted_proxies: raw.access.trusted_proxies.unwrap_or_default(),
+            allow: self
+                .nets("access.allow", raw.access.allow)?
+                .unwrap_or_else(loopback),
+            trusted_proxies: self
+                .nets("access.trusted_proxies", raw.access.trusted_proxies)?
+                .unwrap_or_default(),
             forwarded_header: match raw.access.forwarded_header.as_deref() {
                 None | Some("x-forwarded-for") => ForwardedHeader::XForwardedFor,
                 Some("forwarded") => ForwardedHeader::Forwarded,
@@ -221,9 +266,9 @@ impl Validator<'_> {
                 raw.max_buffered_body.as_deref().unwrap_or("64MiB"),
             )
             .map_err(|m| self.invalid("server.max_buffered_body", m))?,
-            admin_allow: raw.admin_allow.unwrap_or_else(|| {
-                vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]
-            }),
+            admin_allow: self
+                .nets("server.admin_allow", raw.admin_allow)?
+                .unwrap_or_else(loopback),
         })
     }
 
@@ -332,4 +377,11 @@ impl Validator<'_> {
             flight: Duration::ZERO,
         })
     }
+}
+
+fn loopback() -> Vec<ipnet::IpNet> {
+    vec![
+        "127.0.0.0/8".parse().expect("a valid network"),
+        "::1/128".parse().expect("a valid network"),
+    ]
 }

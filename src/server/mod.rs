@@ -38,8 +38,12 @@ pub enum StartError {
         what: &'static str,
         source: std::io::Error,
     },
-    #[error("server.tls {}: {message}", path.display())]
-    Tls { path: PathBuf, message: String },
+    #[error("`{key}` {}: {message}", path.display())]
+    Tls {
+        key: &'static str,
+        path: PathBuf,
+        message: String,
+    },
     #[error(transparent)]
     App(#[from] AppError),
 }
@@ -207,7 +211,12 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, StartError> {
     let err = |path: &PathBuf, message: String| StartError::Tls {
-        path: path.clone(),
+        key: if *path == files.key_file {
+            "server.tls.key_file"
+        } else {
+            "server.tls.cert_file"
+        },
+        path: std::path::absolute(path).unwrap_or_else(|_| path.clone()),
         message,
     };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert_file)
