@@ -33,21 +33,8 @@ fn most_in_30s(up: &MockUpstream) -> usize {
         .unwrap_or(0)
 }
 
-/// Window-script runs Redis has served (EVAL and EVALSHA).
 fn script_runs(redis: &RedisServer) -> u64 {
-    redis
-        .cli(&["INFO", "commandstats"])
-        .lines()
-        .filter(|l| l.starts_with("cmdstat_eval:") || l.starts_with("cmdstat_evalsha:"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
+    redis.script_runs()
 }
 
 /// Two replicas of one config, each in a directory of its own.

@@ -118,6 +118,11 @@ impl Remote {
     /// back if not); the releaser calls it while the key has recent sends.
     pub(super) async fn heartbeat(&self) {
         let _one = self.asking.lock().await;
+        self.check().await;
+    }
+
+    /// The heartbeat's question, for a caller that holds `asking`.
+    pub(super) async fn check(&self) {
         match self.store.check().await {
             Ok(_) => self.up(),
             Err(e) => self.failed("check", &e),
@@ -160,7 +165,7 @@ impl Admission {
         caller: &Caller,
     ) -> Result<Permit, Refusal> {
         let one = remote.asking.lock().await;
-        let (ahead, paused) = {
+        let (ahead, paused, full) = {
             let st = self.inner.lock();
             if st.closed {
                 return Err(Refusal::ShuttingDown);
@@ -169,13 +174,21 @@ impl Admission {
             (
                 st.queue.ahead_of(&caller.name, caller.weight),
                 st.paused_until.filter(|p| *p > now),
+                st.on_limit == OnLimit::Queue && st.queue.all_waiting() >= st.max_queue,
             )
         };
-        let mut answer = remote.ask(ahead, paused.is_some()).await;
+        // A full queue refuses with when the first slot frees, as memory mode
+        // does: the same question for every caller, answered locally while
+        // the window is known full.
+        let (ahead, project) = match full {
+            true => (0, true),
+            false => (ahead, paused.is_some()),
+        };
+        let mut answer = remote.ask(ahead, project).await;
         for _ in 0..3 {
             let Answer::Settling(at) = answer else { break };
             tokio::time::sleep_until(at).await;
-            answer = remote.ask(ahead, paused.is_some()).await;
+            answer = remote.ask(ahead, project).await;
         }
         let (id, rx) = {
             let mut st = self.inner.lock();

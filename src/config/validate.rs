@@ -86,12 +86,14 @@ impl Validator<'_> {
                 Ok(net) => net,
                 Err(_) => match entry.parse::<std::net::IpAddr>() {
                     Ok(addr) => ipnet::IpNet::from(addr),
-                    Err(_) => return Err(self.invalid(
-                        &at,
-                        format!(
+                    Err(_) => {
+                        return Err(self.invalid(
+                            &at,
+                            format!(
                             "\"{entry}\" is neither an address nor a network like \"10.0.0.0/8\""
                         ),
-                    )),
+                        ))
+                    }
                 },
             };
             out.push(net);

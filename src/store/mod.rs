@@ -9,6 +9,7 @@
 //! writes them back when Redis lost them (a new epoch) or missed them (an
 //! outage), before it decides through Redis again.
 
+mod known;
 mod link;
 mod script;
 mod sends;
@@ -17,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use known::Known;
 pub use link::RedisLink;
 use script::{random, Ask, Code, Reply};
 use sends::Sends;
@@ -82,6 +84,8 @@ pub struct RedisStore {
     generation: Mutex<u64>,
     /// When this replica last heard from Redis about this key.
     heard: Mutex<Option<Instant>>,
+    /// Until when the window is known full, so refusals need no Redis.
+    known: Mutex<Known>,
     settle: Duration,
 }
 
@@ -151,6 +155,7 @@ impl RedisStore {
             seen: Mutex::new(0),
             generation: Mutex::new(0),
             heard: Mutex::new(None),
+            known: Mutex::new(Known::default()),
             settle: SETTLE,
         }
     }
@@ -165,6 +170,13 @@ impl RedisStore {
     /// Applies reloaded limits; the set keeps what it holds.
     pub fn reconfigure(&self, limits: &[Limit], margin: Duration) {
         *lock(&self.windows) = Arc::new(Windows::new(limits, margin));
+        self.forget();
+    }
+
+    /// Drops what this replica knew about the window without asking: the
+    /// next decision goes to Redis.
+    pub fn forget(&self) {
+        lock(&self.known).forget();
     }
 
     /// A new call id, unique across replicas.
@@ -241,6 +253,12 @@ impl RedisStore {
         ahead: usize,
         now_us: Option<u64>,
     ) -> Result<Decision, StoreError> {
+        let now = Instant::now();
+        if now_us.is_none() && !lock(&self.sends).dirty {
+            if let Some(at) = lock(&self.known).start(ahead, now) {
+                return Ok(Decision::Wait(at - now));
+            }
+        }
         let member = self.member(id);
         let v = self
             .current(Ask {
@@ -248,6 +266,11 @@ impl RedisStore {
                 ..Ask::new(op, &member, now_us)
             })
             .await?;
+        let now = Instant::now();
+        match v.code {
+            Code::Wait(us) => lock(&self.known).learn(ahead, now + Duration::from_micros(us), now),
+            _ => lock(&self.known).forget(),
+        }
         Ok(match v.code {
             Code::Lost { .. } => {
                 return Err(StoreError::Redis(
@@ -283,6 +306,7 @@ impl RedisStore {
         };
         tracing::info!(key = %self.keys[0], "redis lost this quota key's sends; writing this replica's back");
         self.write_back().await?;
+        self.forget();
         *lock(&self.epoch) = epoch.to_string();
         *lock(&self.seen) = 0;
         let v = self.run(ask).await?;
@@ -309,6 +333,7 @@ impl RedisStore {
         })
         .await?;
         lock(&self.sends).dirty = false;
+        self.forget();
         Ok(())
     }
 
@@ -325,10 +350,15 @@ impl RedisStore {
     /// Call `id` never reached Dastra: its slot is free again.
     pub async fn release(&self, id: u64, now_us: Option<u64>) -> Result<(), StoreError> {
         lock(&self.sends).released(id);
+        // Its slot is free again: what this replica knew is now late.
+        self.forget();
         // A release Redis missed only over-counts until the reservation expires.
-        self.run(Ask::new("release", &self.member(id), now_us))
-            .await
-            .map(drop)
+        let r = self
+            .run(Ask::new("release", &self.member(id), now_us))
+            .await;
+        // A decision made while the release was on its way is late too.
+        self.forget();
+        r.map(drop)
     }
 
     /// A send this replica made on its own share while Redis was unreachable.
@@ -351,6 +381,7 @@ impl RedisStore {
 
     /// Holds every replica's sends for `d` (an upstream 429).
     pub async fn pause(&self, d: Duration) -> Result<(), StoreError> {
+        self.forget();
         let ms = d.as_millis().max(1).to_string();
         self.run(Ask {
             extra: vec![ms],

@@ -35,15 +35,38 @@ local seq = 0
 local keep_ms = math.ceil((longest + flight) / 1000) + 1000
 local epoch_ms = keep_ms + 86400000
 
--- The i-th window's sends counted now, and µs until the one that must leave
--- for `need` more sends to fit has left (0: they fit now). Scores are whole µs:
--- "after now - span" is "from now - span + 1". Numbers go to redis.call
--- exactly; `..` would round them to 14 digits.
+-- Per window, remembered for this run: the sends counted now and the oldest
+-- one's score (false: none), so a decision and the state it replies with ask
+-- Redis once each. Scores are whole µs: "after now - span" is "from now -
+-- span + 1". Numbers go to redis.call exactly; `..` would round them to 14
+-- digits.
+local counted, oldest, pause_left = {}, {}, nil
+local function count(i)
+  if counted[i] == nil then
+    counted[i] = redis.call('ZCOUNT', sends, now - span[i] + 1, '+inf')
+  end
+  return counted[i]
+end
+local function oldest_of(i)
+  if oldest[i] == nil then
+    oldest[i] = false
+    if count(i) > 0 then
+      local e = redis.call('ZRANGEBYSCORE', sends, now - span[i] + 1, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+      if e[2] then oldest[i] = tonumber(e[2]) end
+    end
+  end
+  return oldest[i]
+end
+local function pause_us()
+  if pause_left == nil then pause_left = math.max(0, redis.call('PTTL', pause)) * 1000 end
+  return pause_left
+end
+
+-- µs until the i-th window has room for `need` more sends (0: they fit now).
 local function window(i, need)
-  local from = now - span[i] + 1
-  local used = redis.call('ZCOUNT', sends, from, '+inf')
+  local used = count(i)
   local over = used + need - limit[i]
-  if over <= 0 then return used, 0 end
+  if over <= 0 then return 0 end
   -- Calls past what the window holds now wait whole spans more: the
   -- (over - 1)-th entry frees once, then the slots it frees are retaken.
   local rounds = 0
@@ -51,11 +74,17 @@ local function window(i, need)
     over = over - limit[i]
     rounds = rounds + 1
   end
-  if over <= 0 then return used, rounds * span[i] end
-  local e = redis.call('ZRANGEBYSCORE', sends, from, '+inf', 'WITHSCORES', 'LIMIT', over - 1, 1)
+  if over <= 0 then return rounds * span[i] end
+  local s
+  if over == 1 then
+    s = oldest_of(i)
+  else
+    local e = redis.call('ZRANGEBYSCORE', sends, now - span[i] + 1, '+inf', 'WITHSCORES', 'LIMIT', over - 1, 1)
+    s = tonumber(e[2])
+  end
   -- Every such slot still in flight: none frees before it lands and ages out.
-  local s = math.min(tonumber(e[2]), now)
-  return used, s + span[i] - now + rounds * span[i]
+  s = math.min(s, now)
+  return s + span[i] - now + rounds * span[i]
 end
 
 -- Each window's count and µs until its oldest send leaves, then the pause
@@ -63,17 +92,13 @@ end
 local function state(out)
   out[3] = seq
   for i = 1, n do
-    local from = now - span[i] + 1
-    local used = redis.call('ZCOUNT', sends, from, '+inf')
     local frees = 0
-    if used > 0 then
-      local e = redis.call('ZRANGEBYSCORE', sends, from, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-      frees = math.min(tonumber(e[2]), now) + span[i] - now
-    end
-    out[#out + 1] = used
+    local o = oldest_of(i)
+    if o then frees = math.min(o, now) + span[i] - now end
+    out[#out + 1] = count(i)
     out[#out + 1] = frees
   end
-  out[#out + 1] = math.max(0, redis.call('PTTL', pause)) * 1000
+  out[#out + 1] = pause_us()
   return out
 end
 
@@ -121,24 +146,33 @@ if e ~= ARGV[5] then return {-1, tonumber(e), 0} end
 -- send is gone (the sends key evicted alone). Then a new epoch: everyone
 -- writes back, and nobody is admitted until the settle ends.
 seq = redis.call('INCR', counter)
-redis.call('PEXPIRE', counter, epoch_ms)
+-- Lifetimes are renewed when a send is added (below); a new counter gets one now.
+if seq == 1 then redis.call('PEXPIRE', counter, epoch_ms) end
 local newest = ARGV[10]
 if seq <= tonumber(ARGV[9]) or (newest ~= '' and not redis.call('ZSCORE', sends, newest)) then
   return {-1, tonumber(new_epoch()), seq}
 end
 if op == 'check' then return state({1, now}) end
 
-redis.call('PEXPIRE', epoch, epoch_ms)
-redis.call('ZREMRANGEBYSCORE', sends, '-inf', now - longest)
 local settling = redis.call('PTTL', settle)
 if settling > 0 then return state({2, settling * 1000}) end
 local ahead = tonumber(ARGV[8])
-local wait = math.max(0, redis.call('PTTL', pause)) * 1000
+local wait = pause_us()
 for i = 1, n do
-  local _, w = window(i, ahead + 1)
+  local w = window(i, ahead + 1)
   if w > wait then wait = w end
 end
+-- A refusal writes nothing.
 if wait > 0 or ahead > 0 or op == 'project' then return state({0, math.max(wait, 1)}) end
+redis.call('ZREMRANGEBYSCORE', sends, '-inf', now - longest)
 redis.call('ZADD', sends, now + flight, member)
 redis.call('PEXPIRE', sends, keep_ms)
+redis.call('PEXPIRE', epoch, epoch_ms)
+redis.call('PEXPIRE', counter, epoch_ms)
+-- The new send is the newest: it adds one to every window, and is the
+-- oldest only of a window that was empty.
+for i = 1, n do
+  counted[i] = count(i) + 1
+  if not oldest_of(i) then oldest[i] = now + flight end
+end
 return state({1, now})

@@ -425,6 +425,31 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Window-script runs it has served (EVAL and EVALSHA).
+    pub fn script_runs(&self) -> u64 {
+        self.cli(&["INFO", "commandstats"])
+            .lines()
+            .filter(|l| l.starts_with("cmdstat_eval:") || l.starts_with("cmdstat_evalsha:"))
+            .filter_map(|l| {
+                l.split("calls=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    }
+
+    /// Every command it has processed, a script's inner calls included.
+    pub fn commands_processed(&self) -> u64 {
+        self.cli(&["INFO", "stats"])
+            .lines()
+            .find_map(|l| l.strip_prefix("total_commands_processed:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("INFO stats names total_commands_processed")
+    }
+
     /// Runs `redis-cli` against it with these arguments; its output.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
