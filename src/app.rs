@@ -70,6 +70,8 @@ pub struct App {
     pub store_rejects: bool,
     /// Request bodies read ahead of admission (`server.max_buffered_body`).
     pub read_ahead: Arc<crate::body::ReadAhead>,
+    /// Answers 503 without sending while Dastra keeps failing.
+    pub breaker: Arc<crate::breaker::Breaker>,
     policy: ArcSwap<Policy>,
 }
 
@@ -286,6 +288,11 @@ impl App {
             credential_config: ArcSwap::from_pointee(config.credential.clone()),
             cache,
             read_ahead: crate::body::ReadAhead::new(config.server.max_buffered_body),
+            breaker: crate::breaker::Breaker::new(
+                config.upstream.breaker_failures,
+                config.upstream.breaker_open,
+                metrics.breaker_open.clone(),
+            ),
             policy: ArcSwap::from_pointee(Policy::new(&config, &metrics)),
             config,
             upstream,

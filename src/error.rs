@@ -40,6 +40,10 @@ pub enum ProxyError {
     Token(#[from] TokenError),
     #[error(transparent)]
     Upstream(#[from] CallError),
+    /// The circuit breaker is open: Dastra kept failing, so nothing is sent
+    /// (and no quota spent) for this long.
+    #[error("Dastra keeps failing; calls are not sent for now; retry after {} s", wait_secs(*.0))]
+    Unavailable(Duration),
     /// The same failure as the call this one shared (identical GETs in
     /// flight at once): answered the same way.
     #[error("{0}")]
@@ -111,7 +115,7 @@ fn wait_secs(d: Duration) -> u64 {
 
 /// The codes a refusal of a call can carry (`rejected_total{code}`), so
 /// their series exist at 0 from start-up; `tests` checks `code()` against it.
-pub const REFUSAL_CODES: [&str; 14] = [
+pub const REFUSAL_CODES: [&str; 15] = [
     "quota_exhausted",
     "queue_full",
     "client_rate",
@@ -126,6 +130,7 @@ pub const REFUSAL_CODES: [&str; 14] = [
     "overloaded",
     "shutting_down",
     "store_unavailable",
+    "upstream_unavailable",
 ];
 
 impl ProxyError {
@@ -151,9 +156,8 @@ impl ProxyError {
                 | Refusal::TooManyKeys { .. },
                 _,
             ) => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::Refused(Refusal::ShuttingDown | Refusal::StoreUnavailable, _) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::Refused(Refusal::ShuttingDown | Refusal::StoreUnavailable, _)
+            | ProxyError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Token(_)
             | ProxyError::Upstream(CallError::NotConnected(_) | CallError::Failed(_)) => {
                 StatusCode::BAD_GATEWAY
@@ -181,6 +185,7 @@ impl ProxyError {
             ProxyError::Refused(Refusal::TooManyKeys { .. }, _) => "too_many_keys",
             ProxyError::Refused(Refusal::ShuttingDown, _) => "shutting_down",
             ProxyError::Refused(Refusal::StoreUnavailable, _) => "store_unavailable",
+            ProxyError::Unavailable(_) => "upstream_unavailable",
             ProxyError::Token(_)
             | ProxyError::Upstream(CallError::NotConnected(_) | CallError::Failed(_)) => {
                 "upstream_unreachable"
@@ -199,6 +204,7 @@ impl ProxyError {
                 d,
             ) => Some(*d),
             ProxyError::Guard(g) => Some(g.retry_after),
+            ProxyError::Unavailable(d) => Some(*d),
             ProxyError::Body(BodyError::Overloaded) => Some(Duration::from_secs(1)),
             _ => None,
         }

@@ -13,6 +13,7 @@ pub mod admin;
 pub mod admission;
 pub mod app;
 pub mod body;
+pub mod breaker;
 pub mod cache;
 pub mod cli;
 pub mod config;

@@ -90,6 +90,9 @@ pub(crate) struct RawUpstream {
     #[serde(default, with = "humantime_serde")]
     pub(crate) timeout: Option<Duration>,
     pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) breaker_failures: Option<i64>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) breaker_open: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

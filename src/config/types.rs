@@ -116,6 +116,10 @@ pub struct UpstreamConfig {
     /// Until the response head arrives; bodies may stream for longer.
     pub timeout: Duration,
     pub ca_file: Option<PathBuf>,
+    /// Consecutive failures that open the circuit breaker (0: never).
+    pub breaker_failures: u32,
+    /// How long an open breaker answers 503 before one probe call.
+    pub breaker_open: Duration,
 }
 
 impl UpstreamConfig {

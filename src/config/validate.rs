@@ -299,6 +299,22 @@ impl Validator<'_> {
         if connect_timeout.is_zero() || timeout.is_zero() {
             return Err(self.invalid("upstream.timeout", "timeouts must be greater than zero"));
         }
+        let breaker_failures = u32::try_from(raw.breaker_failures.unwrap_or(5))
+            .ok()
+            .filter(|n| *n <= 1000)
+            .ok_or_else(|| {
+                self.invalid(
+                    "upstream.breaker_failures",
+                    "must be between 0 (no breaker) and 1000",
+                )
+            })?;
+        let breaker_open = raw.breaker_open.unwrap_or(Duration::from_secs(10));
+        if breaker_open.is_zero() {
+            return Err(self.invalid(
+                "upstream.breaker_open",
+                "must be greater than zero (breaker_failures = 0 turns the breaker off)",
+            ));
+        }
         Ok(UpstreamConfig {
             scheme,
             authority,
@@ -306,6 +322,8 @@ impl Validator<'_> {
             connect_timeout,
             timeout,
             ca_file: raw.ca_file.map(|p| self.relative(&p)),
+            breaker_failures,
+            breaker_open,
         })
     }
 

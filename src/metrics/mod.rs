@@ -38,6 +38,8 @@ pub struct Families {
     pub window_used: IntGaugeVec,
     pub window_limit: IntGaugeVec,
     pub upstream_429_total: IntCounter,
+    /// 1 while the circuit breaker answers 503 without sending.
+    pub breaker_open: IntGauge,
     pub state_write_errors_total: IntCounter,
     /// Calls answered without spending quota: `cached`, `coalesced`.
     pub quota_saved_total: IntCounterVec,
@@ -136,6 +138,10 @@ impl Metrics {
             upstream_429_total: reg!(IntCounter::new(
                 "upstream_429_total",
                 "429 answers received from Dastra."
+            )),
+            breaker_open: reg!(IntGauge::new(
+                "breaker_open",
+                "1 while the circuit breaker answers 503 upstream_unavailable without sending."
             )),
             connections_open: reg!(IntGauge::new(
                 "connections_open",

@@ -89,6 +89,17 @@ where
             }
         };
         outcome.lock().admission = Some(admission.clone());
+        // Before admission: an open breaker spends no quota.
+        let ticket = match app.breaker.enter(Instant::now()) {
+            Ok(t) => t,
+            Err(until) => {
+                return CheckFuture::Refused {
+                    error: Some(ProxyError::Unavailable(
+                        until.saturating_duration_since(Instant::now()),
+                    )),
+                }
+            }
+        };
         // A refusal that needs no waiting is answered without an async stage.
         let now = match admission.try_acquire() {
             Some(Err((refusal, at))) => {
@@ -124,12 +135,27 @@ where
                         .with_label_values(&[&caller.name])
                         .observe(waited.as_secs_f64());
                 }
+                if let Err(until) = ticket.recheck(Instant::now()) {
+                    // The breaker opened while this call waited: the unsent
+                    // permit gives its slot back.
+                    drop(permit);
+                    return Err(ProxyError::Unavailable(
+                        until.saturating_duration_since(Instant::now()),
+                    ));
+                }
                 let sent = permit.sent();
                 // After a wait in the queue: ready again first.
                 let result = match inner.ready().await {
                     Ok(ready) => ready.call(req).await,
                     Err(e) => Err(e),
                 };
+                match &result {
+                    Ok(r) if r.status().is_server_error() => ticket.failed(Instant::now()),
+                    Ok(_) => ticket.succeeded(),
+                    Err(ProxyError::Upstream(_)) => ticket.failed(Instant::now()),
+                    // The token endpoint or the caller failed: nothing learned.
+                    Err(_) => drop(ticket),
+                }
                 match &result {
                     Ok(_) => sent.landed(),
                     Err(

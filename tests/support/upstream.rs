@@ -45,6 +45,9 @@ pub struct MockState {
     /// After this many requests a connection is shut down gracefully (an
     /// HTTP/2 GOAWAY, like nginx's `keepalive_requests`); 0: never.
     pub requests_per_conn: AtomicUsize,
+    /// While nonzero, every call but the token endpoint's is answered with
+    /// this status (a Dastra outage the test turns on and off).
+    pub fail_status: AtomicUsize,
 }
 
 pub struct MockUpstream {
@@ -246,6 +249,10 @@ async fn route(
         {
             return text(401, "token revoked");
         }
+    }
+    let failing = st.fail_status.load(Ordering::SeqCst);
+    if failing != 0 && path != "/connect/token" {
+        return text(failing as u16, "outage");
     }
     if let Some(code) = headers.get("x-mock-status").and_then(|v| v.to_str().ok()) {
         return text(code.parse().unwrap_or(500), format!("status {code}"));

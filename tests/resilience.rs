@@ -1,0 +1,136 @@
+//! When Dastra misbehaves (SPEC §9.5): the circuit breaker, judged on the
+//! mock upstream's own arrival log. The real stack against a real TLS mock
+//! whose outage the test turns on and off.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use support::*;
+use tokio::time::Instant;
+
+const OPEN: Duration = Duration::from_millis(400);
+
+async fn proxy(up: &MockUpstream, extra: &str) -> TestProxy {
+    TestProxy::start_edit(up, extra, |s| {
+        s.replace(
+            "timeout = \"2s\"\n",
+            "timeout = \"2s\"\nbreaker_failures = 3\nbreaker_open = \"400ms\"\n",
+        )
+    })
+    .await
+}
+
+fn quota_used(q: &serde_json::Value) -> u64 {
+    q["windows"][0]["used"].as_u64().unwrap()
+}
+
+fn gauge(metrics: &str, name: &str) -> String {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("no {name} in metrics"))
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_opens_the_breaker_answers_fast_spends_nothing_and_one_probe_closes_it() {
+    let up = MockUpstream::start().await;
+    let p = proxy(&up, "[[limits]]\nrequests = 100\nper = \"1m\"\n").await;
+    let c = client();
+    up.state.fail_status.store(503, Ordering::SeqCst);
+    for i in 0..3 {
+        let r = get(&c, &p.url(&format!("/v1/down/{i}"))).await;
+        assert_eq!(r.status, 503, "Dastra's own 503 goes back as it is");
+        assert_eq!(&r.body[..], b"outage");
+    }
+    assert_eq!(up.count(), 3);
+    let used = quota_used(&get(&c, &p.admin_url("/quota")).await.json());
+    let opened = Instant::now();
+    for i in 0..20 {
+        let r = get(&c, &p.url(&format!("/v1/open/{i}"))).await;
+        assert_eq!(r.status, 503);
+        assert_eq!(r.code(), "upstream_unavailable");
+        assert_eq!(r.header("retry-after"), Some("1"));
+    }
+    assert_eq!(up.count(), 3, "an open breaker sends nothing");
+    assert_eq!(
+        quota_used(&get(&c, &p.admin_url("/quota")).await.json()),
+        used,
+        "and spends no quota"
+    );
+    let m = String::from_utf8_lossy(&get(&c, &p.admin_url("/metrics")).await.body).into_owned();
+    assert_eq!(
+        gauge(&m, "dastra_proxy_breaker_open"),
+        "dastra_proxy_breaker_open 1"
+    );
+    assert!(
+        m.contains(
+            "dastra_proxy_rejected_total{client=\"anonymous\",code=\"upstream_unavailable\"} 20"
+        ),
+        "{m}"
+    );
+
+    // Still down when it half-opens: the one probe fails and it opens again.
+    tokio::time::sleep_until(opened + OPEN).await;
+    assert_eq!(&get(&c, &p.url("/v1/probe/1")).await.body[..], b"outage");
+    assert_eq!(up.count(), 4, "one probe went out");
+    assert_eq!(
+        get(&c, &p.url("/v1/after-probe")).await.code(),
+        "upstream_unavailable"
+    );
+    assert_eq!(up.count(), 4);
+
+    // Back up: the next probe closes it.
+    up.state.fail_status.store(0, Ordering::SeqCst);
+    tokio::time::sleep(OPEN).await;
+    assert_eq!(get(&c, &p.url("/v1/probe/2")).await.status, 200);
+    for i in 0..5 {
+        assert_eq!(get(&c, &p.url(&format!("/v1/up/{i}"))).await.status, 200);
+    }
+    assert_eq!(up.count(), 10);
+    let m = String::from_utf8_lossy(&get(&c, &p.admin_url("/metrics")).await.body).into_owned();
+    assert_eq!(
+        gauge(&m, "dastra_proxy_breaker_open"),
+        "dastra_proxy_breaker_open 0"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_dastra_opens_it_too_and_4xx_never_does() {
+    let up = MockUpstream::start().await;
+    let p = proxy(&up, "").await;
+    let c = client();
+    for i in 0..10 {
+        let r = get(&c, &p.url(&format!("/status/404?{i}"))).await;
+        assert_eq!(r.status, 404);
+    }
+    assert_eq!(get(&c, &p.url("/v1/fine")).await.status, 200);
+    // Nothing listens where this one sends: connections are refused.
+    let gone = free_port();
+    let p = TestProxy::start_edit(&up, "", |s| {
+        s.replace(&up.url(), &format!("https://127.0.0.1:{}", gone.port()))
+            .replace(
+                "timeout = \"2s\"\n",
+                "timeout = \"2s\"\nbreaker_failures = 3\nbreaker_open = \"400ms\"\n",
+            )
+    })
+    .await;
+    let mut codes = Vec::new();
+    for i in 0..6 {
+        codes.push(get(&c, &p.url(&format!("/v1/gone/{i}"))).await.code());
+    }
+    assert_eq!(
+        codes[..3],
+        [
+            "upstream_unreachable",
+            "upstream_unreachable",
+            "upstream_unreachable"
+        ]
+    );
+    assert!(
+        codes[3..].iter().all(|c| c == "upstream_unavailable"),
+        "{codes:?}"
+    );
+}
