@@ -59,7 +59,7 @@ impl Known {
             self.until = Some(at);
             return;
         }
-        if !self.until.is_some_and(|u| now < u) {
+        if self.until.is_none_or(|u| now >= u) {
             return;
         }
         if let Some(entry) = self.starts.iter_mut().find(|(k, _)| *k == ahead) {
