@@ -4,7 +4,9 @@
 //! binding anything.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 const KEY: &str = "[credential]\napi_key_env = \"TEST_DASTRA_KEY\"\n";
 
@@ -54,9 +56,16 @@ fn error_line(stderr: &str) -> &str {
         .unwrap_or_else(|| panic!("no error line in:\n{stderr}"))
 }
 
+/// A config body, the environment it runs with, the error line expected.
+type Case = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    &'static str,
+);
+
 #[test]
 fn each_mistake_is_named_by_file_line_column_and_key_and_run_agrees_with_check() {
-    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+    let cases: &[Case] = &[
         (
             "[admision]\non_limit = \"queue\"\n",
             &[],
