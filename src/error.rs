@@ -67,6 +67,7 @@ impl ProxyError {
     pub fn refused_at(r: Refusal, at: Instant) -> Self {
         let wait = match r {
             Refusal::QuotaExhausted { retry_at }
+            | Refusal::UpstreamThrottled { retry_at }
             | Refusal::QueueFull { retry_at }
             | Refusal::TooManyKeys { retry_at } => retry_at.saturating_duration_since(at),
             Refusal::ShuttingDown | Refusal::StoreUnavailable => Duration::ZERO,
@@ -94,6 +95,10 @@ impl std::fmt::Display for RefusalText<'_> {
 fn refusal_text(r: &Refusal) -> (&'static str, bool) {
     match r {
         Refusal::QuotaExhausted { .. } => ("the Dastra quota is used up; retry after ", true),
+        Refusal::UpstreamThrottled { .. } => (
+            "Dastra asked for a pause (its 429); nothing is sent until it ends; retry after ",
+            true,
+        ),
         Refusal::QueueFull { .. } => (
             "too many calls are already waiting for quota; retry after ",
             true,
@@ -115,8 +120,9 @@ fn wait_secs(d: Duration) -> u64 {
 
 /// The codes a refusal of a call can carry (`rejected_total{code}`), so
 /// their series exist at 0 from start-up; `tests` checks `code()` against it.
-pub const REFUSAL_CODES: [&str; 15] = [
+pub const REFUSAL_CODES: [&str; 16] = [
     "quota_exhausted",
+    "upstream_throttled",
     "queue_full",
     "client_rate",
     "too_many_keys",
@@ -152,6 +158,7 @@ impl ProxyError {
             ProxyError::Guard(_)
             | ProxyError::Refused(
                 Refusal::QuotaExhausted { .. }
+                | Refusal::UpstreamThrottled { .. }
                 | Refusal::QueueFull { .. }
                 | Refusal::TooManyKeys { .. },
                 _,
@@ -181,6 +188,7 @@ impl ProxyError {
             ProxyError::Body(BodyError::Overloaded) => "overloaded",
             ProxyError::Guard(_) => "client_rate",
             ProxyError::Refused(Refusal::QuotaExhausted { .. }, _) => "quota_exhausted",
+            ProxyError::Refused(Refusal::UpstreamThrottled { .. }, _) => "upstream_throttled",
             ProxyError::Refused(Refusal::QueueFull { .. }, _) => "queue_full",
             ProxyError::Refused(Refusal::TooManyKeys { .. }, _) => "too_many_keys",
             ProxyError::Refused(Refusal::ShuttingDown, _) => "shutting_down",
@@ -199,6 +207,7 @@ impl ProxyError {
             ProxyError::Shared(e) => e.retry_after(),
             ProxyError::Refused(
                 Refusal::QuotaExhausted { .. }
+                | Refusal::UpstreamThrottled { .. }
                 | Refusal::QueueFull { .. }
                 | Refusal::TooManyKeys { .. },
                 d,

@@ -134,3 +134,75 @@ async fn an_unreachable_dastra_opens_it_too_and_4xx_never_does() {
         "{codes:?}"
     );
 }
+
+async fn exit_code(mut proxy: BinProxy) -> Option<i32> {
+    tokio::task::spawn_blocking(move || proxy.child.wait().unwrap().code())
+        .await
+        .unwrap()
+}
+
+/// Dastra answers 429 with `Retry-After: 20`; the proxy is stopped (SIGTERM)
+/// and started again: the pause holds, refusals say `upstream_throttled`
+/// with `RateLimit` r=0 and t = the pause left, and nothing is sent early.
+async fn a_pause_survives_a_restart(extra: &str) {
+    let up = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = client();
+    let proxy = BinProxy::start(dir.path(), &up, extra);
+    assert_eq!(get(&c, &proxy.url("/retry-after/20")).await.status, 429);
+    let paused_at = Instant::now();
+    let r = get(&c, &proxy.url("/v1/paused")).await;
+    assert_eq!(r.code(), "upstream_throttled");
+    proxy.signal("TERM");
+    assert_eq!(exit_code(proxy).await, Some(0));
+
+    let proxy = BinProxy::start(dir.path(), &up, extra);
+    let before = up.count();
+    for i in 0..5 {
+        let r = get(&c, &proxy.url(&format!("/v1/after-restart/{i}"))).await;
+        assert_eq!(r.status, 429, "sent during Dastra's pause");
+        assert_eq!(r.code(), "upstream_throttled");
+        // Never early: at least what is left of the 20 s, counted from
+        // before the 429 arrived.
+        let left = 20 - paused_at.elapsed().as_secs();
+        let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!(
+            (left..=20).contains(&wait),
+            "Retry-After {wait}, {left} s left"
+        );
+        let rl = r.header("ratelimit").unwrap();
+        assert!(rl.contains(";r=0;t="), "{rl}");
+        let t: u64 = rl
+            .split(";t=")
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((left..=20).contains(&t), "{rl}");
+    }
+    assert_eq!(
+        up.count(),
+        before,
+        "nothing reached Dastra during its pause"
+    );
+    proxy.signal("TERM");
+    assert_eq!(exit_code(proxy).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_survives_a_restart_in_the_state_file() {
+    a_pause_survives_a_restart("[admission]\non_limit = \"reject\"\n").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_survives_a_restart_in_redis() {
+    let redis = RedisServer::start();
+    a_pause_survives_a_restart(&format!(
+        "[admission]\non_limit = \"reject\"\n[store]\nkind = \"redis\"\nurl = \"{}\"\nkey_prefix = \"dp-pause\"\nstate_file = \"\"\n",
+        redis.url()
+    ))
+    .await;
+}

@@ -196,7 +196,7 @@ async fn the_longest_pause_holds() {
         let now = Instant::now();
         advance(Duration::from_millis(200) - (now - t0).min(Duration::from_millis(200))).await;
         match a.acquire(&caller()).await {
-            Err(Refusal::QuotaExhausted { retry_at }) => {
+            Err(Refusal::UpstreamThrottled { retry_at }) => {
                 assert_eq!(
                     retry_at,
                     t0 + Duration::from_millis(500),

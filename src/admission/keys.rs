@@ -71,17 +71,24 @@ pub struct LocalState {
 impl LocalState {
     fn admission(&self, key: QuotaKey, limits: &[Limit], cfg: &AdmissionConfig) -> Admission {
         let key = key.file_id();
-        let restored = self
-            .restored
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take(key);
+        let (restored, paused) = {
+            let mut r = self.restored.lock().unwrap_or_else(|e| e.into_inner());
+            (r.take(key), r.take_pause(key))
+        };
         let persist = Persist {
             file: self.file.clone(),
             key,
             metrics: self.metrics.clone(),
         };
-        Admission::with_state(limits, cfg, persist, &restored)
+        let admission = Admission::with_state(limits, cfg, persist, &restored);
+        if let Some(left) = paused {
+            tracing::info!(
+                pause_ms = left.as_millis() as u64,
+                "the pause Dastra ordered before the restart still holds"
+            );
+            admission.hold_until(tokio::time::Instant::now() + left);
+        }
+        admission
     }
 }
 

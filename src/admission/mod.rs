@@ -11,6 +11,7 @@
 
 mod fair;
 mod keys;
+mod pause;
 mod permit;
 mod releaser;
 mod remote;
@@ -37,6 +38,9 @@ pub use remote::Remote;
 pub enum Refusal {
     /// A window is full (reject mode) or the projected start is past `max_wait`.
     QuotaExhausted { retry_at: Instant },
+    /// As `QuotaExhausted`, but what holds the call is the pause Dastra
+    /// ordered with its 429, not the quota.
+    UpstreamThrottled { retry_at: Instant },
     /// `max_queue` calls already wait.
     QueueFull { retry_at: Instant },
     /// The proxy is draining and this call could not go in time.
@@ -225,12 +229,7 @@ impl Admission {
             st.paused_until = None;
             return Some(Ok(Permit::new(self.inner.clone(), Duration::ZERO)));
         }
-        (st.on_limit == OnLimit::Reject).then_some(Err((
-            Refusal::QuotaExhausted {
-                retry_at: blocked.max(now),
-            },
-            now,
-        )))
+        (st.on_limit == OnLimit::Reject).then_some(Err((st.exhausted(blocked.max(now), now), now)))
     }
 
     /// Waits for a slot, or says at once why there will be none in time.
@@ -253,9 +252,7 @@ impl Admission {
                 return Ok(Permit::new(self.inner.clone(), Duration::ZERO));
             }
             if st.on_limit == OnLimit::Reject {
-                return Err(Refusal::QuotaExhausted {
-                    retry_at: blocked.max(now),
-                });
+                return Err(st.exhausted(blocked.max(now), now));
             }
             if st.queue.all_waiting() >= st.max_queue {
                 return Err(Refusal::QueueFull {
@@ -264,7 +261,7 @@ impl Admission {
             }
             let start = st.project_for(caller, now);
             if start.duration_since(now) > st.max_wait {
-                return Err(Refusal::QuotaExhausted { retry_at: start });
+                return Err(st.exhausted(start, now));
             }
             let (tx, rx) = oneshot::channel();
             let id = st.queue.push(&caller.name, caller.weight, now, tx);
@@ -292,24 +289,6 @@ impl Admission {
         let out = rx.await;
         guard.disarm();
         out.unwrap_or(Err(Refusal::ShuttingDown))
-    }
-
-    /// Holds every send until `until`, after Dastra itself answered 429.
-    pub fn pause_until(&self, until: Instant) {
-        if let Some(remote) = self.inner.remote.clone() {
-            let d = until.saturating_duration_since(Instant::now());
-            tokio::spawn(async move {
-                if let Err(e) = remote.store.pause(d).await {
-                    remote.failed("pause", &e);
-                }
-            });
-        }
-        let mut st = self.inner.lock();
-        if st.paused_until.is_none_or(|p| p < until) {
-            st.paused_until = Some(until);
-        }
-        drop(st);
-        self.inner.wake.notify_one();
     }
 
     /// Applies reloaded limits and admission settings; recorded sends carry over.

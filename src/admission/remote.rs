@@ -171,9 +171,15 @@ impl Admission {
                 return Err(Refusal::ShuttingDown);
             }
             let now = Instant::now();
+            // Paused here (this replica saw the 429), or in Redis (another
+            // did, or one before this process started).
+            let paused = st
+                .paused_until
+                .max(remote.store.paused_until(now))
+                .filter(|p| *p > now);
             (
                 st.queue.ahead_of(&caller.name, caller.weight),
-                st.paused_until.filter(|p| *p > now),
+                paused,
                 st.on_limit == OnLimit::Queue && st.queue.all_waiting() >= st.max_queue,
             )
         };
@@ -216,14 +222,23 @@ impl Admission {
                 }
                 Answer::StartsAt(at) | Answer::Settling(at) => at.max(paused.unwrap_or(now)),
             };
+            // The pause holds the call when it ends no earlier than the start.
+            let paused = paused.max(remote.store.paused_until(now));
+            let exhausted = |retry_at| match paused {
+                // (Within 5 ms: the answer and the pause were read off one reply.)
+                Some(p) if p + Duration::from_millis(5) >= retry_at => {
+                    Refusal::UpstreamThrottled { retry_at }
+                }
+                _ => Refusal::QuotaExhausted { retry_at },
+            };
             if st.on_limit == OnLimit::Reject {
-                return Err(Refusal::QuotaExhausted { retry_at: start });
+                return Err(exhausted(start));
             }
             if st.queue.all_waiting() >= st.max_queue {
                 return Err(Refusal::QueueFull { retry_at: start });
             }
             if start.saturating_duration_since(now) > st.max_wait {
-                return Err(Refusal::QuotaExhausted { retry_at: start });
+                return Err(exhausted(start));
             }
             let (tx, rx) = oneshot::channel();
             (st.queue.push(&caller.name, caller.weight, now, tx), rx)

@@ -39,7 +39,10 @@ impl Admission {
                 http::HeaderValue::from_maybe_shared(bytes::Bytes::from(text.into_bytes()))
                     .unwrap_or_else(|_| http::HeaderValue::from_static(""))
             }
-            None => st.windows.ratelimit_value(now),
+            None => match st.paused_until.filter(|p| *p > now) {
+                Some(until) => st.windows.ratelimit_paused(now, until),
+                None => st.windows.ratelimit_value(now),
+            },
         };
         (st.policy.clone(), state)
     }

@@ -190,7 +190,7 @@ async fn an_upstream_429_pause_holds_everyone_until_it_ends() {
     );
     r.pause_until(Instant::now() + Duration::from_secs(2));
     match r.acquire(&caller("x", 1)).await {
-        Err(Refusal::QuotaExhausted { retry_at }) => {
+        Err(Refusal::UpstreamThrottled { retry_at }) => {
             assert_eq!(retry_at - Instant::now(), Duration::from_secs(2))
         }
         other => panic!("{other:?}"),

@@ -17,6 +17,10 @@ pub(super) const RECORD: u64 = 40;
 pub(super) const UNANSWERED: u64 = 0;
 /// `landed` of a send given back (never reached Dastra): it does not count.
 pub(super) const RELEASED: u64 = u64::MAX;
+/// `reserved` of a pause record (a real send's is a time, never 0): its
+/// `landed` is when the pause Dastra ordered ends. A 0.2 process reads it as
+/// a send landing then, which only over-counts.
+pub(super) const PAUSE: u64 = 0;
 
 /// One send as the file holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -30,6 +34,10 @@ pub(super) struct Rec {
 }
 
 impl Rec {
+    pub(super) fn is_pause(&self) -> bool {
+        self.reserved == PAUSE && self.landed != UNANSWERED && self.landed != RELEASED
+    }
+
     pub(super) fn encode(&self) -> [u8; RECORD as usize] {
         let mut b = [0u8; RECORD as usize];
         if self.seq == 0 {

@@ -34,10 +34,13 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use format::{header, parse, read_pid, Header, Rec, HEADER, RECORD, RELEASED, UNANSWERED};
+use restored::OldClock;
+pub use restored::{Restored, Summary};
 
 mod clock;
 mod format;
 mod pathlock;
+mod restored;
 #[cfg(test)]
 mod tests;
 
@@ -66,37 +69,6 @@ pub enum StateError {
         offset: u64,
         reason: String,
     },
-}
-
-/// Sends the previous process made, by quota key: how long ago each landed.
-#[derive(Debug, Default)]
-pub struct Restored {
-    pub sends: Vec<(u64, Duration)>,
-}
-
-impl Restored {
-    /// The ages of one key's sends, oldest first.
-    pub fn take(&mut self, key: u64) -> Vec<Duration> {
-        let mut ages: Vec<Duration> = Vec::new();
-        self.sends.retain(|(k, age)| {
-            if *k == key {
-                ages.push(*age);
-            }
-            *k != key
-        });
-        ages.sort_unstable_by(|a, b| b.cmp(a));
-        ages
-    }
-}
-
-/// What `check` reports about an existing file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Summary {
-    pub slots: u64,
-    pub sends: usize,
-    pub unanswered: usize,
-    /// Pid of the process that last opened it (it may still be running).
-    pub pid: u64,
 }
 
 #[derive(Debug)]
@@ -160,16 +132,12 @@ impl StateFile {
         let boot_clock = boot != [0; 16];
         let (now_boot, now_wall) = (clock::boot_nanos(), clock::wall_nanos());
         let now = if boot_clock { now_boot } else { now_wall };
-        // How long ago a time of the old file was, on the clock it was read on.
-        let age = |t: u64| -> Duration {
-            let ago = if boot_clock && old.boot == boot {
-                now_boot.saturating_sub(t)
-            } else if old.boot != [0; 16] {
-                now_wall.saturating_sub(t.saturating_add_signed(old.offset))
-            } else {
-                now_wall.saturating_sub(t)
-            };
-            Duration::from_nanos(ago)
+        let then = OldClock {
+            old: &old,
+            boot,
+            boot_clock,
+            now_boot,
+            now_wall,
         };
         // Records written ahead take up to a batch of slots beyond the
         // `slots` newest sends the ring must keep.
@@ -182,11 +150,25 @@ impl StateFile {
             if r.landed == RELEASED {
                 continue;
             }
+            if r.is_pause() {
+                // How much of it is left, on the clock it was written on.
+                let left = then.left(r.landed);
+                if left.is_zero() {
+                    continue;
+                }
+                restored.pauses.push((r.key, left));
+                r.landed = now + left.as_nanos() as u64;
+                let slot = &mut mirror[(r.seq % slots) as usize];
+                if r.seq > slot.seq {
+                    *slot = r;
+                }
+                continue;
+            }
             // On this process's clock from here on; unanswered: landed now.
             let ago = if r.landed == UNANSWERED {
                 Duration::ZERO
             } else {
-                age(r.landed)
+                then.ago(r.landed)
             };
             r.landed = now.saturating_sub(ago.as_nanos() as u64).max(1);
             r.reserved = r.landed;
@@ -195,7 +177,7 @@ impl StateFile {
                 *slot = r;
             }
         }
-        for r in mirror.iter().filter(|r| r.seq != 0) {
+        for r in mirror.iter().filter(|r| r.seq != 0 && !r.is_pause()) {
             let age = Duration::from_nanos(now.saturating_sub(r.landed));
             restored.sends.push((r.key, age));
         }
@@ -248,7 +230,10 @@ impl StateFile {
         Ok(Some(Summary {
             slots,
             pid,
-            sends: records.iter().filter(|r| r.landed != RELEASED).count(),
+            sends: records
+                .iter()
+                .filter(|r| r.landed != RELEASED && !r.is_pause())
+                .count(),
             unanswered: records.iter().filter(|r| r.landed == UNANSWERED).count(),
         }))
     }
@@ -296,6 +281,27 @@ impl StateFile {
         ring.prepared_until = first.seq + n;
         ring.prepared_key = first.key;
         self.write_at(&buf, start)
+    }
+
+    /// Dastra ordered a pause of `left` for `key` (its 429): written now, so
+    /// that a restart during it sends nothing early.
+    pub fn pause(&self, key: u64, left: Duration) -> Result<(), StateError> {
+        let mut ring = self.lock();
+        let seq = ring.next_seq;
+        ring.next_seq += 1;
+        let rec = Rec {
+            key,
+            seq,
+            reserved: format::PAUSE,
+            landed: self.now().saturating_add(left.as_nanos() as u64).max(1),
+        };
+        let slot = seq % ring.slots;
+        ring.mirror[slot as usize] = rec;
+        if seq < ring.prepared_until {
+            // Its slot was written ahead for a send: no longer.
+            ring.prepared_until = seq;
+        }
+        self.write_slot(slot, &rec)
     }
 
     /// The answer's head arrived: the send ages from now.

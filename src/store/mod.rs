@@ -86,6 +86,9 @@ pub struct RedisStore {
     heard: Mutex<Option<Instant>>,
     /// Until when the window is known full, so refusals need no Redis.
     known: Mutex<Known>,
+    /// Until when Redis holds every replica's sends (Dastra's 429), as the
+    /// latest reply said: refusals then say `upstream_throttled`.
+    paused: Mutex<Option<Instant>>,
     settle: Duration,
 }
 
@@ -156,6 +159,7 @@ impl RedisStore {
             generation: Mutex::new(0),
             heard: Mutex::new(None),
             known: Mutex::new(Known::default()),
+            paused: Mutex::new(None),
             settle: SETTLE,
         }
     }
@@ -171,6 +175,12 @@ impl RedisStore {
     pub fn reconfigure(&self, limits: &[Limit], margin: Duration) {
         *lock(&self.windows) = Arc::new(Windows::new(limits, margin));
         self.forget();
+    }
+
+    /// Until when Redis holds sends after Dastra's 429, as last heard (one
+    /// ordered before this process started included).
+    pub fn paused_until(&self, now: Instant) -> Option<Instant> {
+        lock(&self.paused).filter(|p| *p > now)
     }
 
     /// Drops what this replica knew about the window without asking: the
@@ -195,10 +205,17 @@ impl RedisStore {
         let (at, v) = lock(&self.last).clone()?;
         let windows = lock(&self.windows).clone();
         let elapsed = now.saturating_duration_since(at).as_micros() as u64;
+        let paused = self
+            .paused_until(now)
+            .map(|p| p.saturating_duration_since(now).as_micros() as u64);
         let mut out = String::new();
         for (i, l) in windows.limits.iter().enumerate() {
             let (used, frees) = v.get(i).copied().unwrap_or_default();
-            let frees = frees.saturating_sub(elapsed);
+            // While Dastra's pause holds every send: nothing left until it ends.
+            let (used, frees) = match paused {
+                Some(left) => (l.requests, left),
+                None => (used, frees.saturating_sub(elapsed)),
+            };
             let remaining = l.requests.saturating_sub(used);
             crate::quota::push_ratelimit_item(
                 &mut out,

@@ -168,6 +168,8 @@ impl RedisStore {
                     let mut seen = lock(&self.seen);
                     *seen = (*seen).max(reply.seq);
                     *lock(&self.last) = Some((now, reply.windows.clone()));
+                    *lock(&self.paused) = (reply.pause_us > 0)
+                        .then(|| now + std::time::Duration::from_micros(reply.pause_us));
                 }
                 Ok(reply)
             }

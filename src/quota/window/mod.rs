@@ -278,6 +278,14 @@ impl WindowSet {
         }))
     }
 
+    /// The `RateLimit` value while Dastra's pause holds every send until
+    /// `until`: nothing left in any window until then (SPEC §9.5).
+    pub fn ratelimit_paused(&mut self, now: Instant, until: Instant) -> http::HeaderValue {
+        let left = until.saturating_duration_since(now);
+        self.last
+            .get(self.windows.iter().map(|w| (w.name.as_str(), 0, left)))
+    }
+
     /// When every window will hold nothing: `now` if already, otherwise the
     /// latest instant any window still holds a send (a send in flight counts
     /// until its bound: its landing is not known yet). Never `None`: the
