@@ -206,3 +206,29 @@ async fn a_pause_survives_a_restart_in_redis() {
     ))
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_hit_says_the_window_as_it_is_now_not_as_it_was_stored() {
+    let up = MockUpstream::start().await;
+    let p = TestProxy::start(
+        &up,
+        "[[limits]]\nrequests = 10\nper = \"1m\"\n[[cache.rules]]\npath = \"/v1/cached/*\"\nttl = \"1m\"\n",
+    )
+    .await;
+    let c = client();
+    let first = get(&c, &p.url("/v1/cached/a")).await;
+    assert!(first.header("ratelimit").unwrap().contains(";r=9;"));
+    for i in 0..3 {
+        assert_eq!(get(&c, &p.url(&format!("/v1/other/{i}"))).await.status, 200);
+    }
+    let hit = get(&c, &p.url("/v1/cached/a")).await;
+    assert!(hit.header("cache-status").unwrap().contains("hit"));
+    let used = quota_used(&get(&c, &p.admin_url("/quota")).await.json());
+    assert_eq!(used, 4);
+    let rl = hit.header("ratelimit").unwrap();
+    assert!(
+        rl.starts_with("\"1m\";r=6;"),
+        "{rl}: /quota says 4 of 10 used"
+    );
+    assert_eq!(up.count(), 4, "the hit sent nothing");
+}

@@ -17,6 +17,7 @@ use http_body_util::BodyExt as _;
 use tokio::time::Instant;
 use tower::{Service, ServiceExt as _};
 
+use super::headers::add_ratelimit_fields;
 use super::layer::AppStage;
 use super::{MaybeBoxed, StageFuture};
 use crate::cache::{
@@ -107,11 +108,16 @@ where
             if let Some((snap, left)) = cache.get(&key, Instant::now()) {
                 cache.saved("cached");
                 let status = format!("dastra-proxy; hit; ttl={}", left.as_secs());
-                let resp = if kind == Sharing::Conditional && not_modified(req.headers(), &snap) {
+                let mut resp = if kind == Sharing::Conditional && not_modified(req.headers(), &snap)
+                {
                     respond_not_modified(&snap, &status)
                 } else {
                     respond(&snap, head, &status)
                 };
+                // Computed now, never replayed from the entry (SPEC §9.5).
+                if let Some(a) = self.app.quotas.existing(&key.quota) {
+                    add_ratelimit_fields(resp.headers_mut(), &a);
+                }
                 return MaybeBoxed::boxed(std::future::ready(Ok(resp)));
             }
         }
@@ -146,17 +152,19 @@ where
                 // It waits for the leader's answer (see `head`).
                 crate::head::detach(&mut req);
                 let mut inner = super::take_ready(&mut self.inner);
+                let app = self.app.clone();
                 MaybeBoxed::boxed(async move {
                     let landing = follower.landing().await;
                     drop(follower);
                     match landing {
                         Landing::Answer(snap) => {
                             cache.saved("coalesced");
-                            Ok(respond(
-                                &snap,
-                                false,
-                                "dastra-proxy; fwd=uri-miss; collapsed",
-                            ))
+                            let mut resp =
+                                respond(&snap, false, "dastra-proxy; fwd=uri-miss; collapsed");
+                            if let Some(a) = app.quotas.existing(&key.quota) {
+                                add_ratelimit_fields(resp.headers_mut(), &a);
+                            }
+                            Ok(resp)
                         }
                         Landing::Failed(e) => Err(ProxyError::Shared(e)),
                         // Too large to share, or the lead broke off: a call of its own.
