@@ -9,6 +9,7 @@
 //! the only place errors become `anyhow`.
 
 pub mod access;
+pub mod adapt;
 pub mod admin;
 pub mod admission;
 pub mod app;

@@ -232,3 +232,65 @@ async fn a_cache_hit_says_the_window_as_it_is_now_not_as_it_was_stored() {
     );
     assert_eq!(up.count(), 4, "the hit sent nothing");
 }
+
+/// Dastra says "R left, reset in 3 s": at most R calls reach it before the
+/// reset, judged on its own arrival log; then the windows are ours again.
+async fn dastras_word_caps_the_sends(kind: &str) {
+    let up = MockUpstream::start().await;
+    let p = TestProxy::start(&up, "[admission]\non_limit = \"reject\"\n").await;
+    let c = client();
+    let said = Instant::now();
+    assert_eq!(
+        get(&c, &p.url(&format!("/ratelimit/{kind}/1/3")))
+            .await
+            .status,
+        200
+    );
+    let mut codes = Vec::new();
+    for i in 0..5 {
+        codes.push(
+            get(&c, &p.url(&format!("/v1/after/{i}")))
+                .await
+                .status
+                .as_u16(),
+        );
+    }
+    assert_eq!(codes, [200, 429, 429, 429, 429], "one left, then none");
+    let refused = get(&c, &p.url("/v1/refused")).await;
+    assert_eq!(refused.code(), "quota_exhausted");
+    let wait: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        (1..=3).contains(&wait),
+        "Retry-After {wait}: the reset Dastra named"
+    );
+    let before_reset = up
+        .arrivals("/v1/")
+        .iter()
+        .filter(|t| **t < said + Duration::from_secs(3))
+        .count();
+    assert_eq!(before_reset, 1);
+    let m = String::from_utf8_lossy(&get(&c, &p.admin_url("/metrics")).await.body).into_owned();
+    assert!(
+        m.contains("dastra_proxy_upstream_limit_remaining{window="),
+        "{m}"
+    );
+    // "None left" holds everything until the reset; then calls go again.
+    assert_eq!(
+        get(&c, &p.url(&format!("/ratelimit/{kind}/0/1")))
+            .await
+            .status,
+        429
+    );
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    assert_eq!(get(&c, &p.url("/v1/after-reset")).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_ratelimit_headers_cap_the_sends_until_their_reset() {
+    dastras_word_caps_the_sends("x").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ietf_ratelimit_fields_cap_the_sends_until_their_reset() {
+    dastras_word_caps_the_sends("ietf").await;
+}

@@ -36,6 +36,25 @@ impl Admission {
     }
 }
 
+impl Admission {
+    /// Dastra's own headers said only `left` more sends fit before `until`
+    /// (`upstream.adapt`): the windows admit no more than that. With Redis,
+    /// "none left" becomes a pause every replica holds; a partial cap holds
+    /// on this replica only (each replica decides through Redis, whose
+    /// windows know nothing of it).
+    pub fn adapt(&self, left: u32, until: Instant) {
+        let now = Instant::now();
+        if self.inner.remote.is_some() {
+            if left == 0 {
+                self.pause_until(until);
+            }
+            return;
+        }
+        self.inner.lock().windows.cap(left as usize, until, now);
+        self.inner.wake.notify_one();
+    }
+}
+
 impl State {
     /// A refusal for a call that could start at `retry_at`: the pause's when
     /// the pause is what holds it, else the quota's.

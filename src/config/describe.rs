@@ -98,13 +98,14 @@ pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     let u = &c.upstream;
     writeln!(
         o,
-        "\n[upstream]\nurl = \"{}{}\"\nconnect_timeout = \"{}\"\ntimeout = \"{}\"\nbreaker_failures = {}\nbreaker_open = \"{}\"",
+        "\n[upstream]\nurl = \"{}{}\"\nconnect_timeout = \"{}\"\ntimeout = \"{}\"\nbreaker_failures = {}\nbreaker_open = \"{}\"\nadapt = {}",
         u.origin(),
         u.base_path,
         d(u.connect_timeout),
         d(u.timeout),
         u.breaker_failures,
-        d(u.breaker_open)
+        d(u.breaker_open),
+        u.adapt
     )?;
     if let Some(ca) = &u.ca_file {
         writeln!(o, "ca_file = \"{}\"", ca.display())?;

@@ -93,6 +93,7 @@ pub(crate) struct RawUpstream {
     pub(crate) breaker_failures: Option<i64>,
     #[serde(default, with = "humantime_serde")]
     pub(crate) breaker_open: Option<Duration>,
+    pub(crate) adapt: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

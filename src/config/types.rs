@@ -120,6 +120,8 @@ pub struct UpstreamConfig {
     pub breaker_failures: u32,
     /// How long an open breaker answers 503 before one probe call.
     pub breaker_open: Duration,
+    /// Dastra's own rate-limit headers tighten the windows (`crate::adapt`).
+    pub adapt: bool,
 }
 
 impl UpstreamConfig {

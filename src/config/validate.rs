@@ -324,6 +324,7 @@ impl Validator<'_> {
             ca_file: raw.ca_file.map(|p| self.relative(&p)),
             breaker_failures,
             breaker_open,
+            adapt: raw.adapt.unwrap_or(true),
         })
     }
 

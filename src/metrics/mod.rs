@@ -40,6 +40,8 @@ pub struct Families {
     pub upstream_429_total: IntCounter,
     /// 1 while the circuit breaker answers 503 without sending.
     pub breaker_open: IntGauge,
+    /// What Dastra's own headers last said is left, by window name.
+    pub upstream_limit_remaining: IntGaugeVec,
     pub state_write_errors_total: IntCounter,
     /// Calls answered without spending quota: `cached`, `coalesced`.
     pub quota_saved_total: IntCounterVec,
@@ -142,6 +144,13 @@ impl Metrics {
             breaker_open: reg!(IntGauge::new(
                 "breaker_open",
                 "1 while the circuit breaker answers 503 upstream_unavailable without sending."
+            )),
+            upstream_limit_remaining: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "upstream_limit_remaining",
+                    "What Dastra's own rate-limit headers last said is left, by window."
+                ),
+                &["window"]
             )),
             connections_open: reg!(IntGauge::new(
                 "connections_open",

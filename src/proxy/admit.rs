@@ -171,6 +171,9 @@ where
                     // without the right to a resource: its sends count.
                     admission.set_rejected(resp.status() == StatusCode::UNAUTHORIZED);
                 }
+                if app.config.upstream.adapt {
+                    adapt(&app, &admission, resp.headers());
+                }
                 if resp.status() == StatusCode::TOO_MANY_REQUESTS {
                     app.metrics.upstream_429_total.inc();
                     if pause {
@@ -186,5 +189,20 @@ where
                 Ok(resp)
             }),
         }
+    }
+}
+
+/// Dastra's own rate-limit headers, if it sent any: they can only tighten.
+fn adapt(app: &crate::app::App, admission: &crate::admission::Admission, h: &http::HeaderMap) {
+    crate::adapt::log_once(h);
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if let Some(a) = crate::adapt::read(h, unix) {
+        app.metrics
+            .upstream_limit_remaining
+            .with_label_values(&[&a.window])
+            .set(i64::from(a.remaining));
+        admission.adapt(a.remaining, Instant::now() + a.reset);
     }
 }

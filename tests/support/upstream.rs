@@ -273,6 +273,21 @@ async fn route(
             }
             r
         }
+        // Dastra's own view of the quota: X-RateLimit-* or IETF RateLimit.
+        ["ratelimit", kind, r, t] => {
+            let mut res = text(200, "limited");
+            let h = res.headers_mut();
+            if *kind == "ietf" {
+                h.insert(
+                    "ratelimit",
+                    format!("\"default\";r={r};t={t}").parse().unwrap(),
+                );
+            } else {
+                h.insert("x-ratelimit-remaining", r.parse().unwrap());
+                h.insert("x-ratelimit-reset", t.parse().unwrap());
+            }
+            res
+        }
         ["retry-after", secs] => {
             let mut r = text(429, "slow down");
             r.headers_mut().insert("retry-after", secs.parse().unwrap());

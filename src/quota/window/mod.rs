@@ -138,6 +138,8 @@ pub struct WindowSet {
     history: VecDeque<Instant>,
     /// The `RateLimit` value last written.
     last: super::LastValue,
+    /// Dastra's own word (`upstream.adapt`): at most `.0` more sends before `.1`.
+    cap: Option<(usize, Instant)>,
 }
 
 /// Landings every window set keeps for reloads (Dastra's larger quota);
@@ -164,7 +166,23 @@ impl WindowSet {
             windows,
             history: VecDeque::new(),
             last: Default::default(),
+            cap: None,
         }
+    }
+
+    /// Dastra said only `left` more sends fit before `until`: from now on
+    /// the windows admit no more than that before then. Only tightens: a
+    /// looser cap than the one in force is ignored.
+    pub fn cap(&mut self, left: usize, until: Instant, now: Instant) {
+        let current = self.cap.filter(|(_, u)| *u > now);
+        if current.is_none_or(|(l, u)| left < l || (left == l && until > u)) {
+            self.cap = Some((left, until));
+        }
+    }
+
+    /// The cap while it holds at `now`.
+    fn cap_at(&self, now: Instant) -> Option<(usize, Instant)> {
+        self.cap.filter(|(_, until)| *until > now)
     }
 
     fn history_len(&self) -> usize {
@@ -189,6 +207,10 @@ impl WindowSet {
     /// windows alone: each window's closed form, the latest of them. A lower
     /// bound when several windows bind in turn; exact when one does.
     pub fn nth_start(&self, k: usize, from: Instant) -> Instant {
+        let from = match self.cap_at(from) {
+            Some((left, until)) if k >= left => until,
+            _ => from,
+        };
         self.windows
             .iter()
             .map(|w| w.nth_start(k, from))
@@ -199,11 +221,16 @@ impl WindowSet {
     /// The earliest instant at or after `now` at which every window has room;
     /// `now` itself when a send may go now. Looks at one entry per window.
     pub fn next_admit(&self, now: Instant) -> Instant {
-        self.windows
+        let at = self
+            .windows
             .iter()
             .filter_map(|w| w.blocked_until(now))
             .max()
-            .unwrap_or(now)
+            .unwrap_or(now);
+        match self.cap_at(now) {
+            Some((0, until)) => at.max(until),
+            _ => at,
+        }
     }
 
     /// Admits a send that lands at once (no latency), or says when one could go.
@@ -221,6 +248,9 @@ impl WindowSet {
     pub fn reserve(&mut self, now: Instant) {
         for w in &mut self.windows {
             w.reserve(now);
+        }
+        if let Some((left, until)) = self.cap_at(now) {
+            self.cap = Some((left.saturating_sub(1), until));
         }
     }
 
@@ -318,6 +348,7 @@ impl WindowSet {
     /// Carries recorded sends into a new window set (after a reload), so a
     /// window whose N or W changed keeps the sends it already counted.
     pub fn carry_into(&self, next: &mut WindowSet) {
+        next.cap = self.cap;
         // Every log is the newest part of one send sequence, which the
         // history holds at its longest.
         let all = &self.history;

@@ -119,3 +119,42 @@ fn carry_keeps_recorded_sends_across_a_change_of_n_or_w() {
         t0 + Duration::from_millis(2000)
     );
 }
+
+#[test]
+fn dastras_cap_only_tightens_and_ends_at_its_reset() {
+    let t0 = Instant::now();
+    let reset = t0 + Duration::from_secs(5);
+    let mut w = WindowSet::new(&limits(&[(100, 60_000)]), Duration::ZERO);
+    w.cap(2, reset, t0);
+    w.cap(50, reset + Duration::from_secs(9), t0);
+    assert_eq!(w.nth_start(1, t0), t0, "the second call fits the cap");
+    assert_eq!(w.nth_start(2, t0), reset, "the third waits for the reset");
+    w.try_admit(t0).unwrap();
+    w.try_admit(t0).unwrap();
+    assert_eq!(
+        w.try_admit(t0).unwrap_err(),
+        reset,
+        "a looser cap was ignored"
+    );
+    assert_eq!(
+        w.try_admit(reset - Duration::from_nanos(1)).unwrap_err(),
+        reset
+    );
+    w.try_admit(reset).unwrap();
+    w.try_admit(reset).unwrap();
+    w.cap(0, reset + Duration::from_secs(1), reset);
+    assert_eq!(w.next_admit(reset), reset + Duration::from_secs(1));
+    let mut next = WindowSet::new(&limits(&[(100, 60_000)]), Duration::ZERO);
+    w.carry_into(&mut next);
+    assert_eq!(
+        next.next_admit(reset),
+        reset + Duration::from_secs(1),
+        "a reload keeps it"
+    );
+    w.cap(1, reset + Duration::from_secs(30), reset);
+    assert_eq!(
+        w.next_admit(reset),
+        reset + Duration::from_secs(1),
+        "more left is looser, even for longer"
+    );
+}
