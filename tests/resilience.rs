@@ -294,3 +294,54 @@ async fn x_ratelimit_headers_cap_the_sends_until_their_reset() {
 async fn ietf_ratelimit_fields_cap_the_sends_until_their_reset() {
     dastras_word_caps_the_sends("ietf").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_entry_answers_stale_when_dastra_fails_the_breaker_is_open_or_quota_is_out() {
+    let up = MockUpstream::start().await;
+    let p = proxy(
+        &up,
+        "[[limits]]\nrequests = 5\nper = \"1m\"\n[admission]\non_limit = \"reject\"\n\
+         [cache]\nstale_if_error = \"1m\"\n[[cache.rules]]\npath = \"/seq/*\"\nttl = \"200ms\"\n\
+         [[cache.rules]]\npath = \"/seq/*/*\"\nttl = \"200ms\"\n",
+    )
+    .await;
+    let c = client();
+    let fresh = get(&c, &p.url("/seq/0")).await;
+    assert_eq!(fresh.status, 200);
+    let strict = get(&c, &p.url("/seq/0/mustreval")).await;
+    assert_eq!(strict.status, 200);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // Dastra answers 503 (the breaker counts one failure).
+    up.state.fail_status.store(503, Ordering::SeqCst);
+    let r = get(&c, &p.url("/seq/0")).await;
+    assert_eq!(r.status, 200, "stale rather than Dastra's 503");
+    assert_eq!(r.body, fresh.body);
+    assert_eq!(r.header("cache-status"), Some("dastra-proxy; hit; stale"));
+    assert!(
+        r.header("ratelimit").is_some_and(|v| v.contains(";r=2;")),
+        "live fields"
+    );
+    let r = get(&c, &p.url("/seq/0/mustreval")).await;
+    assert_eq!(r.status, 503, "must-revalidate: never served stale");
+    // A third failure opens the breaker: stale again, nothing sent.
+    assert_eq!(get(&c, &p.url("/v1/down")).await.status, 503);
+    let sent = up.count();
+    let r = get(&c, &p.url("/seq/0")).await;
+    assert_eq!(r.header("cache-status"), Some("dastra-proxy; hit; stale"));
+    assert_eq!(up.count(), sent, "the breaker is open: nothing went out");
+    // Dastra is back, the quota is used up (5 of 5): stale once more.
+    up.state.fail_status.store(0, Ordering::SeqCst);
+    tokio::time::sleep(OPEN).await;
+    assert_eq!(
+        get(&c, &p.url("/v1/probe")).await.status,
+        429,
+        "quota used up"
+    );
+    let r = get(&c, &p.url("/seq/0")).await;
+    assert_eq!(r.header("cache-status"), Some("dastra-proxy; hit; stale"));
+    let m = String::from_utf8_lossy(&get(&c, &p.admin_url("/metrics")).await.body).into_owned();
+    assert!(
+        m.contains("dastra_proxy_quota_saved_total{how=\"stale\"} 3"),
+        "{m}"
+    );
+}

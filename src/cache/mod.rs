@@ -211,15 +211,34 @@ impl Cache {
         hit
     }
 
+    /// An entry past its ttl still within `stale_if_error`, for when Dastra
+    /// cannot answer: how long ago it expired.
+    pub fn get_stale(&self, key: &Key, now: Instant) -> Option<(Arc<Snapshot>, Duration)> {
+        let mut st = self.lock();
+        let hit = st.get_stale(key, now);
+        self.metrics.cache_bytes.set(st.bytes() as i64);
+        hit
+    }
+
     /// Keeps `snap` for `ttl` when it may be kept; says whether it was.
     pub fn put(&self, key: Key, snap: Arc<Snapshot>, ttl: Duration, now: Instant) -> bool {
         if !cacheable(&snap) {
             return false;
         }
-        let max = self.cfg.load().max_bytes;
+        let cfg = self.cfg.load();
+        // An answer Dastra said must be revalidated is never served stale.
+        let stale = match snap
+            .headers
+            .get_all(http::header::CACHE_CONTROL)
+            .iter()
+            .any(|v| has_directive(v, "must-revalidate") || has_directive(v, "proxy-revalidate"))
+        {
+            true => Duration::ZERO,
+            false => cfg.stale_if_error,
+        };
         let mut st = self.lock();
         st.purge(now);
-        let kept = st.put(key, snap, now + ttl, max);
+        let kept = st.put(key, snap, now + ttl, now + ttl + stale, cfg.max_bytes);
         self.metrics.cache_bytes.set(st.bytes() as i64);
         kept
     }

@@ -11,7 +11,9 @@ use super::{Key, Snapshot};
 
 struct Entry {
     snap: Arc<Snapshot>,
+    /// Fresh until then; kept (for `stale_if_error`) until `keep`.
     expires: Instant,
+    keep: Instant,
     size: u64,
     used: u64,
     /// The counter when stored: its place in `expiry`.
@@ -23,8 +25,8 @@ pub(super) struct Store {
     map: HashMap<Key, Entry>,
     /// Last use (a counter) -> key.
     order: BTreeMap<u64, Key>,
-    /// Expiry -> keys, so expired entries are purged, not only pushed out
-    /// by the LRU bound. The counter makes equal instants distinct.
+    /// End of keeping -> keys, so expired entries are purged, not only pushed
+    /// out by the LRU bound. The counter makes equal instants distinct.
     expiry: BTreeMap<(Instant, u64), Key>,
     tick: u64,
     bytes: u64,
@@ -38,13 +40,36 @@ impl Store {
     pub(super) fn get(&mut self, key: &Key, now: Instant) -> Option<(Arc<Snapshot>, Duration)> {
         self.purge(now);
         let expires = self.map.get(key)?.expires;
+        if expires <= now {
+            return None;
+        }
+        self.touch(key);
+        Some((self.map.get(key)?.snap.clone(), expires - now))
+    }
+
+    /// An entry past its freshness but still kept: how long ago it expired.
+    pub(super) fn get_stale(
+        &mut self,
+        key: &Key,
+        now: Instant,
+    ) -> Option<(Arc<Snapshot>, Duration)> {
+        self.purge(now);
+        let expires = self.map.get(key)?.expires;
+        if expires > now {
+            return None;
+        }
+        self.touch(key);
+        Some((self.map.get(key)?.snap.clone(), now - expires))
+    }
+
+    fn touch(&mut self, key: &Key) -> Option<()> {
         self.tick += 1;
         let tick = self.tick;
         let e = self.map.get_mut(key)?;
         self.order.remove(&e.used);
         e.used = tick;
         self.order.insert(tick, key.clone());
-        Some((e.snap.clone(), expires - now))
+        Some(())
     }
 
     pub(super) fn put(
@@ -52,6 +77,7 @@ impl Store {
         key: Key,
         snap: Arc<Snapshot>,
         expires: Instant,
+        keep: Instant,
         max: u64,
     ) -> bool {
         let size = snap.size() + key.size();
@@ -62,13 +88,14 @@ impl Store {
         self.shrink(max - size);
         self.tick += 1;
         self.order.insert(self.tick, key.clone());
-        self.expiry.insert((expires, self.tick), key.clone());
+        self.expiry.insert((keep, self.tick), key.clone());
         self.bytes += size;
         self.map.insert(
             key,
             Entry {
                 snap,
                 expires,
+                keep,
                 size,
                 used: self.tick,
                 born: self.tick,
@@ -84,7 +111,7 @@ impl Store {
                 break;
             };
             if let Some(e) = self.map.remove(&key) {
-                self.expiry.remove(&(e.expires, e.born));
+                self.expiry.remove(&(e.keep, e.born));
                 self.bytes -= e.size;
             }
         }
@@ -116,7 +143,7 @@ impl Store {
     fn remove(&mut self, key: &Key) {
         if let Some(e) = self.map.remove(key) {
             self.order.remove(&e.used);
-            self.expiry.remove(&(e.expires, e.born));
+            self.expiry.remove(&(e.keep, e.born));
             self.bytes -= e.size;
         }
     }

@@ -14,6 +14,7 @@ fn cache(max_bytes: u64) -> Arc<Cache> {
         coalesce: true,
         max_entry: max_bytes,
         max_bytes,
+        stale_if_error: Duration::ZERO,
         rules: Vec::new(),
     };
     Cache::new(&cfg, Metrics::new())
@@ -280,4 +281,46 @@ fn what_may_share() {
         ]),
         &stored
     ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_entry_is_kept_stale_for_stale_if_error_unless_it_must_revalidate() {
+    let c = Cache::new(
+        &CacheConfig {
+            coalesce: true,
+            max_entry: 10_000,
+            max_bytes: 10_000,
+            stale_if_error: Duration::from_secs(10),
+            rules: Vec::new(),
+        },
+        Metrics::new(),
+    );
+    let t0 = Instant::now();
+    let strict = {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "cache-control",
+            "max-age=5, must-revalidate".parse().unwrap(),
+        );
+        Arc::new(Snapshot {
+            status: StatusCode::OK,
+            headers,
+            body: Bytes::from_static(b"y"),
+        })
+    };
+    assert!(c.put(key(1, "/a"), snap(200, b"x", 1), Duration::from_secs(5), t0));
+    assert!(c.put(key(1, "/b"), strict, Duration::from_secs(5), t0));
+    assert!(
+        c.get_stale(&key(1, "/a"), t0).is_none(),
+        "fresh is not stale"
+    );
+    let t = t0 + Duration::from_secs(5);
+    assert!(c.get(&key(1, "/a"), t).is_none());
+    assert_eq!(c.get_stale(&key(1, "/a"), t).unwrap().1, Duration::ZERO);
+    assert!(c.get_stale(&key(1, "/b"), t).is_none(), "must-revalidate");
+    let late = t + Duration::from_secs(10) - Duration::from_nanos(1);
+    assert!(c.get_stale(&key(1, "/a"), late).is_some());
+    assert!(c
+        .get_stale(&key(1, "/a"), t + Duration::from_secs(10))
+        .is_none());
 }

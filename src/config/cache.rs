@@ -46,6 +46,7 @@ impl Validator<'_> {
             coalesce: raw.coalesce.unwrap_or(true),
             max_entry,
             max_bytes,
+            stale_if_error: raw.stale_if_error.unwrap_or_default(),
             rules,
         })
     }

@@ -221,8 +221,11 @@ pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     let k = &c.cache;
     writeln!(
         o,
-        "\n[cache]\ncoalesce = {}\nmax_entry = {}\nmax_bytes = {}",
-        k.coalesce, k.max_entry, k.max_bytes
+        "\n[cache]\ncoalesce = {}\nmax_entry = {}\nmax_bytes = {}\nstale_if_error = \"{}\"",
+        k.coalesce,
+        k.max_entry,
+        k.max_bytes,
+        humantime::format_duration(k.stale_if_error)
     )?;
     for r in &k.rules {
         writeln!(

@@ -38,6 +38,8 @@ pub(crate) struct RawCache {
     pub(crate) coalesce: Option<bool>,
     pub(crate) max_entry: Option<String>,
     pub(crate) max_bytes: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) stale_if_error: Option<Duration>,
     #[serde(default)]
     pub(crate) rules: Vec<RawCacheRule>,
 }

@@ -40,6 +40,9 @@ pub struct CacheConfig {
     pub max_entry: u64,
     /// All cached answers together (LRU beyond it).
     pub max_bytes: u64,
+    /// How long past its ttl an entry may still answer when Dastra fails,
+    /// the breaker is open or the quota is used up.
+    pub stale_if_error: std::time::Duration,
     pub rules: Vec<CacheRule>,
 }
 

@@ -220,7 +220,7 @@ impl Metrics {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
         );
-        for how in ["cached", "coalesced"] {
+        for how in ["cached", "coalesced", "stale"] {
             families.quota_saved_total.with_label_values(&[how]);
         }
         Self {

@@ -16,6 +16,7 @@ mod observe;
 mod rescue;
 mod share;
 mod stages;
+mod stale;
 #[cfg(test)]
 mod tests;
 

@@ -19,6 +19,7 @@ use tower::{Service, ServiceExt as _};
 
 use super::headers::add_ratelimit_fields;
 use super::layer::AppStage;
+use super::stale::or_stale;
 use super::{MaybeBoxed, StageFuture};
 use crate::cache::{
     not_modified, shareable, Cache, Join, Key, Landing, Request as Sharing, Snapshot, Watchers,
@@ -128,11 +129,17 @@ where
             };
         }
         let max_entry = cfg.max_entry;
+        // Only a GET the cache keeps can be answered stale.
+        let stale = !cfg.stale_if_error.is_zero() && ttl.is_some() && !head;
         // HEAD never fills the cache (no body to keep); no-cache refreshes it.
         let ttl = ttl.filter(|_| !head);
         let fwd = if no_cache { Fwd::Request } else { Fwd::Miss };
         if !coalesce {
             let call = self.inner.call(req);
+            if stale {
+                let fut = lead(call, cache.clone(), key.clone(), ttl, None, max_entry, fwd);
+                return MaybeBoxed::boxed(or_stale(fut, cache, key, self.app.clone()));
+            }
             return MaybeBoxed::boxed(lead(call, cache, key, ttl, None, max_entry, fwd));
         }
         // Out of quota in reject mode: the 429 comes at once and costs less
@@ -143,6 +150,10 @@ where
             .existing(&key.quota)
             .is_some_and(|a| a.refuses_now())
         {
+            if stale {
+                let call = self.inner.call(req);
+                return MaybeBoxed::boxed(or_stale(call, cache, key, self.app.clone()));
+            }
             return MaybeBoxed::Direct {
                 inner: self.inner.call(req),
             };
@@ -166,6 +177,10 @@ where
                             }
                             Ok(resp)
                         }
+                        Landing::Failed(e) if stale => {
+                            let failed = std::future::ready(Err(ProxyError::Shared(e)));
+                            or_stale(failed, cache, key, app).await
+                        }
                         Landing::Failed(e) => Err(ProxyError::Shared(e)),
                         // Too large to share, or the lead broke off: a call of its own.
                         Landing::Own => {
@@ -180,15 +195,14 @@ where
                 let followers = flight.watchers();
                 // `lead` boxed as it is: an async block around it would hold
                 // its arguments twice (1.8 KB per waiting GET).
-                let fut: StageFuture = Box::pin(lead(
-                    self.inner.call(req),
-                    cache,
-                    key,
-                    ttl,
-                    Some(flight),
-                    max_entry,
-                    fwd,
-                ));
+                let call = self.inner.call(req);
+                let fut: StageFuture = if stale {
+                    let (c, k) = (cache.clone(), key.clone());
+                    let led = lead(call, c, k, ttl, Some(flight), max_entry, fwd);
+                    Box::pin(or_stale(led, cache, key, self.app.clone()))
+                } else {
+                    Box::pin(lead(call, cache, key, ttl, Some(flight), max_entry, fwd))
+                };
                 MaybeBoxed::boxed(Detach {
                     fut: Some(fut),
                     followers,
@@ -372,7 +386,7 @@ fn respond(snap: &Snapshot, head: bool, status: &str) -> Response<Body> {
 }
 
 /// `own`: the answer of this caller's own call, whose RateLimit fields are current.
-fn respond_with(snap: &Snapshot, head: bool, status: &str, own: bool) -> Response<Body> {
+pub(super) fn respond_with(snap: &Snapshot, head: bool, status: &str, own: bool) -> Response<Body> {
     let body = if head {
         Body::empty()
     } else {

@@ -408,7 +408,7 @@ pub fn seen(headers: &HeaderMap) -> String {
 /// `x-seen` says what it was answering, `If-None-Match: "v1"` gets 304 when
 /// the path has `etag`, a `Range` gets 206, `gzip` in `Accept-Encoding` gets
 /// `Content-Encoding: gzip`. Path flags add headers: `nostore`, `private`,
-/// `nocache` (Cache-Control), `setcookie`, `varystar`, `varycookie`,
+/// `nocache`, `mustreval` (Cache-Control), `setcookie`, `varystar`, `varycookie`,
 /// `varyalang`, `etag`.
 fn seq_reply(n: usize, flags: &[&str], req: &HeaderMap, body: Vec<u8>) -> Response<Body> {
     let etag = flags.contains(&"etag");
@@ -441,6 +441,7 @@ fn seq_reply(n: usize, flags: &[&str], req: &HeaderMap, body: Vec<u8>) -> Respon
         ("varycookie", "vary", "Accept, Cookie".to_owned()),
         ("varyalang", "vary", "Accept-Language".to_owned()),
         ("etag", "etag", "\"v1\"".to_owned()),
+        ("mustreval", "cache-control", "must-revalidate".to_owned()),
     ] {
         if flags.contains(&flag) {
             h.append(name, value.parse().unwrap());
