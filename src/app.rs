@@ -72,6 +72,8 @@ pub struct App {
     pub read_ahead: Arc<crate::body::ReadAhead>,
     /// Answers 503 without sending while Dastra keeps failing.
     pub breaker: Arc<crate::breaker::Breaker>,
+    /// What retries of failed calls may still spend.
+    pub retry: crate::retry::RetryBudget,
     policy: ArcSwap<Policy>,
 }
 
@@ -288,6 +290,10 @@ impl App {
             credential_config: ArcSwap::from_pointee(config.credential.clone()),
             cache,
             read_ahead: crate::body::ReadAhead::new(config.server.max_buffered_body),
+            retry: crate::retry::RetryBudget::new(
+                config.upstream.retries,
+                config.upstream.retry_budget,
+            ),
             breaker: crate::breaker::Breaker::new(
                 config.upstream.breaker_failures,
                 config.upstream.breaker_open,

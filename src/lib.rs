@@ -27,6 +27,7 @@ pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod quota;
+pub mod retry;
 pub mod secret;
 pub mod server;
 pub mod state_file;

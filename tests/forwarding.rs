@@ -183,8 +183,13 @@ async fn unreachable_upstream_is_502_and_gives_its_slot_back() {
     let up = MockUpstream::start().await;
     let closed = free_port();
     let limits = "[[limits]]\nrequests = 1\nper = \"1m\"\n[admission]\non_limit = \"reject\"\n";
+    // The breaker would answer 503 after five failed attempts (retries count).
     let proxy = TestProxy::start_edit(&up, limits, |s| {
         s.replace(&up.url(), &format!("https://localhost:{}", closed.port()))
+            .replace(
+                "timeout = \"2s\"\n",
+                "timeout = \"2s\"\nbreaker_failures = 0\n",
+            )
     })
     .await;
     let c = client();

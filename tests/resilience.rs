@@ -12,11 +12,13 @@ use tokio::time::Instant;
 
 const OPEN: Duration = Duration::from_millis(400);
 
+/// A proxy whose breaker opens after 3 failures for 400 ms, without
+/// retries (each call is one attempt, so failures are counted by call).
 async fn proxy(up: &MockUpstream, extra: &str) -> TestProxy {
     TestProxy::start_edit(up, extra, |s| {
         s.replace(
             "timeout = \"2s\"\n",
-            "timeout = \"2s\"\nbreaker_failures = 3\nbreaker_open = \"400ms\"\n",
+            "timeout = \"2s\"\nbreaker_failures = 3\nbreaker_open = \"400ms\"\nretries = 0\n",
         )
     })
     .await
@@ -113,7 +115,7 @@ async fn an_unreachable_dastra_opens_it_too_and_4xx_never_does() {
         s.replace(&up.url(), &format!("https://127.0.0.1:{}", gone.port()))
             .replace(
                 "timeout = \"2s\"\n",
-                "timeout = \"2s\"\nbreaker_failures = 3\nbreaker_open = \"400ms\"\n",
+                "timeout = \"2s\"\nbreaker_failures = 3\nbreaker_open = \"400ms\"\nretries = 0\n",
             )
     })
     .await;
@@ -344,4 +346,96 @@ async fn an_expired_entry_answers_stale_when_dastra_fails_the_breaker_is_open_or
         m.contains("dastra_proxy_quota_saved_total{how=\"stale\"} 3"),
         "{m}"
     );
+}
+
+fn with_retries(budget: &str, breaker: u32) -> impl FnOnce(String) -> String {
+    let budget = budget.to_owned();
+    move |s: String| {
+        s.replace(
+            "timeout = \"2s\"\n",
+            &format!(
+                "timeout = \"2s\"\nretries = 2\nretry_budget = {budget}\nbreaker_failures = {breaker}\n"
+            ),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_bring_idempotent_calls_through_and_never_send_a_post_twice() {
+    let up = MockUpstream::start().await;
+    let p = TestProxy::start_edit(
+        &up,
+        "[[limits]]\nrequests = 1000\nper = \"1m\"\n",
+        with_retries("1.0", 0),
+    )
+    .await;
+    let c = client();
+    up.state.fail_alternate.store(true, Ordering::SeqCst);
+    for i in 0..20 {
+        let r = get(&c, &p.url(&format!("/v1/get/{i}"))).await;
+        assert_eq!(r.status, 200, "GET {i} was not retried");
+    }
+    assert_eq!(
+        up.arrivals("/v1/get/").len(),
+        40,
+        "each GET: a 503, then a 200"
+    );
+    let mut failed = 0;
+    for i in 0..10 {
+        let r = send(
+            &c,
+            http::Method::POST,
+            &p.url(&format!("/v1/post/{i}")),
+            &[],
+            axum::body::Body::from("{}"),
+        )
+        .await;
+        if r.status == 503 {
+            failed += 1;
+        }
+    }
+    assert_eq!(up.arrivals("/v1/post/").len(), 10, "a POST is tried once");
+    assert_eq!(failed, 5, "and its 503 goes back as it is");
+    let q = get(&c, &p.admin_url("/quota")).await.json();
+    assert_eq!(quota_used(&q), 50, "every retry took a slot");
+    let m = String::from_utf8_lossy(&get(&c, &p.admin_url("/metrics")).await.body).into_owned();
+    assert!(m.contains("dastra_proxy_upstream_retries_total 20"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_budget_stops_a_retry_storm_and_a_full_window_stops_retries() {
+    let up = MockUpstream::start().await;
+    let p = TestProxy::start_edit(
+        &up,
+        "[[limits]]\nrequests = 1000\nper = \"1m\"\n",
+        with_retries("0.1", 0),
+    )
+    .await;
+    let c = client();
+    up.state.fail_status.store(503, Ordering::SeqCst);
+    for i in 0..50 {
+        assert_eq!(get(&c, &p.url(&format!("/v1/storm/{i}"))).await.status, 503);
+    }
+    let sent = up.arrivals("/v1/storm/").len();
+    // 50 calls earn 5 retries, plus the 3 a quiet proxy starts with.
+    assert!((50..=58).contains(&sent), "{sent} sends for 50 calls");
+
+    // Retries wait for slots like any call: a full window (reject) ends them.
+    let up = MockUpstream::start().await;
+    let p = TestProxy::start_edit(
+        &up,
+        "[[limits]]\nrequests = 3\nper = \"1m\"\n[admission]\non_limit = \"reject\"\n",
+        with_retries("1.0", 0),
+    )
+    .await;
+    up.state.fail_status.store(503, Ordering::SeqCst);
+    assert_eq!(get(&c, &p.url("/v1/full/0")).await.status, 503);
+    assert_eq!(
+        up.arrivals("/v1/full/").len(),
+        3,
+        "two retries, then the window is full"
+    );
+    let r = get(&c, &p.url("/v1/full/1")).await;
+    assert_eq!(r.code(), "quota_exhausted");
+    assert_eq!(up.arrivals("/v1/full/").len(), 3);
 }

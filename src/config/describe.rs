@@ -98,14 +98,16 @@ pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     let u = &c.upstream;
     writeln!(
         o,
-        "\n[upstream]\nurl = \"{}{}\"\nconnect_timeout = \"{}\"\ntimeout = \"{}\"\nbreaker_failures = {}\nbreaker_open = \"{}\"\nadapt = {}",
+        "\n[upstream]\nurl = \"{}{}\"\nconnect_timeout = \"{}\"\ntimeout = \"{}\"\nbreaker_failures = {}\nbreaker_open = \"{}\"\nadapt = {}\nretries = {}\nretry_budget = {}",
         u.origin(),
         u.base_path,
         d(u.connect_timeout),
         d(u.timeout),
         u.breaker_failures,
         d(u.breaker_open),
-        u.adapt
+        u.adapt,
+        u.retries,
+        u.retry_budget
     )?;
     if let Some(ca) = &u.ca_file {
         writeln!(o, "ca_file = \"{}\"", ca.display())?;

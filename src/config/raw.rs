@@ -96,6 +96,8 @@ pub(crate) struct RawUpstream {
     #[serde(default, with = "humantime_serde")]
     pub(crate) breaker_open: Option<Duration>,
     pub(crate) adapt: Option<bool>,
+    pub(crate) retries: Option<i64>,
+    pub(crate) retry_budget: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -125,6 +125,10 @@ pub struct UpstreamConfig {
     pub breaker_open: Duration,
     /// Dastra's own rate-limit headers tighten the windows (`crate::adapt`).
     pub adapt: bool,
+    /// Tries after the first for idempotent calls Dastra failed (the retry module).
+    pub retries: u32,
+    /// Retries allowed as a share of calls.
+    pub retry_budget: f64,
 }
 
 impl UpstreamConfig {

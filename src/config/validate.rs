@@ -325,6 +325,18 @@ impl Validator<'_> {
             breaker_failures,
             breaker_open,
             adapt: raw.adapt.unwrap_or(true),
+            retries: u32::try_from(raw.retries.unwrap_or(2))
+                .ok()
+                .filter(|n| *n <= 10)
+                .ok_or_else(|| self.invalid("upstream.retries", "must be between 0 and 10"))?,
+            retry_budget: Some(raw.retry_budget.unwrap_or(0.1))
+                .filter(|b| (0.0..=1.0).contains(b))
+                .ok_or_else(|| {
+                    self.invalid(
+                        "upstream.retry_budget",
+                        "must be between 0 and 1 (a share of calls)",
+                    )
+                })?,
         })
     }
 

@@ -40,6 +40,8 @@ pub struct Families {
     pub upstream_429_total: IntCounter,
     /// 1 while the circuit breaker answers 503 without sending.
     pub breaker_open: IntGauge,
+    /// Calls sent again after Dastra failed them.
+    pub upstream_retries_total: IntCounter,
     /// What Dastra's own headers last said is left, by window name.
     pub upstream_limit_remaining: IntGaugeVec,
     pub state_write_errors_total: IntCounter,
@@ -144,6 +146,10 @@ impl Metrics {
             breaker_open: reg!(IntGauge::new(
                 "breaker_open",
                 "1 while the circuit breaker answers 503 upstream_unavailable without sending."
+            )),
+            upstream_retries_total: reg!(IntCounter::new(
+                "upstream_retries_total",
+                "Idempotent calls sent again after Dastra answered 502/503/504 or was not reached."
             )),
             upstream_limit_remaining: reg!(IntGaugeVec::new(
                 Opts::new(

@@ -114,6 +114,13 @@ where
             // The call waits for a slot (see `head`).
             crate::head::detach(&mut req);
         }
+        // Every call earns its share of a retry; an idempotent one without a
+        // body keeps its head to be sent again.
+        app.retry.earn();
+        let replay = match app.config.upstream.retries {
+            0 => None,
+            _ => crate::retry::replayable(&req),
+        };
         // The kind never changes on reload (only its secrets do): read once
         // from the config, not from the swappable credential per call.
         let passthrough = matches!(
@@ -123,7 +130,7 @@ where
         let mut inner = super::take_ready(&mut self.inner);
         CheckFuture::Inner {
             inner: Box::pin(async move {
-                let permit = match now {
+                let mut permit = match now {
                     Some(p) => p,
                     None => admission.acquire(&caller).await?,
                 };
@@ -135,35 +142,56 @@ where
                         .with_label_values(&[&caller.name])
                         .observe(waited.as_secs_f64());
                 }
-                if let Err(until) = ticket.recheck(Instant::now()) {
-                    // The breaker opened while this call waited: the unsent
-                    // permit gives its slot back.
-                    drop(permit);
-                    return Err(ProxyError::Unavailable(
-                        until.saturating_duration_since(Instant::now()),
-                    ));
-                }
-                let sent = permit.sent();
-                // After a wait in the queue: ready again first.
-                let result = match inner.ready().await {
-                    Ok(ready) => ready.call(req).await,
-                    Err(e) => Err(e),
+                let (mut ticket, mut req, mut attempt) = (ticket, Some(req), 0);
+                let result = loop {
+                    if let Err(until) = ticket.recheck(Instant::now()) {
+                        // The breaker opened while this call waited: the
+                        // unsent permit gives its slot back.
+                        drop(permit);
+                        return Err(ProxyError::Unavailable(
+                            until.saturating_duration_since(Instant::now()),
+                        ));
+                    }
+                    let sent = permit.sent();
+                    let this = req.take().expect("a request for every attempt");
+                    // After a wait in the queue: ready again first.
+                    let result = match inner.ready().await {
+                        Ok(ready) => ready.call(this).await,
+                        Err(e) => Err(e),
+                    };
+                    match &result {
+                        Ok(r) if r.status().is_server_error() => ticket.failed(Instant::now()),
+                        Ok(_) => ticket.succeeded(),
+                        Err(ProxyError::Upstream(_)) => ticket.failed(Instant::now()),
+                        // The token endpoint or the caller failed: nothing learned.
+                        Err(_) => drop(ticket),
+                    }
+                    match &result {
+                        Ok(_) => sent.landed(),
+                        Err(
+                            ProxyError::Upstream(CallError::NotConnected(_)) | ProxyError::Token(_),
+                        ) => sent.refund(),
+                        // Timed out or failed after sending: counted as landed now.
+                        Err(_) => drop(sent),
+                    }
+                    let Some(head) = &replay else { break result };
+                    attempt += 1;
+                    if !crate::retry::worth_retrying(&result) || !app.retry.spend(attempt) {
+                        break result;
+                    }
+                    tokio::time::sleep(crate::retry::backoff(attempt)).await;
+                    // Another send: through the breaker and a quota slot of its own.
+                    ticket = match app.breaker.enter(Instant::now()) {
+                        Ok(t) => t,
+                        Err(_) => break result,
+                    };
+                    permit = match admission.acquire(&caller).await {
+                        Ok(p) => p,
+                        Err(_) => break result,
+                    };
+                    app.metrics.upstream_retries_total.inc();
+                    req = Some(crate::retry::again(head));
                 };
-                match &result {
-                    Ok(r) if r.status().is_server_error() => ticket.failed(Instant::now()),
-                    Ok(_) => ticket.succeeded(),
-                    Err(ProxyError::Upstream(_)) => ticket.failed(Instant::now()),
-                    // The token endpoint or the caller failed: nothing learned.
-                    Err(_) => drop(ticket),
-                }
-                match &result {
-                    Ok(_) => sent.landed(),
-                    Err(
-                        ProxyError::Upstream(CallError::NotConnected(_)) | ProxyError::Token(_),
-                    ) => sent.refund(),
-                    // Timed out or failed after sending: counted as landed now.
-                    Err(_) => drop(sent),
-                }
                 let mut resp = result?;
                 if passthrough {
                     // 401 only: Dastra did not take the credential, so it

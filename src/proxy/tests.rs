@@ -281,15 +281,20 @@ async fn admission_stage_refuses_with_exact_retry_after_and_fields() {
 #[tokio::test(start_paused = true)]
 async fn upstream_failures_map_to_502_and_504_and_a_refused_connect_spends_nothing() {
     let extra = format!(
-        "{API_KEY}[[limits]]\nrequests = 1\nper = \"1h\"\n[admission]\non_limit = \"reject\"\n"
+        "retries = 0\n{API_KEY}[[limits]]\nrequests = 1\nper = \"1h\"\n[admission]\non_limit = \"reject\"\n"
     );
-    let h = harness(
-        &extra,
+    let refused_once = || -> Arc<Answer> {
         Arc::new(|_, n| match n {
             1 => Err(CallError::NotConnected("refused".into())),
             _ => Ok(Response::new(Body::empty())),
-        }),
-    );
+        })
+    };
+    // With retries (the default), the refused GET is sent again at once,
+    // on the slot the refused attempt gave back.
+    let retried = harness(&extra.replace("retries = 0\n", ""), refused_once());
+    assert_eq!(get(&retried, "/v1/x").await.0, StatusCode::OK);
+    assert_eq!(retried.seen.lock().unwrap().len(), 2);
+    let h = harness(&extra, refused_once());
     let (status, _, body) = get(&h, "/v1/x").await;
     assert_eq!(
         (status, code(&body).as_str()),

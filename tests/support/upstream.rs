@@ -48,6 +48,8 @@ pub struct MockState {
     /// While nonzero, every call but the token endpoint's is answered with
     /// this status (a Dastra outage the test turns on and off).
     pub fail_status: AtomicUsize,
+    /// While set, every other call (the 1st, 3rd, ...) is answered 503.
+    pub fail_alternate: AtomicBool,
 }
 
 pub struct MockUpstream {
@@ -249,6 +251,9 @@ async fn route(
         {
             return text(401, "token revoked");
         }
+    }
+    if st.fail_alternate.load(Ordering::SeqCst) && number % 2 == 1 && path != "/connect/token" {
+        return text(503, "every other call fails");
     }
     let failing = st.fail_status.load(Ordering::SeqCst);
     if failing != 0 && path != "/connect/token" {
