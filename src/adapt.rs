@@ -11,7 +11,22 @@
 
 use std::time::Duration;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
+
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+/// (family, remaining, reset) of the two header pairs.
+const PAIRS: [(&str, HeaderName, HeaderName); 2] = [
+    (
+        "ratelimit",
+        HeaderName::from_static("ratelimit-remaining"),
+        HeaderName::from_static("ratelimit-reset"),
+    ),
+    (
+        "x-ratelimit",
+        HeaderName::from_static("x-ratelimit-remaining"),
+        HeaderName::from_static("x-ratelimit-reset"),
+    ),
+];
 
 /// The tightest "R left for T" one answer names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,8 +41,16 @@ pub struct Advice {
 const UNIX_TIME: u64 = 1_000_000_000;
 
 /// The tightest advice in `h`; `now_unix` turns a Unix-time reset into a
-/// duration.
-pub fn read(h: &HeaderMap, now_unix: u64) -> Option<Advice> {
+/// duration (read only when one is).
+pub fn read(h: &HeaderMap, now_unix: impl Fn() -> u64) -> Option<Advice> {
+    // Most answers carry none: one pass over the few names, no hashing.
+    let named = |k: &HeaderName| {
+        let k = k.as_str().as_bytes();
+        k.starts_with(b"ratelimit") || k.starts_with(b"x-ratelimit")
+    };
+    if !h.keys().any(named) {
+        return None;
+    }
     let mut best: Option<Advice> = None;
     let mut offer = |a: Advice| {
         if best.as_ref().is_none_or(|b| {
@@ -36,7 +59,7 @@ pub fn read(h: &HeaderMap, now_unix: u64) -> Option<Advice> {
             best = Some(a);
         }
     };
-    for v in h.get_all("ratelimit") {
+    for v in h.get_all(RATELIMIT) {
         let Ok(text) = v.to_str() else { continue };
         for item in text.split(',') {
             if let Some(a) = ietf_item(item) {
@@ -44,22 +67,19 @@ pub fn read(h: &HeaderMap, now_unix: u64) -> Option<Advice> {
             }
         }
     }
-    for (family, remaining, reset) in [
-        ("ratelimit", "ratelimit-remaining", "ratelimit-reset"),
-        ("x-ratelimit", "x-ratelimit-remaining", "x-ratelimit-reset"),
-    ] {
+    for (family, remaining, reset) in &PAIRS {
         let number =
-            |name: &str| -> Option<u64> { h.get(name)?.to_str().ok()?.trim().parse().ok() };
+            |name: &HeaderName| -> Option<u64> { h.get(name)?.to_str().ok()?.trim().parse().ok() };
         let (Some(r), Some(t)) = (number(remaining), number(reset)) else {
             continue;
         };
         let reset = if t > UNIX_TIME {
-            t.saturating_sub(now_unix)
+            t.saturating_sub(now_unix())
         } else {
             t
         };
         offer(Advice {
-            window: family.to_owned(),
+            window: (*family).to_owned(),
             remaining: u32::try_from(r).unwrap_or(u32::MAX),
             reset: Duration::from_secs(reset),
         });
@@ -90,18 +110,19 @@ fn ietf_item(item: &str) -> Option<Advice> {
     })
 }
 
-/// Logs, once per process, the rate-limit headers of the first answer: what
-/// Dastra actually sends is not documented, and operators can tell us.
-pub fn log_once(h: &HeaderMap) {
+/// Logs, once per process, the rate-limit headers of the first answer,
+/// and of the first that carried any: what Dastra actually sends is not
+/// documented, and operators can tell us. `advised`: `read` found advice in
+/// this answer. (Hot path: two loads once both are logged.)
+pub fn log_once(h: &HeaderMap, advised: bool) {
     use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
     static FIRST: AtomicBool = AtomicBool::new(false);
-    static FIRST_WITH_ANY: AtomicBool = AtomicBool::new(false);
-    let said = describe(h);
-    if !FIRST.swap(true, Relaxed) {
-        tracing::info!(headers = %said, "rate-limit headers of Dastra's first answer");
+    static FIRST_ADVISED: AtomicBool = AtomicBool::new(false);
+    if !FIRST.load(Relaxed) && !FIRST.swap(true, Relaxed) {
+        tracing::info!(headers = %describe(h), "rate-limit headers of Dastra's first answer");
     }
-    if said != "none" && !FIRST_WITH_ANY.swap(true, Relaxed) {
-        tracing::info!(headers = %said, "rate-limit headers of Dastra's first answer that carried any");
+    if advised && !FIRST_ADVISED.load(Relaxed) && !FIRST_ADVISED.swap(true, Relaxed) {
+        tracing::info!(headers = %describe(h), "rate-limit headers of Dastra's first answer that carried any");
     }
 }
 
@@ -144,18 +165,18 @@ mod tests {
     #[test]
     fn each_convention_is_read_and_the_tightest_wins() {
         let now = 1_800_000_000;
-        assert_eq!(read(&headers(&[]), now), None);
+        assert_eq!(read(&headers(&[]), || now), None);
         assert_eq!(
             read(
                 &headers(&[("ratelimit", "\"1m\";r=40;t=12, \"10m\";r=3;t=300")]),
-                now
+                || now
             ),
             advice("10m", 3, 300)
         );
         assert_eq!(
             read(
                 &headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "5")]),
-                now
+                || now
             ),
             advice("x-ratelimit", 0, 5)
         );
@@ -165,7 +186,7 @@ mod tests {
                     ("x-ratelimit-remaining", "7"),
                     ("x-ratelimit-reset", "1800000042")
                 ]),
-                now
+                || now
             ),
             advice("x-ratelimit", 7, 42),
             "a reset above 10^9 is a Unix time"
@@ -173,7 +194,7 @@ mod tests {
         assert_eq!(
             read(
                 &headers(&[("ratelimit-remaining", "9"), ("ratelimit-reset", "30")]),
-                now
+                || now
             ),
             advice("ratelimit", 9, 30)
         );
@@ -184,7 +205,7 @@ mod tests {
                     ("x-ratelimit-remaining", "5"),
                     ("x-ratelimit-reset", "60"),
                 ]),
-                now
+                || now
             ),
             advice("x-ratelimit", 5, 60),
             "of two with as much left, the longer reset is tighter"
@@ -200,7 +221,7 @@ mod tests {
             headers(&[("ratelimit", "\"1m\";r=4")]),
             headers(&[("ratelimit", "garbage")]),
         ] {
-            assert_eq!(read(&h, now), None, "{h:?}");
+            assert_eq!(read(&h, || now), None, "{h:?}");
         }
         assert_eq!(describe(&headers(&[("content-type", "x")])), "none");
         assert_eq!(

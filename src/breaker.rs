@@ -5,6 +5,7 @@
 //! one probe call goes out; its answer closes the breaker or opens it again.
 //! Each replica keeps its own (an outage is seen from where one stands).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +30,9 @@ pub struct Breaker {
     failures: u32,
     open_for: Duration,
     state: Mutex<State>,
+    /// Set while the state is anything but closed with no failure counted:
+    /// a healthy Dastra's calls pass without taking the lock.
+    unsettled: AtomicBool,
     gauge: IntGauge,
 }
 
@@ -52,13 +56,14 @@ impl Breaker {
             failures,
             open_for,
             state: Mutex::new(State::Closed { failures: 0 }),
+            unsettled: AtomicBool::new(false),
             gauge,
         })
     }
 
     /// Leave to send, or until when not (the `Retry-After` of the 503).
     pub fn enter(self: &Arc<Self>, now: Instant) -> Result<Ticket, Instant> {
-        if self.failures == 0 {
+        if self.failures == 0 || !self.unsettled.load(Ordering::Acquire) {
             return Ok(self.ticket(false));
         }
         let mut st = self.lock();
@@ -106,6 +111,8 @@ impl Breaker {
             self.gauge.set(i64::from(open));
         }
         *st = next;
+        self.unsettled
+            .store(next != State::Closed { failures: 0 }, Ordering::Release);
     }
 }
 
@@ -113,7 +120,10 @@ impl Ticket {
     /// After a wait for quota: whether the breaker opened meanwhile (then
     /// until when), so a queued call does not go out into an outage.
     pub fn recheck(&self, now: Instant) -> Result<(), Instant> {
-        if self.probe || self.breaker.failures == 0 {
+        if self.probe
+            || self.breaker.failures == 0
+            || !self.breaker.unsettled.load(Ordering::Acquire)
+        {
             return Ok(());
         }
         match *self.breaker.lock() {
@@ -126,7 +136,7 @@ impl Ticket {
     /// Dastra answered and was well (anything but a 5xx).
     pub fn succeeded(mut self) {
         self.told = true;
-        if self.breaker.failures == 0 {
+        if self.breaker.failures == 0 || !self.breaker.unsettled.load(Ordering::Acquire) {
             return;
         }
         let mut st = self.breaker.lock();
@@ -150,11 +160,12 @@ impl Ticket {
         match *st {
             _ if self.probe => b.set(&mut st, open),
             State::Closed { failures } if failures + 1 >= b.failures => b.set(&mut st, open),
-            State::Closed { failures } => {
-                *st = State::Closed {
+            State::Closed { failures } => b.set(
+                &mut st,
+                State::Closed {
                     failures: failures + 1,
-                }
-            }
+                },
+            ),
             State::Open { .. } | State::Probing => {}
         }
     }
@@ -166,9 +177,10 @@ impl Drop for Ticket {
             let mut st = self.breaker.lock();
             if *st == State::Probing {
                 // Nothing learned: the next call probes.
-                *st = State::Open {
+                let next = State::Open {
                     until: Instant::now(),
                 };
+                self.breaker.set(&mut st, next);
             }
         }
     }

@@ -38,13 +38,7 @@ impl Store {
     }
 
     pub(super) fn get(&mut self, key: &Key, now: Instant) -> Option<(Arc<Snapshot>, Duration)> {
-        self.purge(now);
-        let expires = self.map.get(key)?.expires;
-        if expires <= now {
-            return None;
-        }
-        self.touch(key);
-        Some((self.map.get(key)?.snap.clone(), expires - now))
+        self.lookup(key, now, true)
     }
 
     /// An entry past its freshness but still kept: how long ago it expired.
@@ -53,23 +47,33 @@ impl Store {
         key: &Key,
         now: Instant,
     ) -> Option<(Arc<Snapshot>, Duration)> {
-        self.purge(now);
-        let expires = self.map.get(key)?.expires;
-        if expires > now {
-            return None;
-        }
-        self.touch(key);
-        Some((self.map.get(key)?.snap.clone(), now - expires))
+        self.lookup(key, now, false)
     }
 
-    fn touch(&mut self, key: &Key) -> Option<()> {
-        self.tick += 1;
-        let tick = self.tick;
+    /// A fresh entry and the time it has left, or (`fresh` false) a stale
+    /// one and how long ago it expired; either counts as a use.
+    fn lookup(
+        &mut self,
+        key: &Key,
+        now: Instant,
+        fresh: bool,
+    ) -> Option<(Arc<Snapshot>, Duration)> {
+        self.purge(now);
         let e = self.map.get_mut(key)?;
-        self.order.remove(&e.used);
-        e.used = tick;
-        self.order.insert(tick, key.clone());
-        Some(())
+        if (e.expires > now) != fresh {
+            return None;
+        }
+        let age = if fresh {
+            e.expires - now
+        } else {
+            now - e.expires
+        };
+        self.tick += 1;
+        let previous = std::mem::replace(&mut e.used, self.tick);
+        let snap = e.snap.clone();
+        self.order.remove(&previous);
+        self.order.insert(self.tick, key.clone());
+        Some((snap, age))
     }
 
     pub(super) fn put(

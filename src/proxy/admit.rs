@@ -119,7 +119,7 @@ where
         app.retry.earn();
         let replay = match app.config.upstream.retries {
             0 => None,
-            _ => crate::retry::replayable(&req),
+            _ => super::replay::replayable(&req),
         };
         // The kind never changes on reload (only its secrets do): read once
         // from the config, not from the swappable credential per call.
@@ -176,21 +176,22 @@ where
                     }
                     let Some(head) = &replay else { break result };
                     attempt += 1;
-                    if !crate::retry::worth_retrying(&result) || !app.retry.spend(attempt) {
+                    if !super::replay::worth_retrying(&result) || !app.retry.spend(attempt) {
                         break result;
                     }
-                    tokio::time::sleep(crate::retry::backoff(attempt)).await;
+                    // Boxed here, these rare waits keep every call's future small.
+                    Box::pin(tokio::time::sleep(crate::retry::backoff(attempt))).await;
                     // Another send: through the breaker and a quota slot of its own.
                     ticket = match app.breaker.enter(Instant::now()) {
                         Ok(t) => t,
                         Err(_) => break result,
                     };
-                    permit = match admission.acquire(&caller).await {
+                    permit = match Box::pin(admission.acquire(&caller)).await {
                         Ok(p) => p,
                         Err(_) => break result,
                     };
                     app.metrics.upstream_retries_total.inc();
-                    req = Some(crate::retry::again(head));
+                    req = Some(super::replay::again(head));
                 };
                 let mut resp = result?;
                 if passthrough {
@@ -222,11 +223,14 @@ where
 
 /// Dastra's own rate-limit headers, if it sent any: they can only tighten.
 fn adapt(app: &crate::app::App, admission: &crate::admission::Admission, h: &http::HeaderMap) {
-    crate::adapt::log_once(h);
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    if let Some(a) = crate::adapt::read(h, unix) {
+    let unix = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
+    let advice = crate::adapt::read(h, unix);
+    crate::adapt::log_once(h, advice.is_some());
+    if let Some(a) = advice {
         app.metrics
             .upstream_limit_remaining
             .with_label_values(&[&a.window])

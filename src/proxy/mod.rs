@@ -13,6 +13,7 @@ mod headers;
 mod inject;
 mod layer;
 mod observe;
+mod replay;
 mod rescue;
 mod share;
 mod stages;
