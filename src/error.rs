@@ -166,9 +166,9 @@ impl ProxyError {
             ProxyError::Refused(Refusal::ShuttingDown | Refusal::StoreUnavailable, _)
             | ProxyError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Token(_)
-            | ProxyError::Upstream(CallError::NotConnected(_) | CallError::Failed(_)) => {
-                StatusCode::BAD_GATEWAY
-            }
+            | ProxyError::Upstream(
+                CallError::NotConnected(_) | CallError::Failed(_) | CallError::Interrupted(_),
+            ) => StatusCode::BAD_GATEWAY,
             ProxyError::Upstream(CallError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -195,9 +195,9 @@ impl ProxyError {
             ProxyError::Refused(Refusal::StoreUnavailable, _) => "store_unavailable",
             ProxyError::Unavailable(_) => "upstream_unavailable",
             ProxyError::Token(_)
-            | ProxyError::Upstream(CallError::NotConnected(_) | CallError::Failed(_)) => {
-                "upstream_unreachable"
-            }
+            | ProxyError::Upstream(
+                CallError::NotConnected(_) | CallError::Failed(_) | CallError::Interrupted(_),
+            ) => "upstream_unreachable",
             ProxyError::Upstream(CallError::Timeout(_)) => "upstream_timeout",
         }
     }

@@ -163,10 +163,14 @@ async fn idle_counts_from_the_end_of_the_last_call() {
 }
 
 /// An HTTP/2 upstream that closes each connection after 5 requests (a
-/// GOAWAY, as nginx's `keepalive_requests` does): the requests it refused
-/// unprocessed go again on a new connection, none fails, none is counted twice.
+/// GOAWAY, as nginx's `keepalive_requests` does): none fails, and Dastra
+/// never sees a call the windows did not count. h2 reports a stream cut by
+/// the closing connection like one above the GOAWAY's last id, so such a
+/// call is never resent uncounted: it keeps its slot and goes again as a
+/// retry, on a slot of its own (seen here: a call resent uncounted made 201
+/// arrivals for 200 slots, about one run in seven).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upstream_goaway_loses_no_call_and_spends_no_extra_slot() {
+async fn an_upstream_goaway_loses_no_call_and_never_sends_one_uncounted() {
     let up = MockUpstream::start().await;
     up.state
         .requests_per_conn
@@ -187,8 +191,23 @@ async fn an_upstream_goaway_loses_no_call_and_spends_no_extra_slot() {
     }
     let failed = statuses.iter().filter(|s| **s != StatusCode::OK).count();
     assert_eq!(failed, 0, "{failed} of 200 calls failed");
-    assert_eq!(up.arrivals("/v1/ga/").len(), 200, "arrivals equal answers");
+    let m = support::get(&c, &proxy.admin_url("/metrics")).await;
+    let retries: usize = String::from_utf8_lossy(&m.body)
+        .lines()
+        .find_map(|l| l.strip_prefix("dastra_proxy_upstream_retries_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    let arrivals = up.arrivals("/v1/ga/").len();
+    assert!(
+        (200..=200 + retries).contains(&arrivals),
+        "{arrivals} arrivals, {retries} retries"
+    );
     let q = support::get(&c, &proxy.admin_url("/quota")).await.json();
-    assert_eq!(q["windows"][0]["used"], 200, "one slot per call: {q}");
+    let used = q["windows"][0]["used"].as_u64().unwrap() as usize;
+    assert_eq!(used, 200 + retries, "a slot per call and per retry: {q}");
+    assert!(
+        used >= arrivals,
+        "Dastra saw a call the windows did not count"
+    );
     proxy.shutdown().await;
 }

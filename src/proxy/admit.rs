@@ -162,6 +162,8 @@ where
                     match &result {
                         Ok(r) if r.status().is_server_error() => ticket.failed(Instant::now()),
                         Ok(_) => ticket.succeeded(),
+                        // A connection closed with GOAWAY is Dastra at work, not failing.
+                        Err(ProxyError::Upstream(CallError::Interrupted(_))) => drop(ticket),
                         Err(ProxyError::Upstream(_)) => ticket.failed(Instant::now()),
                         // The token endpoint or the caller failed: nothing learned.
                         Err(_) => drop(ticket),

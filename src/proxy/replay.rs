@@ -62,7 +62,7 @@ pub(super) fn worth_retrying(result: &Result<Response<Body>, ProxyError>) -> boo
             r.status(),
             StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
         ),
-        Err(ProxyError::Upstream(CallError::NotConnected(_))) => true,
+        Err(ProxyError::Upstream(CallError::NotConnected(_) | CallError::Interrupted(_))) => true,
         Err(_) => false,
     }
 }

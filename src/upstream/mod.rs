@@ -20,6 +20,7 @@ use rustls::pki_types::CertificateDer;
 use tower::{Service, ServiceExt as _};
 
 mod pool;
+mod refused;
 
 /// The shared outbound client.
 pub type HttpClient = Arc<pool::Client>;
@@ -78,6 +79,11 @@ pub enum CallError {
     /// The request may have been seen before the call failed.
     #[error("{0}")]
     Failed(String),
+    /// Dastra closed the connection (HTTP/2 GOAWAY) before answering: the
+    /// request may or may not have been processed, so its slot stays spent,
+    /// and an idempotent call may go again on a slot of its own.
+    #[error("{0}")]
+    Interrupted(String),
     /// No response head within `upstream.timeout`.
     #[error("the upstream sent no response head within {} ms", .0.as_millis())]
     Timeout(Duration),

@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
+use super::refused::{head_of, unprocessed};
 use super::{error_chain, CallError};
 
 /// Idle HTTP/1.1 connections kept per origin; more are closed when they free.
@@ -124,10 +125,24 @@ impl Client {
                             Some(_) => return Err(failed(&origin, e.error())),
                             None => {}
                         }
-                        if !unprocessed(e.error()) {
-                            return Err(failed(&origin, e.error()));
-                        }
+                        let refused_stream = match unprocessed(e.error()) {
+                            Some(r) => r,
+                            None => return Err(failed(&origin, e.error())),
+                        };
                         origin.drop_h2(id);
+                        if !refused_stream {
+                            // A GOAWAY: the stream may have been processed
+                            // before the connection closed (h2 reports both
+                            // the same way), so it is not sent again here,
+                            // where it would go uncounted; admission may
+                            // retry it on a slot of its own.
+                            return Err(CallError::Interrupted(format!(
+                                "{}://{} closed the connection (GOAWAY) before answering: {}",
+                                origin.scheme,
+                                origin.authority,
+                                error_chain(e.error())
+                            )));
+                        }
                         match again {
                             Some(r) if refused < REFUSED_RETRIES => {
                                 refused += 1;
@@ -329,28 +344,6 @@ impl Origin {
 /// Whether an HTTP/2 request failed without Dastra processing it: above a
 /// GOAWAY's last stream id, or reset with REFUSED_STREAM (RFC 9113 §8.7).
 /// Anything else may have been processed and is never sent again.
-fn unprocessed(e: &hyper::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(h2) = s.downcast_ref::<h2::Error>() {
-            return h2.is_remote()
-                && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM));
-        }
-        source = s.source();
-    }
-    false
-}
-
-/// A bodiless request's head, to send again.
-fn head_of(req: &Request<Body>) -> Request<Body> {
-    let mut r = Request::new(Body::empty());
-    *r.method_mut() = req.method().clone();
-    *r.uri_mut() = req.uri().clone();
-    *r.version_mut() = req.version();
-    *r.headers_mut() = req.headers().clone();
-    r
-}
-
 /// HTTP/1.1 wants the path on the request line and the origin in `Host`.
 fn to_origin_form(req: &mut Request<Body>, origin: &Origin) {
     *req.version_mut() = Version::HTTP_11;
