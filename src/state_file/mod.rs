@@ -71,6 +71,14 @@ pub enum StateError {
     },
 }
 
+impl Ring {
+    /// The next record's number: sends and pauses share one sequence.
+    fn take_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq - 1
+    }
+}
+
 #[derive(Debug)]
 struct Ring {
     slots: u64,
@@ -241,8 +249,7 @@ impl StateFile {
     /// Records a send before it leaves; returns its number for [`Self::land`].
     pub fn reserve(&self, key: u64) -> Result<u64, StateError> {
         let mut ring = self.lock();
-        let seq = ring.next_seq;
-        ring.next_seq += 1;
+        let seq = ring.take_seq();
         let rec = Rec {
             key,
             seq,
@@ -287,8 +294,7 @@ impl StateFile {
     /// that a restart during it sends nothing early.
     pub fn pause(&self, key: u64, left: Duration) -> Result<(), StateError> {
         let mut ring = self.lock();
-        let seq = ring.next_seq;
-        ring.next_seq += 1;
+        let seq = ring.take_seq();
         let rec = Rec {
             key,
             seq,
