@@ -78,7 +78,8 @@ impl Breaker {
         }
     }
 
-    /// Whether calls are being refused now (`/quota`, the status page).
+    /// Whether calls are being refused now (what the `breaker_open` gauge
+    /// says; `/quota` does not show it yet).
     pub fn is_open(&self) -> bool {
         !matches!(*self.lock(), State::Closed { .. })
     }
