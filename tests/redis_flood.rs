@@ -286,3 +286,58 @@ async fn a_full_queue_refuses_locally_too() {
     }
     assert_eq!(up.arrivals("/v1/").len(), 5);
 }
+
+/// Dastra's "none left until T" read by one replica holds every replica:
+/// with Redis it becomes the shared pause (a partial cap stays local).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dastras_none_left_pauses_every_replica() {
+    use dastra_proxy::admission::{Admission, Remote};
+    use dastra_proxy::config::{AdmissionConfig, OnLimit, StoreOnError, Upstream429};
+    let redis = RedisServer::start();
+    let limits = [Limit {
+        requests: 3,
+        per: SPAN,
+        name: "1m".into(),
+    }];
+    let cfg = AdmissionConfig {
+        on_limit: OnLimit::Reject,
+        max_queue: 10,
+        max_wait: Duration::from_secs(30),
+        margin: Duration::ZERO,
+        flight: Duration::from_secs(5),
+        upstream_429: Upstream429::Pause,
+    };
+    let remote = Remote::new(
+        std::sync::Arc::new(store(&redis)),
+        StoreOnError::Reject,
+        dastra_proxy::metrics::Metrics::new(),
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        2,
+    );
+    let a = Admission::with_remote(&limits, &cfg, Some(remote));
+    a.adapt(0, Instant::now() + Duration::from_secs(20));
+    // The pause goes to Redis in the background.
+    let other = store(&redis);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (id, d) = reserve(&other).await;
+        match d {
+            Decision::Wait(w) => {
+                assert!(
+                    w > Duration::from_secs(15) && w <= Duration::from_secs(20),
+                    "{w:?}: not the pause"
+                );
+                break;
+            }
+            _ => {
+                // Admitted before the pause reached Redis: give it back.
+                other.release(id, None).await.unwrap();
+                assert!(
+                    Instant::now() < deadline,
+                    "the other replica was never paused"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}

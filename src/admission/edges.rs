@@ -333,3 +333,61 @@ async fn an_address_making_room_among_its_own_keys_stays_at_its_cap() {
         "two busy keys: still at its cap"
     );
 }
+
+/// A pause written to the state file holds again in the next process, from
+/// its own clock: refusals during it are the pause's, ending when it ends.
+#[tokio::test(start_paused = true)]
+async fn a_pause_in_the_state_file_holds_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.state");
+    let local = |path: &std::path::Path| {
+        let (file, restored) = StateFile::open(path, 16).unwrap();
+        LocalState {
+            file,
+            restored: std::sync::Mutex::new(restored),
+            metrics: crate::metrics::Metrics::new(),
+        }
+    };
+    let lim = limits(&[(5, 60_000)]);
+    {
+        let q = Quotas::new(&lim, &reject(), None, None, Some(local(&path))).unwrap();
+        let a = q.get(QuotaKey([0; 32]), None).unwrap();
+        a.pause_until(Instant::now() + Duration::from_secs(20));
+        a.close();
+        drop((a, q));
+        // The releaser task holds the file too until it sees the close.
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let q = Quotas::new(&lim, &reject(), None, None, Some(local(&path))).unwrap();
+    let a = q.get(QuotaKey([0; 32]), None).unwrap();
+    match a.try_acquire() {
+        Some(Err((Refusal::UpstreamThrottled { retry_at }, at))) => {
+            let left = retry_at - at;
+            assert!(
+                left > Duration::from_secs(19) && left <= Duration::from_secs(20),
+                "{left:?}"
+            );
+        }
+        other => panic!("{:?}", other.map(|r| r.map(drop))),
+    }
+    advance(Duration::from_secs(20)).await;
+    assert!(matches!(a.try_acquire(), Some(Ok(_))), "over when it ends");
+}
+
+/// Dastra's "1 left until T" (memory store): one more send, then refusals
+/// that name T, then the windows alone again.
+#[tokio::test(start_paused = true)]
+async fn dastras_cap_admits_what_it_says_and_ends_at_its_reset() {
+    let a = Admission::new(&limits(&[(100, 60_000)]), &reject());
+    let reset = Instant::now() + Duration::from_secs(3);
+    a.adapt(1, reset);
+    a.acquire(&caller()).await.unwrap().sent().landed();
+    match a.acquire(&caller()).await {
+        Err(Refusal::QuotaExhausted { retry_at }) => assert_eq!(retry_at, reset),
+        other => panic!("{:?}", other.map(drop)),
+    }
+    advance(Duration::from_secs(3)).await;
+    assert!(a.acquire(&caller()).await.is_ok());
+}
