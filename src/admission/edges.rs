@@ -391,3 +391,19 @@ async fn dastras_cap_admits_what_it_says_and_ends_at_its_reset() {
     advance(Duration::from_secs(3)).await;
     assert!(a.acquire(&caller()).await.is_ok());
 }
+
+/// A pause that ends before the window frees is not what holds the call:
+/// the refusal is the quota's, and names when the window frees.
+#[tokio::test(start_paused = true)]
+async fn a_short_pause_under_a_full_window_is_the_quotas_refusal() {
+    let a = Admission::new(&limits(&[(1, 60_000)]), &reject());
+    let t0 = Instant::now();
+    a.acquire(&caller()).await.unwrap().sent().landed();
+    a.pause_until(t0 + Duration::from_secs(5));
+    match a.try_acquire() {
+        Some(Err((Refusal::QuotaExhausted { retry_at }, _))) => {
+            assert_eq!(retry_at, t0 + Duration::from_secs(60))
+        }
+        other => panic!("{:?}", other.map(|r| r.map(drop))),
+    }
+}
