@@ -1,5 +1,5 @@
 //! The circuit breaker in front of Dastra: after `breaker_failures`
-//! consecutive failures (unreachable, timed out, 5xx) calls are answered
+//! consecutive failures (unreachable, timed out, 502/503/504) calls are answered
 //! `503 upstream_unavailable` at once for `breaker_open`, before admission,
 //! so an outage costs callers neither their connect timeout nor quota. Then
 //! one probe call goes out; its answer closes the breaker or opens it again.
@@ -22,6 +22,19 @@ enum State {
     },
     /// The probe is out; everyone else waits for its answer.
     Probing,
+}
+
+/// Whether an answer says Dastra itself is unavailable (502, 503, 504):
+/// the only answers that count as failures. A 500 is about the request
+/// that caused it — any caller could open the breaker for everyone by
+/// sending a request Dastra fails on — so it counts neither way.
+pub fn unavailable(status: http::StatusCode) -> bool {
+    matches!(status.as_u16(), 502..=504)
+}
+
+/// Whether an answer says Dastra is up: anything below 500.
+pub fn available(status: http::StatusCode) -> bool {
+    !status.is_server_error()
 }
 
 /// The breaker's settings and state; `failures == 0` turns it off.
@@ -193,6 +206,15 @@ mod tests {
 
     fn breaker(n: u32) -> Arc<Breaker> {
         Breaker::new(n, Duration::from_secs(10), IntGauge::new("b", "b").unwrap())
+    }
+
+    #[test]
+    fn only_502_503_504_are_failures_and_only_below_500_is_health() {
+        let s = |n| http::StatusCode::from_u16(n).unwrap();
+        let failures: Vec<u16> = (100..600).filter(|&n| unavailable(s(n))).collect();
+        assert_eq!(failures, [502, 503, 504]);
+        assert!(available(s(499)) && available(s(429)) && available(s(200)));
+        assert!(!available(s(500)) && !available(s(501)) && !available(s(502)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -100,13 +100,19 @@ async fn an_outage_opens_the_breaker_answers_fast_spends_nothing_and_one_probe_c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_dastra_opens_it_too_and_4xx_never_does() {
+async fn an_unreachable_dastra_opens_it_too_and_4xx_or_500_never_do() {
     let up = MockUpstream::start().await;
     let p = proxy(&up, "").await;
     let c = client();
     for i in 0..10 {
         let r = get(&c, &p.url(&format!("/status/404?{i}"))).await;
         assert_eq!(r.status, 404);
+    }
+    // A 500 is about the request that caused it: a caller who can make
+    // Dastra fail must not be able to cut everyone off.
+    for i in 0..10 {
+        let r = get(&c, &p.url(&format!("/status/500?{i}"))).await;
+        assert_eq!(r.status, 500, "call {i}: Dastra's own 500, not the breaker's 503");
     }
     assert_eq!(get(&c, &p.url("/v1/fine")).await.status, 200);
     // Nothing listens where this one sends: connections are refused.

@@ -160,8 +160,12 @@ where
                         Err(e) => Err(e),
                     };
                     match &result {
-                        Ok(r) if r.status().is_server_error() => ticket.failed(Instant::now()),
-                        Ok(_) => ticket.succeeded(),
+                        Ok(r) if crate::breaker::unavailable(r.status()) => {
+                            ticket.failed(Instant::now())
+                        }
+                        Ok(r) if crate::breaker::available(r.status()) => ticket.succeeded(),
+                        // A 500 (or 501, 505…) is about this request, not Dastra's health.
+                        Ok(_) => drop(ticket),
                         // A connection closed with GOAWAY is Dastra at work, not failing.
                         Err(ProxyError::Upstream(CallError::Interrupted(_))) => drop(ticket),
                         Err(ProxyError::Upstream(_)) => ticket.failed(Instant::now()),
