@@ -48,6 +48,9 @@ pub enum ProxyError {
     /// flight at once): answered the same way.
     #[error("{0}")]
     Shared(Arc<ProxyError>),
+    /// `Cache-Control: only-if-cached` and nothing usable is stored.
+    #[error("no stored answer may be used for this request, and only-if-cached forbids asking Dastra")]
+    NotCached,
 }
 
 impl From<Refusal> for ProxyError {
@@ -120,7 +123,7 @@ fn wait_secs(d: Duration) -> u64 {
 
 /// The codes a refusal of a call can carry (`rejected_total{code}`), so
 /// their series exist at 0 from start-up; `tests` checks `code()` against it.
-pub const REFUSAL_CODES: [&str; 16] = [
+pub const REFUSAL_CODES: [&str; 17] = [
     "quota_exhausted",
     "upstream_throttled",
     "queue_full",
@@ -137,6 +140,7 @@ pub const REFUSAL_CODES: [&str; 16] = [
     "shutting_down",
     "store_unavailable",
     "upstream_unavailable",
+    "not_cached",
 ];
 
 impl ProxyError {
@@ -169,7 +173,9 @@ impl ProxyError {
             | ProxyError::Upstream(
                 CallError::NotConnected(_) | CallError::Failed(_) | CallError::Interrupted(_),
             ) => StatusCode::BAD_GATEWAY,
-            ProxyError::Upstream(CallError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(CallError::Timeout(_)) | ProxyError::NotCached => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
         }
     }
 
@@ -199,6 +205,7 @@ impl ProxyError {
                 CallError::NotConnected(_) | CallError::Failed(_) | CallError::Interrupted(_),
             ) => "upstream_unreachable",
             ProxyError::Upstream(CallError::Timeout(_)) => "upstream_timeout",
+            ProxyError::NotCached => "not_cached",
         }
     }
 

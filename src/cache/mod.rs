@@ -3,6 +3,8 @@
 //! for its ttl ([`Cache::get`]). Neither spends quota. Keys hold the quota key
 //! (the credential the call goes out with), so two credentials never share.
 
+pub mod directives;
+pub mod freshness;
 mod sharing;
 mod store;
 
@@ -22,7 +24,9 @@ use crate::credential::QuotaKey;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 pub use sharing::{not_modified, scan, shareable, Request, Scan, NOT_MODIFIED_HEADERS, VARYING};
+pub use freshness::{Freshness, Storable, Timing};
 use store::Store;
+pub use store::Stored;
 
 /// What identifies an answer: HEAD reads GET's entry, so no method.
 /// Made by [`Key::of`].
@@ -203,44 +207,73 @@ impl Cache {
         cfg.rules.iter().find(|r| r.matches(path)).map(|r| r.ttl)
     }
 
-    /// A fresh entry and the time it has left.
-    pub fn get(&self, key: &Key, now: Instant) -> Option<(Arc<Snapshot>, Duration)> {
+    /// The stored answer for `key` that `req` selects (by the headers its
+    /// `Vary` names), fresh or not: the caller decides (`Freshness::usable`).
+    pub fn lookup(&self, key: &Key, req: &HeaderMap, now: Instant) -> Option<Stored> {
         let mut st = self.lock();
-        let hit = st.get(key, now);
+        let hit = st.find(key, req, now);
         self.metrics.cache_bytes.set(st.bytes() as i64);
         hit
     }
 
-    /// An entry past its ttl still within `stale_if_error`, for when Dastra
-    /// cannot answer: how long ago it expired.
-    pub fn get_stale(&self, key: &Key, now: Instant) -> Option<(Arc<Snapshot>, Duration)> {
-        let mut st = self.lock();
-        let hit = st.get_stale(key, now);
-        self.metrics.cache_bytes.set(st.bytes() as i64);
-        hit
+    /// A stored answer for when Dastra cannot answer: within
+    /// `stale_if_error` past its freshness, and not one Dastra said must be
+    /// revalidated.
+    pub fn get_stale(&self, key: &Key, req: &HeaderMap, now: Instant) -> Option<Arc<Snapshot>> {
+        let window = self.cfg.load().stale_if_error;
+        let hit = self.lookup(key, req, now)?;
+        let f = hit.freshness;
+        (!f.strict && now < f.fresh_until() + window).then_some(hit.snap)
     }
 
-    /// Keeps `snap` for `ttl` when it may be kept; says whether it was.
-    pub fn put(&self, key: Key, snap: Arc<Snapshot>, ttl: Duration, now: Instant) -> bool {
-        if !cacheable(&snap) {
-            return false;
-        }
+    /// Keeps `snap` (the answer to `req`) as `storable` says, for at most
+    /// `ttl` (and `stale_if_error` past it); says what was kept, if anything:
+    /// the answer less the headers its `no-cache="…"`/`private="…"` name.
+    pub fn store(
+        &self,
+        key: Key,
+        req: &HeaderMap,
+        snap: Arc<Snapshot>,
+        storable: Storable,
+        ttl: Duration,
+    ) -> Option<Arc<Snapshot>> {
         let cfg = self.cfg.load();
-        // An answer Dastra said must be revalidated is never served stale.
-        let stale = match snap
-            .headers
-            .get_all(http::header::CACHE_CONTROL)
-            .iter()
-            .any(|v| has_directive(v, "must-revalidate") || has_directive(v, "proxy-revalidate"))
-        {
+        let f = storable.freshness;
+        let stale = match f.strict {
             true => Duration::ZERO,
-            false => cfg.stale_if_error,
+            false => cfg
+                .stale_if_error
+                .max(cfg.stale_while_revalidate)
+                .max(f.behind),
+        };
+        let never_usable = f.no_cache || f.lifetime <= f.initial_age;
+        if never_usable && !f.validators && stale.is_zero() {
+            return None;
+        }
+        let snap = if storable.omit.is_empty() {
+            snap
+        } else {
+            let mut headers = snap.headers.clone();
+            for name in &storable.omit {
+                headers.remove(name.as_str());
+            }
+            Arc::new(Snapshot {
+                status: snap.status,
+                headers,
+                body: snap.body.clone(),
+            })
+        };
+        let names = vary_names(&snap.headers);
+        let values = store::values(&names, req);
+        let stored = Stored {
+            snap: snap.clone(),
+            freshness: f,
         };
         let mut st = self.lock();
-        st.purge(now);
-        let kept = st.put(key, snap, now + ttl, now + ttl + stale, cfg.max_bytes);
+        st.purge(f.stored_at);
+        let kept = st.put(key, names, values, stored, f.stored_at + ttl + stale, cfg.max_bytes);
         self.metrics.cache_bytes.set(st.bytes() as i64);
-        kept
+        kept.then_some(snap)
     }
 
     /// A 2xx write to `path` under `quota`: every entry of that key whose path
@@ -292,10 +325,19 @@ impl Cache {
     }
 }
 
-/// SPEC §8 and §9.1: 200/203/204/404 only, and only answers that may go
-/// to another caller at all.
-fn cacheable(snap: &Snapshot) -> bool {
-    matches!(snap.status.as_u16(), 200 | 203 | 204 | 404) && shareable(snap)
+/// The request headers an answer's `Vary` names beyond the key's own.
+fn vary_names(headers: &HeaderMap) -> Vec<http::HeaderName> {
+    let mut names: Vec<http::HeaderName> = headers
+        .get_all(http::header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .filter_map(|n| http::HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| !VARYING.contains(n))
+        .collect();
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    names
 }
 
 /// Whether a `Cache-Control` value holds `directive` (case-insensitive).

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
 
-use super::{has_directive, Key, Snapshot};
+use super::{directives, has_directive, Key, Snapshot};
 use crate::credential::QuotaKey;
 
 /// The request headers an answer may vary by and that are in every key:
@@ -53,8 +53,8 @@ impl Request {
 #[derive(Debug)]
 pub struct Scan<'a> {
     pub kind: Request,
-    /// The caller's `Cache-Control: no-cache`: a fresh answer, please.
-    pub no_cache: bool,
+    /// What the caller's `Cache-Control` (or `Pragma`) asks of the cache.
+    pub directives: directives::Request,
     varying: [Option<&'a HeaderValue>; 3],
     /// A varying header came more than once (then the key joins its lines).
     repeated: bool,
@@ -63,10 +63,11 @@ pub struct Scan<'a> {
 pub fn scan(headers: &HeaderMap) -> Scan<'_> {
     let mut out = Scan {
         kind: Request::Plain,
-        no_cache: false,
+        directives: directives::Request::default(),
         varying: [None; 3],
         repeated: false,
     };
+    let mut asks = false;
     for (name, value) in headers {
         if OWN.contains(name) || PRECONDITIONS.contains(name) {
             out.kind = Request::Own;
@@ -74,12 +75,15 @@ pub fn scan(headers: &HeaderMap) -> Scan<'_> {
             if out.kind == Request::Plain {
                 out.kind = Request::Conditional;
             }
-        } else if name == header::CACHE_CONTROL {
-            out.no_cache |= has_directive(value, "no-cache");
+        } else if name == header::CACHE_CONTROL || name == header::PRAGMA {
+            asks = true;
         } else if let Some(i) = VARYING.iter().position(|v| v == name) {
             out.repeated |= out.varying[i].is_some();
             out.varying[i] = Some(value);
         }
+    }
+    if asks {
+        out.directives = directives::Request::of(headers);
     }
     out
 }
@@ -99,10 +103,12 @@ impl Key {
                     HeaderValue::from_maybe_shared(Bytes::copy_from_slice(v.as_bytes())).ok()
                 })
             };
+            let mut varying = scan.varying.map(copy);
+            varying[2] = varying[2].take().map(language);
             return Key {
                 quota,
                 target: Bytes::copy_from_slice(target),
-                varying: scan.varying.map(copy),
+                varying,
             };
         }
         let copy = |h: &HeaderName| {
@@ -116,10 +122,12 @@ impl Key {
             }
             HeaderValue::from_maybe_shared(Bytes::from(joined)).ok()
         };
+        let mut varying = VARYING.each_ref().map(copy);
+        varying[2] = varying[2].take().map(language);
         Key {
             quota,
             target: Bytes::copy_from_slice(target),
-            varying: VARYING.each_ref().map(copy),
+            varying,
         }
     }
 
@@ -128,6 +136,22 @@ impl Key {
         let varying: usize = self.varying.iter().flatten().map(HeaderValue::len).sum();
         (self.quota.0.len() + self.target.len() + varying) as u64
     }
+}
+
+/// `Accept-Language` as language ranges compare (RFC 4647: in any case,
+/// spaces around commas meaningless), so `en-US, fr` and `en-us,fr` are one
+/// key. Most values need no change and are kept as they are.
+fn language(v: HeaderValue) -> HeaderValue {
+    let b = v.as_bytes();
+    if !b.iter().any(|c| c.is_ascii_uppercase() || *c == b' ' || *c == b'\t') {
+        return v;
+    }
+    let fixed: Vec<u8> = b
+        .iter()
+        .filter(|c| **c != b' ' && **c != b'\t')
+        .map(u8::to_ascii_lowercase)
+        .collect();
+    HeaderValue::from_bytes(&fixed).unwrap_or(v)
 }
 
 /// Whether an answer may go to a caller other than the one who asked:
@@ -182,12 +206,12 @@ pub fn not_modified(request: &HeaderMap, stored: &Snapshot) -> bool {
     let date = |h: &HeaderMap, n: HeaderName| {
         h.get(n)
             .and_then(|v| v.to_str().ok())
-            .and_then(|s| httpdate::parse_http_date(s).ok())
+            .and_then(super::freshness::parse_date)
     };
-    match (
-        date(request, header::IF_MODIFIED_SINCE),
-        date(&stored.headers, header::LAST_MODIFIED),
-    ) {
+    // Without a Last-Modified, the stored answer's Date (RFC 9111 §4.3.2).
+    let modified = date(&stored.headers, header::LAST_MODIFIED)
+        .or_else(|| date(&stored.headers, header::DATE));
+    match (date(request, header::IF_MODIFIED_SINCE), modified) {
         (Some(since), Some(modified)) => modified <= since,
         _ => false,
     }

@@ -47,6 +47,7 @@ impl Validator<'_> {
             max_entry,
             max_bytes,
             stale_if_error: raw.stale_if_error.unwrap_or_default(),
+            stale_while_revalidate: raw.stale_while_revalidate.unwrap_or_default(),
             rules,
         })
     }

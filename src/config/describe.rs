@@ -223,11 +223,12 @@ pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     let k = &c.cache;
     writeln!(
         o,
-        "\n[cache]\ncoalesce = {}\nmax_entry = {}\nmax_bytes = {}\nstale_if_error = \"{}\"",
+        "\n[cache]\ncoalesce = {}\nmax_entry = {}\nmax_bytes = {}\nstale_if_error = \"{}\"\nstale_while_revalidate = \"{}\"",
         k.coalesce,
         k.max_entry,
         k.max_bytes,
-        humantime::format_duration(k.stale_if_error)
+        humantime::format_duration(k.stale_if_error),
+        humantime::format_duration(k.stale_while_revalidate)
     )?;
     for r in &k.rules {
         writeln!(

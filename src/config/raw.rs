@@ -40,6 +40,8 @@ pub(crate) struct RawCache {
     pub(crate) max_bytes: Option<String>,
     #[serde(default, with = "humantime_serde")]
     pub(crate) stale_if_error: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) stale_while_revalidate: Option<Duration>,
     #[serde(default)]
     pub(crate) rules: Vec<RawCacheRule>,
 }

@@ -43,6 +43,10 @@ pub struct CacheConfig {
     /// How long past its ttl an entry may still answer when Dastra fails,
     /// the breaker is open or the quota is used up.
     pub stale_if_error: std::time::Duration,
+    /// How long past its freshness an entry may still answer while one
+    /// revalidation runs in the background (RFC 5861); Dastra's own
+    /// `stale-while-revalidate` counts when longer.
+    pub stale_while_revalidate: std::time::Duration,
     pub rules: Vec<CacheRule>,
 }
 

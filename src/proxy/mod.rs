@@ -7,11 +7,13 @@
 
 mod admit;
 mod buffer;
+mod cached;
 mod check;
 mod forward;
 mod headers;
 mod inject;
 mod layer;
+mod lead;
 mod observe;
 mod replay;
 mod rescue;

@@ -1,38 +1,36 @@
 //! The savings stage, before admission so that what it answers spends no
-//! quota: a cached answer (a `[[cache.rules]]` path, within its ttl), or the
-//! answer of an identical GET already in flight. A 2xx write evicts what it
-//! can have changed. Every answer that went through it says what happened,
-//! as RFC 9211 `Cache-Status`.
+//! quota: a stored answer still fresh for this caller (a `[[cache.rules]]`
+//! path, RFC 9111), or the answer of an identical GET already in flight. A
+//! stale entry is revalidated, not fetched blind; a write evicts what it can
+//! have changed. Every answer that went through it says what happened, as
+//! RFC 9211 `Cache-Status`.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::SystemTime;
 
 use axum::body::Body;
-use bytes::Bytes;
-use futures_util::StreamExt as _;
-use http::{header, HeaderName, HeaderValue, Method, Request, Response};
-use http_body_util::BodyExt as _;
+use http::{header, HeaderValue, Method, Request, Response};
 use tokio::time::Instant;
 use tower::{Service, ServiceExt as _};
 
+use super::cached::{
+    ask_if_changed, respond, respond_not_modified, respond_with, set_status, Fwd,
+};
 use super::headers::add_ratelimit_fields;
 use super::layer::AppStage;
+use super::lead::{lead, Keep};
 use super::stale::or_stale;
 use super::{MaybeBoxed, StageFuture};
-use crate::cache::{
-    not_modified, shareable, Cache, Join, Key, Landing, Request as Sharing, Snapshot, Watchers,
-    NOT_MODIFIED_HEADERS,
-};
+use crate::app::App;
+use crate::cache::{not_modified, Join, Key, Landing, Request as Sharing, Stored, Watchers};
 use crate::error::ProxyError;
 use crate::upstream::CallError;
 
 /// Identical GETs share a call; cached answers are served.
 #[derive(Debug, Clone)]
 pub(crate) struct Share;
-
-const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 impl<S> Service<Request<Body>> for AppStage<Share, S>
 where
@@ -68,10 +66,17 @@ where
             }
             let mut inner = super::take_ready(&mut self.inner);
             let path = req.uri().path().to_owned();
+            let app = self.app.clone();
             return MaybeBoxed::boxed(async move {
                 let resp = inner.call(req).await?;
-                if resp.status().is_success() {
+                if resp.status().is_success() || resp.status().is_redirection() {
                     cache.evict(&quota, &path);
+                    // What the write says it changed too (RFC 9111 §4.4).
+                    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+                        if let Some(p) = resp.headers().get(name).and_then(|v| same_origin(&app, v)) {
+                            cache.evict(&quota, &p);
+                        }
+                    }
                 }
                 Ok(resp)
             });
@@ -85,10 +90,11 @@ where
         }
         // A cookie, a range or a precondition: an answer for this caller alone.
         let scan = crate::cache::scan(req.headers());
-        let (kind, no_cache) = (scan.kind, scan.no_cache);
+        let (kind, asks) = (scan.kind, scan.directives);
         let coalesce = cfg.coalesce
             && method == Method::GET
-            && !no_cache
+            && !asks.no_cache
+            && !asks.no_store
             && kind == Sharing::Plain
             && bodiless(&req);
         if kind == Sharing::Own || (ttl.is_none() && !coalesce) {
@@ -105,21 +111,50 @@ where
             req.headers(),
         );
         let head = method == Method::HEAD;
-        if ttl.is_some() && !no_cache {
-            if let Some((snap, left)) = cache.get(&key, Instant::now()) {
-                cache.saved("cached");
-                let status = format!("dastra-proxy; hit; ttl={}", left.as_secs());
-                let mut resp = if kind == Sharing::Conditional && not_modified(req.headers(), &snap)
-                {
-                    respond_not_modified(&snap, &status)
-                } else {
-                    respond(&snap, head, &status)
-                };
-                // Computed now, never replayed from the entry (SPEC §9.5).
-                if let Some(a) = self.app.quotas.existing(&key.quota) {
-                    add_ratelimit_fields(resp.headers_mut(), &a);
+        let mut fwd = if asks.no_cache { Fwd::Request } else { Fwd::Miss };
+        let mut base = None;
+        if ttl.is_some() {
+            let now = Instant::now();
+            match cache.lookup(&key, req.headers(), now) {
+                Some(stored) if stored.freshness.usable(&asks, now) => {
+                    let resp = self.hit(&key, &stored, &req, kind, None);
+                    return MaybeBoxed::boxed(std::future::ready(Ok(resp)));
                 }
-                return MaybeBoxed::boxed(std::future::ready(Ok(resp)));
+                Some(stored)
+                    if stored
+                        .freshness
+                        .usable_behind(&asks, now, cfg.stale_while_revalidate) =>
+                {
+                    let resp = self.hit(&key, &stored, &req, kind, Some("dastra-proxy; hit; stale"));
+                    if kind == Sharing::Plain && !head {
+                        let keep = Keep {
+                            ttl: ttl.unwrap_or_default(),
+                            req: req.headers().clone(),
+                            asks,
+                            sent: SystemTime::now(),
+                            base: stored.freshness.validators.then_some(stored),
+                        };
+                        self.revalidate_behind(req, key, keep, cfg.max_entry);
+                    }
+                    return MaybeBoxed::boxed(std::future::ready(Ok(resp)));
+                }
+                Some(stored) => {
+                    let f = &stored.freshness;
+                    if fwd == Fwd::Miss && (f.no_cache || f.age(now) >= f.lifetime) {
+                        fwd = Fwd::Stale;
+                    } else {
+                        fwd = Fwd::Request;
+                    }
+                    // Asked whether it still holds, not fetched blind (§4.3).
+                    if f.validators && kind == Sharing::Plain && !head {
+                        base = Some(stored);
+                    }
+                }
+                None => {}
+            }
+            if asks.only_if_cached {
+                // Nothing usable is stored: 504, with nothing sent (§5.2.1.7).
+                return MaybeBoxed::boxed(std::future::ready(Err(ProxyError::NotCached)));
             }
         }
         if kind == Sharing::Conditional {
@@ -130,17 +165,28 @@ where
         }
         let max_entry = cfg.max_entry;
         // Only a GET the cache keeps can be answered stale.
-        let stale = !cfg.stale_if_error.is_zero() && ttl.is_some() && !head;
-        // HEAD never fills the cache (no body to keep); no-cache refreshes it.
-        let ttl = ttl.filter(|_| !head);
-        let fwd = if no_cache { Fwd::Request } else { Fwd::Miss };
+        let stale = (!cfg.stale_if_error.is_zero() && ttl.is_some() && !head)
+            .then(|| req.headers().clone());
+        // HEAD never fills the cache (no body to keep).
+        let keep = ttl.filter(|_| !head).map(|ttl| {
+            Box::new(Keep {
+                ttl,
+                req: req.headers().clone(),
+                asks,
+                sent: SystemTime::now(),
+                base: base.clone(),
+            })
+        });
+        if let Some(b) = &base {
+            ask_if_changed(&mut req, &b.snap);
+        }
         if !coalesce {
             let call = self.inner.call(req);
-            if stale {
-                let fut = lead(call, cache.clone(), key.clone(), ttl, None, max_entry, fwd);
-                return MaybeBoxed::boxed(or_stale(fut, cache, key, self.app.clone()));
+            let fut = lead(call, cache.clone(), key.clone(), keep, None, max_entry, fwd);
+            if let Some(headers) = stale {
+                return MaybeBoxed::boxed(or_stale(fut, cache, key, headers, self.app.clone()));
             }
-            return MaybeBoxed::boxed(lead(call, cache, key, ttl, None, max_entry, fwd));
+            return MaybeBoxed::boxed(fut);
         }
         // Out of quota in reject mode: the 429 comes at once and costs less
         // than a flight to share it in (a cached answer was served above).
@@ -150,13 +196,11 @@ where
             .existing(&key.quota)
             .is_some_and(|a| a.refuses_now())
         {
-            if stale {
-                let call = self.inner.call(req);
-                return MaybeBoxed::boxed(or_stale(call, cache, key, self.app.clone()));
+            let call = self.inner.call(req);
+            if let Some(headers) = stale {
+                return MaybeBoxed::boxed(or_stale(call, cache, key, headers, self.app.clone()));
             }
-            return MaybeBoxed::Direct {
-                inner: self.inner.call(req),
-            };
+            return MaybeBoxed::boxed(call);
         }
         match cache.join(key.clone()) {
             Join::Follow(follower) => {
@@ -170,18 +214,24 @@ where
                     match landing {
                         Landing::Answer(snap) => {
                             cache.saved("coalesced");
-                            let mut resp =
-                                respond(&snap, false, "dastra-proxy; fwd=uri-miss; collapsed");
+                            let mut resp = respond_with(
+                                &snap,
+                                false,
+                                "dastra-proxy; fwd=uri-miss; collapsed",
+                                false,
+                            );
                             if let Some(a) = app.quotas.existing(&key.quota) {
                                 add_ratelimit_fields(resp.headers_mut(), &a);
                             }
                             Ok(resp)
                         }
-                        Landing::Failed(e) if stale => {
+                        Landing::Failed(e) => {
                             let failed = std::future::ready(Err(ProxyError::Shared(e)));
-                            or_stale(failed, cache, key, app).await
+                            match stale {
+                                Some(headers) => or_stale(failed, cache, key, headers, app).await,
+                                None => failed.await,
+                            }
                         }
-                        Landing::Failed(e) => Err(ProxyError::Shared(e)),
                         // Too large to share, or the lead broke off: a call of its own.
                         Landing::Own => {
                             let mut resp = inner.ready().await?.call(req).await?;
@@ -196,12 +246,13 @@ where
                 // `lead` boxed as it is: an async block around it would hold
                 // its arguments twice (1.8 KB per waiting GET).
                 let call = self.inner.call(req);
-                let fut: StageFuture = if stale {
-                    let (c, k) = (cache.clone(), key.clone());
-                    let led = lead(call, c, k, ttl, Some(flight), max_entry, fwd);
-                    Box::pin(or_stale(led, cache, key, self.app.clone()))
-                } else {
-                    Box::pin(lead(call, cache, key, ttl, Some(flight), max_entry, fwd))
+                let fut: StageFuture = match stale {
+                    Some(headers) => {
+                        let (c, k) = (cache.clone(), key.clone());
+                        let led = lead(call, c, k, keep, Some(flight), max_entry, fwd);
+                        Box::pin(or_stale(led, cache, key, headers, self.app.clone()))
+                    }
+                    None => Box::pin(lead(call, cache, key, keep, Some(flight), max_entry, fwd)),
                 };
                 MaybeBoxed::boxed(Detach {
                     fut: Some(fut),
@@ -209,6 +260,64 @@ where
                 })
             }
         }
+    }
+}
+
+impl<S> AppStage<Share, S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>,
+    S::Future: Send + 'static,
+{
+    /// A stored answer used without asking Dastra: the whole answer, its
+    /// headers alone for HEAD, or a 304 when the caller holds its validator.
+    /// `status`: `Cache-Status` when not a plain hit.
+    fn hit(
+        &self,
+        key: &Key,
+        stored: &Stored,
+        req: &Request<Body>,
+        kind: Sharing,
+        status: Option<&str>,
+    ) -> Response<Body> {
+        self.app.cache.saved("cached");
+        let status = match status {
+            Some(s) => s.to_owned(),
+            None => {
+                let left = stored.freshness.left(Instant::now()).as_secs();
+                format!("dastra-proxy; hit; ttl={left}")
+            }
+        };
+        let conditional = kind == Sharing::Conditional;
+        let mut resp = if conditional && not_modified(req.headers(), &stored.snap) {
+            respond_not_modified(stored, &status)
+        } else {
+            respond(stored, req.method() == Method::HEAD, &status)
+        };
+        // Computed now, never replayed from the entry (SPEC §9.5).
+        if let Some(a) = self.app.quotas.existing(&key.quota) {
+            add_ratelimit_fields(resp.headers_mut(), &a);
+        }
+        resp
+    }
+
+    /// RFC 5861: the caller got the stale entry; one revalidation (a send,
+    /// through admission like any) refreshes it behind, unless one already runs.
+    fn revalidate_behind(&mut self, mut req: Request<Body>, key: Key, keep: Keep, max_entry: u64) {
+        let cache = self.app.cache.clone();
+        let Join::Lead(flight) = cache.join(key.clone()) else {
+            return;
+        };
+        crate::head::detach(&mut req);
+        if let Some(b) = &keep.base {
+            ask_if_changed(&mut req, &b.snap);
+        }
+        let call = self.inner.call(req);
+        let fut = lead(call, cache, key, Some(Box::new(keep)), Some(flight), max_entry, Fwd::Stale);
+        tokio::spawn(async move {
+            if let Err(e) = fut.await {
+                tracing::info!(error = %e, "revalidating a stale entry behind its answer failed");
+            }
+        });
     }
 }
 
@@ -249,127 +358,6 @@ impl Drop for Detach {
     }
 }
 
-/// Makes the call, reads its answer whole when it fits `max_entry`, hands it
-/// to the followers and keeps it for `ttl`; a larger answer streams to this
-/// caller alone and the followers make their own calls.
-/// Takes the call already made (not the service and the request): an async
-/// fn keeps every argument for its whole life, and the request is large.
-async fn lead<F>(
-    call: F,
-    cache: Arc<Cache>,
-    key: Key,
-    ttl: Option<std::time::Duration>,
-    mut flight: Option<crate::cache::Flight>,
-    max_entry: u64,
-    fwd: Fwd,
-) -> Result<Response<Body>, ProxyError>
-where
-    F: Future<Output = Result<Response<Body>, ProxyError>>,
-{
-    // A plain function of the flight, not a closure that would hold it twice.
-    fn land(flight: &mut Option<crate::cache::Flight>, l: Landing) {
-        if let Some(f) = flight.take() {
-            f.land(l);
-        }
-    }
-    let resp = match call.await {
-        Ok(r) => r,
-        Err(e) => {
-            let e = Arc::new(e);
-            land(&mut flight, Landing::Failed(e.clone()));
-            return Err(ProxyError::Shared(e));
-        }
-    };
-    let miss = fwd.status(false);
-    let declared = resp
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max_entry) {
-        land(&mut flight, Landing::Own);
-        let mut resp = resp;
-        set_status(&mut resp, miss);
-        return Ok(resp);
-    }
-    let (parts, mut body) = resp.into_parts();
-    let mut chunks: Vec<Bytes> = Vec::new();
-    let mut len = 0u64;
-    loop {
-        match body.frame().await {
-            None => break,
-            Some(Ok(frame)) => {
-                let Ok(data) = frame.into_data() else {
-                    continue;
-                };
-                len += data.len() as u64;
-                chunks.push(data);
-                if len > max_entry {
-                    land(&mut flight, Landing::Own);
-                    let rest =
-                        futures_util::stream::iter(chunks.into_iter().map(Ok::<_, axum::Error>))
-                            .chain(body.into_data_stream());
-                    let mut resp = Response::from_parts(parts, Body::from_stream(rest));
-                    set_status(&mut resp, miss);
-                    return Ok(resp);
-                }
-            }
-            Some(Err(e)) => {
-                // The answer broke off: this caller sees what came, then the error.
-                land(&mut flight, Landing::Own);
-                let got = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, axum::Error>))
-                    .chain(futures_util::stream::iter([Err(e)]));
-                return Ok(Response::from_parts(parts, Body::from_stream(got)));
-            }
-        }
-    }
-    // Copied out: hyper's chunks and header values are slices of its read
-    // buffers, which a kept slice would hold whole (7.6 KB per cached 1 KiB
-    // answer before this copy, scripts/bench-cache).
-    let body = Bytes::from(chunks.concat());
-    let mut headers = http::HeaderMap::with_capacity(parts.headers.len());
-    for (k, v) in &parts.headers {
-        if let Ok(v) = HeaderValue::from_bytes(v.as_bytes()) {
-            headers.append(k.clone(), v);
-        }
-    }
-    let snap = Arc::new(Snapshot {
-        status: parts.status,
-        headers,
-        body,
-    });
-    if !shareable(&snap) {
-        // A cookie, `private`, or a `Vary` outside the key: this caller's
-        // alone; whoever followed makes a call of its own.
-        land(&mut flight, Landing::Own);
-        return Ok(respond_with(&snap, false, miss, true));
-    }
-    let stored = ttl.is_some_and(|t| cache.put(key, snap.clone(), t, Instant::now()));
-    land(&mut flight, Landing::Answer(snap.clone()));
-    let status = if stored { fwd.status(true) } else { miss };
-    Ok(respond_with(&snap, false, status, true))
-}
-
-/// Why a call went upstream, as `Cache-Status` says it (static strings:
-/// no formatting per call).
-#[derive(Debug, Clone, Copy)]
-enum Fwd {
-    /// Not in the cache (or no rule for it).
-    Miss,
-    /// The caller asked for a fresh answer (`Cache-Control: no-cache`).
-    Request,
-}
-
-impl Fwd {
-    fn status(self, stored: bool) -> &'static str {
-        match (self, stored) {
-            (Fwd::Miss, false) => "dastra-proxy; fwd=uri-miss",
-            (Fwd::Miss, true) => "dastra-proxy; fwd=uri-miss; stored",
-            (Fwd::Request, false) => "dastra-proxy; fwd=request",
-            (Fwd::Request, true) => "dastra-proxy; fwd=request; stored",
-        }
-    }
-}
-
 /// A GET without a body: only those are the same call as another.
 fn bodiless(req: &Request<Body>) -> bool {
     !req.headers().contains_key(header::TRANSFER_ENCODING)
@@ -379,47 +367,13 @@ fn bodiless(req: &Request<Body>) -> bool {
             .is_none_or(|v| v.as_bytes() == b"0")
 }
 
-/// A shared answer for one caller. The RateLimit fields it was stored with
-/// are dropped: they describe the window then, not now.
-fn respond(snap: &Snapshot, head: bool, status: &str) -> Response<Body> {
-    respond_with(snap, head, status, false)
-}
-
-/// `own`: the answer of this caller's own call, whose RateLimit fields are current.
-pub(super) fn respond_with(snap: &Snapshot, head: bool, status: &str, own: bool) -> Response<Body> {
-    let body = if head {
-        Body::empty()
-    } else {
-        Body::from(snap.body.clone())
-    };
-    let mut resp = Response::new(body);
-    *resp.status_mut() = snap.status;
-    let h = resp.headers_mut();
-    for (k, v) in &snap.headers {
-        if own || (k != "ratelimit" && k != "ratelimit-policy") {
-            h.append(k, v.clone());
-        }
-    }
-    set_status(&mut resp, status);
-    resp
-}
-
-/// `304 Not Modified` from a stored 200 whose validator the caller holds.
-fn respond_not_modified(snap: &Snapshot, status: &str) -> Response<Body> {
-    let mut resp = Response::new(Body::empty());
-    *resp.status_mut() = http::StatusCode::NOT_MODIFIED;
-    let h = resp.headers_mut();
-    for name in &NOT_MODIFIED_HEADERS {
-        for v in snap.headers.get_all(name) {
-            h.append(name, v.clone());
-        }
-    }
-    set_status(&mut resp, status);
-    resp
-}
-
-fn set_status(resp: &mut Response<Body>, status: &str) {
-    if let Ok(v) = HeaderValue::from_str(status) {
-        resp.headers_mut().insert(CACHE_STATUS, v);
-    }
+/// The path a write's `Location` / `Content-Location` names, when it is
+/// this gateway's (relative, or under `public_url`, where Dastra's own
+/// `Location` is rewritten to).
+fn same_origin(app: &App, v: &HeaderValue) -> Option<String> {
+    let v = v.to_str().ok()?;
+    let rest = v
+        .strip_prefix(app.config.server.public_url.trim_end_matches('/'))
+        .unwrap_or(v);
+    rest.starts_with('/').then(|| rest.split(['?', '#']).next().unwrap_or(rest).to_owned())
 }

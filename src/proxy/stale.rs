@@ -1,6 +1,6 @@
 //! `cache.stale_if_error`: when the call for a cached GET fails — Dastra
 //! answers 5xx or cannot be reached, the breaker is open, the quota is used
-//! up — an entry past its ttl (but within `stale_if_error` of it) answers
+//! up — an entry past its freshness (but within `stale_if_error` of it) answers
 //! instead, marked `Cache-Status: dastra-proxy; hit; stale`. Stale data
 //! rather than an error, and no quota spent for it. An entry Dastra marked
 //! `must-revalidate` or `proxy-revalidate` is never kept for this.
@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Body;
-use http::Response;
+use http::{HeaderMap, Response};
 use tokio::time::Instant;
 
 use super::headers::add_ratelimit_fields;
@@ -33,6 +33,7 @@ pub(super) async fn or_stale(
     call: impl Future<Output = Result<Response<Body>, ProxyError>>,
     cache: Arc<Cache>,
     key: Key,
+    req: HeaderMap,
     app: Arc<App>,
 ) -> Result<Response<Body>, ProxyError> {
     let result = call.await;
@@ -43,14 +44,14 @@ pub(super) async fn or_stale(
     if !failed {
         return result;
     }
-    let Some((snap, _expired_for)) = cache.get_stale(&key, Instant::now()) else {
+    let Some(snap) = cache.get_stale(&key, &req, Instant::now()) else {
         return result;
     };
     if let Err(e) = &result {
         tracing::info!(error = %e, "answered from a stale cache entry");
     }
     cache.saved("stale");
-    let mut resp = super::share::respond_with(&snap, false, "dastra-proxy; hit; stale", false);
+    let mut resp = super::cached::respond_with(&snap, false, "dastra-proxy; hit; stale", false);
     if let Some(a) = app.quotas.existing(&key.quota) {
         add_ratelimit_fields(resp.headers_mut(), &a);
     }
