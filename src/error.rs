@@ -49,7 +49,9 @@ pub enum ProxyError {
     #[error("{0}")]
     Shared(Arc<ProxyError>),
     /// `Cache-Control: only-if-cached` and nothing usable is stored.
-    #[error("no stored answer may be used for this request, and only-if-cached forbids asking Dastra")]
+    #[error(
+        "no stored answer may be used for this request, and only-if-cached forbids asking Dastra"
+    )]
     NotCached,
 }
 

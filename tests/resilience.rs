@@ -112,7 +112,10 @@ async fn an_unreachable_dastra_opens_it_too_and_4xx_or_500_never_do() {
     // Dastra fail must not be able to cut everyone off.
     for i in 0..10 {
         let r = get(&c, &p.url(&format!("/status/500?{i}"))).await;
-        assert_eq!(r.status, 500, "call {i}: Dastra's own 500, not the breaker's 503");
+        assert_eq!(
+            r.status, 500,
+            "call {i}: Dastra's own 500, not the breaker's 503"
+        );
     }
     assert_eq!(get(&c, &p.url("/v1/fine")).await.status, 200);
     // Nothing listens where this one sends: connections are refused.

@@ -114,8 +114,27 @@ async fn answers_for_one_caller_alone_are_never_handed_to_another() {
             .await;
             assert_eq!(r.status, 200);
         }
-        assert_eq!(calls_to(&up, &path), 2, "{flag}: served from the cache");
+        // RFC 9111 §4.1 (SPEC §9.6): an answer that varies by a header outside
+        // the key is stored with the request's value of it, and serves only
+        // requests that agree; a request with a cookie never reads the cache.
+        let stored = usize::from(flag == "varycookie");
+        assert_eq!(
+            calls_to(&up, &path),
+            2 - stored,
+            "{flag}: served from the cache"
+        );
     }
+    let path = "/seq/0/varycookie";
+    let r = send(
+        &c,
+        Method::GET,
+        &proxy.url(path),
+        &[("cookie", "a=b")],
+        axum::body::Body::empty(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(calls_to(&up, path), 2, "a cookie's call is its own");
     // A Vary on a header of the key is shared and stored like any answer.
     let path = "/seq/0/varyalang";
     for _ in 0..3 {

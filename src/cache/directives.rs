@@ -55,7 +55,9 @@ impl Delta {
     /// Adds an occurrence; the smaller (more restrictive) wins, and an
     /// invalid one is the most restrictive of all.
     fn add(&mut self, value: Option<&str>) {
-        let next = value.and_then(delta_seconds).map_or(Delta::Invalid, Delta::Secs);
+        let next = value
+            .and_then(delta_seconds)
+            .map_or(Delta::Invalid, Delta::Secs);
         *self = match (*self, next) {
             (Delta::Invalid, _) | (_, Delta::Invalid) => Delta::Invalid,
             (Delta::Secs(a), Delta::Secs(b)) => Delta::Secs(a.min(b)),
@@ -142,9 +144,13 @@ impl Request {
                 "no-store" => out.no_store = true,
                 "only-if-cached" => out.only_if_cached = true,
                 // A malformed request max-age asks for a validated answer.
-                "max-age" => out.max_age = Some(secs().unwrap_or(0).min(out.max_age.unwrap_or(u64::MAX))),
+                "max-age" => {
+                    out.max_age = Some(secs().unwrap_or(0).min(out.max_age.unwrap_or(u64::MAX)))
+                }
                 "min-fresh" => out.min_fresh = secs().or(out.min_fresh),
-                "max-stale" => out.max_stale = Some(value.map_or(Some(MAX_DELTA), delta_seconds).unwrap_or(0)),
+                "max-stale" => {
+                    out.max_stale = Some(value.map_or(Some(MAX_DELTA), delta_seconds).unwrap_or(0))
+                }
                 _ => {}
             }
         });
@@ -234,8 +240,14 @@ mod tests {
 
     #[test]
     fn parses_as_the_suite_expects() {
-        assert_eq!(Response::of(&h(&["max-age=003600"])).max_age, Delta::Secs(3600));
-        assert_eq!(Response::of(&h(&["max-age=\"3600\""])).max_age, Delta::Secs(3600));
+        assert_eq!(
+            Response::of(&h(&["max-age=003600"])).max_age,
+            Delta::Secs(3600)
+        );
+        assert_eq!(
+            Response::of(&h(&["max-age=\"3600\""])).max_age,
+            Delta::Secs(3600)
+        );
         for bad in ["max-age='3600'", "max-age=-1", "max-age=3600.0", "max-age"] {
             assert_eq!(Response::of(&h(&[bad])).max_age, Delta::Invalid, "{bad}");
         }
@@ -248,9 +260,15 @@ mod tests {
             Delta::Secs(MAX_DELTA)
         );
         let listed = Response::of(&h(&["no-cache=\"a, B\", private=x"]));
-        assert_eq!(listed.no_cache, Listed::Fields(vec!["a".into(), "b".into()]));
+        assert_eq!(
+            listed.no_cache,
+            Listed::Fields(vec!["a".into(), "b".into()])
+        );
         assert_eq!(listed.private, Listed::Fields(vec!["x".into()]));
-        assert_eq!(Response::of(&h(&["no-cache=a, no-cache"])).no_cache, Listed::All);
+        assert_eq!(
+            Response::of(&h(&["no-cache=a, no-cache"])).no_cache,
+            Listed::All
+        );
     }
 
     #[test]
@@ -264,7 +282,10 @@ mod tests {
         p.insert(header::PRAGMA, "no-cache".parse().unwrap());
         assert!(Request::of(&p).no_cache);
         p.insert(header::CACHE_CONTROL, "max-age=9".parse().unwrap());
-        assert!(!Request::of(&p).no_cache, "Pragma counts only without Cache-Control");
+        assert!(
+            !Request::of(&p).no_cache,
+            "Pragma counts only without Cache-Control"
+        );
     }
 
     #[test]

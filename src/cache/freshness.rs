@@ -76,11 +76,12 @@ impl Freshness {
             return false;
         }
         if age < self.lifetime {
-            return req
-                .min_fresh
-                .is_none_or(|m| self.lifetime - age >= secs(m));
+            return req.min_fresh.is_none_or(|m| self.lifetime - age >= secs(m));
         }
-        !self.strict && req.max_stale.is_some_and(|m| age - self.lifetime <= secs(m))
+        !self.strict
+            && req
+                .max_stale
+                .is_some_and(|m| age - self.lifetime <= secs(m))
     }
 }
 
@@ -143,14 +144,24 @@ pub fn storable(
         .or(cc.max_age.secs())
         .map(secs)
         .or_else(|| expires(headers).map(|e| e.duration_since(date).unwrap_or(Duration::ZERO)));
-    let apparent = timing.received.duration_since(date).unwrap_or(Duration::ZERO);
-    let in_flight = timing.received.duration_since(timing.sent).unwrap_or(Duration::ZERO);
+    // In whole seconds, as `Date` is: an answer dated this second is 0 s old.
+    let received = timing
+        .received
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let received = SystemTime::UNIX_EPOCH + secs(received.as_secs());
+    let apparent = received.duration_since(date).unwrap_or(Duration::ZERO);
+    let in_flight = timing
+        .received
+        .duration_since(timing.sent)
+        .unwrap_or(Duration::ZERO);
     let corrected = secs(directives::age(headers)) + in_flight;
     let initial_age = apparent.max(corrected);
-    // The ttl bounds how long it is used from here, whatever its age.
+    // The ttl bounds how long it is used from here, whatever its age; it is
+    // the whole freshness of an answer that names none (§4.2.2).
     let lifetime = match explicit {
         Some(l) => l.min(initial_age + ttl),
-        None if HEURISTIC.contains(&code) || cc.public => ttl,
+        None if HEURISTIC.contains(&code) || cc.public => initial_age + ttl,
         None => return None,
     };
     let mut omit = Vec::new();
@@ -168,7 +179,10 @@ pub fn storable(
             strict: cc.revalidate_when_stale(),
             validators: headers.contains_key(header::ETAG)
                 || headers.contains_key(header::LAST_MODIFIED),
-            behind: cc.stale_while_revalidate.secs().map_or(Duration::ZERO, secs),
+            behind: cc
+                .stale_while_revalidate
+                .secs()
+                .map_or(Duration::ZERO, secs),
         },
         omit,
     })
@@ -181,7 +195,11 @@ pub fn parse_date(s: &str) -> Option<SystemTime> {
         let mut fixed = String::with_capacity(s.len());
         let mut first = true;
         for c in s.chars() {
-            fixed.push(if first { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() });
+            fixed.push(if first {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            });
             first = !c.is_ascii_alphabetic();
         }
         let fixed = fixed.strip_suffix("Gmt").map(|f| format!("{f}GMT"))?;

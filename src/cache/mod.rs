@@ -23,8 +23,8 @@ use crate::config::CacheConfig;
 use crate::credential::QuotaKey;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
-pub use sharing::{not_modified, scan, shareable, Request, Scan, NOT_MODIFIED_HEADERS, VARYING};
 pub use freshness::{Freshness, Storable, Timing};
+pub use sharing::{not_modified, scan, shareable, Request, Scan, NOT_MODIFIED_HEADERS, VARYING};
 use store::Store;
 pub use store::Stored;
 
@@ -271,7 +271,14 @@ impl Cache {
         };
         let mut st = self.lock();
         st.purge(f.stored_at);
-        let kept = st.put(key, names, values, stored, f.stored_at + ttl + stale, cfg.max_bytes);
+        let kept = st.put(
+            key,
+            names,
+            values,
+            stored,
+            f.stored_at + ttl + stale,
+            cfg.max_bytes,
+        );
         self.metrics.cache_bytes.set(st.bytes() as i64);
         kept.then_some(snap)
     }

@@ -143,7 +143,10 @@ impl Key {
 /// key. Most values need no change and are kept as they are.
 fn language(v: HeaderValue) -> HeaderValue {
     let b = v.as_bytes();
-    if !b.iter().any(|c| c.is_ascii_uppercase() || *c == b' ' || *c == b'\t') {
+    if !b
+        .iter()
+        .any(|c| c.is_ascii_uppercase() || *c == b' ' || *c == b'\t')
+    {
         return v;
     }
     let fixed: Vec<u8> = b

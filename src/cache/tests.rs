@@ -1,5 +1,5 @@
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
@@ -15,9 +15,33 @@ fn cache(max_bytes: u64) -> Arc<Cache> {
         max_entry: max_bytes,
         max_bytes,
         stale_if_error: Duration::ZERO,
+        stale_while_revalidate: Duration::ZERO,
         rules: Vec::new(),
     };
     Cache::new(&cfg, Metrics::new())
+}
+
+/// Stores `snap` as the share stage would, for a request with no headers.
+fn put(c: &Cache, key: Key, snap: Arc<Snapshot>, ttl: Duration, now: Instant) -> bool {
+    let at = SystemTime::now();
+    let timing = Timing {
+        sent: at,
+        received: at,
+        now,
+    };
+    let asks = directives::Request::default();
+    match freshness::storable(snap.status, &snap.headers, &asks, timing, ttl) {
+        Some(s) => c.store(key, &HeaderMap::new(), snap, s, ttl).is_some(),
+        None => false,
+    }
+}
+
+/// A stored answer usable as it is at `now`, and the freshness it has left.
+fn get(c: &Cache, key: &Key, now: Instant) -> Option<(Arc<Snapshot>, Duration)> {
+    let asks = directives::Request::default();
+    c.lookup(key, &HeaderMap::new(), now)
+        .filter(|s| s.freshness.usable(&asks, now))
+        .map(|s| (s.snap, s.freshness.left(now)))
 }
 
 fn key(quota: u8, target: &str) -> Key {
@@ -38,14 +62,16 @@ fn snap(status: u16, body: &[u8], version: u64) -> Arc<Snapshot> {
 async fn entries_live_for_their_ttl_and_the_lru_bound_holds() {
     let c = cache(10_000);
     let now = Instant::now();
-    assert!(c.put(
+    assert!(put(
+        &c,
         key(1, "/v1/ws/1/A"),
         snap(200, b"x", 1),
         Duration::from_secs(5),
         now
     ));
     assert!(
-        !c.put(
+        !put(
+            &c,
             key(1, "/v1/ws/1/B"),
             snap(500, b"x", 1),
             Duration::from_secs(5),
@@ -54,12 +80,13 @@ async fn entries_live_for_their_ttl_and_the_lru_bound_holds() {
         "500s are never kept"
     );
     tokio::time::advance(Duration::from_millis(4999)).await;
-    assert!(c.get(&key(1, "/v1/ws/1/A"), Instant::now()).is_some());
+    assert!(get(&c, &key(1, "/v1/ws/1/A"), Instant::now()).is_some());
     tokio::time::advance(Duration::from_millis(1)).await;
-    assert!(c.get(&key(1, "/v1/ws/1/A"), Instant::now()).is_none());
+    assert!(get(&c, &key(1, "/v1/ws/1/A"), Instant::now()).is_none());
     // Fill far past max_bytes: the bound holds, the newest entries stay.
     for i in 0..100 {
-        c.put(
+        put(
+            &c,
             key(1, &format!("/v1/ws/1/E{i}")),
             snap(200, &[0; 500], i),
             Duration::from_secs(60),
@@ -67,8 +94,8 @@ async fn entries_live_for_their_ttl_and_the_lru_bound_holds() {
         );
         assert!(c.lock().bytes() <= 10_000);
     }
-    assert!(c.get(&key(1, "/v1/ws/1/E99"), Instant::now()).is_some());
-    assert!(c.get(&key(1, "/v1/ws/1/E0"), Instant::now()).is_none());
+    assert!(get(&c, &key(1, "/v1/ws/1/E99"), Instant::now()).is_some());
+    assert!(get(&c, &key(1, "/v1/ws/1/E0"), Instant::now()).is_none());
 }
 
 #[test]
@@ -82,19 +109,19 @@ fn writes_evict_their_resource_and_only_their_credentials() {
         (1, "/v1/ws/1/Other"),
         (2, "/v1/ws/1/Actors"),
     ] {
-        c.put(key(q, t), snap(200, b"x", 0), ttl, now);
+        put(&c, key(q, t), snap(200, b"x", 0), ttl, now);
     }
     c.evict(&QuotaKey([1; 32]), "/v1/ws/1/Actors/9");
-    assert!(c.get(&key(1, "/v1/ws/1/Actors"), now).is_none());
-    assert!(c.get(&key(1, "/v1/ws/1/Actors/5?x=1"), now).is_none());
-    assert!(c.get(&key(1, "/v1/ws/1/Other"), now).is_some());
+    assert!(get(&c, &key(1, "/v1/ws/1/Actors"), now).is_none());
+    assert!(get(&c, &key(1, "/v1/ws/1/Actors/5?x=1"), now).is_none());
+    assert!(get(&c, &key(1, "/v1/ws/1/Other"), now).is_some());
     assert!(
-        c.get(&key(2, "/v1/ws/1/Actors"), now).is_some(),
+        get(&c, &key(2, "/v1/ws/1/Actors"), now).is_some(),
         "another credential's entry"
     );
     c.evict(&QuotaKey([1; 32]), "/v1/ws");
     assert!(
-        c.get(&key(1, "/v1/ws/1/Other"), now).is_none(),
+        get(&c, &key(1, "/v1/ws/1/Other"), now).is_none(),
         "a shorter path evicts all of the key's"
     );
 }
@@ -135,7 +162,7 @@ proptest! {
                     Step::Get(i) => {
                         let i = i as usize;
                         let k = key(1, paths[i]);
-                        match c.get(&k, now) {
+                        match get(&c, &k, now) {
                             Some((hit, _)) => {
                                 let v: u64 = hit.headers["x-version"].to_str().unwrap().parse().unwrap();
                                 let (fv, at) = fetched[i].unwrap();
@@ -144,7 +171,7 @@ proptest! {
                                 prop_assert_eq!(v, version[i], "served from before a write");
                             }
                             None => {
-                                c.put(k, snap(200, b"x", version[i]), ttl, now);
+                                put(&c, k, snap(200, b"x", version[i]), ttl, now);
                                 fetched[i] = Some((version[i], now));
                             }
                         }
@@ -172,17 +199,19 @@ async fn expired_entries_are_purged_not_only_pushed_out() {
     let now = Instant::now();
     for i in 0..100 {
         let k = key(1, &format!("/v1/ws/1/A/{i}"));
-        assert!(c.put(k, snap(200, b"x", 1), Duration::from_secs(1), now));
+        assert!(put(&c, k, snap(200, b"x", 1), Duration::from_secs(1), now));
     }
     let long = key(1, "/v1/ws/1/B");
-    assert!(c.put(
+    assert!(put(
+        &c,
         long.clone(),
         snap(200, b"x", 1),
         Duration::from_secs(60),
         now
     ));
     let alone = cache(1 << 20);
-    alone.put(
+    put(
+        &alone,
         long.clone(),
         snap(200, b"x", 1),
         Duration::from_secs(60),
@@ -191,7 +220,7 @@ async fn expired_entries_are_purged_not_only_pushed_out() {
     let one = alone.lock().bytes();
     tokio::time::advance(Duration::from_secs(2)).await;
     // Any use of the cache drops what has expired, even entries never asked for again.
-    assert!(c.get(&long, Instant::now()).is_some());
+    assert!(get(&c, &long, Instant::now()).is_some());
     assert_eq!(c.lock().len(), 1);
     assert_eq!(c.lock().bytes(), one);
 }
@@ -201,12 +230,24 @@ async fn an_entry_counts_the_bytes_of_its_key() {
     let c = cache(1 << 20);
     let now = Instant::now();
     let small = key(1, "/v1/ws/1/A");
-    assert!(c.put(small, snap(200, b"x", 1), Duration::from_secs(5), now));
+    assert!(put(
+        &c,
+        small,
+        snap(200, b"x", 1),
+        Duration::from_secs(5),
+        now
+    ));
     let before = c.lock().bytes();
     let mut h = HeaderMap::new();
     h.insert(http::header::ACCEPT, "a".repeat(60_000).parse().unwrap());
     let large = Key::of(QuotaKey([1; 32]), b"/v1/ws/1/A", &h);
-    assert!(c.put(large, snap(200, b"x", 1), Duration::from_secs(5), now));
+    assert!(put(
+        &c,
+        large,
+        snap(200, b"x", 1),
+        Duration::from_secs(5),
+        now
+    ));
     assert!(
         c.lock().bytes() - before >= 60_000,
         "a 60 KB Accept counted as {} bytes",
@@ -291,6 +332,7 @@ async fn an_expired_entry_is_kept_stale_for_stale_if_error_unless_it_must_revali
             max_entry: 10_000,
             max_bytes: 10_000,
             stale_if_error: Duration::from_secs(10),
+            stale_while_revalidate: Duration::ZERO,
             rules: Vec::new(),
         },
         Metrics::new(),
@@ -308,19 +350,29 @@ async fn an_expired_entry_is_kept_stale_for_stale_if_error_unless_it_must_revali
             body: Bytes::from_static(b"y"),
         })
     };
-    assert!(c.put(key(1, "/a"), snap(200, b"x", 1), Duration::from_secs(5), t0));
-    assert!(c.put(key(1, "/b"), strict, Duration::from_secs(5), t0));
+    assert!(put(
+        &c,
+        key(1, "/a"),
+        snap(200, b"x", 1),
+        Duration::from_secs(5),
+        t0
+    ));
+    assert!(put(&c, key(1, "/b"), strict, Duration::from_secs(5), t0));
+    let none = HeaderMap::new();
     assert!(
-        c.get_stale(&key(1, "/a"), t0).is_none(),
-        "fresh is not stale"
+        c.get_stale(&key(1, "/a"), &none, t0).is_some(),
+        "a fresh entry stands in too (a caller's no-cache call failed)"
     );
     let t = t0 + Duration::from_secs(5);
-    assert!(c.get(&key(1, "/a"), t).is_none());
-    assert_eq!(c.get_stale(&key(1, "/a"), t).unwrap().1, Duration::ZERO);
-    assert!(c.get_stale(&key(1, "/b"), t).is_none(), "must-revalidate");
+    assert!(get(&c, &key(1, "/a"), t).is_none());
+    assert!(c.get_stale(&key(1, "/a"), &none, t).is_some());
+    assert!(
+        c.get_stale(&key(1, "/b"), &none, t).is_none(),
+        "must-revalidate"
+    );
     let late = t + Duration::from_secs(10) - Duration::from_nanos(1);
-    assert!(c.get_stale(&key(1, "/a"), late).is_some());
+    assert!(c.get_stale(&key(1, "/a"), &none, late).is_some());
     assert!(c
-        .get_stale(&key(1, "/a"), t + Duration::from_secs(10))
+        .get_stale(&key(1, "/a"), &none, t + Duration::from_secs(10))
         .is_none());
 }

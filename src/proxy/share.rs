@@ -15,9 +15,7 @@ use http::{header, HeaderValue, Method, Request, Response};
 use tokio::time::Instant;
 use tower::{Service, ServiceExt as _};
 
-use super::cached::{
-    ask_if_changed, respond, respond_not_modified, respond_with, set_status, Fwd,
-};
+use super::cached::{ask_if_changed, respond, respond_not_modified, respond_with, set_status, Fwd};
 use super::headers::add_ratelimit_fields;
 use super::layer::AppStage;
 use super::lead::{lead, Keep};
@@ -73,7 +71,8 @@ where
                     cache.evict(&quota, &path);
                     // What the write says it changed too (RFC 9111 §4.4).
                     for name in [header::LOCATION, header::CONTENT_LOCATION] {
-                        if let Some(p) = resp.headers().get(name).and_then(|v| same_origin(&app, v)) {
+                        if let Some(p) = resp.headers().get(name).and_then(|v| same_origin(&app, v))
+                        {
                             cache.evict(&quota, &p);
                         }
                     }
@@ -111,7 +110,11 @@ where
             req.headers(),
         );
         let head = method == Method::HEAD;
-        let mut fwd = if asks.no_cache { Fwd::Request } else { Fwd::Miss };
+        let mut fwd = if asks.no_cache {
+            Fwd::Request
+        } else {
+            Fwd::Miss
+        };
         let mut base = None;
         if ttl.is_some() {
             let now = Instant::now();
@@ -125,7 +128,8 @@ where
                         .freshness
                         .usable_behind(&asks, now, cfg.stale_while_revalidate) =>
                 {
-                    let resp = self.hit(&key, &stored, &req, kind, Some("dastra-proxy; hit; stale"));
+                    let resp =
+                        self.hit(&key, &stored, &req, kind, Some("dastra-proxy; hit; stale"));
                     if kind == Sharing::Plain && !head {
                         let keep = Keep {
                             ttl: ttl.unwrap_or_default(),
@@ -312,7 +316,15 @@ where
             ask_if_changed(&mut req, &b.snap);
         }
         let call = self.inner.call(req);
-        let fut = lead(call, cache, key, Some(Box::new(keep)), Some(flight), max_entry, Fwd::Stale);
+        let fut = lead(
+            call,
+            cache,
+            key,
+            Some(Box::new(keep)),
+            Some(flight),
+            max_entry,
+            Fwd::Stale,
+        );
         tokio::spawn(async move {
             if let Err(e) = fut.await {
                 tracing::info!(error = %e, "revalidating a stale entry behind its answer failed");
@@ -375,5 +387,6 @@ fn same_origin(app: &App, v: &HeaderValue) -> Option<String> {
     let rest = v
         .strip_prefix(app.config.server.public_url.trim_end_matches('/'))
         .unwrap_or(v);
-    rest.starts_with('/').then(|| rest.split(['?', '#']).next().unwrap_or(rest).to_owned())
+    rest.starts_with('/')
+        .then(|| rest.split(['?', '#']).next().unwrap_or(rest).to_owned())
 }

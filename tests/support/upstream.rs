@@ -262,6 +262,9 @@ async fn route(
     if let Some(code) = headers.get("x-mock-status").and_then(|v| v.to_str().ok()) {
         return text(code.parse().unwrap_or(500), format!("status {code}"));
     }
+    if let Some(spec) = headers.get("x-mock-answer").and_then(|v| v.to_str().ok()) {
+        return answer_as_told(number, spec, headers);
+    }
     let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match seg.as_slice() {
         ["echo"] => {
@@ -451,6 +454,26 @@ fn seq_reply(n: usize, flags: &[&str], req: &HeaderMap, body: Vec<u8>) -> Respon
         if flags.contains(&flag) {
             h.append(name, value.parse().unwrap());
         }
+    }
+    r
+}
+
+/// An answer with the headers `x-mock-answer` lists (`name=value|name=value`)
+/// and the request's number as its body; `304` with those headers when the
+/// request's `If-None-Match` is the listed `etag` (an origin that honours it).
+fn answer_as_told(number: usize, spec: &str, req: &HeaderMap) -> Response<Body> {
+    let pairs: Vec<(&str, &str)> = spec.split('|').filter_map(|p| p.split_once('=')).collect();
+    let etag = pairs.iter().find(|(k, _)| *k == "etag").map(|(_, v)| *v);
+    let inm = req.get("if-none-match").and_then(|v| v.to_str().ok());
+    let mut r = match etag.is_some() && inm == etag {
+        true => text(304, ""),
+        false => text(200, format!("n={number}")),
+    };
+    for (k, v) in pairs {
+        r.headers_mut().append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
     }
     r
 }
