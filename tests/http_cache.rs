@@ -144,6 +144,15 @@ async fn only_if_cached_answers_from_the_cache_or_504_spending_nothing() {
     fetch(&c, &stale, "cache-control=max-age=0|etag=\"x\"", &[]).await;
     let r = fetch(&c, &stale, "cache-control=max-age=0", &ask).await;
     assert_eq!(r.status, 504);
+    // A range is the caller's own call, never the cache's: nothing sent either.
+    let r = fetch(
+        &c,
+        &url,
+        "",
+        &[("cache-control", "only-if-cached"), ("range", "bytes=0-1")],
+    )
+    .await;
+    assert_eq!(r.status, 504);
     assert_eq!(up.count(), 2);
 }
 

@@ -83,9 +83,7 @@ impl Freshness {
                 .max_stale
                 .is_some_and(|m| age - self.lifetime <= secs(m))
     }
-}
 
-impl Freshness {
     /// Whether, stale, it may still answer while one revalidation runs
     /// behind it (RFC 5861): within `allowance` (or Dastra's own window,
     /// when longer) past its freshness, and nobody asked for better.

@@ -58,6 +58,18 @@ fn dastras_word_capped_by_the_ttl_and_the_ttl_as_heuristic() {
         Some(0),
         "invalid Expires is expired"
     );
+    let two = [
+        date.clone(),
+        (
+            "expires",
+            httpdate::fmt_http_date(base() + Duration::from_secs(9)),
+        ),
+    ];
+    assert_eq!(
+        of(&[two[0].clone(), two[1].clone(), two[1].clone()], 200),
+        Some(0),
+        "two Expires: expired"
+    );
     assert_eq!(of(&[], 200), Some(30), "no word from Dastra: the ttl");
     assert_eq!(of(&[], 500), None, "500 is not heuristically cacheable");
     assert_eq!(of(&[("cache-control", "max-age=9".into())], 500), Some(9));

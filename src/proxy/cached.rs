@@ -51,9 +51,9 @@ impl Fwd {
 
 /// A stored answer for one caller: its RateLimit fields dropped (they
 /// describe the window when it was stored), its `Age` as it is now.
-pub(super) fn respond(stored: &Stored, head: bool, status: &str) -> Response<Body> {
+pub(super) fn respond(stored: &Stored, head: bool, status: &str, now: Instant) -> Response<Body> {
     let mut resp = respond_with(&stored.snap, head, status, false);
-    set_age(&mut resp, stored, Instant::now());
+    set_age(&mut resp, stored, now);
     resp
 }
 
@@ -77,7 +77,7 @@ pub(super) fn respond_with(snap: &Snapshot, head: bool, status: &str, own: bool)
 }
 
 /// `304 Not Modified` from a stored 200 whose validator the caller holds.
-pub(super) fn respond_not_modified(stored: &Stored, status: &str) -> Response<Body> {
+pub(super) fn respond_not_modified(stored: &Stored, status: &str, now: Instant) -> Response<Body> {
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = http::StatusCode::NOT_MODIFIED;
     let h = resp.headers_mut();
@@ -87,7 +87,7 @@ pub(super) fn respond_not_modified(stored: &Stored, status: &str) -> Response<Bo
         }
     }
     set_status(&mut resp, status);
-    set_age(&mut resp, stored, Instant::now());
+    set_age(&mut resp, stored, now);
     resp
 }
 

@@ -96,6 +96,10 @@ where
             && !asks.no_store
             && kind == Sharing::Plain
             && bodiless(&req);
+        if kind == Sharing::Own && ttl.is_some() && asks.only_if_cached {
+            // Its own call, never the cache's: nothing stored may answer it.
+            return MaybeBoxed::boxed(std::future::ready(Err(ProxyError::NotCached)));
+        }
         if kind == Sharing::Own || (ttl.is_none() && !coalesce) {
             return MaybeBoxed::Direct {
                 inner: self.inner.call(req),
@@ -120,7 +124,7 @@ where
             let now = Instant::now();
             match cache.lookup(&key, req.headers(), now) {
                 Some(stored) if stored.freshness.usable(&asks, now) => {
-                    let resp = self.hit(&key, &stored, &req, kind, None);
+                    let resp = self.hit(&key, &stored, &req, kind, None, now);
                     return MaybeBoxed::boxed(std::future::ready(Ok(resp)));
                 }
                 Some(stored)
@@ -128,8 +132,8 @@ where
                         .freshness
                         .usable_behind(&asks, now, cfg.stale_while_revalidate) =>
                 {
-                    let resp =
-                        self.hit(&key, &stored, &req, kind, Some("dastra-proxy; hit; stale"));
+                    let stale = Some("dastra-proxy; hit; stale");
+                    let resp = self.hit(&key, &stored, &req, kind, stale, now);
                     if kind == Sharing::Plain && !head {
                         let keep = Keep {
                             ttl: ttl.unwrap_or_default(),
@@ -282,20 +286,26 @@ where
         req: &Request<Body>,
         kind: Sharing,
         status: Option<&str>,
+        now: Instant,
     ) -> Response<Body> {
         self.app.cache.saved("cached");
+        let mut buf = String::new();
         let status = match status {
-            Some(s) => s.to_owned(),
+            Some(s) => s,
             None => {
-                let left = stored.freshness.left(Instant::now()).as_secs();
-                format!("dastra-proxy; hit; ttl={left}")
+                // Written, not formatted: this is the hit path.
+                let left = stored.freshness.left(now).as_secs();
+                buf.reserve(40);
+                buf.push_str("dastra-proxy; hit; ttl=");
+                buf.push_str(itoa::Buffer::new().format(left));
+                &buf
             }
         };
         let conditional = kind == Sharing::Conditional;
         let mut resp = if conditional && not_modified(req.headers(), &stored.snap) {
-            respond_not_modified(stored, &status)
+            respond_not_modified(stored, status, now)
         } else {
-            respond(stored, req.method() == Method::HEAD, &status)
+            respond(stored, req.method() == Method::HEAD, status, now)
         };
         // Computed now, never replayed from the entry (SPEC §9.5).
         if let Some(a) = self.app.quotas.existing(&key.quota) {
