@@ -9,6 +9,8 @@ mod admit;
 mod buffer;
 mod cached;
 mod check;
+#[cfg(test)]
+mod fault_props;
 mod forward;
 mod headers;
 mod inject;
