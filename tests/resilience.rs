@@ -244,6 +244,39 @@ async fn a_cache_hit_says_the_window_as_it_is_now_not_as_it_was_stored() {
     assert_eq!(up.count(), 4, "the hit sent nothing");
 }
 
+/// A 503 with `Retry-After: 1`: nothing reaches Dastra for that second
+/// (judged on its arrival log), then calls go again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_with_retry_after_holds_every_send_until_then() {
+    let up = MockUpstream::start().await;
+    let p = proxy(&up, "[admission]\non_limit = \"reject\"\n").await;
+    let c = client();
+    let asked = Instant::now();
+    let r = send(
+        &c,
+        http::Method::GET,
+        &p.url("/v1/busy"),
+        &[("x-mock-answer", "status=503|retry-after=1")],
+        axum::body::Body::empty(),
+    )
+    .await;
+    assert_eq!(r.status, 503, "Dastra's own 503, passed on");
+    let held = get(&c, &p.url("/v1/held")).await;
+    assert_eq!(held.status, 429);
+    assert_eq!(held.header("retry-after"), Some("1"));
+    tokio::time::sleep_until(asked + Duration::from_millis(1100)).await;
+    assert_eq!(get(&c, &p.url("/v1/after")).await.status, 200);
+    let early = up
+        .arrivals("/v1/")
+        .iter()
+        .filter(|t| **t < asked + Duration::from_secs(1))
+        .count();
+    assert_eq!(
+        early, 1,
+        "only the 503 itself within the second Dastra asked for"
+    );
+}
+
 /// Dastra says "R left, reset in 3 s": at most R calls reach it before the
 /// reset, judged on its own arrival log; then the windows are ours again.
 async fn dastras_word_caps_the_sends(kind: &str) {

@@ -180,6 +180,14 @@ where
                         // Timed out or failed after sending: counted as landed now.
                         Err(_) => drop(sent),
                     }
+                    if let Ok(r) = &result {
+                        if r.status() == StatusCode::SERVICE_UNAVAILABLE
+                            && app.config.upstream.adapt
+                        {
+                            // Before any retry: it waits for the time Dastra named.
+                            hold_as_asked(&app, &admission, r.headers());
+                        }
+                    }
                     let Some(head) = &replay else { break result };
                     attempt += 1;
                     if !super::replay::worth_retrying(&result) || !app.retry.spend(attempt) {
@@ -224,6 +232,22 @@ where
                 Ok(resp)
             }),
         }
+    }
+}
+
+/// A 503 with `Retry-After`: Dastra asked for nothing until then, so
+/// nothing is sent (retries included) — as `upstream.adapt` reads R=0.
+fn hold_as_asked(
+    app: &crate::app::App,
+    admission: &crate::admission::Admission,
+    h: &http::HeaderMap,
+) {
+    if let Some(d) = retry_after(h) {
+        app.metrics
+            .upstream_limit_remaining
+            .with_label_values(&["retry-after"])
+            .set(0);
+        admission.adapt(0, Instant::now() + d);
     }
 }
 

@@ -458,18 +458,23 @@ fn seq_reply(n: usize, flags: &[&str], req: &HeaderMap, body: Vec<u8>) -> Respon
     r
 }
 
-/// An answer with the headers `x-mock-answer` lists (`name=value|name=value`)
+/// An answer with the headers `x-mock-answer` lists (`name=value|name=value`;
+/// `status=N` sets the status)
 /// and the request's number as its body; `304` with those headers when the
 /// request's `If-None-Match` is the listed `etag` (an origin that honours it).
 fn answer_as_told(number: usize, spec: &str, req: &HeaderMap) -> Response<Body> {
     let pairs: Vec<(&str, &str)> = spec.split('|').filter_map(|p| p.split_once('=')).collect();
     let etag = pairs.iter().find(|(k, _)| *k == "etag").map(|(_, v)| *v);
     let inm = req.get("if-none-match").and_then(|v| v.to_str().ok());
+    let status = pairs
+        .iter()
+        .find(|(k, _)| *k == "status")
+        .map_or(200, |(_, v)| v.parse().unwrap());
     let mut r = match etag.is_some() && inm == etag {
         true => text(304, ""),
-        false => text(200, format!("n={number}")),
+        false => text(status, format!("n={number}")),
     };
-    for (k, v) in pairs {
+    for (k, v) in pairs.into_iter().filter(|(k, _)| *k != "status") {
         r.headers_mut().append(
             http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
             v.parse().unwrap(),
