@@ -22,6 +22,7 @@ use crate::upstream::{build_client, upstream, Upstream, UpstreamError};
 #[derive(Debug)]
 pub struct Policy {
     pub access: Access,
+    pub cors: crate::cors::Cors,
     pub guard: Guard,
     pub upstream_429: Upstream429,
     /// Per-call series of this generation's clients.
@@ -32,6 +33,7 @@ impl Policy {
     fn new(cfg: &Config, metrics: &Metrics) -> Self {
         Self {
             access: Access::new(cfg),
+            cors: crate::cors::Cors::new(&cfg.cors),
             guard: Guard::new(&cfg.clients),
             upstream_429: cfg.admission.upstream_429,
             calls: CallMetrics::new(

@@ -19,6 +19,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod conn;
+pub mod cors;
 pub mod credential;
 pub mod error;
 pub mod guard;

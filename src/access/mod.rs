@@ -155,15 +155,27 @@ impl Access {
     }
 
     /// Applies the allow-list and the client keys; on success says who called.
-    pub fn authorize(&self, peer: IpAddr, headers: &HeaderMap) -> Result<Identity, AccessError> {
+    /// Whether the client address (through trusted proxies) is on the
+    /// allow-list, key or no key: what a browser's preflight, which carries
+    /// none, is held to.
+    pub fn admits_address(
+        &self,
+        peer: IpAddr,
+        headers: &HeaderMap,
+    ) -> Result<(IpAddr, Vec<IpAddr>), AccessError> {
         let (addr, forwarded) = self
             .client_addr(peer, headers)?
             .ok_or(AccessError::IpNotAllowed)?;
-        let via_trusted_proxy = self.trusted(peer);
-        let in_list = |list: &[IpNet]| list.iter().any(|n| n.contains(&addr));
-        if !in_list(&self.allow) {
+        if !self.allow.iter().any(|n| n.contains(&addr)) {
             return Err(AccessError::IpNotAllowed);
         }
+        Ok((addr, forwarded))
+    }
+
+    pub fn authorize(&self, peer: IpAddr, headers: &HeaderMap) -> Result<Identity, AccessError> {
+        let (addr, forwarded) = self.admits_address(peer, headers)?;
+        let via_trusted_proxy = self.trusted(peer);
+        let in_list = |list: &[IpNet]| list.iter().any(|n| n.contains(&addr));
         if self.clients.is_empty() {
             return Ok(Identity {
                 name: self.anonymous.clone(),

@@ -238,6 +238,13 @@ pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             humantime::format_duration(r.ttl)
         )?;
     }
+    let origins: Vec<String> = c
+        .cors
+        .allow_origins
+        .iter()
+        .map(|o| format!("\"{o}\""))
+        .collect();
+    writeln!(o, "\n[cors]\nallow_origins = [{}]", origins.join(", "))?;
     let format = match c.log.format {
         LogFormat::Text => "text",
         LogFormat::Json => "json",

@@ -7,6 +7,7 @@
 
 mod cache;
 mod clients;
+mod cors;
 mod credential;
 mod describe;
 mod env;

@@ -30,6 +30,15 @@ pub(crate) struct RawConfig {
     pub(crate) log: RawLog,
     #[serde(default)]
     pub(crate) cache: RawCache,
+    #[serde(default)]
+    pub(crate) cors: RawCors,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCors {
+    #[serde(default)]
+    pub(crate) allow_origins: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

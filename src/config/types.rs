@@ -27,8 +27,17 @@ pub struct Config {
     pub store: StoreConfig,
     pub log: LogConfig,
     pub cache: CacheConfig,
+    /// Browser origins whose calls are answered with CORS headers.
+    pub cors: CorsConfig,
     /// Keys set from the environment, for `check` to name their variable.
     pub from_env: Vec<super::env::FromEnv>,
+}
+
+/// `[cors]` (SPEC §9.4): the browser origins allowed to call, each as
+/// `scheme://host[:port]`, lower-case, no trailing `/`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CorsConfig {
+    pub allow_origins: Vec<String>,
 }
 
 /// Quota savings (SPEC §8): identical GETs in flight share one call, and

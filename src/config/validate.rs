@@ -168,6 +168,7 @@ impl Validator<'_> {
         }
         let log = self.log(raw.log)?;
         let cache = self.cache(raw.cache)?;
+        let cors = self.cors(raw.cors)?;
         Ok(Config {
             source: self.path.to_owned(),
             server,
@@ -180,6 +181,7 @@ impl Validator<'_> {
             store,
             log,
             cache,
+            cors,
             from_env: Vec::new(),
         })
     }

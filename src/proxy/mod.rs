@@ -9,6 +9,7 @@ mod admit;
 mod buffer;
 mod cached;
 mod check;
+mod cors;
 #[cfg(test)]
 mod fault_props;
 mod forward;
@@ -114,6 +115,10 @@ pub fn stack(
         // sane), which every stage's logs carry and every answer returns,
         // error envelopes included.
         .layer(AppLayer::<observe::Observe>::new(app.clone()))
+        // Browser callers: a CORS preflight is answered here (no key, no
+        // quota, never sent to Dastra); an allowed origin's answers carry the
+        // CORS grant, refusals included (so outside the rescue stage).
+        .layer(AppLayer::<cors::Browser>::new(app.clone()))
         // The one place a stage's error becomes its JSON envelope (error.rs);
         // everything below answers with typed errors.
         .layer(rescue::RescueLayer)
