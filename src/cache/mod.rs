@@ -171,6 +171,7 @@ pub struct Cache {
     store: Mutex<Store>,
     flights: Mutex<HashMap<Key, Arc<Board>>>,
     metrics: Metrics,
+    saved_cached: prometheus::IntCounter,
 }
 
 impl std::fmt::Debug for Cache {
@@ -185,6 +186,7 @@ impl Cache {
             cfg: ArcSwap::from_pointee(cfg.clone()),
             store: Mutex::new(Store::default()),
             flights: Mutex::new(HashMap::new()),
+            saved_cached: metrics.quota_saved_total.with_label_values(&["cached"]),
             metrics,
         })
     }
@@ -317,10 +319,15 @@ impl Cache {
 
     /// Counts a call that spent no quota.
     pub fn saved(&self, how: &'static str) {
-        self.metrics
-            .quota_saved_total
-            .with_label_values(&[how])
-            .inc();
+        match how {
+            // Resolved once: a label lookup per hit cost ~300 instructions.
+            "cached" => self.saved_cached.inc(),
+            _ => self
+                .metrics
+                .quota_saved_total
+                .with_label_values(&[how])
+                .inc(),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Store> {

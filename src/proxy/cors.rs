@@ -34,6 +34,13 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
+        // Only browsers send `Origin`: every other call passes for one lookup.
+        if !req.headers().contains_key(http::header::ORIGIN) {
+            return BrowserFuture::Inner {
+                inner: self.inner.call(req),
+                origin: None,
+            };
+        }
         let policy = self.app.policy();
         if is_preflight(req.method(), req.headers()) {
             let peer = req.extensions().get::<ConnInfo>().map(|c| c.peer.ip());
@@ -43,7 +50,9 @@ where
                 let mut resp = Response::new(Body::empty());
                 *resp.status_mut() = status;
                 *resp.headers_mut() = headers;
-                return BrowserFuture::Answered { resp: Some(resp) };
+                return BrowserFuture::Answered {
+                    resp: Some(Box::new(resp)),
+                };
             }
         }
         let origin = policy.cors.allowed(req.headers()).cloned();
@@ -58,7 +67,8 @@ pin_project! {
     #[project = BrowserProj]
     pub(crate) enum BrowserFuture<F> {
         Inner { #[pin] inner: F, origin: Option<HeaderValue> },
-        Answered { resp: Option<Response<Body>> },
+        // Boxed: every call's future is as large as its largest variant.
+        Answered { resp: Option<Box<Response<Body>>> },
     }
 }
 
@@ -71,7 +81,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             BrowserProj::Answered { resp } => {
-                Poll::Ready(Ok(resp.take().expect("polled after its answer")))
+                Poll::Ready(Ok(*resp.take().expect("polled after its answer")))
             }
             BrowserProj::Inner { inner, origin } => {
                 let mut resp = std::task::ready!(inner.poll(cx))?;

@@ -80,7 +80,7 @@ where
     if declared.is_some_and(|n| n > max_entry) {
         land(&mut flight, Landing::Own);
         let mut resp = resp;
-        set_status(&mut resp, miss);
+        set_status(&mut resp, miss.clone());
         return Ok(resp);
     }
     let (parts, mut body) = resp.into_parts();

@@ -15,7 +15,9 @@ use http::{header, HeaderValue, Method, Request, Response};
 use tokio::time::Instant;
 use tower::{Service, ServiceExt as _};
 
-use super::cached::{ask_if_changed, respond, respond_not_modified, respond_with, set_status, Fwd};
+use super::cached::{
+    ask_if_changed, fixed, respond, respond_not_modified, respond_with, set_status, Fwd,
+};
 use super::headers::add_ratelimit_fields;
 use super::layer::AppStage;
 use super::lead::{lead, Keep};
@@ -132,7 +134,7 @@ where
                         .freshness
                         .usable_behind(&asks, now, cfg.stale_while_revalidate) =>
                 {
-                    let stale = Some("dastra-proxy; hit; stale");
+                    let stale = Some(fixed("dastra-proxy; hit; stale"));
                     let resp = self.hit(&key, &stored, &req, kind, stale, now);
                     if kind == Sharing::Plain && !head {
                         let keep = Keep {
@@ -222,12 +224,8 @@ where
                     match landing {
                         Landing::Answer(snap) => {
                             cache.saved("coalesced");
-                            let mut resp = respond_with(
-                                &snap,
-                                false,
-                                "dastra-proxy; fwd=uri-miss; collapsed",
-                                false,
-                            );
+                            let collapsed = fixed("dastra-proxy; fwd=uri-miss; collapsed");
+                            let mut resp = respond_with(&snap, false, collapsed, false);
                             if let Some(a) = app.quotas.existing(&key.quota) {
                                 add_ratelimit_fields(resp.headers_mut(), &a);
                             }
@@ -243,7 +241,7 @@ where
                         // Too large to share, or the lead broke off: a call of its own.
                         Landing::Own => {
                             let mut resp = inner.ready().await?.call(req).await?;
-                            set_status(&mut resp, "dastra-proxy; fwd=uri-miss");
+                            set_status(&mut resp, fixed("dastra-proxy; fwd=uri-miss"));
                             Ok(resp)
                         }
                     }
@@ -285,22 +283,19 @@ where
         stored: &Stored,
         req: &Request<Body>,
         kind: Sharing,
-        status: Option<&str>,
+        status: Option<HeaderValue>,
         now: Instant,
     ) -> Response<Body> {
         self.app.cache.saved("cached");
-        let mut buf = String::new();
-        let status = match status {
-            Some(s) => s,
-            None => {
-                // Written, not formatted: this is the hit path.
-                let left = stored.freshness.left(now).as_secs();
-                buf.reserve(40);
-                buf.push_str("dastra-proxy; hit; ttl=");
-                buf.push_str(itoa::Buffer::new().format(left));
-                &buf
-            }
-        };
+        let status = status.unwrap_or_else(|| {
+            // Written into one buffer, not formatted: this is the hit path.
+            let left = stored.freshness.left(now).as_secs();
+            let mut b = bytes::BytesMut::with_capacity(32);
+            b.extend_from_slice(b"dastra-proxy; hit; ttl=");
+            b.extend_from_slice(itoa::Buffer::new().format(left).as_bytes());
+            HeaderValue::from_maybe_shared(b.freeze())
+                .unwrap_or_else(|_| fixed("dastra-proxy; hit"))
+        });
         let conditional = kind == Sharing::Conditional;
         let mut resp = if conditional && not_modified(req.headers(), &stored.snap) {
             respond_not_modified(stored, status, now)

@@ -51,7 +51,8 @@ pub(super) async fn or_stale(
         tracing::info!(error = %e, "answered from a stale cache entry");
     }
     cache.saved("stale");
-    let mut resp = super::cached::respond_with(&snap, false, "dastra-proxy; hit; stale", false);
+    let stale = super::cached::fixed("dastra-proxy; hit; stale");
+    let mut resp = super::cached::respond_with(&snap, false, stale, false);
     if let Some(a) = app.quotas.existing(&key.quota) {
         add_ratelimit_fields(resp.headers_mut(), &a);
     }
