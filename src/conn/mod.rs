@@ -54,6 +54,17 @@ pub struct ConnLimits {
 
 impl ConnLimits {
     pub fn new(max: usize, per_ip: usize, metrics: Metrics) -> Arc<Self> {
+        // Every reason's series exists from start-up, at 0 (SPEC §9.4).
+        for r in [
+            Refused::MaxConnections,
+            Refused::PerIp,
+            Refused::HeaderTimeout,
+            Refused::Idle,
+        ] {
+            metrics
+                .connections_refused_total
+                .with_label_values(&[r.label()]);
+        }
         Arc::new(Self {
             max,
             per_ip,
