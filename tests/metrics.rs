@@ -189,6 +189,10 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
 
     let mut failures = Vec::new();
     for expr in dashboard_queries() {
+        // Series only an instance serving TLS has (this one does not).
+        if expr.contains("dastra_proxy_tls_cert_expiry_timestamp_seconds") {
+            continue;
+        }
         let e = expr
             .replace("$instance", ".*")
             .replace("$__rate_interval", "1m");

@@ -207,7 +207,7 @@ fn leaf(pki: &TestPki) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_inbound_certificate_and_a_broken_pair_keeps_the_old() {
     let up = MockUpstream::start().await;
-    let (a, b) = (TestPki::new(), TestPki::new());
+    let (a, b) = (TestPki::new(), TestPki::expiring(Some((2031, 5, 17))));
     let dir = tempfile::tempdir().unwrap();
     let (crt, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
     std::fs::write(&crt, &a.cert_pem).unwrap();
@@ -225,12 +225,29 @@ async fn sighup_reloads_the_inbound_certificate_and_a_broken_pair_keeps_the_old(
     std::fs::write(&crt, &b.cert_pem).unwrap();
     std::fs::write(&key, &b.key_pem).unwrap();
     let c = client();
+    let expiry = |c: TestClient| {
+        let url = format!("http://{}/metrics", proxy.admin);
+        async move {
+            let m = String::from_utf8_lossy(&get(&c, &url).await.body).into_owned();
+            m.lines()
+                .find_map(|l| {
+                    l.strip_prefix(
+                        "dastra_proxy_tls_cert_expiry_timestamp_seconds{listener=\"proxy\"} ",
+                    )
+                })
+                .map(str::to_owned)
+        }
+    };
+    // rcgen's default: 4096-01-01T00:00:00Z.
+    assert_eq!(expiry(c.clone()).await.as_deref(), Some("67090118400"));
     hup(&c, &proxy, "ok", 1.0).await;
     assert_eq!(
         presented(port, &[&a, &b]).await,
         leaf(&b),
         "the rotated pair"
     );
+    // 2031-05-17T00:00:00Z: the expiry follows the pair in use.
+    assert_eq!(expiry(c.clone()).await.as_deref(), Some("1936742400"));
     std::fs::write(&key, "not a key\n").unwrap();
     hup(&c, &proxy, "error", 1.0).await;
     assert_eq!(

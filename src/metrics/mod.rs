@@ -56,6 +56,9 @@ pub struct Families {
     /// When this process started (Unix seconds): every counter is since then.
     pub process_start_time_seconds: prometheus::Gauge,
     pub config_reloads_total: IntCounterVec,
+    /// When the inbound TLS certificate expires (Unix seconds); a series
+    /// only while the proxy serves TLS, so no alert fires without it.
+    pub tls_cert_expiry_timestamp_seconds: IntGaugeVec,
 }
 
 impl std::ops::Deref for Metrics {
@@ -209,6 +212,13 @@ impl Metrics {
                     "Configuration reloads on SIGHUP, by result."
                 ),
                 &["result"]
+            )),
+            tls_cert_expiry_timestamp_seconds: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "tls_cert_expiry_timestamp_seconds",
+                    "When the inbound TLS certificate (server.tls.cert_file) expires, in Unix seconds."
+                ),
+                &["listener"]
             )),
             registry,
         };

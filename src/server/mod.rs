@@ -78,7 +78,9 @@ impl Running {
         let (Some(current), Some(files)) = (&self.tls, &self.app.config.server.tls) else {
             return Ok(false);
         };
-        current.store(Arc::new(tls_acceptor(files)?));
+        let (acceptor, expires) = tls_acceptor(files)?;
+        current.store(Arc::new(acceptor));
+        cert_expiry(&self.app.metrics, expires);
         Ok(true)
     }
 
@@ -111,7 +113,10 @@ pub async fn start(config: Config, metrics: Metrics) -> Result<Running, StartErr
         .as_ref()
         .map(tls_acceptor)
         .transpose()?
-        .map(|a| Arc::new(arc_swap::ArcSwap::from_pointee(a)));
+        .map(|(a, expires)| {
+            cert_expiry(&metrics, expires);
+            Arc::new(arc_swap::ArcSwap::from_pointee(a))
+        });
     let bind = |addr: SocketAddr, what: &'static str| {
         let err = |source| StartError::Bind { addr, what, source };
         let listener = listen(addr).map_err(err)?;
@@ -209,7 +214,26 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
-fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, StartError> {
+/// `tls_cert_expiry_timestamp_seconds` for the pair now in use.
+fn cert_expiry(metrics: &Metrics, expires: Option<i64>) {
+    let g = metrics
+        .tls_cert_expiry_timestamp_seconds
+        .with_label_values(&["proxy"]);
+    match expires {
+        Some(t) => g.set(t),
+        None => tracing::warn!("the inbound TLS certificate's expiry could not be read"),
+    }
+}
+
+/// When a DER certificate stops being valid, in Unix seconds.
+fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
+    use x509_parser::prelude::FromDer as _;
+    let (_, c) = x509_parser::certificate::X509Certificate::from_der(cert.as_ref()).ok()?;
+    Some(c.validity().not_after.timestamp())
+}
+
+/// The acceptor for the pair, and when its (first, leaf) certificate expires.
+fn tls_acceptor(files: &TlsFiles) -> Result<(TlsAcceptor, Option<i64>), StartError> {
     let err = |path: &PathBuf, message: String| StartError::Tls {
         key: if *path == files.key_file {
             "server.tls.key_file"
@@ -226,6 +250,7 @@ fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, StartError> {
     if certs.is_empty() {
         return Err(err(&files.cert_file, "holds no PEM certificate".into()));
     }
+    let expires = not_after(&certs[0]);
     let key = PrivateKeyDer::from_pem_file(&files.key_file)
         .map_err(|e| err(&files.key_file, e.to_string()))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(crate::upstream::crypto_provider())
@@ -240,5 +265,5 @@ fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, StartError> {
             )
         })?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(cfg)))
+    Ok((TlsAcceptor::from(Arc::new(cfg)), expires))
 }

@@ -34,6 +34,12 @@ pub struct TestPki {
 
 impl TestPki {
     pub fn new() -> Self {
+        Self::expiring(None)
+    }
+
+    /// A PKI whose leaf stops being valid at midnight UTC of `(y, m, d)`
+    /// (rcgen's far-future default without one).
+    pub fn expiring(ymd: Option<(i32, u8, u8)>) -> Self {
         use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -42,8 +48,11 @@ impl TestPki {
             .push(rcgen::DnType::CommonName, "dastra-proxy test CA");
         let ca_key = KeyPair::generate().unwrap();
         let ca = ca_params.self_signed(&ca_key).unwrap();
-        let leaf_params =
+        let mut leaf_params =
             CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        if let Some((y, m, d)) = ymd {
+            leaf_params.not_after = rcgen::date_time_ymd(y, m, d);
+        }
         let leaf_key = KeyPair::generate().unwrap();
         let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
         let dir = tempfile::tempdir().unwrap();
