@@ -146,7 +146,27 @@ async fn quota(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
     let uptime = (now - app.metrics.process_start_time_seconds.get()).max(0.0);
-    let rejected = app.metrics.rejected_total.collect_by_code();
+    let rejected = app.metrics.rejected_total.sum_by("code");
+    // Who used the gateway: calls answered and refused per client since
+    // start, and who waits now.
+    let calls = app.metrics.requests_total.sum_by("client");
+    let refused = app.metrics.rejected_total.sum_by("client");
+    let mut clients = serde_json::Map::new();
+    for name in calls.keys().chain(refused.keys()) {
+        let n = |m: &serde_json::Map<String, serde_json::Value>| {
+            m.get(name).cloned().unwrap_or(json!(0))
+        };
+        let waiting: usize = snaps
+            .iter()
+            .flat_map(|s| s.queue.iter())
+            .filter(|(c, _)| &**c == name.as_str())
+            .map(|(_, n)| *n)
+            .sum();
+        clients.insert(
+            name.clone(),
+            json!({ "calls": n(&calls), "refused": n(&refused), "waiting": waiting }),
+        );
+    }
     Json(json!({
         "windows": first["windows"],
         "paused_seconds": first["paused_seconds"],
@@ -154,6 +174,7 @@ async fn quota(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
         "queue_total": admissions.iter().map(|a| a.waiting()).sum::<usize>(),
         "keys": keys.len(),
         "rejected": rejected,
+        "clients": clients,
         "upstream": {
             "url": app.config.upstream.origin(),
             "responses_429": app.metrics.upstream_429_total.get(),
@@ -192,13 +213,14 @@ fn sent_upstream(h: &prometheus::HistogramVec) -> u64 {
         .sum()
 }
 
-/// Sums `rejected_total` over clients, by code, for the status page.
-trait ByCode {
-    fn collect_by_code(&self) -> serde_json::Map<String, serde_json::Value>;
+/// Sums a counter's series by one label (`rejected_total` by code, calls
+/// by client), for the status page.
+trait SumBy {
+    fn sum_by(&self, label: &str) -> serde_json::Map<String, serde_json::Value>;
 }
 
-impl ByCode for prometheus::IntCounterVec {
-    fn collect_by_code(&self) -> serde_json::Map<String, serde_json::Value> {
+impl SumBy for prometheus::IntCounterVec {
+    fn sum_by(&self, label: &str) -> serde_json::Map<String, serde_json::Value> {
         use prometheus::core::Collector as _;
         let mut out = serde_json::Map::new();
         for mf in self.collect() {
@@ -206,7 +228,7 @@ impl ByCode for prometheus::IntCounterVec {
                 let code = m
                     .get_label()
                     .iter()
-                    .find(|l| l.name() == "code")
+                    .find(|l| l.name() == label)
                     .map(|l| l.value().to_owned());
                 if let Some(code) = code {
                     let v = m.get_counter().get_value() as u64;

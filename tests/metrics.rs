@@ -292,3 +292,43 @@ async fn every_metric_the_proxy_exposes_has_a_panel() {
     assert!(missing.is_empty(), "metrics without a panel: {missing:?}");
     proxy.shutdown().await;
 }
+
+/// Who spent the quota: `/quota` (and the status page's Clients table) has
+/// each client's calls and refusals since start and who waits now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_says_who_used_the_gateway() {
+    let (crm, bi) = (
+        "crm-client-key-CCCCCCCCCCCCCCCCCCCCCCCCCC",
+        "bi-client-key-DDDDDDDDDDDDDDDDDDDDDDDDDDD",
+    );
+    let extra = format!(
+        "[[limits]]\nrequests = 3\nper = \"1m\"\n[admission]\non_limit = \"reject\"\n\
+         [[clients]]\nname = \"crm\"\nkey_sha256 = \"{}\"\n[[clients]]\nname = \"bi\"\nkey_sha256 = \"{}\"\n",
+        dastra_proxy::access::hash_key(crm),
+        dastra_proxy::access::hash_key(bi)
+    );
+    let up = MockUpstream::start().await;
+    let proxy = TestProxy::start(&up, &extra).await;
+    let c = client();
+    for (key, n) in [(crm, 2), (bi, 4)] {
+        for i in 0..n {
+            let url = proxy.url(&format!("/v1/x/{i}"));
+            send(&c, Method::GET, &url, &[("x-api-key", key)], Body::empty()).await;
+        }
+    }
+    let q = get(&c, &proxy.admin_url("/quota")).await.json();
+    let cl = &q["clients"];
+    assert_eq!(
+        cl["crm"],
+        serde_json::json!({"calls": 2, "refused": 0, "waiting": 0}),
+        "{q}"
+    );
+    assert_eq!(
+        cl["bi"],
+        serde_json::json!({"calls": 4, "refused": 3, "waiting": 0}),
+        "{q}"
+    );
+    let page = String::from_utf8_lossy(&get(&c, &proxy.admin_url("/")).await.body).into_owned();
+    assert!(page.contains("<h2>Clients</h2>") && page.contains("q.clients"));
+    proxy.shutdown().await;
+}
