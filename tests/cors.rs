@@ -31,12 +31,6 @@ async fn preflight(c: &TestClient, url: &str, origin: &str) -> Reply {
     send(c, Method::OPTIONS, url, &h, Body::empty()).await
 }
 
-async fn used(c: &TestClient, p: &TestProxy) -> u64 {
-    get(c, &p.admin_url("/quota")).await.json()["windows"][0]["used"]
-        .as_u64()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_preflight_is_answered_here_without_a_key_or_a_slot() {
     let up = MockUpstream::start().await;
@@ -61,7 +55,7 @@ async fn a_preflight_is_answered_here_without_a_key_or_a_slot() {
     assert_eq!(other.header("access-control-allow-origin"), None);
     assert_eq!(other.header("access-control-allow-methods"), None);
     assert_eq!(up.count(), 0, "no preflight reached Dastra");
-    assert_eq!(used(&c, &p).await, 0, "nor took a slot");
+    assert_eq!(window_used(&c, &p).await, 0, "nor took a slot");
     // A plain OPTIONS (no Origin) is still a call like any, keyed.
     let plain = send(&c, Method::OPTIONS, &url, &[], Body::empty()).await;
     assert_eq!(plain.code(), "unauthenticated");

@@ -26,12 +26,6 @@ fn calls(up: &MockUpstream, path: &str) -> Vec<support::upstream::Recorded> {
     up.log().into_iter().filter(|r| r.target == path).collect()
 }
 
-async fn quota_used(c: &TestClient, p: &TestProxy) -> u64 {
-    get(c, &p.admin_url("/quota")).await.json()["windows"][0]["used"]
-        .as_u64()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_dastra_marked_stale_is_never_served_without_asking() {
     let up = MockUpstream::start().await;
@@ -81,7 +75,7 @@ async fn a_stale_entry_is_revalidated_and_dastras_304_refreshes_it() {
     )
     .await;
     assert_eq!(first.body, "n=1");
-    let used = quota_used(&c, &p).await;
+    let used = window_used(&c, &p).await;
     // Stale at once: asked with its ETag; the 304 becomes the stored 200.
     let second = fetch(
         &c,
@@ -103,7 +97,7 @@ async fn a_stale_entry_is_revalidated_and_dastras_304_refreshes_it() {
     assert_eq!(log.len(), 2);
     assert_eq!(log[1].headers["if-none-match"], "\"v1\"");
     assert_eq!(
-        quota_used(&c, &p).await,
+        window_used(&c, &p).await,
         used + 1,
         "a revalidation is a send"
     );
@@ -135,7 +129,7 @@ async fn only_if_cached_answers_from_the_cache_or_504_spending_nothing() {
         (504, "not_cached".to_owned())
     );
     assert_eq!(up.count(), 0, "nothing sent");
-    assert_eq!(quota_used(&c, &p).await, 0, "no slot spent");
+    assert_eq!(window_used(&c, &p).await, 0, "no slot spent");
     fetch(&c, &url, "cache-control=max-age=3600", &[]).await;
     let hit = fetch(&c, &url, "cache-control=max-age=3600", &ask).await;
     assert_eq!((hit.status.as_u16(), &hit.body[..]), (200, &b"n=1"[..]));

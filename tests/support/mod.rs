@@ -397,6 +397,13 @@ pub async fn get(c: &TestClient, url: &str) -> Reply {
     send(c, Method::GET, url, &[], Body::empty()).await
 }
 
+/// Sends the first window holds now, as the proxy's `/quota` says.
+pub async fn window_used(c: &TestClient, p: &TestProxy) -> u64 {
+    get(c, &p.admin_url("/quota")).await.json()["windows"][0]["used"]
+        .as_u64()
+        .unwrap()
+}
+
 /// A real `redis-server` on a free loopback port, stopped on drop.
 pub struct RedisServer {
     pub child: Child,
