@@ -119,6 +119,8 @@ async fn quota(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
                     "seconds_until_free": if w.used >= w.limit { w.frees_in.as_secs_f64() } else { 0.0 },
                     "seconds_until_oldest_expires": w.frees_in.as_secs_f64(),
                     "retry_after": if w.used >= w.limit { ceil_secs(w.frees_in) } else { 0 },
+                    "period_seconds": w.period.as_secs_f64(),
+                    "sends": w.sends,
                 })).collect::<Vec<_>>(),
                 "paused_seconds": s.paused_for.map(|d| d.as_secs_f64()),
                 "queue": s.queue.iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),

@@ -328,7 +328,16 @@ async fn quota_says_who_used_the_gateway() {
         serde_json::json!({"calls": 4, "refused": 3, "waiting": 0}),
         "{q}"
     );
+    // The status page's chart: the window's sends, binned over its period.
+    let sends: Vec<u64> = q["windows"][0]["sends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!((sends.len(), sends.iter().sum::<u64>()), (30, 3), "{q}");
     let page = String::from_utf8_lossy(&get(&c, &proxy.admin_url("/")).await.body).into_owned();
     assert!(page.contains("<h2>Clients</h2>") && page.contains("q.clients"));
+    assert!(page.contains("<svg class=\"sends\""));
     proxy.shutdown().await;
 }

@@ -52,7 +52,13 @@ impl Admission {
         let mut snap = self.snapshot();
         if let Some(remote) = &self.inner.remote {
             match remote.store.peek().await {
-                Ok(windows) => snap.windows = windows,
+                Ok(mut windows) => {
+                    // The chart: this replica's own sends (Redis counts, it does not log).
+                    for (shared, own) in windows.iter_mut().zip(&mut snap.windows) {
+                        shared.sends = std::mem::take(&mut own.sends);
+                    }
+                    snap.windows = windows;
+                }
                 Err(e) => remote.failed("peek", &e),
             }
         }

@@ -98,6 +98,7 @@ mod tests {
 
     fn state(name: &str, limit: u32, secs: u64, used: u32, frees_ms: u64) -> WindowState {
         WindowState {
+            sends: Vec::new(),
             name: name.into(),
             limit,
             period: Duration::from_secs(secs),

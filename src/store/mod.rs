@@ -241,6 +241,9 @@ impl RedisStore {
                 period: l.per,
                 used: *used,
                 frees_in: Duration::from_micros(*frees),
+                // Redis keeps the count, not who sent: filled in from this
+                // replica's own log by the caller.
+                sends: Vec::new(),
             })
             .collect())
     }

@@ -101,6 +101,21 @@ impl Window {
         }
     }
 
+    /// Sends landed in the last `period` by bin, oldest first.
+    fn binned(&self, now: Instant) -> Vec<u32> {
+        let mut bins = vec![0u32; BINS];
+        let period = self.period.as_nanos().max(1);
+        for t in &self.log {
+            let age = now.saturating_duration_since(*t).as_nanos();
+            if age < period {
+                let from_end = (age * BINS as u128 / period) as usize;
+                bins[BINS - 1 - from_end] += 1;
+            }
+        }
+        bins[BINS - 1] += self.in_flight.len() as u32;
+        bins
+    }
+
     fn used(&self) -> usize {
         self.log.len() + self.in_flight.len()
     }
@@ -126,7 +141,13 @@ pub struct WindowState {
     pub used: u32,
     /// Until the oldest counted send leaves the window (zero when empty).
     pub frees_in: Duration,
+    /// This process's sends over the last `period` in 30 equal bins,
+    /// oldest first (calls in flight in the last): the status page's chart.
+    pub sends: Vec<u32>,
 }
+
+/// Bins of [`WindowState::sends`].
+const BINS: usize = 30;
 
 /// The windows of one quota key, decided and recorded together.
 #[derive(Debug, Clone)]
@@ -291,6 +312,7 @@ impl WindowSet {
                     period: w.period,
                     used: w.used() as u32,
                     frees_in: w.frees_in(now),
+                    sends: w.binned(now),
                 }
             })
             .collect()

@@ -106,6 +106,33 @@ fn snapshot_reports_used_and_time_to_free() {
 }
 
 #[test]
+fn the_status_pages_chart_bins_sends_oldest_first() {
+    let t0 = Instant::now();
+    let mut w = WindowSet::new(&limits(&[(10, 30_000)]), Duration::ZERO);
+    for s in [0, 15, 29] {
+        w.record(t0 + Duration::from_secs(s));
+    }
+    w.try_admit(t0 + Duration::from_secs(29)).unwrap();
+    let sends = w
+        .snapshot(t0 + Duration::from_millis(29_500))
+        .remove(0)
+        .sends;
+    assert_eq!(sends.len(), 30);
+    let mut want = vec![0u32; 30];
+    (want[0], want[15], want[29]) = (1, 1, 2);
+    assert_eq!(sends, want, "the one in flight counts in the last bin");
+    let later = w
+        .snapshot(t0 + Duration::from_millis(30_500))
+        .remove(0)
+        .sends;
+    assert_eq!(
+        later.iter().sum::<u32>(),
+        3,
+        "the first send left the period"
+    );
+}
+
+#[test]
 fn carry_keeps_recorded_sends_across_a_change_of_n_or_w() {
     let t0 = Instant::now();
     let mut old = WindowSet::new(&limits(&[(4, 1000)]), Duration::ZERO);
