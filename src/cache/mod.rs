@@ -1,7 +1,9 @@
 //! Quota savings: identical GETs in flight share one upstream call
-//! ([`Cache::join`]), and answers to paths a `[[cache.rules]]` names are kept
-//! for its ttl ([`Cache::get`]). Neither spends quota. Keys hold the quota key
-//! (the credential the call goes out with), so two credentials never share.
+//! ([`Cache::join`]), and answers to paths a `[[cache.rules]]` names are
+//! stored as RFC 9111 allows, for at most its ttl ([`Cache::store`],
+//! [`Cache::lookup`]; `freshness` says for how long each may be used).
+//! Neither spends quota. Keys hold the quota key (the credential the call
+//! goes out with), so two credentials never share.
 
 pub mod directives;
 pub mod freshness;

@@ -49,7 +49,7 @@ pub struct CacheConfig {
     pub max_entry: u64,
     /// All cached answers together (LRU beyond it).
     pub max_bytes: u64,
-    /// How long past its ttl an entry may still answer when Dastra fails,
+    /// How long past its freshness an entry may still answer when Dastra fails,
     /// the breaker is open or the quota is used up.
     pub stale_if_error: std::time::Duration,
     /// How long past its freshness an entry may still answer while one
