@@ -138,11 +138,80 @@ fn age_counts_dastras_age_the_date_gap_and_the_flight() {
         "Date 50 s before it arrived"
     );
     assert_eq!(f.age(now + Duration::from_secs(7)), Duration::from_secs(57));
+    assert_eq!(
+        f.left(now + Duration::from_secs(7)),
+        Duration::from_secs(43),
+        "Cache-Status ttl="
+    );
+    assert_eq!(f.left(now + Duration::from_secs(70)), Duration::ZERO);
     assert!(f.usable(&asks, now + Duration::from_secs(49)));
     assert!(
         !f.usable(&asks, now + Duration::from_secs(50)),
         "fresh while age < lifetime"
     );
+}
+
+#[test]
+fn stale_while_revalidate_holds_only_inside_its_window_and_for_plain_asks() {
+    let t0 = Instant::now();
+    let f = Freshness {
+        stored_at: t0,
+        initial_age: Duration::ZERO,
+        lifetime: Duration::from_secs(10),
+        no_cache: false,
+        strict: false,
+        validators: true,
+        behind: Duration::from_secs(5),
+    };
+    let plain = directives::Request::default();
+    let at = |s: u64, ms: u64| t0 + Duration::from_secs(s) + Duration::from_millis(ms);
+    let none = Duration::ZERO;
+    assert!(
+        !f.usable_behind(&plain, at(9, 999), none),
+        "still fresh: a plain hit"
+    );
+    assert!(
+        f.usable_behind(&plain, at(10, 0), none),
+        "stale from its lifetime on"
+    );
+    assert!(f.usable_behind(&plain, at(14, 999), none));
+    assert!(
+        !f.usable_behind(&plain, at(15, 0), none),
+        "the window is 5 s past freshness"
+    );
+    assert!(
+        f.usable_behind(&plain, at(19, 0), Duration::from_secs(10)),
+        "a longer allowance counts"
+    );
+    assert!(!f.usable_behind(&plain, at(21, 0), Duration::from_secs(10)));
+    for (what, g) in [
+        (
+            "no-cache entry",
+            Freshness {
+                no_cache: true,
+                ..f
+            },
+        ),
+        ("must-revalidate entry", Freshness { strict: true, ..f }),
+    ] {
+        assert!(!g.usable_behind(&plain, at(11, 0), none), "{what}");
+    }
+    for ask in [
+        directives::Request {
+            no_cache: true,
+            ..plain
+        },
+        directives::Request {
+            max_age: Some(60),
+            ..plain
+        },
+        directives::Request {
+            min_fresh: Some(1),
+            ..plain
+        },
+    ] {
+        assert!(!f.usable_behind(&ask, at(11, 0), none), "{ask:?}");
+    }
 }
 
 /// What a generated answer and request say, in plain numbers.
