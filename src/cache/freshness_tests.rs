@@ -214,6 +214,34 @@ fn stale_while_revalidate_holds_only_inside_its_window_and_for_plain_asks() {
     }
 }
 
+#[test]
+fn validators_are_an_etag_or_a_last_modified_and_dates_in_any_case() {
+    let now = Instant::now();
+    let asks = directives::Request::default();
+    let ttl = Duration::from_secs(60);
+    let validators = |pairs: &[(&'static str, String)]| {
+        storable(StatusCode::OK, &headers(pairs), &asks, timing(0, now), ttl)
+            .unwrap()
+            .freshness
+            .validators
+    };
+    assert!(validators(&[("etag", "\"a\"".into())]));
+    assert!(validators(&[(
+        "last-modified",
+        httpdate::fmt_http_date(base())
+    )]));
+    assert!(!validators(&[]));
+    let at = parse_date("THU, 18 AUG 2050 02:01:18 GMT").unwrap();
+    assert_eq!(Some(at), parse_date("Thu, 18 Aug 2050 02:01:18 GMT"));
+    for bad in [
+        "Thu, 18 Aug 2050 02:01:18 UTC",
+        "Thu, 18 Aug 50 02:01:18 GMT",
+        "soon",
+    ] {
+        assert_eq!(parse_date(bad), None, "{bad}");
+    }
+}
+
 /// What a generated answer and request say, in plain numbers.
 #[derive(Debug, Clone)]
 struct Case {
