@@ -381,3 +381,5 @@ fn resource(path: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod variant_tests;

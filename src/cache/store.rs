@@ -39,6 +39,9 @@ struct Variants {
     entries: Vec<Entry>,
 }
 
+/// Variants kept per key (see `put`).
+const MAX_VARIANTS: usize = 16;
+
 #[derive(Default)]
 pub(super) struct Store {
     map: HashMap<Key, Variants>,
@@ -113,13 +116,26 @@ impl Store {
         if size > max {
             return false;
         }
-        let gone: Vec<u64> = self.map.get(&key).map_or(Vec::new(), |v| {
+        let mut gone: Vec<u64> = self.map.get(&key).map_or(Vec::new(), |v| {
             v.entries
                 .iter()
                 .filter(|e| v.names != names || e.values == values)
                 .map(|e| e.id)
                 .collect()
         });
+        // A caller churning a header the answer varies by would otherwise
+        // grow one key's variants without end, and every lookup of that key
+        // scans them under the cache's lock: the least recently used goes.
+        if let Some(v) = self.map.get(&key) {
+            if v.entries.len() - gone.len() >= MAX_VARIANTS {
+                let oldest = v
+                    .entries
+                    .iter()
+                    .filter(|e| !gone.contains(&e.id))
+                    .min_by_key(|e| e.used);
+                gone.extend(oldest.map(|e| e.id));
+            }
+        }
         for id in gone {
             self.remove(&key, id);
         }

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use super::*;
 use crate::config::CacheConfig;
 
-fn cache(max_bytes: u64) -> Arc<Cache> {
+pub(super) fn cache(max_bytes: u64) -> Arc<Cache> {
     let cfg = CacheConfig {
         coalesce: true,
         max_entry: max_bytes,
@@ -44,7 +44,7 @@ fn get(c: &Cache, key: &Key, now: Instant) -> Option<(Arc<Snapshot>, Duration)> 
         .map(|s| (s.snap, s.freshness.left(now)))
 }
 
-fn key(quota: u8, target: &str) -> Key {
+pub(super) fn key(quota: u8, target: &str) -> Key {
     Key::of(QuotaKey([quota; 32]), target.as_bytes(), &HeaderMap::new())
 }
 
@@ -375,45 +375,4 @@ async fn an_expired_entry_is_kept_stale_for_stale_if_error_unless_it_must_revali
     assert!(c
         .get_stale(&key(1, "/a"), &none, t + Duration::from_secs(10))
         .is_none());
-}
-
-#[tokio::test(start_paused = true)]
-async fn variants_serve_only_requests_that_agree_on_what_they_vary_by() {
-    let c = cache(100_000);
-    let now = Instant::now();
-    let req = |v: Option<&'static str>| {
-        let mut h = HeaderMap::new();
-        if let Some(v) = v {
-            h.insert("x-t", v.parse().unwrap());
-        }
-        h
-    };
-    let asks = directives::Request::default();
-    let timing = Timing {
-        sent: SystemTime::now(),
-        received: SystemTime::now(),
-        now,
-    };
-    let ttl = Duration::from_secs(60);
-    for (i, v) in [Some("a"), Some("b"), None].into_iter().enumerate() {
-        let mut headers = HeaderMap::new();
-        headers.insert("vary", "X-T".parse().unwrap());
-        headers.insert("x-version", i.into());
-        let s = Arc::new(Snapshot {
-            status: StatusCode::OK,
-            headers,
-            body: Bytes::new(),
-        });
-        let st = freshness::storable(s.status, &s.headers, &asks, timing, ttl).unwrap();
-        assert!(c.store(key(1, "/v"), &req(v), s, st, ttl).is_some());
-    }
-    let version = |v: Option<&'static str>| {
-        c.lookup(&key(1, "/v"), &req(v), now)
-            .map(|s| s.snap.headers["x-version"].to_str().unwrap().to_owned())
-    };
-    assert_eq!(version(Some("a")).as_deref(), Some("0"));
-    assert_eq!(version(Some("b")).as_deref(), Some("1"));
-    assert_eq!(version(None).as_deref(), Some("2"));
-    assert_eq!(version(Some("c")), None);
-    assert_eq!(c.lock().len(), 3);
 }

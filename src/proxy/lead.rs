@@ -26,7 +26,7 @@ pub(super) struct Keep {
     /// The rule's ttl: the longest it is kept, and its heuristic freshness.
     pub ttl: Duration,
     /// The request's headers, for the ones the answer's `Vary` names.
-    pub req: HeaderMap,
+    pub req: Arc<HeaderMap>,
     pub asks: directives::Request,
     pub sent: SystemTime,
     /// The stored answer this call revalidates.

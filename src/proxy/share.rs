@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
@@ -139,7 +140,7 @@ where
                     if kind == Sharing::Plain && !head {
                         let keep = Keep {
                             ttl: ttl.unwrap_or_default(),
-                            req: req.headers().clone(),
+                            req: Arc::new(req.headers().clone()),
                             asks,
                             sent: SystemTime::now(),
                             base: stored.freshness.validators.then_some(stored),
@@ -174,22 +175,26 @@ where
             };
         }
         let max_entry = cfg.max_entry;
-        // Only a GET the cache keeps can be answered stale.
-        let stale = (!cfg.stale_if_error.is_zero() && ttl.is_some() && !head)
-            .then(|| req.headers().clone());
-        // HEAD never fills the cache (no body to keep).
-        let keep = ttl.filter(|_| !head).map(|ttl| {
-            Box::new(Keep {
-                ttl,
-                req: req.headers().clone(),
-                asks,
-                sent: SystemTime::now(),
-                base: base.clone(),
-            })
-        });
+        // HEAD never fills the cache (no body to keep). One copy of the
+        // request's headers as the caller sent them (for the answer's `Vary`),
+        // shared with the stale-if-error fallback: only a GET the cache keeps
+        // can be answered stale.
+        let headers = ttl
+            .filter(|_| !head)
+            .map(|_| Arc::new(req.headers().clone()));
         if let Some(b) = &base {
             ask_if_changed(&mut req, &b.snap);
         }
+        let stale = headers.clone().filter(|_| !cfg.stale_if_error.is_zero());
+        let keep = ttl.zip(headers).map(|(ttl, req)| {
+            Box::new(Keep {
+                ttl,
+                req,
+                asks,
+                sent: SystemTime::now(),
+                base,
+            })
+        });
         if !coalesce {
             let call = self.inner.call(req);
             let fut = lead(call, cache.clone(), key.clone(), keep, None, max_entry, fwd);

@@ -33,7 +33,7 @@ pub(super) async fn or_stale(
     call: impl Future<Output = Result<Response<Body>, ProxyError>>,
     cache: Arc<Cache>,
     key: Key,
-    req: HeaderMap,
+    req: Arc<HeaderMap>,
     app: Arc<App>,
 ) -> Result<Response<Body>, ProxyError> {
     let result = call.await;
