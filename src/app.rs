@@ -76,6 +76,8 @@ pub struct App {
     pub breaker: Arc<crate::breaker::Breaker>,
     /// What retries of failed calls may still spend.
     pub retry: crate::retry::RetryBudget,
+    /// Each call's trace, exported when `[tracing]` names a collector.
+    pub tracer: crate::trace::Tracer,
     policy: ArcSwap<Policy>,
 }
 
@@ -302,6 +304,7 @@ impl App {
                 metrics.breaker_open.clone(),
             ),
             policy: ArcSwap::from_pointee(Policy::new(&config, &metrics)),
+            tracer: crate::trace::Tracer::new(&config.tracing, config.upstream.connect_timeout),
             config,
             upstream,
             target,
@@ -331,12 +334,13 @@ impl App {
         let cred_changed = next.credential != *held;
         let cred_swaps = std::mem::discriminant(&next.credential) == std::mem::discriminant(&*held)
             && !matches!(next.credential, CredentialConfig::Passthrough { .. });
-        let fixed: [(&'static str, bool); 5] = [
+        let fixed: [(&'static str, bool); 6] = [
             ("[server]", next.server == cur.server),
             ("[upstream]", next.upstream == cur.upstream),
             ("[credential]", !cred_changed || cred_swaps),
             ("[store]", next.store == cur.store),
             ("[log]", next.log == cur.log),
+            ("[tracing]", next.tracing == cur.tracing),
         ];
         if let Some((section, _)) = fixed.iter().find(|(_, same)| !same) {
             return Err(ReloadError::NeedsRestart(changed_key(cur, next, section)));

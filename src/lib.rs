@@ -34,4 +34,5 @@ pub mod server;
 pub mod state_file;
 pub mod store;
 pub mod target;
+pub mod trace;
 pub mod upstream;

@@ -139,10 +139,11 @@ impl State {
     /// calls the weighted-fair order serves first (not behind every queued
     /// call), after any pause, with calls in flight landing at the earliest.
     /// O(clients + windows): no copy of the logs, no simulation.
-    fn project_for(&self, caller: &Caller, now: Instant) -> Instant {
+    /// Also says how many calls are served first (a trace's queue position).
+    fn project_for(&self, caller: &Caller, now: Instant) -> (Instant, usize) {
         let from = self.paused_until.map_or(now, |p| p.max(now));
         let ahead = self.queue.ahead_of(&caller.name, caller.weight);
-        self.windows.nth_start(ahead, from)
+        (self.windows.nth_start(ahead, from), ahead)
     }
 }
 
@@ -239,7 +240,7 @@ impl Admission {
             // waiting call's future 3 KB larger, memory store or not.
             return Box::pin(self.acquire_remote(remote, caller)).await;
         }
-        let (id, rx) = {
+        let (id, rx, ahead) = {
             let mut st = self.inner.lock();
             if st.closed {
                 return Err(Refusal::ShuttingDown);
@@ -259,7 +260,7 @@ impl Admission {
                     retry_at: blocked.max(now),
                 });
             }
-            let start = st.project_for(caller, now);
+            let (start, ahead) = st.project_for(caller, now);
             if start.duration_since(now) > st.max_wait {
                 return Err(st.exhausted(start, now));
             }
@@ -268,9 +269,10 @@ impl Admission {
             drop(st);
             queued(id);
             self.inner.wake.notify_one();
-            (id, rx)
+            (id, rx, ahead)
         };
-        self.wait_in_queue(caller, id, rx).await
+        let permit = self.wait_in_queue(caller, id, rx).await?;
+        Ok(permit.placed(ahead))
     }
 
     /// Waits for the releaser to hand this queued call its slot; leaves the

@@ -15,6 +15,8 @@ pub struct Permit {
     /// (or this replica's own share did, while Redis was unreachable).
     remote: Option<(u64, bool)>,
     waited: Duration,
+    /// How many calls the fair order served before this one, when it queued.
+    ahead: usize,
 }
 
 impl Permit {
@@ -23,6 +25,7 @@ impl Permit {
             inner: Some(inner),
             remote: None,
             waited,
+            ahead: 0,
         }
     }
 
@@ -31,12 +34,23 @@ impl Permit {
             inner: Some(inner),
             remote: Some((id, via_redis)),
             waited,
+            ahead: 0,
         }
     }
 
     /// How long the call waited in the queue.
     pub fn waited(&self) -> Duration {
         self.waited
+    }
+
+    /// Its place in the queue when it joined (0: it did not queue).
+    pub fn ahead(&self) -> usize {
+        self.ahead
+    }
+
+    pub(super) fn placed(mut self, ahead: usize) -> Self {
+        self.ahead = ahead;
+        self
     }
 
     /// The request is being sent: from here the slot is spent. With a state

@@ -218,7 +218,7 @@ impl Admission {
                         st.paused_until = None;
                         return Ok(self.inner.fallback_permit(Duration::ZERO));
                     }
-                    st.project_for(caller, now)
+                    st.project_for(caller, now).0
                 }
                 Answer::StartsAt(at) | Answer::Settling(at) => at.max(paused.unwrap_or(now)),
             };
@@ -247,7 +247,8 @@ impl Admission {
         // Queued before the next caller asks, so it counts this call ahead.
         drop(one);
         self.inner.wake.notify_one();
-        self.wait_in_queue(caller, id, rx).await
+        let permit = self.wait_in_queue(caller, id, rx).await?;
+        Ok(permit.placed(ahead))
     }
 }
 

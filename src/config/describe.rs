@@ -245,6 +245,17 @@ pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         .map(|o| format!("\"{o}\""))
         .collect();
     writeln!(o, "\n[cors]\nallow_origins = [{}]", origins.join(", "))?;
+    let t = &c.tracing;
+    writeln!(
+        o,
+        "\n[tracing]\notlp_endpoint = \"{}\"\nsample_ratio = {:?}\nservice_name = \"{}\"",
+        t.otlp_endpoint
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        t.sample_ratio,
+        t.service_name
+    )?;
     let format = match c.log.format {
         LogFormat::Text => "text",
         LogFormat::Json => "json",

@@ -13,6 +13,7 @@ mod describe;
 mod env;
 mod error;
 mod raw;
+mod traces;
 mod types;
 mod units;
 mod validate;

@@ -32,6 +32,16 @@ pub(crate) struct RawConfig {
     pub(crate) cache: RawCache,
     #[serde(default)]
     pub(crate) cors: RawCors,
+    #[serde(default)]
+    pub(crate) tracing: RawTracing,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTracing {
+    pub(crate) otlp_endpoint: Option<String>,
+    pub(crate) sample_ratio: Option<f64>,
+    pub(crate) service_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -29,8 +29,23 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Browser origins whose calls are answered with CORS headers.
     pub cors: CorsConfig,
+    /// OpenTelemetry traces of each call (`[tracing]`).
+    pub tracing: TracingConfig,
     /// Keys set from the environment, for `check` to name their variable.
     pub from_env: Vec<super::env::FromEnv>,
+}
+
+/// `[tracing]` (SPEC §9.4): where spans go, if anywhere. `None`: no
+/// exporter runs and a caller's `traceparent` is forwarded as it came.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingConfig {
+    /// The OTLP/HTTP traces URL (`…/v1/traces`), completed from the
+    /// collector's base URL as OTLP's own exporters do.
+    pub otlp_endpoint: Option<Uri>,
+    /// The share of traces this proxy starts that are recorded; a caller's
+    /// own `sampled` flag decides for the traces it continues.
+    pub sample_ratio: f64,
+    pub service_name: String,
 }
 
 /// `[cors]` (SPEC §9.4): the browser origins allowed to call, each as

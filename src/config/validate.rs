@@ -169,6 +169,7 @@ impl Validator<'_> {
         let log = self.log(raw.log)?;
         let cache = self.cache(raw.cache)?;
         let cors = self.cors(raw.cors)?;
+        let tracing = self.tracing(raw.tracing)?;
         Ok(Config {
             source: self.path.to_owned(),
             server,
@@ -182,6 +183,7 @@ impl Validator<'_> {
             log,
             cache,
             cors,
+            tracing,
             from_env: Vec::new(),
         })
     }

@@ -4,6 +4,7 @@
 //! and given back when nothing reached Dastra (connect failure, no token) or
 //! the caller went away while queued.
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
@@ -16,9 +17,10 @@ use super::headers::{add_ratelimit_fields, retry_after};
 use super::layer::AppStage;
 use super::stages::outcome;
 use super::StageFuture;
-use crate::admission::Caller;
+use crate::admission::{Caller, Permit, Refusal};
 use crate::config::{Upstream429, ANONYMOUS};
 use crate::error::ProxyError;
+use crate::trace::CallTrace;
 use crate::upstream::CallError;
 
 /// How long to hold sending after an upstream 429 that names no `Retry-After`.
@@ -46,6 +48,8 @@ where
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let app = self.app.clone();
+        let entered = Instant::now();
+        let trace = req.extensions().get::<Arc<CallTrace>>().cloned();
         let outcome = outcome(&req).clone();
         let (caller, pause, owner, key) = {
             let rec = outcome.lock();
@@ -90,12 +94,12 @@ where
         };
         outcome.lock().admission = Some(admission.clone());
         // Before admission: an open breaker spends no quota.
-        let ticket = match app.breaker.enter(Instant::now()) {
+        let ticket = match app.breaker.enter(entered) {
             Ok(t) => t,
             Err(until) => {
                 return CheckFuture::Refused {
                     error: Some(ProxyError::Unavailable(
-                        until.saturating_duration_since(Instant::now()),
+                        until.saturating_duration_since(entered),
                     )),
                 }
             }
@@ -103,9 +107,11 @@ where
         // A refusal that needs no waiting is answered without an async stage.
         let now = match admission.try_acquire() {
             Some(Err((refusal, at))) => {
-                return CheckFuture::Refused {
-                    error: Some(ProxyError::refused_at(refusal, at)),
+                let error = ProxyError::refused_at(refusal, at);
+                if let Some(t) = &trace {
+                    t.quota_wait(entered, 0, error.code());
                 }
+                return CheckFuture::Refused { error: Some(error) };
             }
             Some(Ok(permit)) => Some(permit),
             None => None,
@@ -132,8 +138,12 @@ where
             inner: Box::pin(async move {
                 let mut permit = match now {
                     Some(p) => p,
-                    None => admission.acquire(&caller).await?,
+                    None => match admission.acquire(&caller).await {
+                        Ok(p) => p,
+                        Err(r) => return Err(refused(&trace, entered, r)),
+                    },
                 };
+                admitted(&trace, entered, &permit);
                 let waited = permit.waited();
                 outcome.lock().queue_wait = Some(waited);
                 if !waited.is_zero() {
@@ -200,10 +210,15 @@ where
                         Ok(t) => t,
                         Err(_) => break result,
                     };
+                    let again = Instant::now();
                     permit = match Box::pin(admission.acquire(&caller)).await {
                         Ok(p) => p,
-                        Err(_) => break result,
+                        Err(r) => {
+                            refused(&trace, again, r);
+                            break result;
+                        }
                     };
+                    admitted(&trace, again, &permit);
                     app.metrics.upstream_retries_total.inc();
                     req = Some(super::replay::again(head));
                 };
@@ -233,6 +248,23 @@ where
             }),
         }
     }
+}
+
+/// The trace's span of a wait that got its slot: the call's place in the
+/// queue and how long it waited.
+fn admitted(trace: &Option<Arc<CallTrace>>, from: Instant, permit: &Permit) {
+    if let Some(t) = trace {
+        t.quota_wait(from, permit.ahead(), "admitted");
+    }
+}
+
+/// A refusal as the error it answers, and as the trace's span of the wait.
+fn refused(trace: &Option<Arc<CallTrace>>, from: Instant, r: Refusal) -> ProxyError {
+    let error = ProxyError::from(r);
+    if let Some(t) = trace {
+        t.quota_wait(from, 0, error.code());
+    }
+    error
 }
 
 /// A 503 with `Retry-After`: Dastra asked for nothing until then, so

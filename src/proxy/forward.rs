@@ -23,6 +23,7 @@ use crate::app::App;
 use crate::body::BodyFault;
 use crate::error::ProxyError;
 use crate::target::{strip_hop_by_hop, TargetError};
+use crate::trace::{CallTrace, SpanId, TRACEPARENT};
 use crate::upstream::{CallError, Upstream, UpstreamFuture};
 
 #[derive(Debug, Clone)]
@@ -50,6 +51,12 @@ impl Service<Request<Body>> for Forward {
         let (mut parts, body) = req.into_parts();
         let ext = std::mem::take(&mut parts.extensions);
         let outcome = ext.get::<Arc<Outcome>>().cloned();
+        // This exchange's own span, named as the parent in what Dastra gets.
+        let trace = ext.get::<Arc<CallTrace>>().map(|t| {
+            let (id, traceparent) = t.upstream_context();
+            parts.headers.insert(TRACEPARENT, traceparent);
+            (t.clone(), id)
+        });
         let conn = ext.get::<ConnInfo>();
         let (hops, trusted, fault) = outcome.as_ref().map_or((Vec::new(), false, None), |o| {
             let rec = o.lock();
@@ -92,6 +99,7 @@ impl Service<Request<Body>> for Forward {
                     method,
                     fault,
                     sent_at,
+                    trace,
                 }),
             },
         }
@@ -116,6 +124,7 @@ struct After {
     method: Method,
     fault: Option<BodyFault>,
     sent_at: Instant,
+    trace: Option<(Arc<CallTrace>, SpanId)>,
 }
 
 impl Future for ForwardFuture {
@@ -124,8 +133,17 @@ impl Future for ForwardFuture {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.call.poll(cx));
-        let after = this.after.take().expect("polled after completion");
-        Poll::Ready(after.answered(result))
+        let mut after = this.after.take().expect("polled after completion");
+        let trace = after
+            .trace
+            .take()
+            .map(|t| (t, after.method.clone(), after.sent_at));
+        let out = after.answered(result);
+        if let Some(((t, id), method, sent_at)) = trace {
+            let status = out.as_ref().map(|r| r.status().as_u16());
+            t.upstream(id, sent_at, &method, status.map_err(ProxyError::code));
+        }
+        Poll::Ready(out)
     }
 }
 

@@ -26,6 +26,7 @@ use crate::body::BodyFault;
 use crate::config::ANONYMOUS;
 use crate::credential::QuotaKey;
 use crate::metrics::method_label;
+use crate::trace::{hex, parse, CallTrace, Finished, TRACEPARENT};
 
 /// What the inner stages learned about one call; the one per-call value in
 /// the request's extensions, so stages share it without more allocations.
@@ -88,14 +89,34 @@ where
         let method = req.method().clone();
         // Kept for the access log's path only when that log is on; a copy, so
         // a waiting call does not keep hyper's read buffer (see `head`).
-        let path = tracing::enabled!(target: "dastra_proxy::access", tracing::Level::INFO)
-            .then(|| Box::<str>::from(req.uri().path()));
+        let trace = self.app.tracer.start(req.headers());
+        let path = (trace.as_ref().is_some_and(|t| t.sampled)
+            || tracing::enabled!(target: "dastra_proxy::access", tracing::Level::INFO))
+        .then(|| Box::<str>::from(req.uri().path()));
         let (request_id, fresh) = request_id(req.headers());
         let span = tracing::info_span!(
             "request",
             request_id = request_id.to_str().unwrap_or(""),
-            method = method_label(&method)
+            method = method_label(&method),
+            trace_id = tracing::field::Empty,
         );
+        // Every log line of the call names its trace: ours, or (tracing
+        // off) the one the caller's `traceparent` names, which goes to
+        // Dastra as it came.
+        let trace_id = match &trace {
+            Some(t) => Some(t.trace_id),
+            None => req
+                .headers()
+                .get(&TRACEPARENT)
+                .and_then(parse)
+                .map(|p| p.trace_id),
+        };
+        if let Some(id) = trace_id {
+            span.record("trace_id", hex(&id));
+        }
+        if let Some(t) = &trace {
+            req.extensions_mut().insert(t.clone());
+        }
         let outcome = Arc::new(Outcome(Mutex::new(Record {
             request_id: Some(request_id),
             id_on_request: !fresh,
@@ -111,6 +132,7 @@ where
                 started,
                 path,
                 span,
+                trace,
             }),
         }
     }
@@ -135,6 +157,7 @@ struct After {
     started: Instant,
     path: Option<Box<str>>,
     span: tracing::Span,
+    trace: Option<Arc<CallTrace>>,
 }
 
 impl<F, E> Future for ObserveFuture<F>
@@ -169,6 +192,19 @@ impl After {
         policy
             .calls
             .answered(index, &self.method, status, rec.code, elapsed);
+        if let Some(t) = &self.trace {
+            t.finish(Finished {
+                method: &self.method,
+                path: self.path.as_deref(),
+                status: status.as_u16(),
+                client,
+                request_id: resp
+                    .headers()
+                    .get(&X_REQUEST_ID)
+                    .and_then(|v| v.to_str().ok()),
+                code: rec.code,
+            });
+        }
         let ms = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
         let _enter = self.span.enter();
         tracing::info!(

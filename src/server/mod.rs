@@ -184,6 +184,8 @@ pub async fn start(config: Config, metrics: Metrics) -> Result<Running, StartErr
             app2.quotas.close();
             let _ = tokio::time::timeout(Duration::from_secs(2), &mut drain).await;
         }
+        // The drained calls' spans reach the collector before the process ends.
+        let _ = tokio::time::timeout(Duration::from_secs(2), app2.tracer.flush()).await;
         let _ = admin_stop.send(true);
         if let Ok(d) = admin_task.await {
             let _ = tokio::time::timeout(Duration::from_secs(1), d.shutdown()).await;
