@@ -151,7 +151,12 @@ fn the_compose_replicas_share_one_quota_and_prometheus_loads_the_alerts() {
         let shown = check(&image_config, &env);
         assert!(shown.contains("kind = \"redis\""), "{name}: {shown}");
         assert!(shown.contains("replicas = 2"), "{name}: {shown}");
+        assert!(
+            shown.contains("otlp_endpoint = \"http://jaeger:4318/v1/traces\""),
+            "{name} traces to the stack's Jaeger: {shown}"
+        );
     }
+    assert!(doc["services"]["jaeger"]["image"].is_string());
     let prom = doc["configs"]["prometheus"]["content"].as_str().unwrap();
     assert!(prom.contains("proxy-a:9090") && prom.contains("proxy-b:9090"));
     assert!(prom.contains("rule_files: [/etc/prometheus/alerts.yml]"));
