@@ -78,6 +78,7 @@ fn acquire_and_send(
     let caller = dastra_proxy::admission::Caller {
         name: "bench".into(),
         weight: 1,
+        wait: None,
     };
     b.iter(|| {
         let p = rt.block_on(a.acquire(&caller));

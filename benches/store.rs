@@ -215,6 +215,7 @@ fn main() {
         let caller = Caller {
             name: "bench".into(),
             weight: 1,
+            wait: None,
         };
         let n = 20_000;
         let mut lat = Vec::with_capacity(n);

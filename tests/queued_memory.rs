@@ -69,6 +69,7 @@ async fn a_waiting_call() {
     let caller = dastra_proxy::admission::Caller {
         name: "x".into(),
         weight: 1,
+        wait: None,
     };
     assert!(std::mem::size_of_val(&adm.acquire(&caller)) < 512);
     let region = Region::new(GLOBAL);

@@ -31,6 +31,7 @@ fn caller() -> Caller {
     Caller {
         name: "x".into(),
         weight: 1,
+        wait: None,
     }
 }
 

@@ -16,6 +16,7 @@ mod permit;
 mod releaser;
 mod remote;
 mod report;
+mod wait;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -56,6 +57,16 @@ pub enum Refusal {
 pub struct Caller {
     pub name: Arc<str>,
     pub weight: u32,
+    /// The caller's own cap on its wait (`Prefer: wait=N`): it can only
+    /// shorten `max_wait`.
+    pub wait: Option<Duration>,
+}
+
+impl Caller {
+    /// How long this call may wait for its slot.
+    fn max_wait(&self, configured: Duration) -> Duration {
+        self.wait.map_or(configured, |w| w.min(configured))
+    }
 }
 
 /// The state of one quota key as `/quota`, metrics and headers show it.
@@ -233,6 +244,11 @@ impl Admission {
         (st.on_limit == OnLimit::Reject).then_some(Err((st.exhausted(blocked.max(now), now), now)))
     }
 
+    /// The configured `max_wait` now (a reload may change it).
+    pub fn max_wait(&self) -> Duration {
+        self.inner.lock().max_wait
+    }
+
     /// Waits for a slot, or says at once why there will be none in time.
     pub async fn acquire(&self, caller: &Caller) -> Result<Permit, Refusal> {
         if let Some(remote) = &self.inner.remote {
@@ -240,7 +256,7 @@ impl Admission {
             // waiting call's future 3 KB larger, memory store or not.
             return Box::pin(self.acquire_remote(remote, caller)).await;
         }
-        let (id, rx, ahead) = {
+        let (id, rx, ahead, now) = {
             let mut st = self.inner.lock();
             if st.closed {
                 return Err(Refusal::ShuttingDown);
@@ -261,7 +277,7 @@ impl Admission {
                 });
             }
             let (start, ahead) = st.project_for(caller, now);
-            if start.duration_since(now) > st.max_wait {
+            if start.duration_since(now) > caller.max_wait(st.max_wait) {
                 return Err(st.exhausted(start, now));
             }
             let (tx, rx) = oneshot::channel();
@@ -269,28 +285,10 @@ impl Admission {
             drop(st);
             queued(id);
             self.inner.wake.notify_one();
-            (id, rx, ahead)
+            (id, rx, ahead, now)
         };
-        let permit = self.wait_in_queue(caller, id, rx).await?;
+        let permit = self.wait_in_queue(caller, id, rx, now).await?;
         Ok(permit.placed(ahead))
-    }
-
-    /// Waits for the releaser to hand this queued call its slot; leaves the
-    /// queue if the caller goes away first.
-    async fn wait_in_queue(
-        &self,
-        caller: &Caller,
-        id: u64,
-        rx: oneshot::Receiver<Result<Permit, Refusal>>,
-    ) -> Result<Permit, Refusal> {
-        let guard = LeaveOnDrop {
-            inner: &self.inner,
-            caller: &caller.name,
-            id: Some(id),
-        };
-        let out = rx.await;
-        guard.disarm();
-        out.unwrap_or(Err(Refusal::ShuttingDown))
     }
 
     /// Applies reloaded limits and admission settings; recorded sends carry over.
@@ -397,27 +395,6 @@ impl Inner {
 /// judge by this instead.
 fn queued(position: u64) {
     tracing::debug!(target: "dastra_proxy::queue", position, "queued");
-}
-
-/// Takes a queued call out of the queue when its caller goes away.
-struct LeaveOnDrop<'a> {
-    inner: &'a Inner,
-    caller: &'a str,
-    id: Option<u64>,
-}
-
-impl LeaveOnDrop<'_> {
-    fn disarm(mut self) {
-        self.id = None;
-    }
-}
-
-impl Drop for LeaveOnDrop<'_> {
-    fn drop(&mut self) {
-        if let Some(id) = self.id {
-            self.inner.lock().queue.remove(self.caller, id);
-        }
-    }
 }
 
 #[cfg(test)]

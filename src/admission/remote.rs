@@ -196,7 +196,7 @@ impl Admission {
             tokio::time::sleep_until(at).await;
             answer = remote.ask(ahead, project).await;
         }
-        let (id, rx) = {
+        let (id, rx, queued_at) = {
             let mut st = self.inner.lock();
             let now = Instant::now();
             let start = match answer {
@@ -237,17 +237,17 @@ impl Admission {
             if st.queue.all_waiting() >= st.max_queue {
                 return Err(Refusal::QueueFull { retry_at: start });
             }
-            if start.saturating_duration_since(now) > st.max_wait {
+            if start.saturating_duration_since(now) > caller.max_wait(st.max_wait) {
                 return Err(exhausted(start));
             }
             let (tx, rx) = oneshot::channel();
-            (st.queue.push(&caller.name, caller.weight, now, tx), rx)
+            (st.queue.push(&caller.name, caller.weight, now, tx), rx, now)
         };
         super::queued(id);
         // Queued before the next caller asks, so it counts this call ahead.
         drop(one);
         self.inner.wake.notify_one();
-        let permit = self.wait_in_queue(caller, id, rx).await?;
+        let permit = self.wait_in_queue(caller, id, rx, queued_at).await?;
         Ok(permit.placed(ahead))
     }
 }

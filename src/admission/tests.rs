@@ -25,6 +25,7 @@ fn caller(name: &str, weight: u32) -> Caller {
     Caller {
         name: name.into(),
         weight,
+        wait: None,
     }
 }
 

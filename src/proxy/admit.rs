@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::body::Body;
 use http::{Request, Response, StatusCode};
@@ -51,16 +52,19 @@ where
         let entered = Instant::now();
         let trace = req.extensions().get::<Arc<CallTrace>>().cloned();
         let outcome = outcome(&req).clone();
+        let asked = super::prefer::wait(req.headers());
         let (caller, pause, owner, key) = {
             let rec = outcome.lock();
             let caller = rec.identity.as_ref().map_or_else(
                 || Caller {
                     name: ANONYMOUS.into(),
                     weight: 1,
+                    wait: asked.map(Duration::from_secs),
                 },
                 |id| Caller {
                     name: id.name.clone(),
                     weight: id.weight,
+                    wait: asked.map(Duration::from_secs),
                 },
             );
             let pause = rec
@@ -92,7 +96,11 @@ where
                 }
             }
         };
-        outcome.lock().admission = Some(admission.clone());
+        {
+            let mut rec = outcome.lock();
+            rec.admission = Some(admission.clone());
+            rec.wait_applied = asked.map(|w| super::prefer::capped(w, admission.max_wait()));
+        }
         // Before admission: an open breaker spends no quota.
         let ticket = match app.breaker.enter(entered) {
             Ok(t) => t,

@@ -18,6 +18,7 @@ mod inject;
 mod layer;
 mod lead;
 mod observe;
+mod prefer;
 mod replay;
 mod rescue;
 mod share;

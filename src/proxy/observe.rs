@@ -60,6 +60,8 @@ pub(crate) struct Record {
     pub(crate) id_on_request: bool,
     /// The error code the rescue stage answered with.
     pub(crate) code: Option<&'static str>,
+    /// The wait the caller's `Prefer: wait=N` was held to (admission writes it).
+    pub(crate) wait_applied: Option<Duration>,
 }
 
 impl Outcome {
@@ -181,6 +183,10 @@ impl After {
         // Unless Dastra answered with an id of its own.
         if let Some(id) = rec.request_id {
             resp.headers_mut().entry(&X_REQUEST_ID).or_insert(id);
+        }
+        if let Some(w) = rec.wait_applied {
+            resp.headers_mut()
+                .insert(super::prefer::PREFERENCE_APPLIED, super::prefer::applied(w));
         }
         let client = rec.client.as_deref().unwrap_or(ANONYMOUS);
         let status = resp.status();
