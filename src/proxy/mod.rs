@@ -19,6 +19,8 @@ mod layer;
 mod lead;
 mod observe;
 mod prefer;
+#[cfg(test)]
+mod ready_tests;
 mod replay;
 mod rescue;
 mod share;
@@ -107,6 +109,32 @@ pub fn stack(
        + Send
        + Sync
        + 'static {
+    stack_with(app, tower::layer::util::Identity::new())
+}
+
+/// [`stack`] with `inside` between the credential stage and the forward
+/// stage: the tests put a stock tower layer there (a concurrency limit,
+/// which panics when called without being polled ready) to hold every
+/// stage above to tower's readiness contract.
+pub(crate) fn stack_with<L>(
+    app: Arc<App>,
+    inside: L,
+) -> impl Service<
+    Request<Body>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+> + Clone
+       + Send
+       + 'static
+where
+    L: tower::Layer<forward::Forward>,
+    L::Service: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
+        + Clone
+        + Send
+        + 'static,
+    <L::Service as Service<Request<Body>>>::Future: Send,
+{
     let limit = app.config.server.max_request_body;
     let upstream = forward::Forward::new(app.clone(), app.upstream.clone());
     ServiceBuilder::new()
@@ -160,6 +188,7 @@ pub fn stack(
         .layer(AppLayer::<admit::Admit>::new(app.clone()))
         // The Dastra credential, injected as late as possible.
         .layer(AppLayer::<inject::Inject>::new(app.clone()))
+        .layer(inside)
         // The call as Dastra sees it (its URL, forwarding headers), within
         // upstream.timeout, through the injectable `Upstream`.
         .service(upstream)
