@@ -32,16 +32,19 @@ impl Admission {
             id: Some(id),
         };
         let deadline = queued_at + caller.max_wait(self.inner.lock().max_wait) + GRACE;
+        // Boxed, as the refusal's Redis question below: inline, their state
+        // would sit in every queued call's future.
+        let timer = Box::pin(tokio::time::sleep_until(deadline));
         let out = tokio::select! {
             biased;
             got = &mut rx => got,
-            () = tokio::time::sleep_until(deadline) => {
+            () = timer => {
                 // Out of the queue under the lock the releaser grants under:
                 // either the call is still queued (refused now) or its grant
                 // was already sent (taken, it started in time).
                 let left = self.inner.lock().queue.remove(&caller.name, id).is_some();
                 match left {
-                    true => Ok(Err(self.overtaken(caller).await)),
+                    true => Ok(Err(Box::pin(self.overtaken(caller)).await)),
                     false => rx.await,
                 }
             }

@@ -288,6 +288,25 @@ mod tests {
         );
     }
 
+    /// Each directive reaches its own field, and quoting follows RFC 9110
+    /// §5.6.4: a backslash escapes only inside a quoted string (the cases
+    /// cargo-mutants found unpinned).
+    #[test]
+    fn every_directive_is_read_and_quoted_pairs_hide_commas() {
+        let r = Response::of(&h(&["proxy-revalidate, stale-while-revalidate=30"]));
+        assert!(r.proxy_revalidate && r.revalidate_when_stale());
+        assert_eq!(r.stale_while_revalidate, Delta::Secs(30));
+        assert!(!Response::of(&h(&["public"])).revalidate_when_stale());
+        assert!(Request::of(&h(&["no-store"])).no_store);
+        assert!(!Request::of(&h(&["no-cache"])).no_store);
+        // An escaped quote does not end the quoted string.
+        let escaped = Response::of(&h(&["ext=\"a \\\", no-store\", max-age=1"]));
+        assert_eq!((escaped.no_store, escaped.max_age), (false, Delta::Secs(1)));
+        // Outside quotes a backslash is a plain character: the comma splits.
+        let bare = Response::of(&h(&["max-age=1, a\\,no-store"]));
+        assert!(bare.no_store);
+    }
+
     #[test]
     fn age_is_the_first_whole_number() {
         let a = |lines: &[&str]| {

@@ -2,19 +2,20 @@
 //! as the call is in flight. The permit lives in this stage's future: it is
 //! spent when the inner stages send, logged when the response head arrives,
 //! and given back when nothing reached Dastra (connect failure, no token) or
-//! the caller went away while queued.
+//! the caller went away while queued. What Dastra's answer says about the
+//! quota (a 429's pause, its rate-limit headers) is read in `signals`.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use tokio::time::Instant;
 use tower::{Service, ServiceExt as _};
 
 use super::check::CheckFuture;
-use super::headers::{add_ratelimit_fields, retry_after};
+use super::headers::add_ratelimit_fields;
 use super::layer::AppStage;
 use super::stages::outcome;
 use super::StageFuture;
@@ -23,9 +24,6 @@ use crate::config::{Upstream429, ANONYMOUS};
 use crate::error::ProxyError;
 use crate::trace::CallTrace;
 use crate::upstream::CallError;
-
-/// How long to hold sending after an upstream 429 that names no `Retry-After`.
-const DEFAULT_UPSTREAM_PAUSE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The quota slot of each call.
 #[derive(Debug, Clone)]
@@ -199,12 +197,8 @@ where
                         Err(_) => drop(sent),
                     }
                     if let Ok(r) = &result {
-                        if r.status() == StatusCode::SERVICE_UNAVAILABLE
-                            && app.config.upstream.adapt
-                        {
-                            // Before any retry: it waits for the time Dastra named.
-                            hold_as_asked(&app, &admission, r.headers());
-                        }
+                        // Before any retry: it waits for the time Dastra named.
+                        super::signals::unavailable(&app, &admission, r);
                     }
                     let Some(head) = &replay else { break result };
                     attempt += 1;
@@ -231,26 +225,7 @@ where
                     req = Some(super::replay::again(head));
                 };
                 let mut resp = result?;
-                if passthrough {
-                    // 401 only: Dastra did not take the credential, so it
-                    // keeps no quota for it. A 403 comes from a real key
-                    // without the right to a resource: its sends count.
-                    admission.set_rejected(resp.status() == StatusCode::UNAUTHORIZED);
-                }
-                if app.config.upstream.adapt {
-                    adapt(&app, &admission, resp.headers());
-                }
-                if resp.status() == StatusCode::TOO_MANY_REQUESTS {
-                    app.metrics.upstream_429_total.inc();
-                    if pause {
-                        let d = retry_after(resp.headers()).unwrap_or(DEFAULT_UPSTREAM_PAUSE);
-                        tracing::warn!(
-                            pause_ms = d.as_millis() as u64,
-                            "Dastra answered 429; holding all sends"
-                        );
-                        admission.pause_until(Instant::now() + d);
-                    }
-                }
+                super::signals::heed(&app, &admission, &resp, pause, passthrough);
                 add_ratelimit_fields(resp.headers_mut(), &admission);
                 Ok(resp)
             }),
@@ -273,38 +248,4 @@ fn refused(trace: &Option<Arc<CallTrace>>, from: Instant, r: Refusal) -> ProxyEr
         t.quota_wait(from, 0, error.code());
     }
     error
-}
-
-/// A 503 with `Retry-After`: Dastra asked for nothing until then, so
-/// nothing is sent (retries included) — as `upstream.adapt` reads R=0.
-fn hold_as_asked(
-    app: &crate::app::App,
-    admission: &crate::admission::Admission,
-    h: &http::HeaderMap,
-) {
-    if let Some(d) = retry_after(h) {
-        app.metrics
-            .upstream_limit_remaining
-            .with_label_values(&["retry-after"])
-            .set(0);
-        admission.adapt(0, Instant::now() + d);
-    }
-}
-
-/// Dastra's own rate-limit headers, if it sent any: they can only tighten.
-fn adapt(app: &crate::app::App, admission: &crate::admission::Admission, h: &http::HeaderMap) {
-    let unix = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-    };
-    let advice = crate::adapt::read(h, unix);
-    crate::adapt::log_once(h, advice.is_some());
-    if let Some(a) = advice {
-        app.metrics
-            .upstream_limit_remaining
-            .with_label_values(&[&a.window])
-            .set(i64::from(a.remaining));
-        admission.adapt(a.remaining, Instant::now() + a.reset);
-    }
 }

@@ -24,6 +24,7 @@ mod ready_tests;
 mod replay;
 mod rescue;
 mod share;
+mod signals;
 mod stages;
 mod stale;
 #[cfg(test)]
