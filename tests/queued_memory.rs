@@ -91,12 +91,12 @@ async fn a_waiting_call() {
     for t in &tasks {
         t.abort();
     }
-    // 4.2 KB measured, the test's own request included (4.6 KB before each
-    // connection called its stack in place); it was 8.7 KB before the Redis
-    // branch was boxed, 5.6 KB before the savings stage stopped holding its
-    // leader's arguments (and its request) for the whole call and flights
-    // dropped tokio's watch.
-    assert!(each < 6 * 1024, "{each} bytes per waiting call");
+    // 6.3 KB measured (debug build, the test's own request included): 6.1 KB
+    // at the start of 0.3's #25 work, then its `max_wait` timer (a boxed
+    // Sleep, 112 bytes), `Prefer: wait` and the trace's handle. It was 8.7 KB
+    // before the Redis branch was boxed; 4.6 KB before each connection
+    // called its stack in place. (SPEC's budget is 16 KiB per waiting call.)
+    assert!(each < 6656, "{each} bytes per waiting call");
 }
 
 /// The whole heap cost of a call waiting on a real socket: hyper's
@@ -176,12 +176,13 @@ async fn a_waiting_connection() {
     println!("one waiting connection holds {each} bytes ({stats:?})");
     drop(clients);
     running.shutdown().await;
-    // 22.2 KB measured (22.8 KB last round), coalescing on: hyper's
+    // 24.6 KB measured (24.3 KB before 0.3's max_wait timer and Prefer:
+    // wait; 22.2 KB in 0.2), coalescing on: hyper's
     // 8 KiB read and 8 KiB write buffers, the connection's task, the stack.
     // Before (heaptrack, release, coalescing off): 38.8 KB, with hyper's
     // version-sniffing server (its rewind buffer grew the read buffer to
     // 16 KiB), a watchdog that held the connection future twice, and request
     // heads borrowing the read buffer (hyper's next read then allocated
     // another 8 KiB).
-    assert!(each < 24 * 1024, "{each} bytes per waiting connection");
+    assert!(each < 25 * 1024, "{each} bytes per waiting connection");
 }
