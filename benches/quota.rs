@@ -109,6 +109,7 @@ fn reject() -> dastra_proxy::config::AdmissionConfig {
         margin: Duration::ZERO,
         upstream_429: dastra_proxy::config::Upstream429::Pause,
         flight: Duration::from_secs(5),
+        dry_run: false,
     }
 }
 

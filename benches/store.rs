@@ -210,6 +210,7 @@ fn main() {
             margin: Duration::from_millis(250),
             upstream_429: Upstream429::Pause,
             flight: Duration::from_secs(5),
+            dry_run: false,
         };
         let memory = Admission::new(&limits(), &cfg);
         let caller = Caller {

@@ -144,6 +144,9 @@ async fn quota(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
     if snaps.iter().any(|s| s.paused_for.is_some()) {
         degraded.push("paused by Dastra's 429");
     }
+    if app.policy().dry_run {
+        degraded.push("dry run: nothing waits or is refused for quota");
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());

@@ -25,6 +25,8 @@ pub struct Policy {
     pub cors: crate::cors::Cors,
     pub guard: Guard,
     pub upstream_429: Upstream429,
+    /// `admission.dry_run` of this generation (the status page says so).
+    pub dry_run: bool,
     /// Per-call series of this generation's clients.
     pub calls: CallMetrics,
 }
@@ -36,6 +38,7 @@ impl Policy {
             cors: crate::cors::Cors::new(&cfg.cors),
             guard: Guard::new(&cfg.clients),
             upstream_429: cfg.admission.upstream_429,
+            dry_run: cfg.admission.dry_run,
             calls: CallMetrics::new(
                 metrics,
                 cfg.clients.iter().map(|c| Arc::from(c.name.as_str())),
@@ -277,6 +280,9 @@ impl App {
             metrics.queue_depth.with_label_values(&[name]);
             for code in crate::error::REFUSAL_CODES {
                 metrics.rejected_total.with_label_values(&[name, code]);
+            }
+            for would in ["queue", "reject"] {
+                metrics.dry_run_total.with_label_values(&[name, would]);
             }
         }
         let public_authority = config

@@ -305,6 +305,7 @@ async fn dastras_none_left_pauses_every_replica() {
         max_wait: Duration::from_secs(30),
         margin: Duration::ZERO,
         flight: Duration::from_secs(5),
+        dry_run: false,
         upstream_429: Upstream429::Pause,
     };
     let remote = Remote::new(

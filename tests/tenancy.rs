@@ -49,3 +49,35 @@ async fn a_caller_may_ask_to_wait_less_never_more() {
     );
     assert_eq!(up.count(), 2);
 }
+
+/// `admission.dry_run`: every call is forwarded at once (the upstream sees
+/// them all), and the ones that would have queued are counted exactly
+/// (`dry_run_total`); `/quota` and the status page say the quota is unguarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_forwards_everything_and_counts_what_would_have_waited() {
+    let up = MockUpstream::start().await;
+    let extra =
+        "[[limits]]\nrequests = 2\nper = \"1m\"\n[admission]\nmax_wait = \"2m\"\ndry_run = true\n";
+    let p = TestProxy::start(&up, extra).await;
+    let c = client();
+    let metrics_url = p.admin_url("/metrics");
+    let metrics =
+        || async { String::from_utf8(get(&c, &metrics_url).await.body.to_vec()).unwrap() };
+    let before = metrics().await;
+    assert!(
+        before.contains("dastra_proxy_dry_run_total{client=\"anonymous\",would=\"queue\"} 0"),
+        "the series exist from start-up"
+    );
+    for i in 0..6 {
+        assert_eq!(get(&c, &p.url(&format!("/v1/{i}"))).await.status, 200);
+    }
+    assert_eq!(up.count(), 6, "nothing waited or was refused");
+    let after = metrics().await;
+    assert!(
+        after.contains("dastra_proxy_dry_run_total{client=\"anonymous\",would=\"queue\"} 4"),
+        "{after}"
+    );
+    assert!(after.contains("dastra_proxy_dry_run_total{client=\"anonymous\",would=\"reject\"} 0"));
+    let q = get(&c, &p.admin_url("/quota")).await.json();
+    assert!(q["degraded"].to_string().contains("dry run"), "{q}");
+}

@@ -24,6 +24,7 @@ fn reject() -> AdmissionConfig {
         margin: Duration::ZERO,
         upstream_429: Upstream429::Pause,
         flight: Duration::from_secs(5),
+        dry_run: false,
     }
 }
 

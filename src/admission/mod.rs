@@ -9,6 +9,7 @@
 //! A slot is a [`Permit`]: dropped before the call was sent (the caller went
 //! away) or refunded after a connect failure, it is given back to the window.
 
+mod dry;
 mod fair;
 mod keys;
 mod pause;
@@ -28,6 +29,7 @@ use crate::config::{AdmissionConfig, Limit, OnLimit};
 use crate::metrics::Metrics;
 use crate::quota::{policy_header, WindowSet, WindowState};
 use crate::state_file::{StateError, StateFile};
+pub use dry::Would;
 use fair::FairQueue;
 pub use keys::{KeyBounds, LocalState, Quotas, SharedStore};
 pub use permit::{Permit, SentPermit};
@@ -128,6 +130,8 @@ struct State {
     on_limit: OnLimit,
     max_queue: usize,
     max_wait: Duration,
+    /// `admission.dry_run`: nothing waits or is refused.
+    dry_run: bool,
     windows: WindowSet,
     /// `RateLimit-Policy`, fixed until the limits change.
     policy: http::HeaderValue,
@@ -208,6 +212,7 @@ impl Admission {
                 on_limit: cfg.on_limit,
                 max_queue: cfg.max_queue,
                 max_wait: cfg.max_wait,
+                dry_run: cfg.dry_run,
                 windows,
                 policy,
                 queue: FairQueue::default(),
@@ -234,6 +239,12 @@ impl Admission {
         let now = Instant::now();
         if st.closed {
             return Some(Err((Refusal::ShuttingDown, now)));
+        }
+        if st.dry_run {
+            let would = st.dry_admit(now);
+            return Some(Ok(
+                Permit::new(self.inner.clone(), Duration::ZERO).dry(would)
+            ));
         }
         let blocked = st.blocked_until(now);
         if blocked <= now && st.queue.is_empty() {
@@ -262,6 +273,10 @@ impl Admission {
                 return Err(Refusal::ShuttingDown);
             }
             let now = Instant::now();
+            if st.dry_run {
+                let would = st.dry_admit(now);
+                return Ok(Permit::new(self.inner.clone(), Duration::ZERO).dry(would));
+            }
             let blocked = st.blocked_until(now);
             if blocked <= now && st.queue.is_empty() {
                 st.windows.reserve(now);
@@ -310,6 +325,7 @@ impl Admission {
         st.on_limit = cfg.on_limit;
         st.max_queue = cfg.max_queue;
         st.max_wait = cfg.max_wait;
+        st.dry_run = cfg.dry_run;
         drop(st);
         self.inner.wake.notify_one();
     }

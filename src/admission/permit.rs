@@ -17,6 +17,8 @@ pub struct Permit {
     waited: Duration,
     /// How many calls the fair order served before this one, when it queued.
     ahead: usize,
+    /// In a dry run, what the call would have met (`None`: it went as it would have).
+    would: Option<super::Would>,
 }
 
 impl Permit {
@@ -26,6 +28,7 @@ impl Permit {
             remote: None,
             waited,
             ahead: 0,
+            would: None,
         }
     }
 
@@ -35,6 +38,7 @@ impl Permit {
             remote: Some((id, via_redis)),
             waited,
             ahead: 0,
+            would: None,
         }
     }
 
@@ -50,6 +54,16 @@ impl Permit {
 
     pub(super) fn placed(mut self, ahead: usize) -> Self {
         self.ahead = ahead;
+        self
+    }
+
+    /// In a dry run: what the call would have met without it.
+    pub fn would(&self) -> Option<super::Would> {
+        self.would
+    }
+
+    pub(super) fn dry(mut self, would: Option<super::Would>) -> Self {
+        self.would = would;
         self
     }
 

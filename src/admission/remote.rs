@@ -165,6 +165,11 @@ impl Admission {
         caller: &Caller,
     ) -> Result<Permit, Refusal> {
         let one = remote.asking.lock().await;
+        if self.inner.lock().dry_run {
+            let answer = remote.ask(0, false).await;
+            drop(one);
+            return Ok(self.dry_remote(answer));
+        }
         let (ahead, paused, full) = {
             let st = self.inner.lock();
             if st.closed {
@@ -249,6 +254,35 @@ impl Admission {
         self.inner.wake.notify_one();
         let permit = self.wait_in_queue(caller, id, rx, queued_at).await?;
         Ok(permit.placed(ahead))
+    }
+}
+
+impl Admission {
+    /// A dry run's call with a shared store: it goes now. A slot Redis
+    /// granted is recorded in the shared log; without one the call goes
+    /// unrecorded there (the shared log never holds more than N), counted
+    /// as what it would have met.
+    fn dry_remote(&self, answer: Answer) -> Permit {
+        let mut st = self.inner.lock();
+        let now = Instant::now();
+        match answer {
+            Answer::Slot(id) => {
+                st.windows.reserve(now);
+                drop(st);
+                self.inner.wake.notify_one();
+                Permit::remote(self.inner.clone(), id, true, Duration::ZERO)
+            }
+            Answer::StartsAt(at) | Answer::Settling(at) => {
+                let would = super::Would::of(at, now, &st);
+                st.windows.reserve(now);
+                Permit::new(self.inner.clone(), Duration::ZERO).dry(would)
+            }
+            Answer::Failed => {
+                let would = st.dry_admit(now);
+                drop(st);
+                self.inner.fallback_permit(Duration::ZERO).dry(would)
+            }
+        }
     }
 }
 

@@ -18,6 +18,7 @@ fn cfg(on_limit: OnLimit, max_queue: usize, max_wait_ms: u64, margin_ms: u64) ->
         margin: Duration::from_millis(margin_ms),
         upstream_429: Upstream429::Pause,
         flight: Duration::from_secs(5),
+        dry_run: false,
     }
 }
 

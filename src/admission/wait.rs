@@ -133,6 +133,7 @@ mod tests {
             margin: Duration::ZERO,
             upstream_429: Upstream429::Pause,
             flight: Duration::from_secs(5),
+            dry_run: false,
         };
         let a = Admission::new(&limits(&[(1, 1000)]), &cfg);
         let t0 = Instant::now();
@@ -196,6 +197,7 @@ mod tests {
             margin: Duration::ZERO,
             upstream_429: Upstream429::Pause,
             flight: Duration::from_secs(5),
+            dry_run: false,
         };
         let a = Admission::new(&limits(&[(1, 1000)]), &cfg);
         let t0 = Instant::now();

@@ -148,10 +148,11 @@ pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     };
     writeln!(
         o,
-        "\n[admission]\non_limit = \"{on_limit}\"\nmax_queue = {}\nmax_wait = \"{}\"\nmargin = \"{}\"\nupstream_429 = \"{u429}\"",
+        "\n[admission]\non_limit = \"{on_limit}\"\nmax_queue = {}\nmax_wait = \"{}\"\nmargin = \"{}\"\nupstream_429 = \"{u429}\"\ndry_run = {}",
         a.max_queue,
         d(a.max_wait),
-        d(a.margin)
+        d(a.margin),
+        a.dry_run
     )?;
     let header = match c.access.forwarded_header {
         ForwardedHeader::XForwardedFor => "x-forwarded-for",

@@ -87,6 +87,14 @@ impl Config {
                 ));
             }
         }
+        if self.admission.dry_run {
+            out.push(
+                "admission.dry_run = true: NOTHING waits or is refused for quota — Dastra's \
+                 quota is unguarded (its own 429s reach callers); calls that would have \
+                 queued or been refused are only counted (dry_run_total) and logged"
+                    .to_owned(),
+            );
+        }
         if matches!(self.credential, CredentialConfig::Passthrough { .. }) {
             out.push(
                 "credential.kind = \"passthrough\": every caller credential gets its own quota"

@@ -154,6 +154,7 @@ pub(crate) struct RawAdmission {
     #[serde(default, with = "humantime_serde")]
     pub(crate) margin: Option<Duration>,
     pub(crate) upstream_429: Option<String>,
+    pub(crate) dry_run: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -247,6 +247,9 @@ pub struct AdmissionConfig {
     /// use this bound rather than guess early. Derived from `[upstream]`.
     pub flight: Duration,
     pub upstream_429: Upstream429,
+    /// Nothing waits or is refused for quota: what would have been is only
+    /// counted and logged, so a limit can be watched before it is enforced.
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -412,6 +412,7 @@ impl Validator<'_> {
             margin: raw.margin.unwrap_or(Duration::from_millis(250)),
             upstream_429,
             flight: Duration::ZERO,
+            dry_run: raw.dry_run.unwrap_or(false),
         })
     }
 }

@@ -42,6 +42,8 @@ pub struct Families {
     pub breaker_open: IntGauge,
     /// Calls sent again after Dastra failed them.
     pub upstream_retries_total: IntCounter,
+    /// In a dry run, calls that would have queued or been refused.
+    pub dry_run_total: IntCounterVec,
     /// What Dastra's own headers last said is left, by window name.
     pub upstream_limit_remaining: IntGaugeVec,
     pub state_write_errors_total: IntCounter,
@@ -153,6 +155,13 @@ impl Metrics {
             upstream_retries_total: reg!(IntCounter::new(
                 "upstream_retries_total",
                 "Idempotent calls sent again after Dastra answered 502/503/504 or was not reached."
+            )),
+            dry_run_total: reg!(IntCounterVec::new(
+                Opts::new(
+                    "dry_run_total",
+                    "admission.dry_run: calls sent at once that would have queued or been refused."
+                ),
+                &["client", "would"]
             )),
             upstream_limit_remaining: reg!(IntGaugeVec::new(
                 Opts::new(

@@ -150,6 +150,9 @@ where
                     },
                 };
                 admitted(&trace, entered, &permit);
+                if let Some(would) = permit.would() {
+                    dry_run(&app, &caller.name, would);
+                }
                 let waited = permit.waited();
                 outcome.lock().queue_wait = Some(waited);
                 if !waited.is_zero() {
@@ -239,6 +242,24 @@ fn admitted(trace: &Option<Arc<CallTrace>>, from: Instant, permit: &Permit) {
     if let Some(t) = trace {
         t.quota_wait(from, permit.ahead(), "admitted");
     }
+}
+
+/// `admission.dry_run`: a call that went at once but would have queued or
+/// been refused, counted and logged for the operator watching a limit.
+fn dry_run(app: &crate::app::App, client: &str, would: crate::admission::Would) {
+    app.metrics
+        .dry_run_total
+        .with_label_values(&[client, would.label()])
+        .inc();
+    tracing::info!(
+        client,
+        would = would.label(),
+        "dry run: sent at once; without admission.dry_run this call would have been {}",
+        match would {
+            crate::admission::Would::Queue => "queued",
+            crate::admission::Would::Reject => "refused",
+        }
+    );
 }
 
 /// A refusal as the error it answers, and as the trace's span of the wait.
