@@ -339,17 +339,7 @@ async fn no_secret_in_any_log_line() {
     let up = MockUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mut proxy = BinProxy::start_edit(dir.path(), &up, &clients(""), |s| s);
-    proxy.child.kill().unwrap();
-    let _ = proxy.child.wait();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dastra-proxy"));
-    cmd.arg("--config")
-        .arg(dir.path().join("config.toml"))
-        .env("TEST_DASTRA_KEY", DASTRA_KEY)
-        .env("RUST_LOG", "trace")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap());
-    proxy.child = cmd.spawn().unwrap();
-    wait_for_port(proxy.admin);
+    proxy.relaunch_logging(dir.path(), "trace");
     let c = client();
     let url = |p: &str| proxy.url(&format!("{p}?key={CRM_KEY}&api_key={DASTRA_KEY}"));
     for (h, path) in [

@@ -374,17 +374,7 @@ async fn the_access_log_carries_the_trace_id_dastra_got() {
     let dir = tempfile::tempdir().unwrap();
     let extra = format!("{}[log]\nformat = \"json\"\n", tracing_section(at, 1.0));
     let mut proxy = BinProxy::start(dir.path(), &up, &extra);
-    proxy.child.kill().unwrap();
-    let _ = proxy.child.wait();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dastra-proxy"));
-    cmd.arg("--config")
-        .arg(dir.path().join("config.toml"))
-        .env("TEST_DASTRA_KEY", DASTRA_KEY)
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap());
-    proxy.child = cmd.spawn().unwrap();
-    wait_for_port(proxy.admin);
+    proxy.relaunch_logging(dir.path(), "info");
     let c = client();
     assert_eq!(get(&c, &proxy.url("/v1/logged")).await.status, 200);
     proxy.signal("TERM");

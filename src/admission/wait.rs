@@ -111,6 +111,18 @@ mod tests {
     use crate::config::{AdmissionConfig, OnLimit, Upstream429};
     use crate::quota::test_limits as limits;
 
+    fn queue(max_wait_s: u64) -> AdmissionConfig {
+        AdmissionConfig {
+            on_limit: OnLimit::Queue,
+            max_queue: 100,
+            max_wait: Duration::from_secs(max_wait_s),
+            margin: Duration::ZERO,
+            upstream_429: Upstream429::Pause,
+            flight: Duration::from_secs(5),
+            dry_run: false,
+        }
+    }
+
     fn caller(name: &str, weight: u32) -> Caller {
         Caller {
             name: name.into(),
@@ -126,15 +138,7 @@ mod tests {
     /// Retry-After the instant its client's next call could start.
     #[tokio::test(start_paused = true)]
     async fn a_call_overtaken_in_the_queue_is_refused_when_max_wait_runs_out() {
-        let cfg = AdmissionConfig {
-            on_limit: OnLimit::Queue,
-            max_queue: 100,
-            max_wait: Duration::from_secs(3),
-            margin: Duration::ZERO,
-            upstream_429: Upstream429::Pause,
-            flight: Duration::from_secs(5),
-            dry_run: false,
-        };
+        let cfg = queue(3);
         let a = Admission::new(&limits(&[(1, 1000)]), &cfg);
         let t0 = Instant::now();
         a.acquire(&caller("heavy", 1000))
@@ -190,15 +194,7 @@ mod tests {
     /// however long that is (the grant at exactly `max_wait` wins).
     #[tokio::test(start_paused = true)]
     async fn a_call_granted_at_exactly_max_wait_is_served() {
-        let cfg = AdmissionConfig {
-            on_limit: OnLimit::Queue,
-            max_queue: 100,
-            max_wait: Duration::from_secs(2),
-            margin: Duration::ZERO,
-            upstream_429: Upstream429::Pause,
-            flight: Duration::from_secs(5),
-            dry_run: false,
-        };
+        let cfg = queue(2);
         let a = Admission::new(&limits(&[(1, 1000)]), &cfg);
         let t0 = Instant::now();
         let c = caller("x", 1);

@@ -50,6 +50,14 @@ fn endpoint(url: &str) -> Result<Uri, String> {
              (OTLP over HTTP; gRPC's port 4317 is not spoken)"
         ));
     }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        // It would be printed with every export error and by `check`.
+        return Err(
+            "a collector URL takes no user or password (put the collector beside the \
+                    proxy, or behind an authenticating sidecar)"
+                .to_owned(),
+        );
+    }
     if uri.query().is_some() {
         return Err(format!("`{url}`: a collector URL takes no query string"));
     }

@@ -257,6 +257,23 @@ impl BinProxy {
         proc_status_kib(self.pid(), "VmHWM:")
     }
 
+    /// Starts the binary again on the same config in `dir`, logging at
+    /// `level` into `dir/stderr.log` (the tests that read its log lines).
+    pub fn relaunch_logging(&mut self, dir: &std::path::Path, level: &str) {
+        self.child.kill().unwrap();
+        let _ = self.child.wait();
+        self.child = Command::new(env!("CARGO_BIN_EXE_dastra-proxy"))
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .env("TEST_DASTRA_KEY", DASTRA_KEY)
+            .env("RUST_LOG", level)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
+            .spawn()
+            .unwrap();
+        wait_for_port(self.admin);
+    }
+
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .arg(format!("-{sig}"))
