@@ -1,6 +1,8 @@
 //! A shared gateway's tenants (SPEC §9.3) through the real stack: a caller
 //! may ask to wait less than `max_wait` (`Prefer: wait=N`, RFC 7240), never
-//! more, and is told what was applied.
+//! more, and is told what was applied; a dry run forwards everything and
+//! counts what would have waited; with Redis, `max_wait` bounds a queued
+//! call's whole wait.
 
 mod support;
 
@@ -80,4 +82,106 @@ async fn a_dry_run_forwards_everything_and_counts_what_would_have_waited() {
     assert!(after.contains("dastra_proxy_dry_run_total{client=\"anonymous\",would=\"reject\"} 0"));
     let q = get(&c, &p.admin_url("/quota")).await.json();
     assert!(q["degraded"].to_string().contains("dry run"), "{q}");
+}
+
+/// With replicas sharing the quota through Redis, `max_wait` bounds the
+/// whole wait too, and the overtaken call's Retry-After is Redis's own
+/// projection. 1 per 800 ms, `max_wait` 2 s: a light client's call queues
+/// to start at 0.8 s; a heavy client's two calls (1000:1) overtake it, at
+/// 0.8 and 1.6 s; the light call is refused at 2 s, told to come back when
+/// the window next frees (2.4 s), not served late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_an_overtaken_call_is_refused_when_its_max_wait_runs_out() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use dastra_proxy::admission::{Admission, Caller, Refusal, Remote};
+    use dastra_proxy::config::{AdmissionConfig, Limit, OnLimit, StoreOnError, Upstream429};
+    use dastra_proxy::store::RedisStore;
+    use tokio::time::Instant;
+
+    let redis = RedisServer::start();
+    let limits = [Limit {
+        requests: 1,
+        per: Duration::from_millis(800),
+        name: "800ms".into(),
+    }];
+    let store = RedisStore::new(
+        &redis.url(),
+        "dp-tenancy",
+        "k",
+        &limits,
+        Duration::ZERO,
+        Duration::from_secs(5),
+    )
+    .unwrap()
+    .with_settle(Duration::ZERO);
+    let cfg = AdmissionConfig {
+        on_limit: OnLimit::Queue,
+        max_queue: 100,
+        max_wait: Duration::from_millis(2000),
+        margin: Duration::ZERO,
+        upstream_429: Upstream429::Pause,
+        flight: Duration::from_secs(5),
+        dry_run: false,
+    };
+    let remote = Remote::new(
+        Arc::new(store),
+        StoreOnError::Reject,
+        dastra_proxy::metrics::Metrics::new(),
+        Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        1,
+    );
+    let a = Admission::with_remote(&limits, &cfg, Some(remote));
+    let who = |name: &str, weight| Caller {
+        name: name.into(),
+        weight,
+        wait: None,
+    };
+    let t0 = Instant::now();
+    a.acquire(&who("heavy", 1000))
+        .await
+        .unwrap()
+        .sent()
+        .landed();
+    let light = {
+        let a = a.clone();
+        let c = who("light", 1);
+        tokio::spawn(async move { (a.acquire(&c).await.map(|_| ()), Instant::now()) })
+    };
+    while a.waiting() < 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let heavy: Vec<_> = (0..2)
+        .map(|_| {
+            let a = a.clone();
+            let c = who("heavy", 1000);
+            tokio::spawn(async move {
+                let p = a.acquire(&c).await.unwrap();
+                let at = Instant::now();
+                p.sent().landed();
+                at
+            })
+        })
+        .collect();
+    let (got, at) = light.await.unwrap();
+    let waited = at - t0;
+    assert!(
+        waited >= Duration::from_millis(2000) && waited < Duration::from_millis(2400),
+        "refused when its max_wait ran out, not served late: {waited:?}"
+    );
+    match got {
+        Err(Refusal::QuotaExhausted { retry_at }) => {
+            let after = retry_at - t0;
+            assert!(
+                after >= Duration::from_millis(2300) && after <= Duration::from_millis(2600),
+                "Retry-After from Redis's projection: {after:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    for h in heavy {
+        let sent = h.await.unwrap() - t0;
+        assert!(sent < Duration::from_millis(2000), "{sent:?}");
+    }
 }
