@@ -1,0 +1,93 @@
+//! The status page as a browser shows it (SPEC §9.4): headless Chromium
+//! renders the admin `/` page of the real stack, its script reads `/quota`,
+//! and the header names the degraded mode the proxy is in — or "ready".
+
+mod support;
+
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use http::Method;
+use support::*;
+
+/// The rendered header line (`#sub`) once the page's script has run.
+async fn header_line(admin: SocketAddr) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!("http://{admin}/");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--virtual-time-budget=3000",
+                "--dump-dom",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(url)
+            .output()
+            .expect("chromium runs (scripts/test installs it)")
+    })
+    .await
+    .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+    let start = dom
+        .find("id=\"sub\"")
+        .unwrap_or_else(|| panic!("no header in {dom}"));
+    let text = &dom[start..];
+    let text = &text[text.find('>').unwrap() + 1..];
+    text[..text.find("</div>").unwrap()].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_names_each_degraded_mode() {
+    let up = MockUpstream::start().await;
+    let c = client();
+
+    let p = TestProxy::start(&up, "").await;
+    let line = header_line(p.admin).await;
+    assert!(line.contains("ready") && line.contains("up "), "{line}");
+    p.shutdown().await;
+
+    let p = TestProxy::start(&up, "[admission]\ndry_run = true\n").await;
+    let line = header_line(p.admin).await;
+    assert!(
+        line.contains("dry run: nothing waits or is refused"),
+        "{line}"
+    );
+    p.shutdown().await;
+
+    // Dastra answered 429: every send is held.
+    let p = TestProxy::start(&up, "").await;
+    let r = send(
+        &c,
+        Method::GET,
+        &p.url("/v1/limited"),
+        &[("x-mock-answer", "status=429|retry-after=60")],
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(r.status, 429);
+    let line = header_line(p.admin).await;
+    assert!(line.contains("paused by Dastra's 429"), "{line}");
+    p.shutdown().await;
+
+    // Redis unreachable: this replica holds its share.
+    let store = format!(
+        "[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:{}\"\non_error = \"local\"\nreplicas = 1\n",
+        free_port().port()
+    );
+    let p = TestProxy::start(&up, &store).await;
+    assert_eq!(get(&c, &p.url("/v1/while-down")).await.status, 200);
+    let line = header_line(p.admin).await;
+    assert!(
+        line.contains("store unreachable: holding this replica's share"),
+        "{line}"
+    );
+    p.shutdown().await;
+}
