@@ -115,6 +115,24 @@ fn changed_key(cur: &Config, next: &Config, section: &str) -> String {
         .map_or_else(|| section.to_owned(), |(k, _)| k.clone())
 }
 
+/// Each client's per-client series at 0 (at start-up and on reload, so a
+/// client a reload adds reads 0, not "No data").
+fn known_series(config: &Config, metrics: &Metrics) {
+    let names: Vec<&str> = match config.clients.is_empty() {
+        true => vec![crate::config::ANONYMOUS],
+        false => config.clients.iter().map(|c| c.name.as_str()).collect(),
+    };
+    for name in names {
+        metrics.queue_depth.with_label_values(&[name]);
+        for code in crate::error::REFUSAL_CODES {
+            metrics.rejected_total.with_label_values(&[name, code]);
+        }
+        for would in ["queue", "reject"] {
+            metrics.dry_run_total.with_label_values(&[name, would]);
+        }
+    }
+}
+
 /// Why a config that passed validation still cannot be started.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -272,19 +290,7 @@ impl App {
         for l in &config.limits {
             metrics.window_used.with_label_values(&[&l.name]).set(0);
         }
-        let names: Vec<&str> = match config.clients.is_empty() {
-            true => vec![crate::config::ANONYMOUS],
-            false => config.clients.iter().map(|c| c.name.as_str()).collect(),
-        };
-        for name in names {
-            metrics.queue_depth.with_label_values(&[name]);
-            for code in crate::error::REFUSAL_CODES {
-                metrics.rejected_total.with_label_values(&[name, code]);
-            }
-            for would in ["queue", "reject"] {
-                metrics.dry_run_total.with_label_values(&[name, would]);
-            }
-        }
+        known_series(&config, &metrics);
         let public_authority = config
             .server
             .public_url
@@ -372,6 +378,7 @@ impl App {
         self.cache.reconfigure(&next.cache);
         self.policy
             .store(Arc::new(Policy::new(next, &self.metrics)));
+        known_series(next, &self.metrics);
         Ok(())
     }
 }

@@ -359,3 +359,35 @@ async fn a_refused_reload_names_the_key_that_changed() {
     }
     proxy.shutdown().await;
 }
+
+/// A client a reload adds has its series at 0 at once (SPEC §9.4: known
+/// label values exist from start-up and from each reload), so its panels
+/// read 0, not "No data".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_a_reload_adds_has_its_series_at_zero() {
+    let up = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let client_of = |name: &str, key: &str| {
+        format!(
+            "[[clients]]\nname = \"{name}\"\nkey_sha256 = \"{}\"\n",
+            dastra_proxy::access::hash_key(key)
+        )
+    };
+    let first = client_of("crm", "crm-client-key-AAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    let proxy = BinProxy::start(dir.path(), &up, &first);
+    let c = client();
+    let path = dir.path().join("config.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let second = client_of("bi", "bi-client-key-BBBBBBBBBBBBBBBBBBBBBBBBBBBBBB");
+    std::fs::write(&path, format!("{text}\n{second}")).unwrap();
+    hup(&c, &proxy, "ok", 1.0).await;
+    let m = get(&c, &format!("http://{}/metrics", proxy.admin)).await;
+    let text = String::from_utf8_lossy(&m.body);
+    for series in [
+        "dastra_proxy_rejected_total{client=\"bi\",code=\"quota_exhausted\"} 0",
+        "dastra_proxy_dry_run_total{client=\"bi\",would=\"queue\"} 0",
+        "dastra_proxy_queue_depth{client=\"bi\"} 0",
+    ] {
+        assert!(text.contains(series), "{series} missing:\n{text}");
+    }
+}

@@ -146,6 +146,20 @@ fn keys_from_each_header() {
     );
 }
 
+/// The admin listener's allow-list test (`server.admin_allow`): inside a
+/// network, an IPv4-mapped IPv6 peer against an IPv4 rule, and nothing else.
+#[test]
+fn in_nets_is_membership_with_mapped_v4_as_v4() {
+    let nets: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    assert!(in_nets(&nets, ip("10.1.2.3")));
+    assert!(in_nets(&nets, ip("::ffff:10.1.2.3")));
+    assert!(in_nets(&nets, ip("::1")));
+    assert!(!in_nets(&nets, ip("11.0.0.1")));
+    assert!(!in_nets(&nets, ip("::2")));
+    assert!(!in_nets(&[], ip("10.0.0.1")));
+}
+
 mod props {
     use super::*;
     use http::HeaderValue;
