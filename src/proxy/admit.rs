@@ -50,19 +50,18 @@ where
         let entered = Instant::now();
         let trace = req.extensions().get::<Arc<CallTrace>>().cloned();
         let outcome = outcome(&req).clone();
-        let asked = super::prefer::wait(req.headers());
-        let (caller, pause, owner, key) = {
+        let (mut caller, pause, owner, key) = {
             let rec = outcome.lock();
             let caller = rec.identity.as_ref().map_or_else(
                 || Caller {
                     name: ANONYMOUS.into(),
                     weight: 1,
-                    wait: asked.map(Duration::from_secs),
+                    wait: None,
                 },
                 |id| Caller {
                     name: id.name.clone(),
                     weight: id.weight,
-                    wait: asked.map(Duration::from_secs),
+                    wait: None,
                 },
             );
             let pause = rec
@@ -94,11 +93,7 @@ where
                 }
             }
         };
-        {
-            let mut rec = outcome.lock();
-            rec.admission = Some(admission.clone());
-            rec.wait_applied = asked.map(|w| super::prefer::capped(w, admission.max_wait()));
-        }
+        outcome.lock().admission = Some(admission.clone());
         // Before admission: an open breaker spends no quota.
         let ticket = match app.breaker.enter(entered) {
             Ok(t) => t,
@@ -123,6 +118,13 @@ where
             None => None,
         };
         if now.is_none() {
+            // The caller's own cap on its wait (`Prefer: wait=N`) matters
+            // only to a call that may wait: read here, off the paths that
+            // answer at once.
+            if let Some(w) = super::prefer::wait(req.headers()) {
+                caller.wait = Some(Duration::from_secs(w));
+                outcome.lock().wait_applied = Some(super::prefer::capped(w, admission.max_wait()));
+            }
             // The call waits for a slot (see `head`).
             crate::head::detach(&mut req);
         }

@@ -107,6 +107,8 @@ where
         // Dastra as it came.
         let trace_id = match &trace {
             Some(t) => Some(t.trace_id),
+            // Looked up only when the call's log lines are written at all.
+            None if span.is_disabled() => None,
             None => req
                 .headers()
                 .get(&TRACEPARENT)

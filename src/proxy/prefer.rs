@@ -1,5 +1,7 @@
 //! What a caller may ask for itself (SPEC §9.3): `Prefer: wait=N` (RFC 7240)
 //! caps its own wait for quota. It can only shorten what the config allows.
+//! Read only for a call that may wait (a call answered at once, admitted or
+//! refused, is not told: the preference changed nothing for it).
 
 use std::time::Duration;
 
