@@ -160,6 +160,17 @@ fn in_nets_is_membership_with_mapped_v4_as_v4() {
     assert!(!in_nets(&[], ip("10.0.0.1")));
 }
 
+/// RFC 7239 §6: an obfuscated node is `_` and at least one more character.
+#[test]
+fn an_obfuscated_node_needs_a_name_after_its_underscore() {
+    use super::forwarded::parse_node;
+    assert_eq!(parse_node("_hidden"), Some(None));
+    assert_eq!(parse_node("_a:_port"), Some(None));
+    assert_eq!(parse_node("unknown"), Some(None));
+    assert_eq!(parse_node("_"), None);
+    assert_eq!(parse_node("_:80"), None);
+}
+
 mod props {
     use super::*;
     use http::HeaderValue;
