@@ -6,6 +6,8 @@
 //! digest of it is the quota key, so each credential gets its own windows.
 
 mod oauth2;
+#[cfg(test)]
+mod oauth2_tests;
 mod passthrough;
 
 use base64::Engine as _;
@@ -148,6 +150,34 @@ fn sensitive(s: &str, from: &Secret) -> Result<HeaderValue, CredentialError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The state file names a key by its first 8 bytes (little-endian); the
+    /// held credential's key is 0. Two passthrough keys that differ there
+    /// must not share a record.
+    #[test]
+    fn a_keys_file_id_is_its_first_eight_bytes() {
+        assert_eq!(QuotaKey([0; 32]).file_id(), 0);
+        let mut k = [0u8; 32];
+        k[..8].copy_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        k[8] = 9;
+        assert_eq!(QuotaKey(k).file_id(), 0x0807_0605_0403_0201);
+        let mut other = k;
+        other[0] = 2;
+        assert_ne!(QuotaKey(other).file_id(), QuotaKey(k).file_id());
+    }
+
+    /// Only an OAuth2 token can be mended by fetching another: a 401 to a
+    /// held key or a caller's own credential is final (never retried, and
+    /// the buffer stage copies nothing for it).
+    #[test]
+    fn only_oauth2_refreshes() {
+        let key = Credential::Static(
+            HeaderValue::from_static("k"),
+            header::HeaderName::from_static("x-api-key"),
+        );
+        assert!(!key.refreshes());
+        assert!(!Credential::Passthrough.refreshes());
+    }
 
     #[test]
     fn a_held_credential_replaces_the_callers_at_once_passthrough_keeps_it() {
