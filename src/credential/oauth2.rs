@@ -186,3 +186,16 @@ fn form_encode(s: &str) -> String {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::form_encode;
+
+    /// Scopes are space-separated (RFC 6749 §3.3): a space is `+` in a form.
+    #[test]
+    fn a_scope_is_form_encoded() {
+        assert_eq!(form_encode("api1 offline_access"), "api1+offline_access");
+        assert_eq!(form_encode("a/b:c"), "a%2Fb%3Ac");
+        assert_eq!(form_encode("A-z_0.9~"), "A-z_0.9~");
+    }
+}

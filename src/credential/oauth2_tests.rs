@@ -23,6 +23,10 @@ struct Endpoint {
 /// A token endpoint answering `expires_in = 100` with a token of
 /// `token_len` characters (failing with 500 while `failing` is set).
 fn endpoint(token_len: usize) -> Endpoint {
+    endpoint_for(token_len, 100)
+}
+
+fn endpoint_for(token_len: usize, expires_in: u64) -> Endpoint {
     let calls = Arc::new(AtomicUsize::new(0));
     let failing = Arc::new(AtomicBool::new(false));
     let (c, f) = (calls.clone(), failing.clone());
@@ -37,7 +41,7 @@ fn endpoint(token_len: usize) -> Endpoint {
                     .unwrap());
             }
             let token = format!("t{n}{}", "x".repeat(token_len.saturating_sub(2)));
-            let body = format!(r#"{{"access_token":"{token}","expires_in":100}}"#);
+            let body = format!(r#"{{"access_token":"{token}","expires_in":{expires_in}}}"#);
             Ok(Response::new(Body::from(body)))
         }
     }));
@@ -109,4 +113,18 @@ async fn a_large_jwt_is_a_token_an_oversized_answer_is_not() {
         endpoint(70 * 1024).cache.bearer().await,
         Err(TokenError::Unreachable(_))
     ));
+}
+
+/// A two-hour token is used for two hours (less 30 s); only a lifetime past
+/// a day is capped (SPEC §9.1).
+#[tokio::test(start_paused = true)]
+async fn a_long_lived_token_is_kept_up_to_a_day() {
+    let e = endpoint_for(8, 7200);
+    assert!(e.cache.bearer().await.unwrap().1);
+    advance(Duration::from_secs(7000)).await;
+    assert!(!e.cache.bearer().await.unwrap().1, "not due before 7170 s");
+    let e = endpoint_for(8, 10 * 24 * 3600);
+    assert!(e.cache.bearer().await.unwrap().1);
+    advance(Duration::from_secs(24 * 3600 - 30)).await;
+    assert!(e.cache.bearer().await.unwrap().1, "capped at a day");
 }
