@@ -71,16 +71,11 @@ pub(crate) fn header(trace_id: &TraceId, span_id: &SpanId, sampled: bool) -> Hea
 
 /// Lower-case hex, as logs and trace viewers show ids.
 pub fn hex(id: &[u8]) -> String {
-    let mut out = vec![0u8; id.len() * 2];
-    hex_into(id, &mut out);
-    String::from_utf8(out).expect("hex digits are UTF-8")
+    hex::encode(id)
 }
 
 fn hex_into(id: &[u8], out: &mut [u8]) {
-    for (i, b) in id.iter().enumerate() {
-        out[2 * i] = b"0123456789abcdef"[usize::from(b >> 4)];
-        out[2 * i + 1] = b"0123456789abcdef"[usize::from(b & 0xf)];
-    }
+    hex::encode_to_slice(id, out).expect("two hex digits per byte");
 }
 
 /// Lower-case only: the spec makes upper-case hex invalid.
