@@ -196,6 +196,8 @@ mod tests {
     async fn a_call_granted_at_exactly_max_wait_is_served() {
         let cfg = queue(2);
         let a = Admission::new(&limits(&[(1, 1000)]), &cfg);
+        // What `Preference-Applied` caps a caller's wait at.
+        assert_eq!(a.max_wait(), Duration::from_secs(2));
         let t0 = Instant::now();
         let c = caller("x", 1);
         a.acquire(&c).await.unwrap().sent().landed();
