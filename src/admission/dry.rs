@@ -71,6 +71,13 @@ mod tests {
         }
     }
 
+    /// The `would` label values dashboards and alerts query.
+    #[test]
+    fn the_metric_labels_are_queue_and_reject() {
+        assert_eq!(Would::Queue.label(), "queue");
+        assert_eq!(Would::Reject.label(), "reject");
+    }
+
     /// 2 per second: every call goes at once; the 3rd and later would have
     /// waited for the window (queued while that is within `max_wait`,
     /// refused past it or in reject mode), and the log keeps the newest two
