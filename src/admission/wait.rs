@@ -204,13 +204,14 @@ mod tests {
         // Each lands as it is granted (a slot ages from its landing).
         let go = || async {
             let p = a.acquire(&c).await.unwrap();
-            let waited = p.waited();
+            let (waited, ahead) = (p.waited(), p.ahead());
             p.sent().landed();
-            waited
+            (waited, ahead)
         };
         let (s, t) = tokio::join!(go(), go());
-        assert_eq!(s, Duration::from_millis(1000));
-        assert_eq!(t, Duration::from_millis(2000));
+        // Each queued behind the calls served first: a trace's queue position.
+        assert_eq!(s, (Duration::from_millis(1000), 0));
+        assert_eq!(t, (Duration::from_millis(2000), 1));
         assert_eq!(Instant::now() - t0, Duration::from_millis(2000));
     }
 }
