@@ -64,14 +64,17 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 
 /// Sets the state gauges from the admission state, so they are exact at scrape time.
 async fn refresh_gauges(app: &App) {
-    let mut used: Vec<(String, i64)> = Vec::new();
+    let mut used: Vec<([Arc<str>; 2], i64)> = Vec::new();
     let mut depth: Vec<(Arc<str>, i64)> = Vec::new();
-    for a in app.quotas.all() {
+    for (credential, a) in app.quotas.labelled() {
         let snap = a.shared_snapshot().await;
         for w in snap.windows {
-            match used.iter_mut().find(|(n, _)| *n == w.name) {
+            let labels = [credential.clone(), Arc::from(w.name)];
+            // In passthrough every caller credential is `default`: its
+            // busiest key is the one near a limit.
+            match used.iter_mut().find(|(l, _)| *l == labels) {
                 Some((_, u)) => *u = (*u).max(i64::from(w.used)),
-                None => used.push((w.name, i64::from(w.used))),
+                None => used.push((labels, i64::from(w.used))),
             }
         }
         for (client, n) in snap.queue {
@@ -81,8 +84,8 @@ async fn refresh_gauges(app: &App) {
             }
         }
     }
-    for (w, u) in used {
-        app.metrics.window_used.with_label_values(&[&w]).set(u);
+    for ([c, w], u) in used {
+        app.metrics.window_used.with_label_values(&[&c, &w]).set(u);
     }
     for (c, d) in depth {
         app.metrics.queue_depth.with_label_values(&[&c]).set(d);
@@ -102,32 +105,24 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn quota(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
-    let admissions = app.quotas.all();
+    let admissions = app.quotas.labelled();
     let mut snaps = Vec::with_capacity(admissions.len());
-    for a in &admissions {
+    for (_, a) in &admissions {
         snaps.push(a.shared_snapshot().await);
     }
-    let keys: Vec<_> = snaps
-        .iter()
-        .map(|s| {
-            json!({
-                "windows": s.windows.iter().map(|w| json!({
-                    "window": w.name,
-                    "used": w.used,
-                    "limit": w.limit,
-                    "remaining": w.limit.saturating_sub(w.used),
-                    "seconds_until_free": if w.used >= w.limit { w.frees_in.as_secs_f64() } else { 0.0 },
-                    "seconds_until_oldest_expires": w.frees_in.as_secs_f64(),
-                    "retry_after": if w.used >= w.limit { ceil_secs(w.frees_in) } else { 0 },
-                    "period_seconds": w.period.as_secs_f64(),
-                    "sends": w.sends,
-                })).collect::<Vec<_>>(),
-                "paused_seconds": s.paused_for.map(|d| d.as_secs_f64()),
-                "queue": s.queue.iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
-            })
-        })
-        .collect();
+    let keys: Vec<_> = snaps.iter().map(key_json).collect();
     let first = keys.first().cloned().unwrap_or_else(|| json!({}));
+    let answered_429 = app.metrics.upstream_429_total.sum_by("credential");
+    // Each Dastra credential's own quota (in passthrough, `default` is the
+    // first caller credential tracked; `keys` says how many there are).
+    let mut credentials = serde_json::Map::new();
+    for ((name, _), key) in admissions.iter().zip(&keys) {
+        if !credentials.contains_key(&**name) {
+            let mut k = key.clone();
+            k["responses_429"] = answered_429.get(&**name).cloned().unwrap_or(json!(0));
+            credentials.insert(name.to_string(), k);
+        }
+    }
     // What an operator must know first: the modes in which the proxy is not
     // doing what its config says (the status page's header shows them).
     let mut degraded = Vec::new();
@@ -176,13 +171,14 @@ async fn quota(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
         "windows": first["windows"],
         "paused_seconds": first["paused_seconds"],
         "queue": first["queue"],
-        "queue_total": admissions.iter().map(|a| a.waiting()).sum::<usize>(),
+        "queue_total": admissions.iter().map(|(_, a)| a.waiting()).sum::<usize>(),
         "keys": keys.len(),
+        "credentials": credentials,
         "rejected": rejected,
         "clients": clients,
         "upstream": {
             "url": app.config.upstream.origin(),
-            "responses_429": app.metrics.upstream_429_total.get(),
+            "responses_429": answered_429.values().filter_map(|v| v.as_u64()).sum::<u64>(),
         },
         "savings": {
             "sent": sent_upstream(&app.metrics.upstream_duration_seconds),
@@ -199,6 +195,25 @@ async fn quota(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
         "degraded": degraded,
         "uptime_seconds": uptime.floor(),
     }))
+}
+
+/// One quota key's windows, pause and queue, as `/quota` shows them.
+fn key_json(s: &crate::admission::Snapshot) -> serde_json::Value {
+    json!({
+        "windows": s.windows.iter().map(|w| json!({
+            "window": w.name,
+            "used": w.used,
+            "limit": w.limit,
+            "remaining": w.limit.saturating_sub(w.used),
+            "seconds_until_free": if w.used >= w.limit { w.frees_in.as_secs_f64() } else { 0.0 },
+            "seconds_until_oldest_expires": w.frees_in.as_secs_f64(),
+            "retry_after": if w.used >= w.limit { ceil_secs(w.frees_in) } else { 0 },
+            "period_seconds": w.period.as_secs_f64(),
+            "sends": w.sends,
+        })).collect::<Vec<_>>(),
+        "paused_seconds": s.paused_for.map(|d| d.as_secs_f64()),
+        "queue": s.queue.iter().map(|(c, n)| (c.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+    })
 }
 
 async fn status_page() -> impl IntoResponse {

@@ -6,11 +6,11 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::access::Access;
-use crate::admission::{KeyBounds, LocalState, Quotas, SharedStore};
+use crate::admission::{KeyBounds, LocalState, NamedQuota, Quotas, SharedStore};
 use crate::config::{
-    Config, CredentialConfig, StoreConfig, StoreOnError, Upstream429, ANONYMOUS, MAX_STATE_SLOTS,
+    Config, StoreConfig, StoreOnError, Upstream429, ANONYMOUS, DEFAULT_CREDENTIAL, MAX_STATE_SLOTS,
 };
-use crate::credential::Credential;
+use crate::credential::{Credentials, Routes};
 use crate::guard::Guard;
 use crate::metrics::{CallMetrics, Metrics};
 use crate::state_file::{StateError, StateFile};
@@ -29,11 +29,18 @@ pub struct Policy {
     pub dry_run: bool,
     /// Per-call series of this generation's clients.
     pub calls: CallMetrics,
+    /// The Dastra credentials of this generation (an unchanged one is the
+    /// previous generation's, its OAuth2 token kept).
+    pub credentials: Arc<Credentials>,
+    /// Which credential each client's calls go out with.
+    pub routes: Routes,
 }
 
 impl Policy {
-    fn new(cfg: &Config, metrics: &Metrics) -> Self {
+    fn new(cfg: &Config, metrics: &Metrics, credentials: Arc<Credentials>) -> Self {
         Self {
+            routes: Routes::new(&credentials, &cfg.clients),
+            credentials,
             access: Access::new(cfg),
             cors: crate::cors::Cors::new(&cfg.cors),
             guard: Guard::new(&cfg.clients),
@@ -58,11 +65,6 @@ pub struct App {
     pub upstream: Upstream,
     /// Which request targets are ours (not an open proxy).
     pub target: Target,
-    /// The Dastra credential; a reload swaps it when only its secrets
-    /// changed (a rotated key file), see [`App::reload`].
-    pub credential: ArcSwap<Credential>,
-    /// The settings it was made from: what a reload compares with.
-    credential_config: ArcSwap<CredentialConfig>,
     pub quotas: Quotas,
     /// Coalesced GETs and cached answers (`[cache]`); reloadable.
     pub cache: Arc<crate::cache::Cache>,
@@ -115,9 +117,41 @@ fn changed_key(cur: &Config, next: &Config, section: &str) -> String {
         .map_or_else(|| section.to_owned(), |(k, _)| k.clone())
 }
 
+/// Each named credential's quota as admission keeps it.
+fn named_quotas(config: &Config) -> Vec<NamedQuota> {
+    (config.credentials.iter())
+        .map(|n| NamedQuota {
+            name: n.name.as_str().into(),
+            limits: config.limits_of(n).to_vec(),
+        })
+        .collect()
+}
+
+/// Each credential's windows: `window_limit` set, `window_used` and
+/// `upstream_429_total` at 0 until the first scrape or 429.
+fn window_series(config: &Config, metrics: &Metrics) {
+    let default = config
+        .credential
+        .iter()
+        .map(|_| (DEFAULT_CREDENTIAL, &config.limits[..]));
+    let named = (config.credentials.iter()).map(|n| (n.name.as_str(), config.limits_of(n)));
+    for (credential, limits) in default.chain(named) {
+        for l in limits {
+            let labels = [credential, l.name.as_str()];
+            metrics
+                .window_limit
+                .with_label_values(&labels)
+                .set(i64::from(l.requests));
+            metrics.window_used.with_label_values(&labels);
+        }
+        metrics.upstream_429_total.with_label_values(&[credential]);
+    }
+}
+
 /// Each client's per-client series at 0 (at start-up and on reload, so a
 /// client a reload adds reads 0, not "No data").
 fn known_series(config: &Config, metrics: &Metrics) {
+    window_series(config, metrics);
     let names: Vec<&str> = match config.clients.is_empty() {
         true => vec![crate::config::ANONYMOUS],
         false => config.clients.iter().map(|c| c.name.as_str()).collect(),
@@ -178,22 +212,25 @@ pub async fn probe_store(config: &Config) -> Result<(), AppError> {
     Ok(())
 }
 
-/// The state file's ring: the largest window's N, at least Dastra's 10,000
-/// (so a reload up to it stays exact) and at most [`MAX_STATE_SLOTS`]; in
-/// passthrough, room for the sends of several credentials together.
+/// The state file's ring: for each credential its largest window's N, at
+/// least Dastra's 10,000 (so a reload up to it stays exact) and at most
+/// [`MAX_STATE_SLOTS`]; together, so busy credentials never push each
+/// other's sends out; in passthrough, room for several caller credentials.
 pub fn state_slots(config: &Config) -> u64 {
-    let n = config
-        .limits
-        .iter()
-        .map(|l| u64::from(l.requests))
-        .max()
-        .unwrap_or(0)
-        .clamp(10_000, MAX_STATE_SLOTS);
-    if matches!(config.credential, CredentialConfig::Passthrough { .. }) {
-        n * 4
-    } else {
-        n
-    }
+    let largest = |limits: &[crate::config::Limit]| {
+        (limits.iter().map(|l| u64::from(l.requests)).max())
+            .unwrap_or(0)
+            .clamp(10_000, MAX_STATE_SLOTS)
+    };
+    let default = match (&config.credential, config.passthrough()) {
+        (None, _) => 0,
+        (Some(_), None) => largest(&config.limits),
+        (Some(_), Some(_)) => largest(&config.limits) * 4,
+    };
+    let named: u64 = (config.credentials.iter())
+        .map(|n| largest(config.limits_of(n)))
+        .sum();
+    default + named
 }
 
 /// Why SIGHUP left the running config in place.
@@ -205,6 +242,8 @@ pub enum ReloadError {
     NeedsRestart(String),
     #[error(transparent)]
     Credential(#[from] crate::credential::CredentialError),
+    #[error("store.url: {0}")]
+    Store(crate::store::StoreError),
 }
 
 impl App {
@@ -224,17 +263,13 @@ impl App {
         metrics: Metrics,
         upstream: Upstream,
     ) -> Result<Arc<Self>, AppError> {
-        let credential = Credential::new(&config.credential, upstream.clone(), metrics.clone())?;
-        let max_keys = match config.credential {
-            CredentialConfig::Passthrough {
+        let credentials = Arc::new(Credentials::new(&config, &upstream, &metrics, None)?);
+        let max_keys = config
+            .passthrough()
+            .map(|(max_keys, max_keys_per_ip)| KeyBounds {
                 max_keys,
                 max_keys_per_ip,
-            } => Some(KeyBounds {
-                max_keys,
-                max_keys_per_ip,
-            }),
-            _ => None,
-        };
+            });
         let store_healthy = Arc::new(AtomicBool::new(true));
         let shared = match &config.store {
             StoreConfig::Memory { .. } => None,
@@ -278,18 +313,14 @@ impl App {
             }
             _ => None,
         };
-        let quotas = Quotas::new(&config.limits, &config.admission, max_keys, shared, local)?;
-        for l in &config.limits {
-            metrics
-                .window_limit
-                .with_label_values(&[&l.name])
-                .set(i64::from(l.requests));
-        }
+        let quotas = Quotas::new(&config.limits, &config.admission, max_keys, shared, local)?
+            .with_named(
+                config.credential.is_some(),
+                &named_quotas(&config),
+                &config.admission,
+            )?;
         // Known label values exist at 0 from start-up: a quiet instance's
         // panels read 0, not "No data".
-        for l in &config.limits {
-            metrics.window_used.with_label_values(&[&l.name]).set(0);
-        }
         known_series(&config, &metrics);
         let public_authority = config
             .server
@@ -303,7 +334,6 @@ impl App {
         );
         let cache = crate::cache::Cache::new(&config.cache, metrics.clone());
         Ok(Arc::new(Self {
-            credential_config: ArcSwap::from_pointee(config.credential.clone()),
             cache,
             read_ahead: crate::body::ReadAhead::new(config.server.max_buffered_body),
             retry: crate::retry::RetryBudget::new(
@@ -315,12 +345,11 @@ impl App {
                 config.upstream.breaker_open,
                 metrics.breaker_open.clone(),
             ),
-            policy: ArcSwap::from_pointee(Policy::new(&config, &metrics)),
+            policy: ArcSwap::from_pointee(Policy::new(&config, &metrics, credentials)),
             tracer: crate::trace::Tracer::new(&config.tracing, config.upstream.connect_timeout),
             config,
             upstream,
             target,
-            credential: ArcSwap::from_pointee(credential),
             quotas,
             metrics,
             ready: AtomicBool::new(false),
@@ -339,17 +368,16 @@ impl App {
     /// dropping connections, queued calls or recorded sends.
     pub fn reload(&self, next: &Config) -> Result<(), ReloadError> {
         let cur = &self.config;
-        // The same kind of credential with other secrets (a rotated key or
-        // client secret) is swapped in; another kind needs a restart (the
-        // stack was built for it: passthrough's keys, OAuth2's 401 retry).
-        let held = self.credential_config.load_full();
-        let cred_changed = next.credential != *held;
-        let cred_swaps = std::mem::discriminant(&next.credential) == std::mem::discriminant(&*held)
-            && !matches!(next.credential, CredentialConfig::Passthrough { .. });
         let fixed: [(&'static str, bool); 6] = [
             ("[server]", next.server == cur.server),
             ("[upstream]", next.upstream == cur.upstream),
-            ("[credential]", !cred_changed || cred_swaps),
+            // The stack is built for passthrough (a quota key per caller
+            // credential); any other credential may come, go or change.
+            (
+                "[credential]",
+                next.passthrough().is_none() && cur.passthrough().is_none()
+                    || next.credential == cur.credential,
+            ),
             ("[store]", next.store == cur.store),
             ("[log]", next.log == cur.log),
             ("[tracing]", next.tracing == cur.tracing),
@@ -357,27 +385,23 @@ impl App {
         if let Some((section, _)) = fixed.iter().find(|(_, same)| !same) {
             return Err(ReloadError::NeedsRestart(changed_key(cur, next, section)));
         }
-        if cred_changed {
-            let fresh = Credential::new(
-                &next.credential,
-                self.upstream.clone(),
-                self.metrics.clone(),
-            )?;
-            self.credential.store(Arc::new(fresh));
-            self.credential_config
-                .store(Arc::new(next.credential.clone()));
-            tracing::info!("Dastra credential reloaded");
+        let running = self.policy().credentials.clone();
+        let credentials = Arc::new(Credentials::new(
+            next,
+            &self.upstream,
+            &self.metrics,
+            Some(&running),
+        )?);
+        for name in credentials.changed_from(&running) {
+            tracing::info!(credential = %name, "Dastra credential reloaded");
         }
+        self.quotas
+            .set_named(&named_quotas(next), &next.admission)
+            .map_err(ReloadError::Store)?;
         self.quotas.reconfigure(&next.limits, &next.admission);
-        for l in &next.limits {
-            self.metrics
-                .window_limit
-                .with_label_values(&[&l.name])
-                .set(i64::from(l.requests));
-        }
         self.cache.reconfigure(&next.cache);
         self.policy
-            .store(Arc::new(Policy::new(next, &self.metrics)));
+            .store(Arc::new(Policy::new(next, &self.metrics, credentials)));
         known_series(next, &self.metrics);
         Ok(())
     }

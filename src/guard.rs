@@ -87,6 +87,7 @@ mod tests {
             allow: None,
             weight: 1,
             rate,
+            credential: None,
         }
     }
 

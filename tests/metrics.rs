@@ -86,7 +86,10 @@ async fn promtool_accepts_the_exposition_and_counters_move() {
         value("dastra_proxy_requests_total{client=\"anonymous\",method=\"GET\",status=\"503\"}"),
         1.0
     );
-    assert_eq!(value("dastra_proxy_window_limit{window=\"300ms\"}"), 5.0);
+    assert_eq!(
+        value("dastra_proxy_window_limit{credential=\"default\",window=\"300ms\"}"),
+        5.0
+    );
     assert_eq!(value("dastra_proxy_build_info{version=\"0.1.0\"}"), 1.0);
     assert!(m.contains("dastra_proxy_queue_depth{client=\"anonymous\"} 0"));
     proxy.shutdown().await;

@@ -210,7 +210,14 @@ async fn an_upstream_429_pauses_all_sending_until_its_retry_after() {
         "sent {:?} after the 429",
         next - first
     );
-    assert!(proxy.metrics.upstream_429_total.get() == 1);
+    assert!(
+        proxy
+            .metrics
+            .upstream_429_total
+            .with_label_values(&["default"])
+            .get()
+            == 1
+    );
     proxy.shutdown().await;
 }
 

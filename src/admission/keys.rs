@@ -14,6 +14,7 @@ use crate::store::{RedisLink, RedisStore, StoreError};
 
 use tokio::time::Instant;
 
+use super::named::{Named, NamedQuota};
 use super::{Admission, Persist, Refusal, Remote};
 use crate::state_file::{Restored, StateFile};
 
@@ -92,11 +93,15 @@ impl LocalState {
     }
 }
 
-/// The admission state of every quota key: one for a held credential, one per
-/// caller credential in passthrough (created on first use).
+/// The admission state of every quota key: one for the default credential
+/// (or one per caller credential in passthrough, created on first use), one
+/// per named credential.
 #[derive(Debug)]
 pub struct Quotas {
     single: Admission,
+    /// Whether there is a default credential (`[credential]`) at all.
+    default: bool,
+    named: Named,
     per_key: Option<Mutex<KeyState>>,
     shared: Option<SharedStore>,
     local: Option<LocalState>,
@@ -197,6 +202,8 @@ impl Quotas {
         single.share_queue(waiting.clone());
         Ok(Self {
             single,
+            default: true,
+            named: Named::default(),
             per_key: bounds.map(|bounds| {
                 Mutex::new(KeyState {
                     limits: limits.to_vec(),
@@ -212,12 +219,43 @@ impl Quotas {
         })
     }
 
+    /// With the named credentials' quotas; `default`: whether a
+    /// `[credential]` is held besides them.
+    pub fn with_named(
+        mut self,
+        default: bool,
+        named: &[NamedQuota],
+        cfg: &AdmissionConfig,
+    ) -> Result<Self, StoreError> {
+        self.default = default;
+        self.set_named(named, cfg)?;
+        Ok(self)
+    }
+
+    /// The named credentials' quotas become `want` (start-up and reload).
+    pub fn set_named(&self, want: &[NamedQuota], cfg: &AdmissionConfig) -> Result<(), StoreError> {
+        self.named.set(want, cfg, |key, limits| {
+            let a = match (&self.shared, &self.local) {
+                (Some(s), _) => s.admission(key, limits, cfg)?,
+                (None, Some(l)) => l.admission(key, limits, cfg),
+                (None, None) => Admission::new(limits, cfg),
+            };
+            a.share_queue(self.waiting.clone());
+            Ok(a)
+        })
+    }
+
     /// The admission of `key`. In passthrough a new credential takes the
     /// place of one Dastra rejected or one that is idle (nothing waiting, in
     /// flight or in any window); when all `max_keys` are busy, or `owner`
     /// (the client address) already made `max_keys_per_ip` of them, the
     /// call is refused.
     pub fn get(&self, key: QuotaKey, owner: Option<IpAddr>) -> Result<Admission, Refusal> {
+        if key != QuotaKey([0; 32]) {
+            if let Some(a) = self.named.get(&key) {
+                return Ok(a);
+            }
+        }
         let Some(m) = &self.per_key else {
             return Ok(self.single.clone());
         };
@@ -264,6 +302,9 @@ impl Quotas {
 
     /// The admission of `key` if it is tracked already; never makes one.
     pub fn existing(&self, key: &QuotaKey) -> Option<Admission> {
+        if let Some(a) = self.named.get(key) {
+            return Some(a);
+        }
         match &self.per_key {
             None => Some(self.single.clone()),
             Some(m) => {
@@ -273,21 +314,34 @@ impl Quotas {
         }
     }
 
-    /// Every key's admission (just one unless passthrough).
+    /// Every key's admission.
     pub fn all(&self) -> Vec<Admission> {
-        match &self.per_key {
-            None => vec![self.single.clone()],
-            Some(m) => {
-                let st = m.lock().unwrap_or_else(|e| e.into_inner());
-                if st.map.is_empty() {
-                    vec![self.single.clone()]
-                } else {
-                    st.map.values().map(|t| t.admission.clone()).collect()
-                }
-            }
-        }
+        self.labelled().into_iter().map(|(_, a)| a).collect()
     }
 
+    /// Every key's admission with its credential's name (`default` for the
+    /// single `[credential]` and for every caller credential in passthrough).
+    pub fn labelled(&self) -> Vec<(Arc<str>, Admission)> {
+        let default: Arc<str> = crate::config::DEFAULT_CREDENTIAL.into();
+        let mut out = match (&self.per_key, self.default) {
+            (_, false) => Vec::new(),
+            (None, true) => vec![(default, self.single.clone())],
+            (Some(m), true) => {
+                let st = m.lock().unwrap_or_else(|e| e.into_inner());
+                if st.map.is_empty() {
+                    vec![(default, self.single.clone())]
+                } else {
+                    (st.map.values())
+                        .map(|t| (default.clone(), t.admission.clone()))
+                        .collect()
+                }
+            }
+        };
+        out.extend(self.named.all());
+        out
+    }
+
+    /// The default key(s) take `limits`; named ones are set by [`Self::set_named`].
     pub fn reconfigure(&self, limits: &[Limit], cfg: &AdmissionConfig) {
         self.single.reconfigure(limits, cfg);
         if let Some(m) = &self.per_key {
@@ -301,7 +355,7 @@ impl Quotas {
     }
 
     pub fn close(&self) {
-        for a in self.all() {
+        for (_, a) in self.labelled() {
             a.close();
         }
         self.single.close();

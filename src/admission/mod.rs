@@ -12,6 +12,7 @@
 mod dry;
 mod fair;
 mod keys;
+mod named;
 mod pause;
 mod permit;
 mod releaser;
@@ -32,6 +33,7 @@ use crate::state_file::{StateError, StateFile};
 pub use dry::Would;
 use fair::FairQueue;
 pub use keys::{KeyBounds, LocalState, Quotas, SharedStore};
+pub use named::NamedQuota;
 pub use permit::{Permit, SentPermit};
 use releaser::release_loop;
 pub use remote::Remote;

@@ -16,6 +16,15 @@ const WEAK_KEYS: [&str; 9] = [
 /// `store.state_file` when the file names none, relative to the config file.
 const DEFAULT_STATE_FILE: &str = "dastra-proxy.state";
 
+/// A client's or credential's name: it goes in metric labels and logs as it is.
+pub(super) fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+}
+
 impl Validator<'_> {
     pub(super) fn clients(
         &self,
@@ -24,13 +33,7 @@ impl Validator<'_> {
         let mut out: Vec<ClientConfig> = Vec::with_capacity(raw.len());
         for (i, c) in raw.into_iter().enumerate() {
             let key = format!("clients[{i}]");
-            if c.name.is_empty()
-                || c.name.len() > 64
-                || !c
-                    .name
-                    .chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
-            {
+            if !valid_name(&c.name) {
                 return Err(self.invalid(
                     &format!("{key}.name"),
                     "1 to 64 characters of A-Z a-z 0-9 - _ .",
@@ -102,6 +105,7 @@ impl Validator<'_> {
                 allow: self.nets(&format!("{key}.allow"), c.allow)?,
                 weight,
                 rate,
+                credential: c.credential,
             });
         }
         Ok(out)

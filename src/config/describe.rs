@@ -112,23 +112,20 @@ pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     if let Some(ca) = &u.ca_file {
         writeln!(o, "ca_file = \"{}\"", ca.display())?;
     }
-    writeln!(o, "\n[credential]")?;
-    match &c.credential {
-        CredentialConfig::ApiKey(k) => writeln!(o, "kind = \"api_key\"\napi_key = \"{k}\"")?,
-        CredentialConfig::Basic { public, private } => {
-            writeln!(o, "kind = \"basic\"\npublic_key = \"{public}\"\nprivate_key = \"{private}\"")?
+    if let Some(cred) = &c.credential {
+        writeln!(o, "\n[credential]")?;
+        credential(&mut o, cred)?;
+    }
+    for n in &c.credentials {
+        writeln!(o, "\n[[credentials]]\nname = \"{}\"", n.name)?;
+        credential(&mut o, &n.credential)?;
+        for l in n.limits.iter().flatten() {
+            writeln!(
+                o,
+                "[[credentials.limits]]\nrequests = {}\nper = \"{}\"",
+                l.requests, l.name
+            )?;
         }
-        CredentialConfig::OAuth2 { token_url, scope, public, private } => writeln!(
-            o,
-            "kind = \"oauth2\"\ntoken_url = \"{token_url}\"\nscope = \"{scope}\"\npublic_key = \"{public}\"\nprivate_key = \"{private}\""
-        )?,
-        CredentialConfig::Passthrough {
-            max_keys,
-            max_keys_per_ip,
-        } => writeln!(
-            o,
-            "kind = \"passthrough\"\nmax_keys = {max_keys}\nmax_keys_per_ip = {max_keys_per_ip}"
-        )?,
     }
     for l in &c.limits {
         writeln!(
@@ -174,6 +171,9 @@ pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         )?;
         if let Some(allow) = &cl.allow {
             writeln!(o, "allow = {}", nets(allow))?;
+        }
+        if let Some(k) = &cl.credential {
+            writeln!(o, "credential = \"{k}\"")?;
         }
         if let Some(r) = cl.rate {
             writeln!(
@@ -267,6 +267,33 @@ pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         c.log.level
     )?;
     f.write_str(&mark_env(&o, c))
+}
+
+/// A credential's keys, secrets named by where they come from, never shown.
+fn credential(o: &mut String, c: &CredentialConfig) -> fmt::Result {
+    match c {
+        CredentialConfig::ApiKey(k) => writeln!(o, "kind = \"api_key\"\napi_key = \"{k}\""),
+        CredentialConfig::Basic { public, private } => writeln!(
+            o,
+            "kind = \"basic\"\npublic_key = \"{public}\"\nprivate_key = \"{private}\""
+        ),
+        CredentialConfig::OAuth2 {
+            token_url,
+            scope,
+            public,
+            private,
+        } => writeln!(
+            o,
+            "kind = \"oauth2\"\ntoken_url = \"{token_url}\"\nscope = \"{scope}\"\npublic_key = \"{public}\"\nprivate_key = \"{private}\""
+        ),
+        CredentialConfig::Passthrough {
+            max_keys,
+            max_keys_per_ip,
+        } => writeln!(
+            o,
+            "kind = \"passthrough\"\nmax_keys = {max_keys}\nmax_keys_per_ip = {max_keys_per_ip}"
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ mod validate;
 use std::fmt;
 use std::path::Path;
 
+pub use credential::DEFAULT_CREDENTIAL;
 pub use env::FromEnv;
 pub use error::{ConfigError, Place};
 pub use types::*;
@@ -95,7 +96,7 @@ impl Config {
                     .to_owned(),
             );
         }
-        if matches!(self.credential, CredentialConfig::Passthrough { .. }) {
+        if self.passthrough().is_some() {
             out.push(
                 "credential.kind = \"passthrough\": every caller credential gets its own quota"
                     .to_owned(),
@@ -127,13 +128,16 @@ impl Config {
                 self.upstream.origin()
             ));
         }
-        if let CredentialConfig::OAuth2 { token_url, .. } = &self.credential {
-            if token_url.scheme() == Some(&http::uri::Scheme::HTTP) {
-                out.push(format!(
-                    "credential.token_url is plain http ({token_url}): the client secret crosses the network in clear"
-                ));
+        for (at, c) in self.every_credential() {
+            if let CredentialConfig::OAuth2 { token_url, .. } = c {
+                if token_url.scheme() == Some(&http::uri::Scheme::HTTP) {
+                    out.push(format!(
+                        "{at}.token_url is plain http ({token_url}): the client secret crosses the network in clear"
+                    ));
+                }
             }
         }
+        out.extend(self.shared_secrets());
         let everyone = |nets: &[ipnet::IpNet]| nets.iter().any(|n| n.prefix_len() == 0);
         if everyone(&self.access.allow) && self.clients.is_empty() {
             out.push(
@@ -233,14 +237,10 @@ impl Config {
             out.push(t.cert_file.clone());
             out.push(t.key_file.clone());
         }
-        let secrets: Vec<&crate::secret::Secret> = match &self.credential {
-            CredentialConfig::ApiKey(k) => vec![k],
-            CredentialConfig::Basic { public, private }
-            | CredentialConfig::OAuth2 {
-                public, private, ..
-            } => vec![public, private],
-            CredentialConfig::Passthrough { .. } => vec![],
-        };
+        let secrets = self
+            .every_credential()
+            .into_iter()
+            .flat_map(|(_, c)| c.secrets());
         for s in secrets {
             if let crate::secret::SecretSource::File(p) = s.source() {
                 out.push(p.clone());

@@ -15,8 +15,11 @@ pub(crate) struct RawConfig {
     pub(crate) server: RawServer,
     #[serde(default)]
     pub(crate) upstream: RawUpstream,
+    /// `None`: the default API key from `DASTRA_API_KEY`, unless
+    /// `[[credentials]]` are given (then there is no default).
+    pub(crate) credential: Option<RawCredential>,
     #[serde(default)]
-    pub(crate) credential: RawCredential,
+    pub(crate) credentials: Vec<RawCredential>,
     pub(crate) limits: Option<Vec<RawLimit>>,
     #[serde(default)]
     pub(crate) admission: RawAdmission,
@@ -124,6 +127,10 @@ pub(crate) struct RawUpstream {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawCredential {
+    /// Only in `[[credentials]]`.
+    pub(crate) name: Option<String>,
+    /// Only in `[[credentials]]`: this key's own windows.
+    pub(crate) limits: Option<Vec<RawLimit>>,
     pub(crate) kind: Option<String>,
     pub(crate) api_key_env: Option<String>,
     pub(crate) api_key_file: Option<PathBuf>,
@@ -174,6 +181,7 @@ pub(crate) struct RawClient {
     pub(crate) weight: Option<i64>,
     pub(crate) rate: Option<String>,
     pub(crate) burst: Option<i64>,
+    pub(crate) credential: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

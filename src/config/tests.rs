@@ -38,7 +38,7 @@ fn the_shipped_config_parses_to_the_documented_defaults() {
     );
     assert_eq!(c.admission.margin, Duration::from_millis(250));
     assert_eq!(c.admission.on_limit, OnLimit::Queue);
-    assert!(matches!(c.credential, CredentialConfig::ApiKey(_)));
+    assert!(matches!(c.credential, Some(CredentialConfig::ApiKey(_))));
     assert!(matches!(
         &c.store,
         StoreConfig::Memory { state_file: Some(f) } if f.ends_with("dastra-proxy.state")
@@ -163,7 +163,7 @@ fn client_rates_and_secret_files() {
         scope,
         token_url,
         ..
-    } = &c.credential
+    } = c.credential.as_ref().expect("a [credential]")
     else {
         panic!()
     };

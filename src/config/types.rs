@@ -17,8 +17,14 @@ pub struct Config {
     pub source: PathBuf,
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
-    pub credential: CredentialConfig,
-    /// Every window is enforced on the same quota key.
+    /// The single `[credential]`: the calls of every client that names no
+    /// other go out with it. `None` when only `[[credentials]]` are given.
+    pub credential: Option<CredentialConfig>,
+    /// `[[credentials]]` (SPEC §9.3b): more Dastra keys, each with its own
+    /// quota, chosen per client.
+    pub credentials: Vec<NamedCredential>,
+    /// Every window is enforced on each quota key (a named credential's own
+    /// `limits` replace them for that key).
     pub limits: Vec<Limit>,
     pub admission: AdmissionConfig,
     pub access: AccessConfig,
@@ -193,6 +199,15 @@ pub enum CredentialConfig {
     },
 }
 
+/// One of `[[credentials]]`: a Dastra key of its own, with its own windows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedCredential {
+    pub name: String,
+    pub credential: CredentialConfig,
+    /// `[[credentials.limits]]`; `None`: the top-level `[[limits]]`.
+    pub limits: Option<Vec<Limit>>,
+}
+
 /// One sliding window: at most `requests` sends in any interval of length `per`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limit {
@@ -276,6 +291,8 @@ pub struct ClientConfig {
     pub allow: Option<Vec<IpNet>>,
     pub weight: u32,
     pub rate: Option<ClientRate>,
+    /// The `[[credentials]]` name its calls go out with; `None`: `[credential]`.
+    pub credential: Option<String>,
 }
 
 /// The optional per-client guard: `count` per `period`, bursting to `burst`.

@@ -113,14 +113,21 @@ impl Validator<'_> {
     pub(super) fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let server = self.server(raw.server)?;
         let upstream = self.upstream(raw.upstream)?;
-        let credential = self.credential(raw.credential)?;
-        let limits = self.limits(raw.limits)?;
+        let limits = match raw.limits {
+            Some(l) => self.limits(l, "limits")?,
+            None => Limit::dastra(),
+        };
+        let (credential, credentials) = self.credentials(raw.credential, raw.credentials)?;
         let mut admission = self.admission(raw.admission)?;
         // A permit is spent before the token fetch (OAuth2), the connect and
         // the wait for the answer head; the call lands by then at the latest.
         admission.flight = upstream.connect_timeout
             + upstream.timeout
-            + if matches!(credential, CredentialConfig::OAuth2 { .. }) {
+            + if credential
+                .iter()
+                .chain(credentials.iter().map(|n| &n.credential))
+                .any(|c| matches!(c, CredentialConfig::OAuth2 { .. }))
+            {
                 TOKEN_TIMEOUT
             } else {
                 Duration::ZERO
@@ -144,18 +151,22 @@ impl Validator<'_> {
             },
         };
         let clients = self.clients(raw.clients)?;
-        if matches!(credential, CredentialConfig::Passthrough { .. }) && !clients.is_empty() {
+        if matches!(credential, Some(CredentialConfig::Passthrough { .. })) && !clients.is_empty() {
             return Err(self.invalid(
                 "credential.kind",
                 "\"passthrough\" cannot be combined with [[clients]]: the caller's credential would be both a client key and the Dastra credential",
             ));
         }
+        self.routes(credential.as_ref(), &credentials, &clients)?;
         let store = self.store(raw.store)?;
         if let StoreConfig::Redis { replicas, .. } = &store {
             // While Redis is down each replica holds limit / replicas: with
             // more replicas than a window's N, that share would round to zero
             // (or, rounded up to one, together exceed N).
-            if let Some(l) = limits.iter().find(|l| l.requests < *replicas) {
+            let every = limits
+                .iter()
+                .chain(credentials.iter().flat_map(|n| n.limits.iter().flatten()));
+            if let Some(l) = every.into_iter().find(|l| l.requests < *replicas) {
                 return Err(self.invalid(
                     "store.replicas",
                     format!(
@@ -175,6 +186,7 @@ impl Validator<'_> {
             server,
             upstream,
             credential,
+            credentials,
             limits,
             admission,
             access,
@@ -344,16 +356,18 @@ impl Validator<'_> {
         })
     }
 
-    fn limits(&self, raw: Option<Vec<raw::RawLimit>>) -> Result<Vec<Limit>, ConfigError> {
-        let Some(raw) = raw else {
-            return Ok(Limit::dastra());
-        };
+    /// `at`: `limits`, or `credentials[i].limits` for a key's own windows.
+    pub(super) fn limits(
+        &self,
+        raw: Vec<raw::RawLimit>,
+        at: &str,
+    ) -> Result<Vec<Limit>, ConfigError> {
         if raw.is_empty() {
-            return Err(self.invalid("limits", "at least one [[limits]] window is needed"));
+            return Err(self.invalid(at, format!("at least one [[{at}]] window is needed")));
         }
         let mut out: Vec<Limit> = Vec::with_capacity(raw.len());
         for (i, l) in raw.into_iter().enumerate() {
-            let key = format!("limits[{i}]");
+            let key = format!("{at}[{i}]");
             let requests = u32::try_from(l.requests)
                 .ok()
                 .filter(|n| (1..=10_000_000).contains(n))

@@ -9,6 +9,7 @@ mod oauth2;
 #[cfg(test)]
 mod oauth2_tests;
 mod passthrough;
+mod set;
 
 use base64::Engine as _;
 use http::{header, HeaderMap, HeaderValue};
@@ -19,6 +20,7 @@ use crate::secret::{Secret, SecretSource};
 use crate::upstream::Upstream;
 pub use oauth2::{TokenCache, TokenError};
 pub use passthrough::CallerCredentialError;
+pub use set::{Credentials, Route, Routes};
 
 /// What the quota is kept per: one key for a held credential, a digest per
 /// caller credential in passthrough.

@@ -37,7 +37,7 @@ pub struct Families {
     pub rejected_total: IntCounterVec,
     pub window_used: IntGaugeVec,
     pub window_limit: IntGaugeVec,
-    pub upstream_429_total: IntCounter,
+    pub upstream_429_total: IntCounterVec,
     /// 1 while the circuit breaker answers 503 without sending.
     pub breaker_open: IntGauge,
     /// Calls sent again after Dastra failed them.
@@ -137,16 +137,25 @@ impl Metrics {
                 &["client", "code"]
             )),
             window_used: reg!(IntGaugeVec::new(
-                Opts::new("window_used", "Sends counted in each quota window now."),
-                &["window"]
+                Opts::new(
+                    "window_used",
+                    "Sends counted in each quota window of each Dastra credential now."
+                ),
+                &["credential", "window"]
             )),
             window_limit: reg!(IntGaugeVec::new(
-                Opts::new("window_limit", "Sends allowed in each quota window."),
-                &["window"]
+                Opts::new(
+                    "window_limit",
+                    "Sends allowed in each quota window of each Dastra credential."
+                ),
+                &["credential", "window"]
             )),
-            upstream_429_total: reg!(IntCounter::new(
-                "upstream_429_total",
-                "429 answers received from Dastra."
+            upstream_429_total: reg!(IntCounterVec::new(
+                Opts::new(
+                    "upstream_429_total",
+                    "429 answers received from Dastra, by the credential it answered."
+                ),
+                &["credential"]
             )),
             breaker_open: reg!(IntGauge::new(
                 "breaker_open",

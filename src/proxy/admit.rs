@@ -77,13 +77,17 @@ where
         };
         // Hop-by-hop headers are gone by now: the key is the credential that
         // will actually be forwarded.
-        let key = match key.map_or_else(|| app.credential.load().quota_key(req.headers()), Ok) {
+        let (credential, key) = match super::stages::route(&req) {
+            Ok(route) => (
+                route.name.clone(),
+                key.map_or_else(|| route.quota_key(req.headers()), Ok)
+                    .map_err(ProxyError::from),
+            ),
+            Err(e) => (Arc::from(""), Err(e.into())),
+        };
+        let key = match key {
             Ok(k) => k,
-            Err(e) => {
-                return CheckFuture::Refused {
-                    error: Some(e.into()),
-                }
-            }
+            Err(e) => return CheckFuture::Refused { error: Some(e) },
         };
         let admission = match app.quotas.get(key, owner) {
             Ok(a) => a,
@@ -135,12 +139,8 @@ where
             0 => None,
             _ => super::replay::replayable(&req),
         };
-        // The kind never changes on reload (only its secrets do): read once
-        // from the config, not from the swappable credential per call.
-        let passthrough = matches!(
-            app.config.credential,
-            crate::config::CredentialConfig::Passthrough { .. }
-        );
+        // Passthrough never comes or goes on reload: read from the config.
+        let passthrough = app.config.passthrough().is_some();
         let mut inner = super::take_ready(&mut self.inner);
         CheckFuture::Inner {
             inner: Box::pin(async move {
@@ -230,7 +230,12 @@ where
                     req = Some(super::replay::again(head));
                 };
                 let mut resp = result?;
-                super::signals::heed(&app, &admission, &resp, pause, passthrough);
+                let heard = super::signals::Heard {
+                    credential: &credential,
+                    pause,
+                    passthrough,
+                };
+                super::signals::heed(&app, &admission, &resp, heard);
                 add_ratelimit_fields(resp.headers_mut(), &admission);
                 Ok(resp)
             }),

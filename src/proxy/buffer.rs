@@ -21,6 +21,7 @@ use tower::{Layer, Service, ServiceExt as _};
 use super::stages::outcome;
 use super::MaybeBoxed;
 use crate::body::{BodyError, ReadAhead};
+use crate::credential::Route;
 use crate::error::ProxyError;
 
 /// Bodies up to this size are read before admission and can be replayed.
@@ -31,8 +32,6 @@ pub(crate) struct BufferLayer {
     /// `server.max_request_body` and `body_read_timeout`, to name a body's fault.
     pub(crate) limit: u64,
     pub(crate) timeout: std::time::Duration,
-    /// Whether a 401 can be fixed by a fresh credential (OAuth2).
-    pub(crate) refreshes: bool,
     /// `server.max_buffered_body`, shared by every connection.
     pub(crate) read_ahead: std::sync::Arc<ReadAhead>,
 }
@@ -75,8 +74,10 @@ where
             .size_hint()
             .exact()
             .filter(|n| *n > 0 && *n <= SMALL_BODY);
-        // With OAuth2 a bodiless call can be sent again after a 401 too.
-        let bodiless = self.cfg.refreshes && req.body().is_end_stream();
+        // Whether a 401 can be mended by a fresh credential (this call's is
+        // OAuth2): then a bodiless call can be sent again after a 401 too.
+        let refreshes = (req.extensions().get::<Route>()).is_some_and(|r| r.credential.refreshes());
+        let bodiless = refreshes && req.body().is_end_stream();
         let len = match small {
             Some(n) => n,
             None if bodiless => 0,
@@ -120,7 +121,7 @@ where
                     r
                 };
                 // The body was read first: ready again before calling.
-                if !cfg.refreshes {
+                if !refreshes {
                     // No retry can follow (only OAuth2 mends a 401): the
                     // request moves on whole, nothing copied.
                     let req = Request::from_parts(parts, Body::from(bytes));

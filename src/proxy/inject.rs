@@ -36,7 +36,10 @@ where
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         // A held key (or passthrough) is in place at once, and no 401 can be
         // mended by a fresh one: nothing to wait for before or after.
-        let credential = self.app.credential.load_full();
+        let credential = match super::stages::route(&req) {
+            Ok(route) => route.credential.clone(),
+            Err(e) => return MaybeBoxed::boxed(std::future::ready(Err(e.into()))),
+        };
         if credential.inject_held(req.headers_mut()) {
             return MaybeBoxed::Direct {
                 inner: self.inner.call(req),

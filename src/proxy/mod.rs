@@ -179,7 +179,6 @@ where
         .layer(buffer::BufferLayer {
             limit,
             timeout: app.config.server.body_read_timeout,
-            refreshes: app.credential.load().refreshes(),
             read_ahead: app.read_ahead.clone(),
         })
         // Quota savings before the slot: a cached answer, or the answer of an

@@ -35,6 +35,9 @@ pub(super) fn replayable(req: &Request<Body>) -> Option<Request<()>> {
     if let Some(c) = req.extensions().get::<ConnInfo>() {
         copy.extensions_mut().insert(c.clone());
     }
+    if let Some(r) = req.extensions().get::<crate::credential::Route>() {
+        copy.extensions_mut().insert(r.clone());
+    }
     Some(copy)
 }
 

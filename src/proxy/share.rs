@@ -51,9 +51,13 @@ where
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         // Computed once here (a SHA-256 in passthrough) and handed to admission.
-        let quota = match self.app.credential.load().quota_key(req.headers()) {
+        let quota = match super::stages::route(&req) {
+            Ok(route) => route.quota_key(req.headers()).map_err(ProxyError::from),
+            Err(e) => Err(e.into()),
+        };
+        let quota = match quota {
             Ok(q) => q,
-            Err(e) => return MaybeBoxed::boxed(std::future::ready(Err(e.into()))),
+            Err(e) => return MaybeBoxed::boxed(std::future::ready(Err(e))),
         };
         super::stages::outcome(&req).lock().quota = Some(quota);
         let cache = self.app.cache.clone();

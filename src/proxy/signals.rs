@@ -14,14 +14,22 @@ use crate::app::App;
 /// How long to hold sending after an upstream 429 that names no `Retry-After`.
 const DEFAULT_UPSTREAM_PAUSE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// What a call's answer is read with.
+pub(crate) struct Heard<'a> {
+    /// The credential's name, the label of `upstream_429_total`.
+    pub(crate) credential: &'a str,
+    /// `admission.upstream_429 = "pause"`.
+    pub(crate) pause: bool,
+    pub(crate) passthrough: bool,
+}
+
 /// The final answer of a call (after any retries).
-pub(crate) fn heed(
-    app: &App,
-    admission: &Admission,
-    resp: &Response<Body>,
-    pause: bool,
-    passthrough: bool,
-) {
+pub(crate) fn heed(app: &App, admission: &Admission, resp: &Response<Body>, heard: Heard<'_>) {
+    let Heard {
+        credential,
+        pause,
+        passthrough,
+    } = heard;
     if passthrough {
         // 401 only: Dastra did not take the credential, so it keeps no quota
         // for it. A 403 comes from a real key without the right to a
@@ -32,12 +40,16 @@ pub(crate) fn heed(
         adapt(app, admission, resp.headers());
     }
     if resp.status() == StatusCode::TOO_MANY_REQUESTS {
-        app.metrics.upstream_429_total.inc();
+        app.metrics
+            .upstream_429_total
+            .with_label_values(&[credential])
+            .inc();
         if pause {
             let d = retry_after(resp.headers()).unwrap_or(DEFAULT_UPSTREAM_PAUSE);
             tracing::warn!(
+                credential,
                 pause_ms = d.as_millis() as u64,
-                "Dastra answered 429; holding all sends"
+                "Dastra answered 429; holding every send with this credential"
             );
             admission.pause_until(Instant::now() + d);
         }

@@ -13,6 +13,7 @@ use super::observe::Outcome;
 use crate::access::{AccessError, ConnInfo};
 use crate::app::App;
 use crate::body::{BodyError, LimitedBody};
+use crate::credential::Route;
 use crate::guard::GuardError;
 use crate::target::{strip_request_hop_by_hop, TargetError};
 
@@ -46,6 +47,10 @@ impl Check for AccessStage {
             .peer
             .ip();
         let identity = policy.access.authorize(peer, req.headers())?;
+        // Which Dastra credential the caller's calls go out with; none only
+        // for a caller without a key when every credential is a client's.
+        let route = (policy.routes.of(identity.index)).ok_or(AccessError::Unauthenticated)?;
+        req.extensions_mut().insert(route);
         let mut rec = outcome(req).lock();
         rec.client = Some(identity.name.clone());
         rec.identity = Some(identity);
@@ -95,6 +100,13 @@ impl Check for BodyLimitStage {
         outcome(req).lock().body_fault = Some(fault);
         Ok(())
     }
+}
+
+/// The call's credential and quota, which the access stage puts in place.
+pub(crate) fn route<B>(req: &Request<B>) -> Result<&Route, AccessError> {
+    req.extensions()
+        .get::<Route>()
+        .ok_or(AccessError::Unauthenticated)
 }
 
 /// The call's [`Outcome`], which the observe stage always puts in place.
