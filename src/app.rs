@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 use crate::access::Access;
 use crate::admission::{KeyBounds, LocalState, NamedQuota, Quotas, SharedStore};
 use crate::config::{
-    Config, StoreConfig, StoreOnError, Upstream429, ANONYMOUS, DEFAULT_CREDENTIAL, MAX_STATE_SLOTS,
+    Config, StoreConfig, StoreOnError, Upstream429, ANONYMOUS, DEFAULT_CREDENTIAL,
 };
 use crate::credential::{Credentials, Routes};
 use crate::guard::Guard;
@@ -127,6 +127,17 @@ fn named_quotas(config: &Config) -> Vec<NamedQuota> {
         .collect()
 }
 
+/// How long a send counts in some window: the longest window of any
+/// credential, plus the margin every window is held with.
+fn longest_window(config: &Config) -> std::time::Duration {
+    let named = config.credentials.iter().flat_map(|n| config.limits_of(n));
+    (config.limits.iter().chain(named))
+        .map(|l| l.per)
+        .max()
+        .unwrap_or_default()
+        + config.admission.margin
+}
+
 /// Each credential's windows: `window_limit` set, `window_used` and
 /// `upstream_429_total` at 0 until the first scrape or 429.
 fn window_series(config: &Config, metrics: &Metrics) {
@@ -212,27 +223,6 @@ pub async fn probe_store(config: &Config) -> Result<(), AppError> {
     Ok(())
 }
 
-/// The state file's ring: for each credential its largest window's N, at
-/// least Dastra's 10,000 (so a reload up to it stays exact) and at most
-/// [`MAX_STATE_SLOTS`]; together, so busy credentials never push each
-/// other's sends out; in passthrough, room for several caller credentials.
-pub fn state_slots(config: &Config) -> u64 {
-    let largest = |limits: &[crate::config::Limit]| {
-        (limits.iter().map(|l| u64::from(l.requests)).max())
-            .unwrap_or(0)
-            .clamp(10_000, MAX_STATE_SLOTS)
-    };
-    let default = match (&config.credential, config.passthrough()) {
-        (None, _) => 0,
-        (Some(_), None) => largest(&config.limits),
-        (Some(_), Some(_)) => largest(&config.limits) * 4,
-    };
-    let named: u64 = (config.credentials.iter())
-        .map(|n| largest(config.limits_of(n)))
-        .sum();
-    default + named
-}
-
 /// Why SIGHUP left the running config in place.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -300,7 +290,7 @@ impl App {
             StoreConfig::Memory {
                 state_file: Some(path),
             } => {
-                let (file, restored) = StateFile::open(path, state_slots(&config))?;
+                let (file, restored) = StateFile::open(path, config.state_slots())?;
                 let n = restored.sends.len();
                 if n > 0 {
                     tracing::info!(path = %path.display(), sends = n, "state file: the previous process's sends still count");
@@ -319,6 +309,7 @@ impl App {
                 &named_quotas(&config),
                 &config.admission,
             )?;
+        quotas.keep_for(longest_window(&config));
         // Known label values exist at 0 from start-up: a quiet instance's
         // panels read 0, not "No data".
         known_series(&config, &metrics);
@@ -399,6 +390,7 @@ impl App {
             .set_named(&named_quotas(next), &next.admission)
             .map_err(ReloadError::Store)?;
         self.quotas.reconfigure(&next.limits, &next.admission);
+        self.quotas.keep_for(longest_window(next));
         self.cache.reconfigure(&next.cache);
         self.policy
             .store(Arc::new(Policy::new(next, &self.metrics, credentials)));

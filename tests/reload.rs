@@ -9,30 +9,6 @@ use std::time::Duration;
 use support::*;
 use tokio::time::Instant;
 
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
-async fn wait_metric(
-    c: &TestClient,
-    admin: std::net::SocketAddr,
-    series: &str,
-    want: f64,
-) -> Instant {
-    for _ in 0..300 {
-        let m = get(c, &format!("http://{admin}/metrics")).await;
-        if metric(&String::from_utf8_lossy(&m.body), series) >= want {
-            return Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{series} never reached {want}");
-}
-
 const BEFORE: &str = "[[limits]]\nrequests = 10\nper = \"300ms\"\n[admission]\nmargin = \"30ms\"\nmax_wait = \"20s\"\n";
 const AFTER: &str = "[[limits]]\nrequests = 4\nper = \"300ms\"\n[admission]\nmargin = \"30ms\"\nmax_wait = \"20s\"\n";
 

@@ -341,6 +341,14 @@ impl Quotas {
         out
     }
 
+    /// How long a send counts in the longest window of any key: the state
+    /// file reuses no record younger (see `state_file::grow`).
+    pub fn keep_for(&self, longest: Duration) {
+        if let Some(l) = &self.local {
+            l.file.keep_for(longest);
+        }
+    }
+
     /// The default key(s) take `limits`; named ones are set by [`Self::set_named`].
     pub fn reconfigure(&self, limits: &[Limit], cfg: &AdmissionConfig) {
         self.single.reconfigure(limits, cfg);

@@ -7,6 +7,7 @@ use super::error::ConfigError;
 use super::raw;
 use super::types::*;
 use super::validate::Validator;
+use super::MAX_STATE_SLOTS;
 use crate::secret::Secret;
 use subtle::ConstantTimeEq as _;
 
@@ -261,6 +262,28 @@ impl CredentialConfig {
 }
 
 impl Config {
+    /// The state file's ring at start-up: for each credential its largest
+    /// window's N, at least Dastra's 10,000 (so a reload up to it stays
+    /// exact) and at most [`MAX_STATE_SLOTS`]; together, so busy credentials
+    /// do not push each other's sends out; in passthrough, room for several
+    /// caller credentials. Beyond it the ring grows (`state_file::grow`).
+    pub fn state_slots(&self) -> u64 {
+        let largest = |limits: &[Limit]| {
+            (limits.iter().map(|l| u64::from(l.requests)).max())
+                .unwrap_or(0)
+                .clamp(10_000, MAX_STATE_SLOTS)
+        };
+        let default = match (&self.credential, self.passthrough()) {
+            (None, _) => 0,
+            (Some(_), None) => largest(&self.limits),
+            (Some(_), Some(_)) => largest(&self.limits) * 4,
+        };
+        let named: u64 = (self.credentials.iter())
+            .map(|n| largest(self.limits_of(n)))
+            .sum();
+        default + named
+    }
+
     /// Every credential with where it is written (`credential`,
     /// `credentials[i]`), the default first.
     pub fn every_credential(&self) -> Vec<(String, &CredentialConfig)> {

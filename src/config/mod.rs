@@ -271,4 +271,6 @@ impl fmt::Display for Config {
 }
 
 #[cfg(test)]
+mod credential_tests;
+#[cfg(test)]
 mod tests;

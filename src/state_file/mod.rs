@@ -7,10 +7,11 @@
 //! sends that will use them (one `pwrite` per batch): a crash then leaves at
 //! most `BATCH - 1` records of sends that never happened, which the next
 //! process counts — quota wasted for one window, never exceeded. A graceful
-//! stop marks them unused. Record `seq` lives at slot
-//! `seq % slots`, so the file never grows and needs no compaction: a slot is
-//! reused only once `slots` newer sends exist, and the ring holds at least the
-//! largest window's N.
+//! stop marks them unused. Record `seq` lives at slot `seq % slots`, so the
+//! file needs no compaction: a slot is reused once its send has left every
+//! window, and the ring starts with room for each credential's largest
+//! window; when a slot's send still counts (the sends of many keys together
+//! outgrew it) the ring doubles instead ([`grow`]).
 //!
 //! The landing (answer head arrived) and refunds are written by a background
 //! thread at most a second later, and on close: one `pwrite` per send on the
@@ -30,7 +31,7 @@ use std::io::Read as _;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use format::{header, parse, read_pid, Header, Rec, HEADER, RECORD, RELEASED, UNANSWERED};
@@ -39,13 +40,18 @@ pub use restored::{Restored, Summary};
 
 mod clock;
 mod format;
+mod grow;
 mod pathlock;
 mod restored;
+mod sync;
 #[cfg(test)]
 mod tests;
 
 /// Records written ahead per `pwrite` on the send path.
 pub const BATCH: u64 = 8;
+/// How long a landed send counts until [`StateFile::keep_for`] says:
+/// Dastra's longest window.
+const DEFAULT_KEEP: Duration = Duration::from_secs(600);
 /// How often dirty pages are forced to disk.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 
@@ -90,6 +96,8 @@ struct Ring {
     mirror: Vec<Rec>,
     /// Slots whose landing or refund is not yet in the file.
     pending: Vec<u64>,
+    /// Nanoseconds a landed send still counts (see `grow`).
+    keep: u64,
 }
 
 /// The open, locked state file.
@@ -100,6 +108,8 @@ pub struct StateFile {
     _path_lock: Option<pathlock::PathLock>,
     /// Times are on the boot clock (the kernel names its boot).
     boot_clock: bool,
+    /// The header as this process wrote it (a grown ring rewrites it).
+    header: Header,
     ring: Mutex<Ring>,
     dirty: AtomicBool,
 }
@@ -149,7 +159,8 @@ impl StateFile {
         };
         // Records written ahead take up to a batch of slots beyond the
         // `slots` newest sends the ring must keep.
-        let slots = slots.max(1) + BATCH;
+        // A ring that grew (see `grow`) keeps its size.
+        let slots = (slots.max(1) + BATCH).max(old.slots);
         let mut mirror = vec![Rec::default(); slots as usize];
         let mut restored = Restored::default();
         let mut next_seq = 1;
@@ -190,12 +201,13 @@ impl StateFile {
             restored.sends.push((r.key, age));
         }
         let mut out = vec![0u8; (HEADER + slots * RECORD) as usize];
-        out[..HEADER as usize].copy_from_slice(&header(&Header {
+        let head = Header {
             slots,
             pid: u64::from(std::process::id()),
             boot: if boot_clock { boot } else { [0; 16] },
             offset: now_wall.wrapping_sub(now_boot) as i64,
-        }));
+        };
+        out[..HEADER as usize].copy_from_slice(&header(&head));
         for (i, r) in mirror.iter().enumerate() {
             let at = (HEADER + i as u64 * RECORD) as usize;
             out[at..at + RECORD as usize].copy_from_slice(&r.encode());
@@ -208,6 +220,7 @@ impl StateFile {
             file,
             _path_lock: path_lock,
             boot_clock,
+            header: head,
             ring: Mutex::new(Ring {
                 slots,
                 next_seq,
@@ -215,10 +228,11 @@ impl StateFile {
                 prepared_key: 0,
                 mirror,
                 pending: Vec::new(),
+                keep: DEFAULT_KEEP.as_nanos() as u64,
             }),
             dirty: AtomicBool::new(false),
         });
-        spawn_syncer(Arc::downgrade(&me)).map_err(io)?;
+        sync::spawn_syncer(Arc::downgrade(&me)).map_err(io)?;
         Ok((me, restored))
     }
 
@@ -274,6 +288,14 @@ impl StateFile {
 
     /// Writes `first` and the records of the next `BATCH - 1` sends in one go.
     fn prepare(&self, ring: &mut Ring, first: Rec) -> Result<(), StateError> {
+        // The batch ends at the ring's end; a grown ring may fit more of it.
+        loop {
+            let slots = ring.slots;
+            self.make_room(ring, first.seq, BATCH.min(slots - first.seq % slots))?;
+            if ring.slots == slots {
+                break;
+            }
+        }
         let start = first.seq % ring.slots;
         let n = BATCH.min(ring.slots - start);
         let mut buf = Vec::with_capacity((n * RECORD) as usize);
@@ -301,6 +323,7 @@ impl StateFile {
             reserved: format::PAUSE,
             landed: self.now().saturating_add(left.as_nanos() as u64).max(1),
         };
+        self.make_room(&mut ring, seq, 1)?;
         let slot = seq % ring.slots;
         ring.mirror[slot as usize] = rec;
         if seq < ring.prepared_until {
@@ -350,36 +373,6 @@ impl StateFile {
         Ok(())
     }
 
-    /// Writes the pending landings and refunds, then forces the file to disk
-    /// if anything changed since the last time.
-    pub fn flush(&self) {
-        // Pending slots are mostly consecutive (sends land in about the
-        // order they left): one `pwrite` per run of them, not per record.
-        let runs: Vec<(u64, Vec<u8>)> = {
-            let mut ring = self.lock();
-            let mut slots = std::mem::take(&mut ring.pending);
-            slots.sort_unstable();
-            slots.dedup();
-            let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
-            for slot in slots {
-                let rec = ring.mirror[slot as usize].encode();
-                match runs.last_mut() {
-                    Some((start, buf)) if *start + (buf.len() as u64 / RECORD) == slot => {
-                        buf.extend_from_slice(&rec)
-                    }
-                    _ => runs.push((slot, rec.to_vec())),
-                }
-            }
-            runs
-        };
-        for (slot, bytes) in runs {
-            if let Err(e) = self.write_at(&bytes, slot) {
-                tracing::warn!(error = %e, "state file write failed");
-            }
-        }
-        self.sync();
-    }
-
     /// A send's time on the file's clock.
     fn now(&self) -> u64 {
         if self.boot_clock {
@@ -392,45 +385,4 @@ impl StateFile {
     fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
         self.ring.lock().unwrap_or_else(|e| e.into_inner())
     }
-
-    fn sync(&self) {
-        if self.dirty.swap(false, Ordering::AcqRel) {
-            if let Err(e) = self.file.sync_data() {
-                tracing::warn!(path = %self.path.display(), error = %e, "state file fsync failed");
-            }
-        }
-    }
-}
-
-impl Drop for StateFile {
-    /// A graceful stop leaves every landing in the file, and marks the
-    /// records written ahead for sends that never came as unused.
-    fn drop(&mut self) {
-        {
-            let mut ring = self.lock();
-            for seq in ring.next_seq..ring.prepared_until {
-                let slot = seq % ring.slots;
-                if ring.mirror[slot as usize].seq == seq {
-                    ring.mirror[slot as usize].landed = RELEASED;
-                    ring.pending.push(slot);
-                }
-            }
-        }
-        self.flush();
-    }
-}
-
-/// Writes landings and forces dirty pages to disk at most once a second,
-/// while the file is open.
-fn spawn_syncer(file: Weak<StateFile>) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("state-file-sync".into())
-        .spawn(move || loop {
-            std::thread::sleep(SYNC_EVERY);
-            match file.upgrade() {
-                Some(f) => f.flush(),
-                None => return,
-            }
-        })
-        .map(drop)
 }

@@ -46,13 +46,15 @@ fn the_ring_keeps_at_least_the_newest_sends_and_can_be_resized() {
     let (_dir, p) = path();
     {
         let (f, _) = StateFile::open(&p, 3).unwrap();
+        // Sends that no window counts any more: their slots are reused.
+        f.keep_for(Duration::ZERO);
         for _ in 0..30 {
             let s = f.reserve(0).unwrap();
             f.land(s).unwrap();
         }
     }
     let size = std::fs::metadata(&p).unwrap().len();
-    assert_eq!(size, HEADER + (3 + BATCH) * RECORD, "the file never grows");
+    assert_eq!(size, HEADER + (3 + BATCH) * RECORD, "the file did not grow");
     let (_, mut restored) = StateFile::open(&p, 8).unwrap();
     let kept = restored.take(0);
     assert!(
@@ -297,4 +299,60 @@ fn a_pause_survives_reopens_until_it_ends_and_is_not_a_send() {
         drop(f);
     }
     assert_eq!(StateFile::inspect(&p).unwrap().unwrap().sends, 2);
+}
+
+/// Busy keys never push a quieter key's sends out while they still count
+/// (passthrough's many keys, a credential a reload added): the ring grows
+/// instead, and a restart finds every one of them.
+#[test]
+fn the_ring_grows_rather_than_forget_a_send_still_in_a_window() {
+    let (_dir, p) = path();
+    {
+        let (f, _) = StateFile::open(&p, 3).unwrap();
+        f.keep_for(Duration::from_secs(3600));
+        let quiet = f.reserve(9).unwrap();
+        f.land(quiet).unwrap();
+        f.pause(9, Duration::from_secs(600)).unwrap();
+        for i in 0..100 {
+            let s = f.reserve(i % 3).unwrap();
+            f.land(s).unwrap();
+        }
+        let unanswered = f.reserve(5).unwrap();
+        assert!(unanswered > 100);
+    }
+    let slots = StateFile::inspect(&p).unwrap().unwrap().slots;
+    assert!((104..=2 * (104 + BATCH)).contains(&slots), "{slots} slots");
+    let (_, mut restored) = StateFile::open(&p, 3).unwrap();
+    assert_eq!(restored.take(9).len(), 1, "the quiet key's send");
+    assert!(restored.take_pause(9).is_some(), "its pause");
+    for (k, n) in [(0, 34), (1, 33), (2, 33)] {
+        assert_eq!(restored.take(k).len(), n, "key {k}");
+    }
+    assert_eq!(restored.take(5).len(), 1, "the unanswered send");
+    assert_eq!(
+        StateFile::inspect(&p).unwrap().unwrap().slots,
+        slots,
+        "it keeps its size"
+    );
+}
+
+/// A record counts while it is in a window; a pause, while it lasts.
+#[test]
+fn what_counts_is_what_is_still_in_a_window() {
+    use format::{PAUSE, RELEASED, UNANSWERED};
+    let keep = 1_000;
+    let rec = |reserved, landed| Rec {
+        key: 1,
+        seq: 5,
+        reserved,
+        landed,
+    };
+    let counts = |r: &Rec| grow::counts(r, 10_000, keep);
+    assert!(counts(&rec(8_000, 9_500)), "landed 500 ago");
+    assert!(!counts(&rec(8_000, 9_000)), "landed exactly keep ago");
+    assert!(counts(&rec(8_000, UNANSWERED)), "no answer yet");
+    assert!(!counts(&rec(8_000, RELEASED)), "given back");
+    assert!(counts(&rec(PAUSE, 10_001)), "a pause not over");
+    assert!(!counts(&rec(PAUSE, 10_000)), "a pause over");
+    assert!(!counts(&Rec::default()), "an empty slot");
 }

@@ -520,3 +520,29 @@ impl Drop for RedisServer {
         self.stop();
     }
 }
+
+/// The value of the first sample of `series` in a scrape (0 when absent).
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Polls `/metrics` until `series` reaches `want` (3 s at most).
+pub async fn wait_metric(
+    c: &TestClient,
+    admin: std::net::SocketAddr,
+    series: &str,
+    want: f64,
+) -> tokio::time::Instant {
+    for _ in 0..300 {
+        let m = get(c, &format!("http://{admin}/metrics")).await;
+        if metric(&String::from_utf8_lossy(&m.body), series) >= want {
+            return tokio::time::Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{series} never reached {want}");
+}
