@@ -136,8 +136,17 @@ async fn quota(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
             "store unreachable: holding this replica's share"
         });
     }
-    if snaps.iter().any(|s| s.paused_for.is_some()) {
-        degraded.push("paused by Dastra's 429");
+    let paused: Vec<&str> = (admissions.iter().zip(&snaps))
+        .filter(|(_, s)| s.paused_for.is_some())
+        .map(|((name, _), _)| &**name)
+        .collect();
+    let paused_line;
+    if !paused.is_empty() {
+        paused_line = match credentials.len() {
+            1 => "paused by Dastra's 429".to_owned(),
+            _ => format!("paused by Dastra's 429 ({})", paused.join(", ")),
+        };
+        degraded.push(&paused_line);
     }
     if app.policy().dry_run {
         degraded.push("dry run: nothing waits or is refused for quota");

@@ -12,6 +12,17 @@ use support::*;
 
 /// The rendered header line (`#sub`) once the page's script has run.
 async fn header_line(admin: SocketAddr) -> String {
+    let dom = rendered(admin).await;
+    let start = dom
+        .find("id=\"sub\"")
+        .unwrap_or_else(|| panic!("no header in {dom}"));
+    let text = &dom[start..];
+    let text = &text[text.find('>').unwrap() + 1..];
+    text[..text.find("</div>").unwrap()].to_owned()
+}
+
+/// The page's DOM once its script has run.
+async fn rendered(admin: SocketAddr) -> String {
     let profile = tempfile::tempdir().unwrap();
     let url = format!("http://{admin}/");
     let out = tokio::task::spawn_blocking(move || {
@@ -35,13 +46,56 @@ async fn header_line(admin: SocketAddr) -> String {
     })
     .await
     .unwrap();
-    let dom = String::from_utf8_lossy(&out.stdout).into_owned();
-    let start = dom
-        .find("id=\"sub\"")
-        .unwrap_or_else(|| panic!("no header in {dom}"));
-    let text = &dom[start..];
-    let text = &text[text.find('>').unwrap() + 1..];
-    text[..text.find("</div>").unwrap()].to_owned()
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Several Dastra credentials: the windows card shows each one's own
+/// windows under its name, and which one Dastra paused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_credential_has_its_windows_on_the_page() {
+    let up = MockUpstream::start().await;
+    let digest = |k: &str| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(k.as_bytes()));
+    let extra = format!(
+        "[[credentials]]\nname = \"hr\"\napi_key_env = \"TEST_DASTRA_PUBLIC\"\n\
+         [[credentials.limits]]\nrequests = 3\nper = \"1m\"\n\
+         [[clients]]\nname = \"hr-app\"\nkey_sha256 = \"{}\"\ncredential = \"hr\"\n\
+         [[clients]]\nname = \"other\"\nkey_sha256 = \"{}\"\n",
+        digest("hr-app-key-0000000001"),
+        digest("other-key-00000000002")
+    );
+    let p = TestProxy::start(&up, &extra).await;
+    let c = client();
+    let hr = [("x-api-key", "hr-app-key-0000000001")];
+    for path in ["/v1/a", "/v1/b"] {
+        let r = send(&c, Method::GET, &p.url(path), &hr, Body::empty()).await;
+        assert_eq!(r.status, 200);
+    }
+    let limited = [
+        ("x-api-key", "hr-app-key-0000000001"),
+        ("x-mock-answer", "status=429|retry-after=60"),
+    ];
+    let r = send(&c, Method::GET, &p.url("/v1/c"), &limited, Body::empty()).await;
+    assert_eq!(r.status, 429);
+    let dom = rendered(p.admin).await;
+    let card = &dom[dom.find("id=\"windows\"").expect("the windows card")..];
+    let card = &card[..card.find("id=\"chart\"").unwrap()];
+    let hr_at = card
+        .find("credential hr")
+        .unwrap_or_else(|| panic!("{card}"));
+    let default_at = card
+        .find("credential default")
+        .unwrap_or_else(|| panic!("{card}"));
+    assert!(card[hr_at..].contains("3 / 3"), "hr's own window: {card}");
+    assert!(default_at < hr_at, "the default first: {card}");
+    assert!(
+        card[default_at..hr_at].contains("0 / 500"),
+        "the default's windows: {card}"
+    );
+    let paused = card.find("paused").unwrap_or_else(|| panic!("{card}"));
+    assert!(paused > hr_at, "hr, not default, is paused: {card}");
+    let line = header_line(p.admin).await;
+    assert!(line.contains("paused by Dastra's 429 (hr)"), "{line}");
+    p.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
