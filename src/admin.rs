@@ -90,6 +90,13 @@ async fn refresh_gauges(app: &App) {
     for (c, d) in depth {
         app.metrics.queue_depth.with_label_values(&[&c]).set(d);
     }
+    for (client, windows) in app.client_quotas.snapshot() {
+        for w in windows {
+            (app.metrics.client_window_used)
+                .with_label_values(&[&*client, w.name.as_str()])
+                .set(i64::from(w.used));
+        }
+    }
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
@@ -175,6 +182,17 @@ async fn quota(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
             name.clone(),
             json!({ "calls": n(&calls), "refused": n(&refused), "waiting": waiting }),
         );
+    }
+    // Each client's own windows: its sends in each, against its own limit.
+    for (name, windows) in app.client_quotas.snapshot() {
+        let entry = clients
+            .entry(name.to_string())
+            .or_insert_with(|| json!({ "calls": 0, "refused": 0, "waiting": 0 }));
+        entry["limits"] = windows
+            .iter()
+            .map(|w| json!({ "window": w.name, "used": w.used, "limit": w.limit,
+                "seconds_until_free": if w.used >= w.limit { w.frees_in.as_secs_f64() } else { 0.0 } }))
+            .collect();
     }
     Json(json!({
         "windows": first["windows"],

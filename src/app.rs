@@ -66,6 +66,8 @@ pub struct App {
     /// Which request targets are ours (not an open proxy).
     pub target: Target,
     pub quotas: Quotas,
+    /// Each client's own windows (`[[clients.limits]]`), kept across reloads.
+    pub client_quotas: crate::admission::ClientQuotas,
     /// Coalesced GETs and cached answers (`[cache]`); reloadable.
     pub cache: Arc<crate::cache::Cache>,
     pub metrics: Metrics,
@@ -174,6 +176,11 @@ fn known_series(config: &Config, metrics: &Metrics) {
         }
         for would in ["queue", "reject"] {
             metrics.dry_run_total.with_label_values(&[name, would]);
+        }
+    }
+    for c in &config.clients {
+        for l in &c.limits {
+            (metrics.client_window_used).with_label_values(&[&c.name, &l.name]);
         }
     }
 }
@@ -325,6 +332,10 @@ impl App {
         );
         let cache = crate::cache::Cache::new(&config.cache, metrics.clone());
         Ok(Arc::new(Self {
+            client_quotas: crate::admission::ClientQuotas::new(
+                &config.clients,
+                config.admission.margin,
+            ),
             cache,
             read_ahead: crate::body::ReadAhead::new(config.server.max_buffered_body),
             retry: crate::retry::RetryBudget::new(
@@ -391,6 +402,8 @@ impl App {
             .map_err(ReloadError::Store)?;
         self.quotas.reconfigure(&next.limits, &next.admission);
         self.quotas.keep_for(longest_window(next));
+        self.client_quotas
+            .reconfigure(&next.clients, next.admission.margin);
         self.cache.reconfigure(&next.cache);
         self.policy
             .store(Arc::new(Policy::new(next, &self.metrics, credentials)));

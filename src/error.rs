@@ -74,7 +74,8 @@ impl ProxyError {
             Refusal::QuotaExhausted { retry_at }
             | Refusal::UpstreamThrottled { retry_at }
             | Refusal::QueueFull { retry_at }
-            | Refusal::TooManyKeys { retry_at } => retry_at.saturating_duration_since(at),
+            | Refusal::TooManyKeys { retry_at }
+            | Refusal::ClientQuotaExhausted { retry_at } => retry_at.saturating_duration_since(at),
             Refusal::ShuttingDown | Refusal::StoreUnavailable => Duration::ZERO,
         };
         ProxyError::Refused(r, wait)
@@ -112,6 +113,10 @@ fn refusal_text(r: &Refusal) -> (&'static str, bool) {
             "too many caller credentials are busy at once; retry after ",
             true,
         ),
+        Refusal::ClientQuotaExhausted { .. } => (
+            "this client's own quota ([[clients.limits]]) is used up; retry after ",
+            true,
+        ),
         Refusal::ShuttingDown => ("the proxy is shutting down", false),
         Refusal::StoreUnavailable => ("the shared quota store is unreachable", false),
     }
@@ -125,8 +130,9 @@ fn wait_secs(d: Duration) -> u64 {
 
 /// The codes a refusal of a call can carry (`rejected_total{code}`), so
 /// their series exist at 0 from start-up; `tests` checks `code()` against it.
-pub const REFUSAL_CODES: [&str; 17] = [
+pub const REFUSAL_CODES: [&str; 18] = [
     "quota_exhausted",
+    "client_quota_exhausted",
     "upstream_throttled",
     "queue_full",
     "client_rate",
@@ -166,7 +172,8 @@ impl ProxyError {
                 Refusal::QuotaExhausted { .. }
                 | Refusal::UpstreamThrottled { .. }
                 | Refusal::QueueFull { .. }
-                | Refusal::TooManyKeys { .. },
+                | Refusal::TooManyKeys { .. }
+                | Refusal::ClientQuotaExhausted { .. },
                 _,
             ) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Refused(Refusal::ShuttingDown | Refusal::StoreUnavailable, _)
@@ -199,6 +206,9 @@ impl ProxyError {
             ProxyError::Refused(Refusal::UpstreamThrottled { .. }, _) => "upstream_throttled",
             ProxyError::Refused(Refusal::QueueFull { .. }, _) => "queue_full",
             ProxyError::Refused(Refusal::TooManyKeys { .. }, _) => "too_many_keys",
+            ProxyError::Refused(Refusal::ClientQuotaExhausted { .. }, _) => {
+                "client_quota_exhausted"
+            }
             ProxyError::Refused(Refusal::ShuttingDown, _) => "shutting_down",
             ProxyError::Refused(Refusal::StoreUnavailable, _) => "store_unavailable",
             ProxyError::Unavailable(_) => "upstream_unavailable",
@@ -218,7 +228,8 @@ impl ProxyError {
                 Refusal::QuotaExhausted { .. }
                 | Refusal::UpstreamThrottled { .. }
                 | Refusal::QueueFull { .. }
-                | Refusal::TooManyKeys { .. },
+                | Refusal::TooManyKeys { .. }
+                | Refusal::ClientQuotaExhausted { .. },
                 d,
             ) => Some(*d),
             ProxyError::Guard(g) => Some(g.retry_after),
@@ -312,138 +323,5 @@ fn push_json_text(body: &mut Vec<u8>, text: &impl std::fmt::Display) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_body_is_the_json_error_envelope() {
-        let r = ProxyError::Target(TargetError::OtherHost("a \"quoted\" host\n".into()))
-            .into_response();
-        let body = futures_body(r);
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(v["error"]["code"], "bad_request");
-        assert!(v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("(a \"quoted\" host\n)"));
-        let r = ProxyError::Refused(
-            Refusal::QuotaExhausted {
-                retry_at: Instant::now(),
-            },
-            Duration::from_secs(3),
-        )
-        .into_response();
-        let v: serde_json::Value = serde_json::from_str(&futures_body(r)).unwrap();
-        assert_eq!(v["error"]["code"], "quota_exhausted");
-        assert!(v["error"]["type"]
-            .as_str()
-            .unwrap()
-            .ends_with("#quota-exceeded"));
-    }
-
-    fn futures_body(r: Response<Body>) -> String {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let bytes = rt
-            .block_on(http_body_util::BodyExt::collect(r.into_body()))
-            .unwrap()
-            .to_bytes();
-        String::from_utf8(bytes.to_vec()).unwrap()
-    }
-
-    #[test]
-    fn a_pre_encoded_refusal_says_what_its_log_line_says() {
-        let at = Instant::now();
-        for r in [
-            Refusal::QuotaExhausted { retry_at: at },
-            Refusal::QueueFull { retry_at: at },
-            Refusal::TooManyKeys { retry_at: at },
-            Refusal::ShuttingDown,
-            Refusal::StoreUnavailable,
-        ] {
-            let e = ProxyError::Refused(r, Duration::from_millis(2_500));
-            let (text, code) = (e.to_string(), e.code());
-            let v: serde_json::Value =
-                serde_json::from_str(&futures_body(e.into_response())).unwrap();
-            assert_eq!(v["error"]["message"], text.as_str());
-            assert_eq!(v["error"]["code"], code);
-        }
-        let shared = ProxyError::Shared(Arc::new(ProxyError::Refused(
-            Refusal::QueueFull { retry_at: at },
-            Duration::from_millis(2_500),
-        )));
-        let v: serde_json::Value =
-            serde_json::from_str(&futures_body(shared.into_response())).unwrap();
-        assert_eq!(
-            v["error"]["message"],
-            "too many calls are already waiting for quota; retry after 3 s"
-        );
-    }
-
-    #[test]
-    fn a_refusal_waits_from_when_it_was_decided() {
-        // Decided "later" than now: an implementation reading the clock again says 33.
-        let at = Instant::now() + Duration::from_secs(30);
-        let e = ProxyError::refused_at(
-            Refusal::QuotaExhausted {
-                retry_at: at + Duration::from_millis(2_500),
-            },
-            at,
-        );
-        assert_eq!(e.into_response().headers()["retry-after"], "3");
-        let e = ProxyError::refused_at(Refusal::ShuttingDown, at);
-        assert_eq!(e.status(), 503);
-        assert!(e.into_response().headers().get("retry-after").is_none());
-    }
-
-    #[test]
-    fn retry_after_is_rounded_up_and_never_zero() {
-        let r = ProxyError::Refused(
-            Refusal::QuotaExhausted {
-                retry_at: Instant::now(),
-            },
-            Duration::from_millis(16_001),
-        )
-        .into_response();
-        assert_eq!(r.status(), 429);
-        assert_eq!(r.headers()["retry-after"], "17");
-        let r = ProxyError::Refused(
-            Refusal::QueueFull {
-                retry_at: Instant::now(),
-            },
-            Duration::ZERO,
-        )
-        .into_response();
-        assert_eq!(r.headers()["retry-after"], "1");
-    }
-
-    /// Every refusal's code has its series at 0 from start-up.
-    #[test]
-    fn every_refusal_code_is_listed() {
-        let at = Instant::now();
-        let all = [
-            ProxyError::Refused(Refusal::QuotaExhausted { retry_at: at }, Duration::ZERO),
-            ProxyError::Refused(Refusal::QueueFull { retry_at: at }, Duration::ZERO),
-            ProxyError::Refused(Refusal::TooManyKeys { retry_at: at }, Duration::ZERO),
-            ProxyError::Refused(Refusal::ShuttingDown, Duration::ZERO),
-            ProxyError::Refused(Refusal::StoreUnavailable, Duration::ZERO),
-            ProxyError::Access(AccessError::Unauthenticated),
-            ProxyError::Access(AccessError::IpNotAllowed),
-            ProxyError::Access(AccessError::BadForwarded),
-            ProxyError::Target(TargetError::Trace),
-            ProxyError::Target(TargetError::Connect),
-            ProxyError::Credential(CallerCredentialError::Ambiguous),
-            ProxyError::Body(BodyError::TooLarge(1)),
-            ProxyError::Body(BodyError::Stalled(Duration::ZERO)),
-            ProxyError::Body(BodyError::Overloaded),
-        ];
-        for e in &all {
-            assert!(
-                REFUSAL_CODES.contains(&e.code()),
-                "{} is not listed",
-                e.code()
-            );
-        }
-    }
-}
+#[path = "error_tests.rs"]
+mod tests;

@@ -88,6 +88,8 @@ mod tests {
             weight: 1,
             rate,
             credential: None,
+            limits: Vec::new(),
+            dry_run: false,
         }
     }
 

@@ -14,14 +14,28 @@ use support::*;
 const LOAD: &str =
     "[[limits]]\nrequests = 5\nper = \"300ms\"\n[admission]\nmax_queue = 6\nmargin = \"10ms\"\n";
 
+/// [`LOAD`] with one client that has windows of its own (`[[clients.limits]]`).
+fn load_with_client() -> String {
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(LOAD_KEY.as_bytes()));
+    format!(
+        "{LOAD}[[clients]]\nname = \"load\"\nkey_sha256 = \"{digest}\"\n\
+         [[clients.limits]]\nrequests = 1000\nper = \"1m\"\n"
+    )
+}
+
+const LOAD_KEY: &str = "metrics-load-client-key-01";
+
 /// 30 calls at once against 5 per 300 ms with room for 6 in the queue: some
 /// go at once, some wait, the rest are refused with queue_full.
-async fn load(proxy: &TestProxy) {
+async fn load(proxy: &TestProxy, key: &'static [(&'static str, &'static str)]) {
     let c = client();
     let calls: Vec<_> = (0..30)
         .map(|i| {
             let (c, url) = (c.clone(), proxy.url(&format!("/v1/m/{i}")));
-            tokio::spawn(async move { get(&c, &url).await.status.as_u16() })
+            tokio::spawn(async move {
+                let r = send(&c, Method::GET, &url, key, Body::empty()).await;
+                r.status.as_u16()
+            })
         })
         .collect();
     let mut codes = Vec::new();
@@ -33,19 +47,26 @@ async fn load(proxy: &TestProxy) {
         &c,
         Method::GET,
         &proxy.url("/status/503"),
-        &[],
+        key,
         Body::empty(),
     )
     .await;
     // Dastra's own count, as an answer's X-RateLimit headers say it.
-    let _ = get(&c, &proxy.url("/ratelimit/x/50/1")).await;
+    let _ = send(
+        &c,
+        Method::GET,
+        &proxy.url("/ratelimit/x/50/1"),
+        key,
+        Body::empty(),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promtool_accepts_the_exposition_and_counters_move() {
     let up = MockUpstream::start().await;
     let proxy = TestProxy::start(&up, LOAD).await;
-    load(&proxy).await;
+    load(&proxy, &[]).await;
     let text = get(&client(), &proxy.admin_url("/metrics")).await.body;
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
@@ -133,7 +154,7 @@ fn url_encode(s: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let up = MockUpstream::start().await;
-    let proxy = TestProxy::start(&up, LOAD).await;
+    let proxy = TestProxy::start(&up, &load_with_client()).await;
     let dir = tempfile::tempdir().unwrap();
     let prom_addr = free_port();
     std::fs::write(
@@ -181,7 +202,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         }
     };
     scraped(1).await;
-    load(&proxy).await;
+    load(&proxy, &[("x-api-key", LOAD_KEY)]).await;
     let before = prom_query(&c, &base, "count_over_time(dastra_proxy_build_info[1m])").await;
     let n: usize = before["data"]["result"][0]["value"][1]
         .as_str()

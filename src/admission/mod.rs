@@ -13,6 +13,7 @@ mod dry;
 mod fair;
 mod keys;
 mod named;
+mod own;
 mod pause;
 mod permit;
 mod releaser;
@@ -34,6 +35,7 @@ pub use dry::Would;
 use fair::FairQueue;
 pub use keys::{KeyBounds, LocalState, Quotas, SharedStore};
 pub use named::NamedQuota;
+pub use own::{ClientQuotas, OwnRefusal, OwnSlot, OwnVerdict};
 pub use permit::{Permit, SentPermit};
 use releaser::release_loop;
 pub use remote::Remote;
@@ -54,6 +56,8 @@ pub enum Refusal {
     StoreUnavailable,
     /// Passthrough already tracks `credential.max_keys` credentials, all busy.
     TooManyKeys { retry_at: Instant },
+    /// The client's own window (`[[clients.limits]]`) is full.
+    ClientQuotaExhausted { retry_at: Instant },
 }
 
 /// Who is asking, for fairness between clients and per-client queue depth.
@@ -352,7 +356,7 @@ impl Admission {
     }
 }
 
-fn policy_value(limits: &[Limit]) -> http::HeaderValue {
+pub(super) fn policy_value(limits: &[Limit]) -> http::HeaderValue {
     http::HeaderValue::from_str(&policy_header(limits))
         .unwrap_or_else(|_| http::HeaderValue::from_static(""))
 }

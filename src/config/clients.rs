@@ -106,6 +106,11 @@ impl Validator<'_> {
                 weight,
                 rate,
                 credential: c.credential,
+                limits: match c.limits {
+                    Some(l) => self.limits(l, &format!("{key}.limits"))?,
+                    None => Vec::new(),
+                },
+                dry_run: c.dry_run.unwrap_or(false),
             });
         }
         Ok(out)

@@ -184,6 +184,16 @@ pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 r.burst
             )?;
         }
+        if cl.dry_run {
+            writeln!(o, "dry_run = true")?;
+        }
+        for l in &cl.limits {
+            writeln!(
+                o,
+                "[[clients.limits]]\nrequests = {}\nper = \"{}\"",
+                l.requests, l.name
+            )?;
+        }
     }
     match &c.store {
         StoreConfig::Memory { state_file } => {

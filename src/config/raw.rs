@@ -182,6 +182,8 @@ pub(crate) struct RawClient {
     pub(crate) rate: Option<String>,
     pub(crate) burst: Option<i64>,
     pub(crate) credential: Option<String>,
+    pub(crate) limits: Option<Vec<RawLimit>>,
+    pub(crate) dry_run: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -293,6 +293,10 @@ pub struct ClientConfig {
     pub rate: Option<ClientRate>,
     /// The `[[credentials]]` name its calls go out with; `None`: `[credential]`.
     pub credential: Option<String>,
+    /// `[[clients.limits]]`: its own windows, in front of the credential's.
+    pub limits: Vec<Limit>,
+    /// Its own limits are measured and reported, not enforced.
+    pub dry_run: bool,
 }
 
 /// The optional per-client guard: `count` per `period`, bursting to `burst`.

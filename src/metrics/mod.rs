@@ -44,6 +44,8 @@ pub struct Families {
     pub upstream_retries_total: IntCounter,
     /// In a dry run, calls that would have queued or been refused.
     pub dry_run_total: IntCounterVec,
+    /// Each client's sends in each of its own windows (`[[clients.limits]]`).
+    pub client_window_used: IntGaugeVec,
     /// What Dastra's own headers last said is left, by window name.
     pub upstream_limit_remaining: IntGaugeVec,
     pub state_write_errors_total: IntCounter,
@@ -168,9 +170,16 @@ impl Metrics {
             dry_run_total: reg!(IntCounterVec::new(
                 Opts::new(
                     "dry_run_total",
-                    "admission.dry_run: calls sent at once that would have queued or been refused."
+                    "Dry runs (admission.dry_run, a client's dry_run): calls sent at once that would have queued or been refused."
                 ),
                 &["client", "would"]
+            )),
+            client_window_used: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "client_window_used",
+                    "Sends counted in each of a client's own windows ([[clients.limits]]) now."
+                ),
+                &["client", "window"]
             )),
             upstream_limit_remaining: reg!(IntGaugeVec::new(
                 Opts::new(

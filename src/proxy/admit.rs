@@ -19,7 +19,7 @@ use super::headers::add_ratelimit_fields;
 use super::layer::AppStage;
 use super::stages::outcome;
 use super::StageFuture;
-use crate::admission::{Caller, Permit, Refusal};
+use crate::admission::{Caller, OwnRefusal, OwnSlot, OwnVerdict, Permit, Refusal};
 use crate::config::{Upstream429, ANONYMOUS};
 use crate::error::ProxyError;
 use crate::trace::CallTrace;
@@ -107,6 +107,24 @@ where
                         until.saturating_duration_since(entered),
                     )),
                 }
+            }
+        };
+        // The client's own windows first: over them, the call never queues.
+        let mut own = match own_slot(&app, &caller.name, entered) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                let error = ProxyError::refused_at(
+                    Refusal::ClientQuotaExhausted {
+                        retry_at: refusal.retry_at,
+                    },
+                    entered,
+                );
+                if let Some(t) = &trace {
+                    t.quota_wait(entered, 0, error.code());
+                }
+                // Its RateLimit fields are the client's window's, not the credential's.
+                outcome.lock().own_limit = Some((refusal.policy, refusal.state));
+                return CheckFuture::Refused { error: Some(error) };
             }
         };
         // A refusal that needs no waiting is answered without an async stage.
@@ -197,9 +215,16 @@ where
                         Ok(_) => sent.landed(),
                         Err(
                             ProxyError::Upstream(CallError::NotConnected(_)) | ProxyError::Token(_),
-                        ) => sent.refund(),
+                        ) => {
+                            sent.refund();
+                            // Nothing reached Dastra: the client's slot goes back too.
+                            own.take();
+                        }
                         // Timed out or failed after sending: counted as landed now.
                         Err(_) => drop(sent),
+                    }
+                    if let Some(slot) = own.take() {
+                        slot.landed();
                     }
                     if let Ok(r) = &result {
                         // Before any retry: it waits for the time Dastra named.
@@ -218,6 +243,11 @@ where
                         Err(_) => break result,
                     };
                     let again = Instant::now();
+                    // A retry is a send of its own: in the client's windows too.
+                    own = match own_slot(&app, &caller.name, again) {
+                        Ok(slot) => slot,
+                        Err(_) => break result,
+                    };
                     permit = match Box::pin(admission.acquire(&caller)).await {
                         Ok(p) => p,
                         Err(r) => {
@@ -239,6 +269,24 @@ where
                 add_ratelimit_fields(resp.headers_mut(), &admission);
                 Ok(resp)
             }),
+        }
+    }
+}
+
+/// A slot in the client's own windows (`None`: it has none); a dry-run
+/// client over them goes, counted as a refusal it would have met.
+fn own_slot(
+    app: &crate::app::App,
+    client: &Arc<str>,
+    now: Instant,
+) -> Result<Option<OwnSlot>, OwnRefusal> {
+    match app.client_quotas.take(client, now)? {
+        OwnVerdict::Unlimited => Ok(None),
+        OwnVerdict::Slot { slot, over } => {
+            if over {
+                dry_run(app, client, crate::admission::Would::Reject);
+            }
+            Ok(Some(slot))
         }
     }
 }

@@ -51,6 +51,9 @@ pub(crate) struct Record {
     pub(crate) quota: Option<QuotaKey>,
     /// The quota key's admission, once chosen: refusals carry its RateLimit fields.
     pub(crate) admission: Option<Admission>,
+    /// A refusal by the client's own window: its `RateLimit-Policy` and
+    /// `RateLimit`, carried instead of the credential's.
+    pub(crate) own_limit: Option<(HeaderValue, HeaderValue)>,
     pub(crate) queue_wait: Option<Duration>,
     pub(crate) upstream: Option<Duration>,
     /// The call's `X-Request-Id`, for its answer and for Dastra.

@@ -79,7 +79,11 @@ where
         if let Some(outcome) = this.outcome {
             let mut rec = outcome.lock();
             rec.code = Some(code);
-            if let Some(a) = &rec.admission {
+            if let Some((policy, state)) = rec.own_limit.take() {
+                let h = resp.headers_mut();
+                h.insert(http::HeaderName::from_static("ratelimit-policy"), policy);
+                h.insert(http::HeaderName::from_static("ratelimit"), state);
+            } else if let Some(a) = &rec.admission {
                 add_ratelimit_fields(resp.headers_mut(), a);
             }
         }
