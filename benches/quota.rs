@@ -79,6 +79,7 @@ fn acquire_and_send(
         name: "bench".into(),
         weight: 1,
         wait: None,
+        priority: dastra_proxy::admission::NORMAL,
     };
     b.iter(|| {
         let p = rt.block_on(a.acquire(&caller));
@@ -110,6 +111,7 @@ fn reject() -> dastra_proxy::config::AdmissionConfig {
         upstream_429: dastra_proxy::config::Upstream429::Pause,
         flight: Duration::from_secs(5),
         dry_run: false,
+        aging: std::time::Duration::from_secs(10),
     }
 }
 

@@ -211,12 +211,14 @@ fn main() {
             upstream_429: Upstream429::Pause,
             flight: Duration::from_secs(5),
             dry_run: false,
+            aging: std::time::Duration::from_secs(10),
         };
         let memory = Admission::new(&limits(), &cfg);
         let caller = Caller {
             name: "bench".into(),
             weight: 1,
             wait: None,
+            priority: dastra_proxy::admission::NORMAL,
         };
         let n = 20_000;
         let mut lat = Vec::with_capacity(n);

@@ -183,6 +183,14 @@ async fn quota(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
             json!({ "calls": n(&calls), "refused": n(&refused), "waiting": waiting }),
         );
     }
+    // How each configured client is served: its weight and priority.
+    for (name, weight, priority) in app.policy().access.tenants() {
+        let entry = clients
+            .entry(name.to_string())
+            .or_insert_with(|| json!({ "calls": 0, "refused": 0, "waiting": 0 }));
+        entry["weight"] = json!(weight);
+        entry["priority"] = json!(["high", "normal", "low"][usize::from(priority.min(2))]);
+    }
     // Each client's own windows: its sends in each, against its own limit.
     for (name, windows) in app.client_quotas.snapshot() {
         let entry = clients

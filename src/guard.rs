@@ -90,6 +90,7 @@ mod tests {
             credential: None,
             limits: Vec::new(),
             dry_run: false,
+            priority: 1,
         }
     }
 
@@ -97,6 +98,7 @@ mod tests {
         Identity {
             name: "c".into(),
             weight: 1,
+            priority: 1,
             index,
             addr: "127.0.0.1".parse().unwrap(),
             forwarded: Vec::new(),

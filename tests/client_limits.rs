@@ -76,6 +76,8 @@ async fn a_client_over_its_own_window_is_refused_with_its_own_fields() {
     assert_eq!(q["clients"]["bi"]["limits"][0]["limit"], 3, "{q}");
     assert_eq!(q["clients"]["bi"]["refused"], 2, "{q}");
     assert!(q["clients"]["form"].get("limits").is_none(), "{q}");
+    assert_eq!(q["clients"]["bi"]["priority"], "normal", "{q}");
+    assert_eq!(q["clients"]["form"]["weight"], 1, "{q}");
     let m = get(&c, &p.admin_url("/metrics")).await;
     let m = String::from_utf8_lossy(&m.body);
     assert_eq!(

@@ -344,12 +344,12 @@ async fn quota_says_who_used_the_gateway() {
     let cl = &q["clients"];
     assert_eq!(
         cl["crm"],
-        serde_json::json!({"calls": 2, "refused": 0, "waiting": 0}),
+        serde_json::json!({"calls": 2, "refused": 0, "waiting": 0, "weight": 1, "priority": "normal"}),
         "{q}"
     );
     assert_eq!(
         cl["bi"],
-        serde_json::json!({"calls": 4, "refused": 3, "waiting": 0}),
+        serde_json::json!({"calls": 4, "refused": 3, "waiting": 0, "weight": 1, "priority": "normal"}),
         "{q}"
     );
     // The status page's chart: the window's sends, binned over its period.

@@ -70,6 +70,7 @@ async fn a_waiting_call() {
         name: "x".into(),
         weight: 1,
         wait: None,
+        priority: dastra_proxy::admission::NORMAL,
     };
     assert!(std::mem::size_of_val(&adm.acquire(&caller)) < 512);
     let region = Region::new(GLOBAL);

@@ -306,6 +306,7 @@ async fn dastras_none_left_pauses_every_replica() {
         margin: Duration::ZERO,
         flight: Duration::from_secs(5),
         dry_run: false,
+        aging: std::time::Duration::from_secs(10),
         upstream_429: Upstream429::Pause,
     };
     let remote = Remote::new(

@@ -124,6 +124,7 @@ async fn with_redis_an_overtaken_call_is_refused_when_its_max_wait_runs_out() {
         upstream_429: Upstream429::Pause,
         flight: Duration::from_secs(5),
         dry_run: false,
+        aging: std::time::Duration::from_secs(10),
     };
     let remote = Remote::new(
         Arc::new(store),
@@ -137,6 +138,7 @@ async fn with_redis_an_overtaken_call_is_refused_when_its_max_wait_runs_out() {
         name: name.into(),
         weight,
         wait: None,
+        priority: dastra_proxy::admission::NORMAL,
     };
     let t0 = Instant::now();
     a.acquire(&who("heavy", 1000))

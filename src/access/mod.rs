@@ -70,6 +70,8 @@ pub fn in_nets(nets: &[IpNet], ip: IpAddr) -> bool {
 pub struct Identity {
     pub name: Arc<str>,
     pub weight: u32,
+    /// The client's priority (0 high, 1 normal, 2 low).
+    pub priority: u8,
     /// Index into `[[clients]]`; `None` when there are none.
     pub index: Option<usize>,
     /// The address the allow-lists were applied to.
@@ -88,6 +90,7 @@ struct ClientEntry {
     digest: [u8; 32],
     allow: Option<Vec<IpNet>>,
     weight: u32,
+    priority: u8,
 }
 
 /// The access rules of one config generation.
@@ -114,10 +117,19 @@ impl Access {
                     digest: c.key_sha256,
                     allow: c.allow.clone(),
                     weight: c.weight,
+                    priority: c.priority,
                 })
                 .collect(),
             anonymous: ANONYMOUS.into(),
         }
+    }
+
+    /// Each client's name, weight and priority (0 high, 1 normal, 2 low),
+    /// for `/quota`.
+    pub fn tenants(&self) -> Vec<(Arc<str>, u32, u8)> {
+        (self.clients.iter())
+            .map(|c| (c.name.clone(), c.weight, c.priority))
+            .collect()
     }
 
     fn trusted(&self, ip: IpAddr) -> bool {
@@ -180,6 +192,7 @@ impl Access {
             return Ok(Identity {
                 name: self.anonymous.clone(),
                 weight: 1,
+                priority: crate::admission::NORMAL,
                 index: None,
                 addr,
                 forwarded,
@@ -202,6 +215,7 @@ impl Access {
         Ok(Identity {
             name: c.name.clone(),
             weight: c.weight,
+            priority: c.priority,
             index: Some(i),
             addr,
             forwarded,

@@ -68,6 +68,7 @@ mod tests {
             upstream_429: Upstream429::Pause,
             flight: Duration::from_secs(5),
             dry_run: true,
+            aging: std::time::Duration::from_secs(10),
         }
     }
 
@@ -88,6 +89,7 @@ mod tests {
             name: "x".into(),
             weight: 1,
             wait: None,
+            priority: crate::admission::NORMAL,
         };
         for (on_limit, max_wait, over) in [
             (OnLimit::Queue, 2000, Some(Would::Queue)),

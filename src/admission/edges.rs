@@ -25,6 +25,7 @@ fn reject() -> AdmissionConfig {
         upstream_429: Upstream429::Pause,
         flight: Duration::from_secs(5),
         dry_run: false,
+        aging: std::time::Duration::from_secs(10),
     }
 }
 
@@ -33,6 +34,7 @@ fn caller() -> Caller {
         name: "x".into(),
         weight: 1,
         wait: None,
+        priority: crate::admission::NORMAL,
     }
 }
 

@@ -1,12 +1,17 @@
-//! Weighted-fair order between clients, FIFO within each.
+//! Priorities first, weighted-fair order between clients of one priority,
+//! FIFO within each client (SPEC §9.3).
 //!
 //! Start-time fair queuing: each call gets a virtual finish tag
-//! `max(now_virtual, client's last tag) + 1/weight`; the smallest tag goes
-//! next. A client that was idle cannot claim credit for the time it was away.
+//! `max(now_virtual, client's last tag) + 1/weight`; among the calls of the
+//! highest priority waiting, the smallest tag goes next. A client that was
+//! idle cannot claim credit for the time it was away. A waiting call moves up
+//! one priority for each `aging` it has waited, so a low call under a flood
+//! of high ones still goes: after `2 × aging` it competes with them by tag.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -22,7 +27,12 @@ pub(super) struct FairQueue<T> {
     /// Calls waiting in every queue that shares this counter (all quota
     /// keys of one proxy): `max_queue` bounds them together.
     all: Arc<AtomicUsize>,
+    /// `admission.aging`; zero: a call keeps its priority however long it waits.
+    aging: Duration,
 }
+
+/// `admission.aging` unless configured.
+pub(super) const AGING: Duration = Duration::from_secs(10);
 
 impl<T> Default for FairQueue<T> {
     fn default() -> Self {
@@ -32,6 +42,7 @@ impl<T> Default for FairQueue<T> {
             next_id: 0,
             len: 0,
             all: Arc::default(),
+            aging: AGING,
         }
     }
 }
@@ -48,8 +59,22 @@ struct Item<T> {
     id: u64,
     start: u64,
     finish: u64,
+    /// 0 high, 1 normal, 2 low, before aging.
+    prio: u8,
     enqueued: Instant,
     value: T,
+}
+
+impl<T> Item<T> {
+    /// Its priority at `now`, after aging.
+    fn effective(&self, now: Instant, aging: Duration) -> u8 {
+        if aging.is_zero() {
+            return self.prio;
+        }
+        let steps = now.saturating_duration_since(self.enqueued).as_nanos() / aging.as_nanos();
+        self.prio
+            .saturating_sub(u8::try_from(steps).unwrap_or(u8::MAX))
+    }
 }
 
 impl<T> FairQueue<T> {
@@ -67,13 +92,30 @@ impl<T> FairQueue<T> {
         self
     }
 
+    /// Sets `admission.aging` (a reload may change it).
+    pub(super) fn set_aging(&mut self, aging: Duration) {
+        self.aging = aging;
+    }
+
+    pub(super) fn aging(&self) -> Duration {
+        self.aging
+    }
+
     /// Calls waiting in every queue sharing the counter.
     pub(super) fn all_waiting(&self) -> usize {
         self.all.load(Ordering::Relaxed)
     }
 
-    /// Queues `value` for client `name`; returns an id to remove it by.
-    pub(super) fn push(&mut self, name: &Arc<str>, weight: u32, now: Instant, value: T) -> u64 {
+    /// Queues `value` for client `name` at priority `prio` (0 high, 1
+    /// normal, 2 low); returns an id to remove it by.
+    pub(super) fn push(
+        &mut self,
+        name: &Arc<str>,
+        weight: u32,
+        prio: u8,
+        now: Instant,
+        value: T,
+    ) -> u64 {
         let idx = match self.clients.iter().position(|c| c.name == *name) {
             Some(i) => i,
             None => {
@@ -96,6 +138,7 @@ impl<T> FairQueue<T> {
             id,
             start,
             finish,
+            prio,
             enqueued: now,
             value,
         });
@@ -104,29 +147,48 @@ impl<T> FairQueue<T> {
         id
     }
 
-    /// How many queued calls would be served before a call that client
-    /// `name` queued now: its own earlier calls, and other clients' calls with
-    /// a smaller finish tag. A client with a deep queue only delays itself.
-    pub(super) fn ahead_of(&self, name: &str, weight: u32) -> usize {
+    /// How many queued calls will surely be served before a call that
+    /// client `name` queues now at priority `prio`: its own earlier calls;
+    /// others' calls of a higher or the same priority with a smaller finish
+    /// tag (every call waiting now was queued earlier, so it ages no later
+    /// than this one and stays at least as high); and, without aging, every
+    /// call of a higher priority. A lower bound of its place, exact with one
+    /// priority: `max_wait` refuses at once only a call that surely cannot
+    /// start in time. A client with a deep queue only delays itself.
+    pub(super) fn ahead_of(&self, name: &str, weight: u32, prio: u8) -> usize {
         let last = self
             .clients
             .iter()
             .find(|c| &*c.name == name)
             .map_or(0, |c| c.last_finish);
         let finish = last.max(self.vtime) + SCALE / u64::from(weight.max(1));
+        let ages = !self.aging.is_zero();
+        // Within a client FIFO: behind a call served after this one, every
+        // later call of that client is served after it too.
         self.clients
             .iter()
-            .map(|c| c.items.partition_point(|it| it.finish <= finish))
+            .map(|c| match &*c.name == name {
+                true => c.items.len(),
+                false => (c.items.iter())
+                    .take_while(|it| {
+                        (it.prio <= prio && it.finish <= finish) || (!ages && it.prio < prio)
+                    })
+                    .count(),
+            })
             .sum()
     }
 
-    /// The next call in fair order, with when it was queued.
-    pub(super) fn pop(&mut self) -> Option<(T, Instant)> {
+    /// The next call: of the highest priority (after aging) waiting at
+    /// `now`, the smallest finish tag; with when it was queued.
+    pub(super) fn pop(&mut self, now: Instant) -> Option<(T, Instant)> {
+        let aging = self.aging;
         let idx = self
             .clients
             .iter()
             .enumerate()
-            .filter_map(|(i, c)| c.items.front().map(|it| ((it.finish, it.id), i)))
+            .filter_map(|(i, c)| {
+                (c.items.front()).map(|it| ((it.effective(now, aging), it.finish, it.id), i))
+            })
             .min()?
             .1;
         let item = self.clients[idx].items.pop_front()?;
@@ -183,23 +245,23 @@ mod tests {
         let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
         let mut q = FairQueue::default();
         for i in 0..100 {
-            q.push(&a, 1, now, format!("a{i}"));
+            q.push(&a, 1, 1, now, format!("a{i}"));
         }
         let gone: Vec<u64> = (0..100)
-            .map(|_| q.push(&b, 1, now, "gone".into()))
+            .map(|_| q.push(&b, 1, 1, now, "gone".into()))
             .collect();
-        let kept = q.push(&b, 1, now, "b-kept".into());
+        let kept = q.push(&b, 1, 1, now, "b-kept".into());
         // All but the last of b's calls leave; the one behind them moves up.
         for id in gone {
             assert_eq!(q.remove("b", id).as_deref(), Some("gone"));
         }
-        assert_eq!(q.pop().unwrap().0, "a0");
-        assert_eq!(q.pop().unwrap().0, "b-kept");
+        assert_eq!(q.pop(now).unwrap().0, "a0");
+        assert_eq!(q.pop(now).unwrap().0, "b-kept");
         assert_eq!(q.remove("b", kept), None, "already served");
         // And b's next call is tagged from where it stands now, not 100 calls on.
-        q.push(&b, 1, now, "b-next".into());
-        assert_eq!(q.pop().unwrap().0, "a1");
-        assert_eq!(q.pop().unwrap().0, "b-next");
+        q.push(&b, 1, 1, now, "b-next".into());
+        assert_eq!(q.pop(now).unwrap().0, "a1");
+        assert_eq!(q.pop(now).unwrap().0, "b-next");
         assert_eq!(q.len(), 98);
     }
 
@@ -209,10 +271,10 @@ mod tests {
         let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
         let mut q = FairQueue::default();
         for i in 0..6 {
-            q.push(&a, 2, now, format!("a{i}"));
-            q.push(&b, 1, now, format!("b{i}"));
+            q.push(&a, 2, 1, now, format!("a{i}"));
+            q.push(&b, 1, 1, now, format!("b{i}"));
         }
-        let order: Vec<String> = std::iter::from_fn(|| q.pop().map(|(v, _)| v))
+        let order: Vec<String> = std::iter::from_fn(|| q.pop(now).map(|(v, _)| v))
             .take(9)
             .collect();
         assert_eq!(
@@ -226,12 +288,12 @@ mod tests {
         let now = Instant::now();
         let a: Arc<str> = "a".into();
         let mut q = FairQueue::default();
-        let id0 = q.push(&a, 1, now, 0);
-        q.push(&a, 1, now, 1);
+        let id0 = q.push(&a, 1, 1, now, 0);
+        q.push(&a, 1, 1, now, 1);
         assert_eq!(q.remove("a", id0), Some(0));
         assert_eq!(q.remove("a", id0), None);
         assert_eq!(q.len(), 1);
-        assert_eq!(q.pop().map(|(v, _)| v), Some(1));
+        assert_eq!(q.pop(now).map(|(v, _)| v), Some(1));
     }
 
     #[test]
@@ -240,14 +302,14 @@ mod tests {
         let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
         let mut q = FairQueue::default();
         for i in 0..4 {
-            q.push(&a, 1, now, format!("a{i}"));
+            q.push(&a, 1, 1, now, format!("a{i}"));
         }
-        q.pop();
-        q.pop();
+        q.pop(now);
+        q.pop(now);
         for i in 0..2 {
-            q.push(&b, 1, now, format!("b{i}"));
+            q.push(&b, 1, 1, now, format!("b{i}"));
         }
-        let order: Vec<String> = std::iter::from_fn(|| q.pop().map(|(v, _)| v)).collect();
+        let order: Vec<String> = std::iter::from_fn(|| q.pop(now).map(|(v, _)| v)).collect();
         assert_eq!(order, ["b0", "a2", "b1", "a3"]);
     }
 
@@ -267,17 +329,17 @@ mod tests {
                     // (its caller went away) in the middle of its backlog.
                     let mut leaving = None;
                     for k in 0..*n + 1 {
-                        let id = q.push(&names[c], weights[c], now, usize::MAX);
+                        let id = q.push(&names[c], weights[c], 1, now, usize::MAX);
                         if k == n / 2 {
                             leaving = Some(id);
                         }
                     }
                     assert!(q.remove(&names[c], leaving.unwrap()).is_some());
                 }
-                let ahead = q.ahead_of(&names[who], *weight);
-                q.push(&names[who], *weight, now, 0);
+                let ahead = q.ahead_of(&names[who], *weight, 1);
+                q.push(&names[who], *weight, 1, now, 0);
                 let mut place = 0;
-                while let Some((v, _)) = q.pop() {
+                while let Some((v, _)) = q.pop(now) {
                     if v == 0 {
                         break;
                     }

@@ -68,7 +68,13 @@ pub struct Caller {
     /// The caller's own cap on its wait (`Prefer: wait=N`): it can only
     /// shorten `max_wait`.
     pub wait: Option<Duration>,
+    /// 0 high, 1 normal, 2 low: the client's, or lower if the call asks
+    /// (`Priority: u=5..7`); never higher.
+    pub priority: u8,
 }
+
+/// [`Caller::priority`] of a client with none configured.
+pub const NORMAL: u8 = 1;
 
 impl Caller {
     /// How long this call may wait for its slot.
@@ -163,7 +169,7 @@ impl State {
     /// Also says how many calls are served first (a trace's queue position).
     fn project_for(&self, caller: &Caller, now: Instant) -> (Instant, usize) {
         let from = self.paused_until.map_or(now, |p| p.max(now));
-        let ahead = self.queue.ahead_of(&caller.name, caller.weight);
+        let ahead = (self.queue).ahead_of(&caller.name, caller.weight, caller.priority);
         (self.windows.nth_start(ahead, from), ahead)
     }
 }
@@ -221,7 +227,11 @@ impl Admission {
                 dry_run: cfg.dry_run,
                 windows,
                 policy,
-                queue: FairQueue::default(),
+                queue: {
+                    let mut q = FairQueue::default();
+                    q.set_aging(cfg.aging);
+                    q
+                },
                 paused_until: None,
                 closed: false,
             }),
@@ -302,7 +312,7 @@ impl Admission {
                 return Err(st.exhausted(start, now));
             }
             let (tx, rx) = oneshot::channel();
-            let id = st.queue.push(&caller.name, caller.weight, now, tx);
+            let id = (st.queue).push(&caller.name, caller.weight, caller.priority, now, tx);
             drop(st);
             queued(id);
             self.inner.wake.notify_one();
@@ -329,6 +339,7 @@ impl Admission {
         st.windows = next;
         st.policy = policy;
         st.on_limit = cfg.on_limit;
+        st.queue.set_aging(cfg.aging);
         st.max_queue = cfg.max_queue;
         st.max_wait = cfg.max_wait;
         st.dry_run = cfg.dry_run;
@@ -352,7 +363,9 @@ impl Admission {
     pub fn share_queue(&self, all: Arc<std::sync::atomic::AtomicUsize>) {
         let mut st = self.inner.lock();
         debug_assert!(st.queue.is_empty());
+        let aging = st.queue.aging();
         st.queue = FairQueue::default().sharing(all);
+        st.queue.set_aging(aging);
     }
 }
 
@@ -421,5 +434,7 @@ fn queued(position: u64) {
 
 #[cfg(test)]
 mod edges;
+#[cfg(test)]
+mod priority_tests;
 #[cfg(test)]
 mod tests;

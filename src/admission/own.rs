@@ -193,6 +193,7 @@ mod tests {
                 name: "10s".into(),
             }],
             dry_run,
+            priority: 1,
         }
     }
 

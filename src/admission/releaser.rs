@@ -72,7 +72,7 @@ async fn release_remote(inner: &Arc<Inner>, remote: &Arc<Remote>) -> Release {
         Answer::Slot(id) => {
             let mut st = inner.lock();
             let now = Instant::now();
-            match st.queue.pop() {
+            match st.queue.pop(now) {
                 Some((tx, enqueued)) => {
                     st.windows.reserve(now);
                     let permit =
@@ -139,7 +139,7 @@ fn release_ready(inner: &Arc<Inner>) -> Release {
             return Release::Sleep(at);
         }
         st.paused_until = None;
-        let Some((tx, enqueued)) = st.queue.pop() else {
+        let Some((tx, enqueued)) = st.queue.pop(now) else {
             continue;
         };
         st.windows.reserve(now);

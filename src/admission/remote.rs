@@ -183,7 +183,8 @@ impl Admission {
                 .max(remote.store.paused_until(now))
                 .filter(|p| *p > now);
             (
-                st.queue.ahead_of(&caller.name, caller.weight),
+                st.queue
+                    .ahead_of(&caller.name, caller.weight, caller.priority),
                 paused,
                 st.on_limit == OnLimit::Queue && st.queue.all_waiting() >= st.max_queue,
             )
@@ -246,7 +247,12 @@ impl Admission {
                 return Err(exhausted(start));
             }
             let (tx, rx) = oneshot::channel();
-            (st.queue.push(&caller.name, caller.weight, now, tx), rx, now)
+            (
+                st.queue
+                    .push(&caller.name, caller.weight, caller.priority, now, tx),
+                rx,
+                now,
+            )
         };
         super::queued(id);
         // Queued before the next caller asks, so it counts this call ahead.

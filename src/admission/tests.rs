@@ -19,6 +19,7 @@ fn cfg(on_limit: OnLimit, max_queue: usize, max_wait_ms: u64, margin_ms: u64) ->
         upstream_429: Upstream429::Pause,
         flight: Duration::from_secs(5),
         dry_run: false,
+        aging: std::time::Duration::from_secs(10),
     }
 }
 
@@ -27,6 +28,7 @@ fn caller(name: &str, weight: u32) -> Caller {
         name: name.into(),
         weight,
         wait: None,
+        priority: crate::admission::NORMAL,
     }
 }
 

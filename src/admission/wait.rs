@@ -120,6 +120,7 @@ mod tests {
             upstream_429: Upstream429::Pause,
             flight: Duration::from_secs(5),
             dry_run: false,
+            aging: std::time::Duration::from_secs(10),
         }
     }
 
@@ -128,6 +129,7 @@ mod tests {
             name: name.into(),
             weight,
             wait: None,
+            priority: crate::admission::NORMAL,
         }
     }
 

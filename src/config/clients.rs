@@ -111,6 +111,17 @@ impl Validator<'_> {
                     None => Vec::new(),
                 },
                 dry_run: c.dry_run.unwrap_or(false),
+                priority: match c.priority.as_deref().unwrap_or("normal") {
+                    "high" => 0,
+                    "normal" => 1,
+                    "low" => 2,
+                    o => {
+                        return Err(self.invalid(
+                            &format!("{key}.priority"),
+                            format!("`{o}`: use \"high\", \"normal\" or \"low\""),
+                        ))
+                    }
+                },
             });
         }
         Ok(out)

@@ -145,11 +145,12 @@ pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     };
     writeln!(
         o,
-        "\n[admission]\non_limit = \"{on_limit}\"\nmax_queue = {}\nmax_wait = \"{}\"\nmargin = \"{}\"\nupstream_429 = \"{u429}\"\ndry_run = {}",
+        "\n[admission]\non_limit = \"{on_limit}\"\nmax_queue = {}\nmax_wait = \"{}\"\nmargin = \"{}\"\nupstream_429 = \"{u429}\"\ndry_run = {}\naging = \"{}\"",
         a.max_queue,
         d(a.max_wait),
         d(a.margin),
-        a.dry_run
+        a.dry_run,
+        d(a.aging)
     )?;
     let header = match c.access.forwarded_header {
         ForwardedHeader::XForwardedFor => "x-forwarded-for",
@@ -187,6 +188,8 @@ pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if cl.dry_run {
             writeln!(o, "dry_run = true")?;
         }
+        let priority = ["high", "normal", "low"][usize::from(cl.priority.min(2))];
+        writeln!(o, "priority = \"{priority}\"")?;
         for l in &cl.limits {
             writeln!(
                 o,

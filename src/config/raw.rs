@@ -162,6 +162,8 @@ pub(crate) struct RawAdmission {
     pub(crate) margin: Option<Duration>,
     pub(crate) upstream_429: Option<String>,
     pub(crate) dry_run: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) aging: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -184,6 +186,7 @@ pub(crate) struct RawClient {
     pub(crate) credential: Option<String>,
     pub(crate) limits: Option<Vec<RawLimit>>,
     pub(crate) dry_run: Option<bool>,
+    pub(crate) priority: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

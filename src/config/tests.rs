@@ -267,3 +267,34 @@ fn the_redis_url_is_a_secret_wherever_it_comes_from() {
     let e = parse(&format!("{KEY}[store]\nurl_env = \"CFG_REDIS_URL\"\n")).unwrap_err();
     assert!(e.to_string().contains("store.url_env"), "{e}");
 }
+
+/// A client's priority, own windows and dry run; `admission.aging`.
+#[test]
+fn tenancy_keys_parse_and_bad_ones_name_their_key() {
+    let client = "[[clients]]\nname = \"bi\"\nkey_sha256 = \"0131254a1454a278322231df07fc65e2950e0bc532130cd0618f99719fa71dc3\"\n";
+    let c = parse(&format!(
+        "{KEY}[admission]\naging = \"3s\"\n{client}priority = \"low\"\ndry_run = true\n\
+         [[clients.limits]]\nrequests = 100\nper = \"1m\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.admission.aging, Duration::from_secs(3));
+    assert_eq!((c.clients[0].priority, c.clients[0].dry_run), (2, true));
+    assert_eq!(c.clients[0].limits[0].requests, 100);
+    let shown = c.to_string();
+    assert!(
+        shown.contains("dry_run = true\npriority = \"low\"\n[[clients.limits]]\nrequests = 100"),
+        "{shown}"
+    );
+    assert!(shown.contains("aging = \"3s\""), "{shown}");
+    assert_eq!(
+        parse(&format!("{KEY}{client}")).unwrap().clients[0].priority,
+        1
+    );
+    let e = parse(&format!("{KEY}{client}priority = \"urgent\"\n")).unwrap_err();
+    assert!(e.to_string().contains("clients[0].priority"), "{e}");
+    let e = parse(&format!(
+        "{KEY}{client}[[clients.limits]]\nrequests = 5\nper = \"soon\"\n"
+    ))
+    .unwrap_err();
+    assert!(e.to_string().contains("clients[0].limits[0].per"), "{e}");
+}

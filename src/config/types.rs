@@ -265,6 +265,8 @@ pub struct AdmissionConfig {
     /// Nothing waits or is refused for quota: what would have been is only
     /// counted and logged, so a limit can be watched before it is enforced.
     pub dry_run: bool,
+    /// A waiting call moves up one priority per `aging` (zero: never).
+    pub aging: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -295,6 +297,8 @@ pub struct ClientConfig {
     pub credential: Option<String>,
     /// `[[clients.limits]]`: its own windows, in front of the credential's.
     pub limits: Vec<Limit>,
+    /// 0 high, 1 normal (the default), 2 low: the queue serves higher first.
+    pub priority: u8,
     /// Its own limits are measured and reported, not enforced.
     pub dry_run: bool,
 }

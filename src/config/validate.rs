@@ -427,6 +427,7 @@ impl Validator<'_> {
             upstream_429,
             flight: Duration::ZERO,
             dry_run: raw.dry_run.unwrap_or(false),
+            aging: raw.aging.unwrap_or(Duration::from_secs(10)),
         })
     }
 }

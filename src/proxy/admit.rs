@@ -57,11 +57,13 @@ where
                     name: ANONYMOUS.into(),
                     weight: 1,
                     wait: None,
+                    priority: crate::admission::NORMAL,
                 },
                 |id| Caller {
                     name: id.name.clone(),
                     weight: id.weight,
                     wait: None,
+                    priority: id.priority,
                 },
             );
             let pause = rec
@@ -147,6 +149,8 @@ where
                 caller.wait = Some(Duration::from_secs(w));
                 outcome.lock().wait_applied = Some(super::prefer::capped(w, admission.max_wait()));
             }
+            // So is its priority: `Priority: u=5..7` may lower it.
+            caller.priority = super::prefer::priority(req.headers(), caller.priority);
             // The call waits for a slot (see `head`).
             crate::head::detach(&mut req);
         }

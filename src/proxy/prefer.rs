@@ -1,5 +1,6 @@
 //! What a caller may ask for itself (SPEC §9.3): `Prefer: wait=N` (RFC 7240)
-//! caps its own wait for quota. It can only shorten what the config allows.
+//! caps its own wait for quota, `Priority: u=5..7` (RFC 9218) lowers its
+//! call to the low priority. It can only ask for less than the config allows.
 //! Read only for a call that may wait (a call answered at once, admitted or
 //! refused, is not told: the preference changed nothing for it).
 
@@ -32,6 +33,27 @@ pub(crate) fn wait(headers: &HeaderMap) -> Option<u64> {
         })
     })
     .flatten()
+}
+
+/// The priority a call waits at: its client's (0 high, 1 normal, 2 low),
+/// lowered to low when the caller's `Priority` urgency is 5, 6 or 7 (RFC
+/// 9218 §4.1: 0 most urgent, 3 the default, 7 background). A more urgent
+/// one is ignored: nothing a caller sends raises its priority. The last
+/// `u` of the last `Priority` header counts (a Dictionary's last value
+/// wins, RFC 8941 §3.2).
+pub(crate) fn priority(headers: &HeaderMap, client: u8) -> u8 {
+    let urgency = (headers.get_all(HeaderName::from_static("priority")).iter())
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|member| {
+            let (key, value) = member.split(';').next()?.trim().split_once('=')?;
+            (key.trim() == "u").then(|| value.trim().parse::<u8>().ok())?
+        })
+        .next_back();
+    match urgency {
+        Some(5..=7) => client.max(2),
+        _ => client,
+    }
 }
 
 /// The wait a call is held to: the caller's, capped by `max_wait`.
@@ -88,5 +110,30 @@ mod tests {
         assert_eq!(capped(120, max), max);
         assert_eq!(capped(u64::MAX, max), max);
         assert_eq!(applied(Duration::from_millis(30_500)), "wait=30");
+    }
+
+    fn prio(values: &[&str], client: u8) -> u8 {
+        let mut m = HeaderMap::new();
+        for v in values {
+            m.append("priority", HeaderValue::from_str(v).unwrap());
+        }
+        priority(&m, client)
+    }
+
+    /// Urgency 5 to 7 lowers a call to low; nothing raises one; the last
+    /// `u` counts; anything malformed changes nothing.
+    #[test]
+    fn priority_urgency_only_lowers() {
+        assert_eq!(prio(&[], 1), 1);
+        assert_eq!(prio(&["u=5"], 1), 2);
+        assert_eq!(prio(&["u=7, i"], 0), 2);
+        assert_eq!(prio(&["i, u=6"], 1), 2);
+        assert_eq!(prio(&["u=0"], 2), 2, "never raised");
+        assert_eq!(prio(&["u=4"], 1), 1);
+        assert_eq!(prio(&["u=3"], 0), 0);
+        assert_eq!(prio(&["u=6", "u=1"], 1), 1, "the last one counts");
+        assert_eq!(prio(&["u=1, u=7"], 1), 2);
+        assert_eq!(prio(&["u=x", "u", "u=-1", "u=99"], 1), 1);
+        assert_eq!(prio(&["urgency=7"], 1), 1);
     }
 }
