@@ -70,14 +70,9 @@ impl ProxyError {
     /// A refusal decided at `at`: its wait is counted from then, with no
     /// clock read of its own (the 429 fast path has read it already).
     pub fn refused_at(r: Refusal, at: Instant) -> Self {
-        let wait = match r {
-            Refusal::QuotaExhausted { retry_at }
-            | Refusal::UpstreamThrottled { retry_at }
-            | Refusal::QueueFull { retry_at }
-            | Refusal::TooManyKeys { retry_at }
-            | Refusal::ClientQuotaExhausted { retry_at } => retry_at.saturating_duration_since(at),
-            Refusal::ShuttingDown | Refusal::StoreUnavailable => Duration::ZERO,
-        };
+        let wait = r
+            .retry_at()
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(at));
         ProxyError::Refused(r, wait)
     }
 }
@@ -224,14 +219,7 @@ impl ProxyError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             ProxyError::Shared(e) => e.retry_after(),
-            ProxyError::Refused(
-                Refusal::QuotaExhausted { .. }
-                | Refusal::UpstreamThrottled { .. }
-                | Refusal::QueueFull { .. }
-                | Refusal::TooManyKeys { .. }
-                | Refusal::ClientQuotaExhausted { .. },
-                d,
-            ) => Some(*d),
+            ProxyError::Refused(r, d) => r.retry_at().map(|_| *d),
             ProxyError::Guard(g) => Some(g.retry_after),
             ProxyError::Unavailable(d) => Some(*d),
             ProxyError::Body(BodyError::Overloaded) => Some(Duration::from_secs(1)),

@@ -60,6 +60,23 @@ pub enum Refusal {
     ClientQuotaExhausted { retry_at: Instant },
 }
 
+impl Refusal {
+    /// When a call refused so could come back: the refusal answers it
+    /// itself (as governor's `NotUntil` does), so `Retry-After` is written
+    /// from one place for every kind. `None`: no instant would help
+    /// (draining, the store unreachable).
+    pub fn retry_at(&self) -> Option<Instant> {
+        match *self {
+            Refusal::QuotaExhausted { retry_at }
+            | Refusal::UpstreamThrottled { retry_at }
+            | Refusal::QueueFull { retry_at }
+            | Refusal::TooManyKeys { retry_at }
+            | Refusal::ClientQuotaExhausted { retry_at } => Some(retry_at),
+            Refusal::ShuttingDown | Refusal::StoreUnavailable => None,
+        }
+    }
+}
+
 /// Who is asking, for fairness between clients and per-client queue depth.
 #[derive(Debug, Clone)]
 pub struct Caller {
