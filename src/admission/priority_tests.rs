@@ -115,6 +115,9 @@ async fn a_high_client_goes_next_and_the_low_flood_gets_the_rest() {
 async fn aging_serves_a_low_call_under_a_high_flood_within_max_wait() {
     for (aging_ms, served) in [(0, false), (1000, true)] {
         let a = Admission::new(&limits(&[(10, 1000)]), &cfg(5_000, aging_ms));
+        // As `Quotas` makes every key's admission: the queue shared for
+        // `max_queue` keeps its aging.
+        a.share_queue(Arc::new(std::sync::atomic::AtomicUsize::new(0)));
         let log: Log = Arc::default();
         let until = Instant::now() + Duration::from_secs(8);
         flood(&a, "high", 0, 20, until, &log);
