@@ -136,13 +136,6 @@ async fn a_sighup_during_start_up_is_a_reload_not_a_death() {
     assert!(proxy.child.try_wait().unwrap().is_none(), "still running");
 }
 
-/// Sends SIGHUP and waits until `config_reloads_total{result}` reaches `n`.
-async fn hup(c: &TestClient, proxy: &BinProxy, result: &str, n: f64) {
-    proxy.signal("HUP");
-    let series = format!("dastra_proxy_config_reloads_total{{result=\"{result}\"}}");
-    wait_metric(c, proxy.admin, &series, n).await;
-}
-
 /// The leaf certificate a TLS handshake with `port` presents.
 async fn presented(port: u16, cas: &[&TestPki]) -> Vec<u8> {
     use rustls::pki_types::pem::PemObject as _;

@@ -48,6 +48,22 @@ async fn as_client(c: &TestClient, url: &str, key: &str) -> Reply {
     send(c, Method::GET, url, &[("x-api-key", key)], Body::empty()).await
 }
 
+/// The statuses of `/v1/{who}/{i}` for each `i`, called one after another as `key`.
+async fn calls(
+    c: &TestClient,
+    url: impl Fn(&str) -> String,
+    who: &str,
+    key: &str,
+    range: std::ops::Range<usize>,
+) -> Vec<u16> {
+    let mut out = Vec::new();
+    for i in range {
+        let r = as_client(c, &url(&format!("/v1/{who}/{i}")), key).await;
+        out.push(r.status.as_u16());
+    }
+    out
+}
+
 /// The Dastra key each call under `prefix` went out with.
 fn keys_sent(up: &MockUpstream, prefix: &str) -> Vec<String> {
     (up.log().into_iter())
@@ -218,12 +234,6 @@ async fn oauth2_beside_an_api_key_and_cache_entries_never_cross_credentials() {
     proxy.shutdown().await;
 }
 
-async fn hup(c: &TestClient, proxy: &BinProxy, result: &str, n: f64) {
-    proxy.signal("HUP");
-    let series = format!("dastra_proxy_config_reloads_total{{result=\"{result}\"}}");
-    wait_metric(c, proxy.admin, &series, n).await;
-}
-
 /// A reload that rotates one credential's key keeps both windows (they
 /// are the credentials' by name); one that removes a credential a client
 /// still names is refused; removing both is applied.
@@ -233,18 +243,9 @@ async fn a_reload_changes_one_credential_and_keeps_every_window() {
     let dir = tempfile::tempdir().unwrap();
     let proxy = BinProxy::start(dir.path(), &up, &several(dir.path(), ""));
     let c = client();
-    for i in 0..3 {
-        assert_eq!(
-            as_client(&c, &proxy.url(&format!("/v1/crm/{i}")), CRM_APP)
-                .await
-                .status,
-            200
-        );
-    }
-    assert_eq!(
-        as_client(&c, &proxy.url("/v1/hr/0"), HR_APP).await.status,
-        200
-    );
+    let url = |p: &str| proxy.url(p);
+    assert_eq!(calls(&c, url, "crm", CRM_APP, 0..3).await, [200; 3]);
+    assert_eq!(calls(&c, url, "hr", HR_APP, 0..1).await, [200]);
     std::fs::write(dir.path().join("hr.key"), "dastra-hr-rotated-key-55").unwrap();
     hup(&c, &proxy, "ok", 1.0).await;
     assert_eq!(
@@ -252,14 +253,7 @@ async fn a_reload_changes_one_credential_and_keeps_every_window() {
         "quota_exhausted",
         "crm's window survived the reload"
     );
-    for i in 1..3 {
-        assert_eq!(
-            as_client(&c, &proxy.url(&format!("/v1/hr/{i}")), HR_APP)
-                .await
-                .status,
-            200
-        );
-    }
+    assert_eq!(calls(&c, url, "hr", HR_APP, 1..3).await, [200; 2]);
     assert_eq!(
         as_client(&c, &proxy.url("/v1/hr/3"), HR_APP).await.code(),
         "quota_exhausted",
@@ -313,18 +307,9 @@ async fn a_restart_keeps_each_credentials_window() {
     let config = several(dir.path(), "");
     let proxy = BinProxy::start(dir.path(), &up, &config);
     let c = client();
-    for i in 0..3 {
-        assert_eq!(
-            as_client(&c, &proxy.url(&format!("/v1/hr/{i}")), HR_APP)
-                .await
-                .status,
-            200
-        );
-    }
-    assert_eq!(
-        as_client(&c, &proxy.url("/v1/crm/0"), CRM_APP).await.status,
-        200
-    );
+    let url = |p: &str| proxy.url(p);
+    assert_eq!(calls(&c, url, "hr", HR_APP, 0..3).await, [200; 3]);
+    assert_eq!(calls(&c, url, "crm", CRM_APP, 0..1).await, [200]);
     proxy.signal("TERM");
     let mut proxy = proxy;
     tokio::task::spawn_blocking(move || proxy.child.wait().unwrap())
@@ -336,18 +321,7 @@ async fn a_restart_keeps_each_credentials_window() {
         as_client(&c, &proxy.url("/v1/hr/3"), HR_APP).await.code(),
         "quota_exhausted"
     );
-    let crm: Vec<u16> = {
-        let mut out = Vec::new();
-        for i in 1..4 {
-            out.push(
-                as_client(&c, &proxy.url(&format!("/v1/crm/{i}")), CRM_APP)
-                    .await
-                    .status
-                    .as_u16(),
-            );
-        }
-        out
-    };
+    let crm = calls(&c, |p: &str| proxy.url(p), "crm", CRM_APP, 1..4).await;
     assert_eq!(crm, [200, 200, 429], "crm had 2 left, no more, no fewer");
     assert_eq!(keys_sent(&up, "/v1/hr/").len(), 3);
     assert_eq!(keys_sent(&up, "/v1/crm/"), vec![CRM_KEY; 3]);

@@ -546,3 +546,10 @@ pub async fn wait_metric(
     }
     panic!("{series} never reached {want}");
 }
+
+/// Sends SIGHUP and waits until `config_reloads_total{result}` reaches `n`.
+pub async fn hup(c: &TestClient, proxy: &BinProxy, result: &str, n: f64) {
+    proxy.signal("HUP");
+    let series = format!("dastra_proxy_config_reloads_total{{result=\"{result}\"}}");
+    wait_metric(c, proxy.admin, &series, n).await;
+}
