@@ -194,3 +194,75 @@ async fn a_dry_run_client_is_measured_not_refused() {
     );
     p.shutdown().await;
 }
+
+/// Priorities through the real stack, judged on Dastra's arrival log: 12
+/// low clients flood a 4-per-400 ms window from 12 loops while a high client
+/// calls now and then. Between a high call leaving the caller and reaching
+/// Dastra, only low calls already granted (at most the 4 of one window) may
+/// arrive: none is granted while it waits. Weighted-fair order alone would
+/// put it behind a call of each of the 12.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_high_client_overtakes_twelve_flooding_low_clients() {
+    let up = MockUpstream::start().await;
+    let key = |i: usize| format!("low-client-key-{i:04}-padding");
+    let mut extra = String::from(
+        "[[limits]]\nrequests = 4\nper = \"400ms\"\n[admission]\nmargin = \"10ms\"\nmax_wait = \"30s\"\n",
+    );
+    for i in 0..12 {
+        extra += &format!(
+            "[[clients]]\nname = \"low{i}\"\nkey_sha256 = \"{}\"\npriority = \"low\"\n",
+            hex::encode(Sha256::digest(key(i).as_bytes()))
+        );
+    }
+    extra += &format!(
+        "[[clients]]\nname = \"form\"\nkey_sha256 = \"{}\"\npriority = \"high\"\n",
+        hex::encode(Sha256::digest(FORM.as_bytes()))
+    );
+    let p = TestProxy::start(&up, &extra).await;
+    let c = client();
+    let stop = tokio::time::Instant::now() + Duration::from_millis(3000);
+    let loops: Vec<_> = (0..12)
+        .map(|i| {
+            let (c, url, key) = (c.clone(), p.url(&format!("/v1/low/{i}")), key(i));
+            tokio::spawn(async move {
+                for _ in 0..1000 {
+                    if tokio::time::Instant::now() >= stop {
+                        break;
+                    }
+                    assert_eq!(as_client(&c, &url, &key).await.status, 200);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut high = Vec::new();
+    for i in 0..5 {
+        let sent = tokio::time::Instant::now();
+        let r = as_client(&c, &p.url(&format!("/v1/high/{i}")), FORM).await;
+        assert_eq!(r.status, 200);
+        high.push(sent);
+        tokio::time::sleep(Duration::from_millis(230)).await;
+    }
+    for l in loops {
+        l.await.unwrap();
+    }
+    let log = up.log();
+    for (i, sent) in high.iter().enumerate() {
+        let arrived = (log.iter())
+            .find(|r| r.target == format!("/v1/high/{i}"))
+            .unwrap()
+            .at;
+        let lows = (log.iter())
+            .filter(|r| r.target.starts_with("/v1/low/") && r.at > *sent && r.at < arrived)
+            .count();
+        assert!(
+            lows <= 4,
+            "{lows} low calls reached Dastra while high call {i} waited"
+        );
+    }
+    assert!(
+        up.arrivals("/v1/low/").len() >= 20,
+        "the low clients got the rest"
+    );
+    p.shutdown().await;
+}
