@@ -30,7 +30,7 @@ fn check(example: &str, secrets: &std::path::Path, redis: &str) {
 #[test]
 fn check_loads_the_tls_files_too() {
     let secrets = tempfile::tempdir().unwrap();
-    for f in ["dastra-public", "dastra-private", "gw.key"] {
+    for f in ["dastra-public", "dastra-private", "dastra-hr", "gw.key"] {
         std::fs::write(secrets.path().join(f), "placeholder\n").unwrap();
     }
     std::fs::write(secrets.path().join("gw.crt"), "not a certificate\n").unwrap();
@@ -58,7 +58,7 @@ fn check_loads_the_tls_files_too() {
 #[test]
 fn each_example_passes_check() {
     let secrets = tempfile::tempdir().unwrap();
-    for f in ["dastra-public", "dastra-private"] {
+    for f in ["dastra-public", "dastra-private", "dastra-hr"] {
         std::fs::write(secrets.path().join(f), "placeholder\n").unwrap();
     }
     let key = rcgen::KeyPair::generate().unwrap();
