@@ -130,10 +130,11 @@ fn named_quotas(config: &Config) -> Vec<NamedQuota> {
 }
 
 /// How long a send counts in some window: the longest window of any
-/// credential, plus the margin every window is held with.
+/// credential or client, plus the margin every window is held with.
 fn longest_window(config: &Config) -> std::time::Duration {
     let named = config.credentials.iter().flat_map(|n| config.limits_of(n));
-    (config.limits.iter().chain(named))
+    let clients = config.clients.iter().flat_map(|c| &c.limits);
+    (config.limits.iter().chain(named).chain(clients))
         .map(|l| l.per)
         .max()
         .unwrap_or_default()
@@ -310,6 +311,17 @@ impl App {
             }
             _ => None,
         };
+        let margin = config.admission.margin;
+        let client_quotas = match &local {
+            Some(l) => crate::admission::ClientQuotas::with_state(
+                &config.clients,
+                margin,
+                l.file.clone(),
+                metrics.clone(),
+                &mut l.restored.lock().unwrap_or_else(|e| e.into_inner()),
+            ),
+            None => crate::admission::ClientQuotas::new(&config.clients, margin),
+        };
         let quotas = Quotas::new(&config.limits, &config.admission, max_keys, shared, local)?
             .with_named(
                 config.credential.is_some(),
@@ -332,10 +344,7 @@ impl App {
         );
         let cache = crate::cache::Cache::new(&config.cache, metrics.clone());
         Ok(Arc::new(Self {
-            client_quotas: crate::admission::ClientQuotas::new(
-                &config.clients,
-                config.admission.margin,
-            ),
+            client_quotas,
             cache,
             read_ahead: crate::body::ReadAhead::new(config.server.max_buffered_body),
             retry: crate::retry::RetryBudget::new(

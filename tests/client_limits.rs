@@ -266,3 +266,43 @@ async fn a_high_client_overtakes_twelve_flooding_low_clients() {
     );
     p.shutdown().await;
 }
+
+/// With the state file (the default), a client's own window survives a
+/// restart as the credential's does: its sends are in the file under a key
+/// of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_window_survives_a_restart() {
+    let up = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let limits = "[[clients.limits]]\nrequests = 3\nper = \"1m\"\n";
+    let config = clients(limits, "");
+    let proxy = BinProxy::start(dir.path(), &up, &config);
+    let c = client();
+    for i in 0..3 {
+        let r = as_client(&c, &proxy.url(&format!("/v1/bi/{i}")), BI).await;
+        assert_eq!(r.status, 200);
+    }
+    proxy.signal("TERM");
+    let mut proxy = proxy;
+    tokio::task::spawn_blocking(move || proxy.child.wait().unwrap())
+        .await
+        .unwrap();
+    let proxy = BinProxy::start(dir.path(), &up, &config);
+    let r = as_client(&c, &proxy.url("/v1/bi/3"), BI).await;
+    assert_eq!(
+        r.code(),
+        "client_quota_exhausted",
+        "the restart forgot bi's window"
+    );
+    let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        (1..=61).contains(&wait),
+        "Retry-After {wait} from the restored window"
+    );
+    assert_eq!(
+        as_client(&c, &proxy.url("/v1/form/0"), FORM).await.status,
+        200,
+        "the other client is free"
+    );
+    assert_eq!(up.arrivals("/v1/bi/").len(), 3);
+}

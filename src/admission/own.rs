@@ -11,6 +11,8 @@
 //! refused at once (`429 client_quota_exhausted`) rather than queued behind
 //! its own client, where it would hold a place in the fair order for
 //! nothing. A client in `dry_run` is measured the same way and never refused.
+//! With a state file, each client's sends are written there as a quota
+//! key's are (under a key of its own), so a restart keeps its windows.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,15 +22,19 @@ use std::time::Duration;
 use http::HeaderValue;
 use tokio::time::Instant;
 
-use super::policy_value;
+use super::{policy_value, Persist};
 use crate::config::ClientConfig;
+use crate::metrics::Metrics;
 use crate::quota::{WindowSet, WindowState};
+use crate::state_file::{Restored, StateFile};
 
 /// Every client's own windows; kept across reloads (a client's windows keep
 /// their sends by name, as the credentials' do).
 #[derive(Debug, Default)]
 pub struct ClientQuotas {
     map: Arc<Mutex<HashMap<Arc<str>, Own>>>,
+    /// The state file every limited client's sends are written to.
+    file: Option<(Arc<StateFile>, Metrics)>,
     /// Whether any client has windows of its own: without, a call takes
     /// no lock here.
     any: AtomicBool,
@@ -37,6 +43,8 @@ pub struct ClientQuotas {
 #[derive(Debug)]
 struct Own {
     windows: WindowSet,
+    /// Where this client's sends are written (its own key in the file).
+    persist: Option<Persist>,
     /// `RateLimit-Policy` of this client's windows.
     policy: HeaderValue,
     dry_run: bool,
@@ -51,6 +59,8 @@ pub struct OwnSlot {
     /// A dry-run client over its limit: nothing was reserved.
     held: bool,
     landed: bool,
+    /// Its record in the state file.
+    record: Option<(Persist, u64)>,
 }
 
 /// The client's own window is full: when it frees, and the RateLimit fields
@@ -79,6 +89,32 @@ impl ClientQuotas {
         me
     }
 
+    /// With the state file: each client's sends the previous process made
+    /// (taken from `restored`) count again, and every send is written.
+    pub fn with_state(
+        clients: &[ClientConfig],
+        margin: Duration,
+        file: Arc<StateFile>,
+        metrics: Metrics,
+        restored: &mut Restored,
+    ) -> Self {
+        let me = Self {
+            file: Some((file, metrics)),
+            ..Self::default()
+        };
+        me.reconfigure(clients, margin);
+        let now = Instant::now();
+        for (name, own) in me.lock().iter_mut() {
+            for age in restored.take(file_key(name)) {
+                // Older than this process's clock reaches back: out of every window.
+                if let Some(t) = now.checked_sub(age) {
+                    own.windows.record(t);
+                }
+            }
+        }
+        me
+    }
+
     /// The clients' windows become those of `clients`: a client that stays
     /// keeps the sends it made (a changed N or W included).
     pub fn reconfigure(&self, clients: &[ClientConfig], margin: Duration) {
@@ -89,10 +125,16 @@ impl ClientQuotas {
             if let Some(old) = map.remove(c.name.as_str()) {
                 old.windows.carry_into(&mut windows);
             }
+            let persist = self.file.as_ref().map(|(file, metrics)| Persist {
+                file: file.clone(),
+                key: file_key(&c.name),
+                metrics: metrics.clone(),
+            });
             next.insert(
                 Arc::from(c.name.as_str()),
                 Own {
                     windows,
+                    persist,
                     policy: policy_value(&c.limits),
                     dry_run: c.dry_run,
                 },
@@ -120,8 +162,11 @@ impl ClientQuotas {
                 state: own.windows.ratelimit_value(now),
             });
         }
+        let mut record = None;
         if !over {
             own.windows.reserve(now);
+            record = (own.persist.clone())
+                .and_then(|p| p.write(p.file.reserve(p.key)).map(|seq| (p, seq)));
         }
         drop(map);
         Ok(OwnVerdict::Slot {
@@ -130,6 +175,7 @@ impl ClientQuotas {
                 client: client.clone(),
                 held: !over,
                 landed: false,
+                record,
             },
             over,
         })
@@ -163,6 +209,12 @@ impl OwnSlot {
             return;
         }
         self.landed = true;
+        if let Some((p, seq)) = self.record.take() {
+            p.write(match land {
+                true => p.file.land(seq),
+                false => p.file.release(seq),
+            });
+        }
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         // A reload that removed the client's limits took its windows along.
         if let Some(own) = map.get_mut(&self.client) {
@@ -173,6 +225,17 @@ impl OwnSlot {
             }
         }
     }
+}
+
+/// A client's key in the state file: a digest of its name, apart from the
+/// credentials' keys (another prefix).
+fn file_key(name: &str) -> u64 {
+    use sha2::{Digest as _, Sha256};
+    let d = Sha256::new()
+        .chain_update(b"dastra-proxy client\0")
+        .chain_update(name.as_bytes())
+        .finalize();
+    u64::from_le_bytes(d[..8].try_into().expect("8 of 32 bytes"))
 }
 
 impl Drop for OwnSlot {
