@@ -90,8 +90,8 @@ async fn refresh_gauges(app: &App) {
     for (c, d) in depth {
         app.metrics.queue_depth.with_label_values(&[&c]).set(d);
     }
-    for (client, windows) in app.client_quotas.snapshot() {
-        for w in windows {
+    for (client, gate) in app.quotas.client_gates() {
+        for w in gate.shared_snapshot().await.windows {
             (app.metrics.client_window_used)
                 .with_label_values(&[&*client, w.name.as_str()])
                 .set(i64::from(w.used));
@@ -192,7 +192,8 @@ async fn quota(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
         entry["priority"] = json!(["high", "normal", "low"][usize::from(priority.min(2))]);
     }
     // Each client's own windows: its sends in each, against its own limit.
-    for (name, windows) in app.client_quotas.snapshot() {
+    for (name, gate) in app.quotas.client_gates() {
+        let windows = gate.shared_snapshot().await.windows;
         let entry = clients
             .entry(name.to_string())
             .or_insert_with(|| json!({ "calls": 0, "refused": 0, "waiting": 0 }));

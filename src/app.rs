@@ -10,7 +10,7 @@ use crate::admission::{KeyBounds, LocalState, NamedQuota, Quotas, SharedStore};
 use crate::config::{
     Config, StoreConfig, StoreOnError, Upstream429, ANONYMOUS, DEFAULT_CREDENTIAL,
 };
-use crate::credential::{Credentials, Routes};
+use crate::credential::{Credentials, QuotaKey, Routes};
 use crate::guard::Guard;
 use crate::metrics::{CallMetrics, Metrics};
 use crate::state_file::{StateError, StateFile};
@@ -66,8 +66,6 @@ pub struct App {
     /// Which request targets are ours (not an open proxy).
     pub target: Target,
     pub quotas: Quotas,
-    /// Each client's own windows (`[[clients.limits]]`), kept across reloads.
-    pub client_quotas: crate::admission::ClientQuotas,
     /// Coalesced GETs and cached answers (`[cache]`); reloadable.
     pub cache: Arc<crate::cache::Cache>,
     pub metrics: Metrics,
@@ -124,7 +122,23 @@ fn named_quotas(config: &Config) -> Vec<NamedQuota> {
     (config.credentials.iter())
         .map(|n| NamedQuota {
             name: n.name.as_str().into(),
+            key: QuotaKey::named(&n.name),
             limits: config.limits_of(n).to_vec(),
+            gate: None,
+        })
+        .collect()
+}
+
+/// Each client's own windows as admission keeps them: refused, not queued,
+/// over them; only measured in its `dry_run`.
+fn client_quotas(config: &Config) -> Vec<NamedQuota> {
+    (config.clients.iter())
+        .filter(|c| !c.limits.is_empty())
+        .map(|c| NamedQuota {
+            name: c.name.as_str().into(),
+            key: QuotaKey::client(&c.name),
+            limits: c.limits.clone(),
+            gate: Some(c.dry_run),
         })
         .collect()
 }
@@ -311,23 +325,13 @@ impl App {
             }
             _ => None,
         };
-        let margin = config.admission.margin;
-        let client_quotas = match &local {
-            Some(l) => crate::admission::ClientQuotas::with_state(
-                &config.clients,
-                margin,
-                l.file.clone(),
-                metrics.clone(),
-                &mut l.restored.lock().unwrap_or_else(|e| e.into_inner()),
-            ),
-            None => crate::admission::ClientQuotas::new(&config.clients, margin),
-        };
         let quotas = Quotas::new(&config.limits, &config.admission, max_keys, shared, local)?
             .with_named(
                 config.credential.is_some(),
                 &named_quotas(&config),
                 &config.admission,
             )?;
+        quotas.set_clients(&client_quotas(&config), &config.admission)?;
         quotas.keep_for(longest_window(&config));
         // Known label values exist at 0 from start-up: a quiet instance's
         // panels read 0, not "No data".
@@ -344,7 +348,6 @@ impl App {
         );
         let cache = crate::cache::Cache::new(&config.cache, metrics.clone());
         Ok(Arc::new(Self {
-            client_quotas,
             cache,
             read_ahead: crate::body::ReadAhead::new(config.server.max_buffered_body),
             retry: crate::retry::RetryBudget::new(
@@ -411,8 +414,9 @@ impl App {
             .map_err(ReloadError::Store)?;
         self.quotas.reconfigure(&next.limits, &next.admission);
         self.quotas.keep_for(longest_window(next));
-        self.client_quotas
-            .reconfigure(&next.clients, next.admission.margin);
+        self.quotas
+            .set_clients(&client_quotas(next), &next.admission)
+            .map_err(ReloadError::Store)?;
         self.cache.reconfigure(&next.cache);
         self.policy
             .store(Arc::new(Policy::new(next, &self.metrics, credentials)));

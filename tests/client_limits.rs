@@ -306,3 +306,37 @@ async fn a_clients_window_survives_a_restart() {
     );
     assert_eq!(up.arrivals("/v1/bi/").len(), 3);
 }
+
+/// With Redis, a client's own window is one window across the replicas, as
+/// the credential's is: 3 a minute for bi whichever replica it calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_hold_a_clients_window_together_through_redis() {
+    let up = MockUpstream::start().await;
+    let redis = RedisServer::start();
+    let limits = "[[clients.limits]]\nrequests = 3\nper = \"1m\"\n";
+    let config = format!(
+        "{}[store]\nkind = \"redis\"\nurl = \"{}\"\nkey_prefix = \"dp-clients\"\nreplicas = 2\n",
+        clients(limits, ""),
+        redis.url()
+    );
+    let a = TestProxy::start(&up, &config).await;
+    let b = TestProxy::start(&up, &config).await;
+    let c = client();
+    let mut bi = Vec::new();
+    for (i, p) in [&a, &b, &a, &b].iter().enumerate() {
+        bi.push(as_client(&c, &p.url(&format!("/v1/bi/{i}")), BI).await);
+    }
+    let statuses: Vec<u16> = bi.iter().map(|r| r.status.as_u16()).collect();
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 429],
+        "one window of 3 across both replicas"
+    );
+    assert_eq!(bi[3].code(), "client_quota_exhausted");
+    assert_eq!(bi[3].header("ratelimit-policy"), Some("\"1m\";q=3;w=60"));
+    assert!(bi[3].header("retry-after").is_some());
+    assert_eq!(as_client(&c, &b.url("/v1/form/0"), FORM).await.status, 200);
+    assert_eq!(up.arrivals("/v1/bi/").len(), 3);
+    a.shutdown().await;
+    b.shutdown().await;
+}

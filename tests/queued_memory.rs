@@ -37,7 +37,7 @@ fn alone<F: std::future::Future<Output = ()>>(test: F) {
 }
 
 #[test]
-fn a_waiting_call_holds_under_6_kib_of_its_own() {
+fn a_waiting_call_holds_under_7_kib_of_its_own() {
     alone(a_waiting_call());
 }
 
@@ -97,7 +97,11 @@ async fn a_waiting_call() {
     // Sleep, 112 bytes), `Prefer: wait` and the trace's handle. It was 8.7 KB
     // before the Redis branch was boxed; 4.6 KB before each connection
     // called its stack in place. (SPEC's budget is 16 KiB per waiting call.)
-    assert!(each < 6656, "{each} bytes per waiting call");
+    // 6.7 KB with several credentials and client windows: the call's
+    // `credential::Route` (a boxed request extension, which also grows the
+    // extensions' map past its first capacity) and the outcome record's
+    // RateLimit fields of a client refusal (+0.4 KB).
+    assert!(each < 7168, "{each} bytes per waiting call");
 }
 
 /// The whole heap cost of a call waiting on a real socket: hyper's

@@ -102,6 +102,8 @@ pub struct Quotas {
     /// Whether there is a default credential (`[credential]`) at all.
     default: bool,
     named: Named,
+    /// Each client's own windows (`[[clients.limits]]`), by client name.
+    clients: Named,
     per_key: Option<Mutex<KeyState>>,
     shared: Option<SharedStore>,
     local: Option<LocalState>,
@@ -204,6 +206,7 @@ impl Quotas {
             single,
             default: true,
             named: Named::default(),
+            clients: Named::default(),
             per_key: bounds.map(|bounds| {
                 Mutex::new(KeyState {
                     limits: limits.to_vec(),
@@ -234,15 +237,49 @@ impl Quotas {
 
     /// The named credentials' quotas become `want` (start-up and reload).
     pub fn set_named(&self, want: &[NamedQuota], cfg: &AdmissionConfig) -> Result<(), StoreError> {
-        self.named.set(want, cfg, |key, limits| {
-            let a = match (&self.shared, &self.local) {
-                (Some(s), _) => s.admission(key, limits, cfg)?,
-                (None, Some(l)) => l.admission(key, limits, cfg),
-                (None, None) => Admission::new(limits, cfg),
-            };
-            a.share_queue(self.waiting.clone());
-            Ok(a)
-        })
+        self.named
+            .set(want, cfg, |key, limits, cfg| self.make(key, limits, cfg))
+    }
+
+    /// The clients' own windows become `want` (start-up and reload).
+    pub fn set_clients(
+        &self,
+        want: &[NamedQuota],
+        cfg: &AdmissionConfig,
+    ) -> Result<(), StoreError> {
+        self.clients
+            .set(want, cfg, |key, limits, cfg| self.make(key, limits, cfg))
+    }
+
+    /// The admission of a client's own windows, if it has any. Without any
+    /// client windows, a load and nothing more.
+    pub fn client_gate(&self, client: &str) -> Option<Admission> {
+        match self.clients.is_empty() {
+            true => None,
+            false => self.clients.by_name(client),
+        }
+    }
+
+    /// Every client's own windows.
+    pub fn client_gates(&self) -> Vec<(Arc<str>, Admission)> {
+        self.clients.all()
+    }
+
+    /// A key's admission as the store asks: through Redis, with the state
+    /// file, or in memory alone.
+    fn make(
+        &self,
+        key: QuotaKey,
+        limits: &[Limit],
+        cfg: &AdmissionConfig,
+    ) -> Result<Admission, StoreError> {
+        let a = match (&self.shared, &self.local) {
+            (Some(s), _) => s.admission(key, limits, cfg)?,
+            (None, Some(l)) => l.admission(key, limits, cfg),
+            (None, None) => Admission::new(limits, cfg),
+        };
+        a.share_queue(self.waiting.clone());
+        Ok(a)
     }
 
     /// The admission of `key`. In passthrough a new credential takes the
@@ -363,7 +400,7 @@ impl Quotas {
     }
 
     pub fn close(&self) {
-        for (_, a) in self.labelled() {
+        for (_, a) in self.labelled().into_iter().chain(self.clients.all()) {
             a.close();
         }
         self.single.close();

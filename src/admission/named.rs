@@ -1,9 +1,13 @@
-//! The admissions of the named `[[credentials]]` (SPEC §9.3b): one per
-//! Dastra key, made at start-up and kept across reloads by name, so a reload
-//! that adds, removes or changes one credential leaves the others' windows,
-//! queues and pauses as they were.
+//! Admissions kept by name: one per named `[[credentials]]` (SPEC §9.3b),
+//! one per client with windows of its own (`[[clients.limits]]`, §9.3),
+//! made at start-up and kept across reloads by name, so a reload that adds,
+//! removes or changes one leaves the others' windows, queues and pauses as
+//! they were. Each is a full [`Admission`] of its own quota key: memory,
+//! state file or Redis alike.
 
 use std::sync::Arc;
+#[cfg(test)]
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
@@ -12,12 +16,32 @@ use crate::config::{AdmissionConfig, Limit};
 use crate::credential::QuotaKey;
 use crate::store::StoreError;
 
-/// One named credential's quota, as the config asks for it.
+/// One named quota, as the config asks for it.
 #[derive(Debug, Clone)]
 pub struct NamedQuota {
     pub name: Arc<str>,
-    /// Its own `[[credentials.limits]]`, or the top-level `[[limits]]`.
+    /// Its quota key (state file record, Redis keys).
+    pub key: QuotaKey,
+    /// A credential's own `[[credentials.limits]]` or the top-level
+    /// `[[limits]]`; a client's `[[clients.limits]]`.
     pub limits: Vec<Limit>,
+    /// `Some` for a client's windows: they refuse rather than queue, and
+    /// `Some(true)` (its `dry_run`) only measures.
+    pub gate: Option<bool>,
+}
+
+impl NamedQuota {
+    /// The admission settings this quota runs with.
+    pub(super) fn cfg(&self, cfg: &AdmissionConfig) -> AdmissionConfig {
+        match self.gate {
+            None => cfg.clone(),
+            Some(dry_run) => AdmissionConfig {
+                on_limit: crate::config::OnLimit::Reject,
+                dry_run,
+                ..cfg.clone()
+            },
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -35,6 +59,18 @@ pub(super) struct Named {
 }
 
 impl Named {
+    /// Whether there is none (then a call looks no further).
+    pub(super) fn is_empty(&self) -> bool {
+        self.entries.load().is_empty()
+    }
+
+    pub(super) fn by_name(&self, name: &str) -> Option<Admission> {
+        let entries = self.entries.load();
+        (entries.iter())
+            .find(|e| &*e.name == name)
+            .map(|e| e.admission.clone())
+    }
+
     pub(super) fn get(&self, key: &QuotaKey) -> Option<Admission> {
         let entries = self.entries.load();
         entries
@@ -58,21 +94,21 @@ impl Named {
         &self,
         want: &[NamedQuota],
         cfg: &AdmissionConfig,
-        make: impl Fn(QuotaKey, &[Limit]) -> Result<Admission, StoreError>,
+        make: impl Fn(QuotaKey, &[Limit], &AdmissionConfig) -> Result<Admission, StoreError>,
     ) -> Result<(), StoreError> {
         let old = self.entries.load_full();
         let mut next = Vec::with_capacity(want.len());
         for q in want {
-            let key = QuotaKey::named(&q.name);
+            let (key, cfg) = (q.key, q.cfg(cfg));
             let entry = match old.iter().find(|e| e.key == key) {
                 Some(e) => {
-                    e.admission.reconfigure(&q.limits, cfg);
+                    e.admission.reconfigure(&q.limits, &cfg);
                     e.clone()
                 }
                 None => Arc::new(Entry {
                     name: q.name.clone(),
                     key,
-                    admission: make(key, &q.limits)?,
+                    admission: make(key, &q.limits, &cfg)?,
                 }),
             };
             next.push(entry);
@@ -82,5 +118,37 @@ impl Named {
         }
         self.entries.store(Arc::new(next));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::OnLimit;
+
+    /// A client's windows refuse rather than queue, and its `dry_run` is
+    /// its own; a credential's quota runs with the admission settings.
+    #[test]
+    fn a_client_gate_refuses_and_has_its_own_dry_run() {
+        let cfg = AdmissionConfig {
+            on_limit: OnLimit::Queue,
+            max_queue: 10,
+            max_wait: Duration::from_secs(30),
+            margin: Duration::ZERO,
+            upstream_429: crate::config::Upstream429::Pause,
+            flight: Duration::ZERO,
+            dry_run: false,
+            aging: Duration::from_secs(10),
+        };
+        let q = |gate| NamedQuota {
+            name: "x".into(),
+            key: QuotaKey([7; 32]),
+            limits: Vec::new(),
+            gate,
+        };
+        assert_eq!(q(None).cfg(&cfg), cfg);
+        let gate = q(Some(true)).cfg(&cfg);
+        assert_eq!((gate.on_limit, gate.dry_run), (OnLimit::Reject, true));
+        assert!(!q(Some(false)).cfg(&cfg).dry_run);
     }
 }

@@ -58,6 +58,17 @@ impl QuotaKey {
     }
 }
 
+impl QuotaKey {
+    /// A client's own windows' key (`[[clients.limits]]`): a digest of its
+    /// name, apart from every credential's.
+    pub fn client(name: &str) -> Self {
+        let mut h = Sha256::new();
+        h.update(b"dastra-proxy client\0");
+        h.update(name.as_bytes());
+        QuotaKey(h.finalize().into())
+    }
+}
+
 impl Credentials {
     /// `previous`: the running generation, whose credentials are kept where
     /// their settings did not change.

@@ -17,9 +17,10 @@ use tower::{Service, ServiceExt as _};
 use super::check::CheckFuture;
 use super::headers::add_ratelimit_fields;
 use super::layer::AppStage;
+use super::observe::Outcome;
 use super::stages::outcome;
 use super::StageFuture;
-use crate::admission::{Caller, OwnRefusal, OwnSlot, OwnVerdict, Permit, Refusal};
+use crate::admission::{Admission, Caller, Permit, Refusal};
 use crate::config::{Upstream429, ANONYMOUS};
 use crate::error::ProxyError;
 use crate::trace::CallTrace;
@@ -112,25 +113,28 @@ where
             }
         };
         // The client's own windows first: over them, the call never queues.
-        let mut own = match own_slot(&app, &caller.name, entered) {
-            Ok(slot) => slot,
-            Err(refusal) => {
-                let error = ProxyError::refused_at(
-                    Refusal::ClientQuotaExhausted {
-                        retry_at: refusal.retry_at,
-                    },
-                    entered,
-                );
-                if let Some(t) = &trace {
-                    t.quota_wait(entered, 0, error.code());
+        let gate = app.quotas.client_gate(&caller.name);
+        let (mut own, mut own_later) = (None, None);
+        if let Some(g) = &gate {
+            match g.try_acquire() {
+                Some(Ok(p)) => own = Some(opened(&app, &caller.name, p)),
+                Some(Err((refusal, at))) => {
+                    let error = own_refused(&outcome, g, refusal, at);
+                    if let Some(t) = &trace {
+                        t.quota_wait(entered, 0, error.code());
+                    }
+                    return CheckFuture::Refused { error: Some(error) };
                 }
-                // Its RateLimit fields are the client's window's, not the credential's.
-                outcome.lock().own_limit = Some((refusal.policy, refusal.state));
-                return CheckFuture::Refused { error: Some(error) };
+                // Redis decides: asked first thing in the call's future.
+                None => own_later = Some(g.clone()),
             }
-        };
+        }
         // A refusal that needs no waiting is answered without an async stage.
-        let now = match admission.try_acquire() {
+        let fast = match own_later {
+            None => admission.try_acquire(),
+            Some(_) => None,
+        };
+        let now = match fast {
             Some(Err((refusal, at))) => {
                 let error = ProxyError::refused_at(refusal, at);
                 if let Some(t) = &trace {
@@ -166,6 +170,14 @@ where
         let mut inner = super::take_ready(&mut self.inner);
         CheckFuture::Inner {
             inner: Box::pin(async move {
+                if let Some(g) = own_later {
+                    // Boxed: only a limited client through Redis takes this
+                    // path; inline, it would sit in every waiting call's future.
+                    match Box::pin(g.acquire(&caller)).await {
+                        Ok(p) => own = Some(opened(&app, &caller.name, p)),
+                        Err(r) => return Err(own_refused(&outcome, &g, r, Instant::now())),
+                    }
+                }
                 let mut permit = match now {
                     Some(p) => p,
                     None => match admission.acquire(&caller).await {
@@ -196,6 +208,7 @@ where
                         ));
                     }
                     let sent = permit.sent();
+                    let own_sent = own.take().map(Permit::sent);
                     let this = req.take().expect("a request for every attempt");
                     // After a wait in the queue: ready again first.
                     let result = match inner.ready().await {
@@ -216,19 +229,23 @@ where
                         Err(_) => drop(ticket),
                     }
                     match &result {
-                        Ok(_) => sent.landed(),
+                        Ok(_) => {
+                            sent.landed();
+                            if let Some(s) = own_sent {
+                                s.landed();
+                            }
+                        }
+                        // Nothing reached Dastra: the client's slot goes back too.
                         Err(
                             ProxyError::Upstream(CallError::NotConnected(_)) | ProxyError::Token(_),
                         ) => {
                             sent.refund();
-                            // Nothing reached Dastra: the client's slot goes back too.
-                            own.take();
+                            if let Some(s) = own_sent {
+                                s.refund();
+                            }
                         }
                         // Timed out or failed after sending: counted as landed now.
-                        Err(_) => drop(sent),
-                    }
-                    if let Some(slot) = own.take() {
-                        slot.landed();
+                        Err(_) => drop((sent, own_sent)),
                     }
                     if let Ok(r) = &result {
                         // Before any retry: it waits for the time Dastra named.
@@ -248,10 +265,12 @@ where
                     };
                     let again = Instant::now();
                     // A retry is a send of its own: in the client's windows too.
-                    own = match own_slot(&app, &caller.name, again) {
-                        Ok(slot) => slot,
-                        Err(_) => break result,
-                    };
+                    if let Some(g) = &gate {
+                        own = match Box::pin(g.acquire(&caller)).await {
+                            Ok(p) => Some(p),
+                            Err(_) => break result,
+                        };
+                    }
                     permit = match Box::pin(admission.acquire(&caller)).await {
                         Ok(p) => p,
                         Err(r) => {
@@ -277,22 +296,24 @@ where
     }
 }
 
-/// A slot in the client's own windows (`None`: it has none); a dry-run
-/// client over them goes, counted as a refusal it would have met.
-fn own_slot(
-    app: &crate::app::App,
-    client: &Arc<str>,
-    now: Instant,
-) -> Result<Option<OwnSlot>, OwnRefusal> {
-    match app.client_quotas.take(client, now)? {
-        OwnVerdict::Unlimited => Ok(None),
-        OwnVerdict::Slot { slot, over } => {
-            if over {
-                dry_run(app, client, crate::admission::Would::Reject);
-            }
-            Ok(Some(slot))
-        }
+/// A slot in the client's own windows; a dry-run client over them goes,
+/// counted as the refusal it would have met.
+fn opened(app: &crate::app::App, client: &str, permit: Permit) -> Permit {
+    if permit.would().is_some() {
+        dry_run(app, client, crate::admission::Would::Reject);
     }
+    permit
+}
+
+/// The client's own window refused the call: `client_quota_exhausted`, with
+/// that window's RateLimit fields rather than the credential's.
+fn own_refused(outcome: &Outcome, gate: &Admission, r: Refusal, at: Instant) -> ProxyError {
+    let r = match r {
+        Refusal::QuotaExhausted { retry_at } => Refusal::ClientQuotaExhausted { retry_at },
+        other => other,
+    };
+    outcome.lock().own_limit = Some(gate.ratelimit_fields());
+    ProxyError::refused_at(r, at)
 }
 
 /// The trace's span of a wait that got its slot: the call's place in the
