@@ -123,14 +123,6 @@ impl Credentials {
         }
     }
 
-    /// Whether any credential's 401 can be mended by a fresh token (OAuth2).
-    pub fn refreshes(&self) -> bool {
-        self.default
-            .iter()
-            .chain(&self.named)
-            .any(|h| h.route.credential.refreshes())
-    }
-
     /// The credentials that are new or changed since `previous` (for the log).
     pub fn changed_from(&self, previous: &Credentials) -> Vec<Arc<str>> {
         let before = || previous.default.iter().chain(&previous.named);
@@ -138,14 +130,6 @@ impl Credentials {
             .filter(|h| !before().any(|p| Arc::ptr_eq(&p.route.credential, &h.route.credential)))
             .map(|h| h.route.name.clone())
             .collect()
-    }
-
-    /// Whether the default is the caller's own credential (passthrough).
-    pub fn passthrough(&self) -> bool {
-        matches!(
-            self.default.as_ref().map(|h| &h.config),
-            Some(CredentialConfig::Passthrough { .. })
-        )
     }
 }
 
