@@ -356,3 +356,40 @@ fn what_counts_is_what_is_still_in_a_window() {
     assert!(!counts(&rec(PAUSE, 10_000)), "a pause over");
     assert!(!counts(&Rec::default()), "an empty slot");
 }
+
+/// Only the slot a send is about to reuse decides whether the ring grows:
+/// a live send among given-back ones is kept, and the ring does not grow
+/// for the given-back ones around it.
+#[test]
+fn the_ring_grows_for_the_live_slot_it_would_reuse_and_no_other() {
+    let (_dir, p) = path();
+    {
+        let (f, _) = StateFile::open(&p, 3).unwrap();
+        f.keep_for(Duration::from_secs(3600));
+        for _ in 0..9 {
+            let s = f.reserve(0).unwrap();
+            f.release(s).unwrap();
+        }
+        let quiet = f.reserve(9).unwrap();
+        f.land(quiet).unwrap();
+        for _ in 0..30 {
+            let s = f.reserve(0).unwrap();
+            f.release(s).unwrap();
+        }
+    }
+    let (_, mut restored) = StateFile::open(&p, 3).unwrap();
+    assert_eq!(
+        restored.take(9).len(),
+        1,
+        "the live send among released ones"
+    );
+    assert_eq!(restored.take(0).len(), 0, "released sends never count");
+    let slots = StateFile::inspect(&p).unwrap().unwrap().slots;
+    // 40 sends into 11 slots: the live one's slot came round at send 21
+    // (11 → 22 slots) and again at send 32 (22 → 44), never for the others.
+    assert_eq!(
+        slots,
+        4 * (3 + BATCH),
+        "grown each time the live slot came round"
+    );
+}
