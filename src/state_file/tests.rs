@@ -393,3 +393,31 @@ fn the_ring_grows_for_the_live_slot_it_would_reuse_and_no_other() {
         "grown each time the live slot came round"
     );
 }
+
+/// The ring stops growing at its cap (here the unit tests' 256 slots): past
+/// it, the oldest records are overwritten as a fixed ring's would be, the
+/// newest kept.
+#[test]
+fn the_ring_stops_growing_at_its_cap() {
+    let (_dir, p) = path();
+    {
+        let (f, _) = StateFile::open(&p, 3).unwrap();
+        f.keep_for(Duration::from_secs(3600));
+        for _ in 0..600 {
+            let s = f.reserve(0).unwrap();
+            f.land(s).unwrap();
+        }
+    }
+    let slots = StateFile::inspect(&p).unwrap().unwrap().slots;
+    assert!(slots <= grow::MAX_SLOTS, "{slots} slots past the cap");
+    assert!(
+        slots * 2 > grow::MAX_SLOTS,
+        "{slots}: it grew up to the cap"
+    );
+    let (_, mut restored) = StateFile::open(&p, 3).unwrap();
+    let kept = restored.take(0).len() as u64;
+    assert!(
+        kept >= slots - BATCH && kept <= slots,
+        "{kept} of {slots} slots"
+    );
+}
