@@ -189,7 +189,7 @@ async fn quota(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
             .entry(name.to_string())
             .or_insert_with(|| json!({ "calls": 0, "refused": 0, "waiting": 0 }));
         entry["weight"] = json!(weight);
-        entry["priority"] = json!(["high", "normal", "low"][usize::from(priority.min(2))]);
+        entry["priority"] = json!(crate::config::priority_name(priority));
     }
     // Each client's own windows: its sends in each, against its own limit.
     for (name, gate) in app.quotas.client_gates() {

@@ -78,8 +78,7 @@ async fn a_client_over_its_own_window_is_refused_with_its_own_fields() {
     assert!(q["clients"]["form"].get("limits").is_none(), "{q}");
     assert_eq!(q["clients"]["bi"]["priority"], "normal", "{q}");
     assert_eq!(q["clients"]["form"]["weight"], 1, "{q}");
-    let m = get(&c, &p.admin_url("/metrics")).await;
-    let m = String::from_utf8_lossy(&m.body);
+    let m = scrape(&c, p.admin).await;
     assert_eq!(
         metric(
             &m,
@@ -169,8 +168,7 @@ async fn a_dry_run_client_is_measured_not_refused() {
         );
     }
     assert_eq!(up.arrivals("/v1/bi/").len(), 5, "everything forwarded");
-    let m = get(&c, &p.admin_url("/metrics")).await;
-    let m = String::from_utf8_lossy(&m.body);
+    let m = scrape(&c, p.admin).await;
     assert_eq!(
         metric(
             &m,

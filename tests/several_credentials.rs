@@ -119,8 +119,7 @@ async fn each_client_goes_out_with_its_own_key_and_each_key_has_its_own_window()
         "{q}"
     );
     assert_eq!(q["credentials"]["hr"]["windows"][0]["limit"], 3);
-    let m = get(&c, &proxy.admin_url("/metrics")).await;
-    let m = String::from_utf8_lossy(&m.body);
+    let m = scrape(&c, proxy.admin).await;
     assert_eq!(
         metric(
             &m,
@@ -169,8 +168,7 @@ async fn a_429_to_one_key_pauses_only_that_key() {
     assert!(q["credentials"]["crm"]["paused_seconds"].is_null(), "{q}");
     assert_eq!(q["credentials"]["hr"]["responses_429"], 1);
     assert_eq!(q["credentials"]["crm"]["responses_429"], 0);
-    let m = get(&c, &proxy.admin_url("/metrics")).await;
-    let m = String::from_utf8_lossy(&m.body);
+    let m = scrape(&c, proxy.admin).await;
     assert_eq!(
         metric(&m, "dastra_proxy_upstream_429_total{credential=\"hr\"}"),
         1.0

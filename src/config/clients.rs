@@ -111,16 +111,16 @@ impl Validator<'_> {
                     None => Vec::new(),
                 },
                 dry_run: c.dry_run.unwrap_or(false),
-                priority: match c.priority.as_deref().unwrap_or("normal") {
-                    "high" => 0,
-                    "normal" => 1,
-                    "low" => 2,
-                    o => {
-                        return Err(self.invalid(
-                            &format!("{key}.priority"),
-                            format!("`{o}`: use \"high\", \"normal\" or \"low\""),
-                        ))
-                    }
+                priority: {
+                    let p = c.priority.as_deref().unwrap_or("normal");
+                    (PRIORITIES.iter().position(|n| *n == p))
+                        .and_then(|i| u8::try_from(i).ok())
+                        .ok_or_else(|| {
+                            self.invalid(
+                                &format!("{key}.priority"),
+                                format!("`{p}`: use \"high\", \"normal\" or \"low\""),
+                            )
+                        })?
                 },
             });
         }

@@ -188,8 +188,7 @@ pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if cl.dry_run {
             writeln!(o, "dry_run = true")?;
         }
-        let priority = ["high", "normal", "low"][usize::from(cl.priority.min(2))];
-        writeln!(o, "priority = \"{priority}\"")?;
+        writeln!(o, "priority = \"{}\"", super::priority_name(cl.priority))?;
         for l in &cl.limits {
             writeln!(
                 o,

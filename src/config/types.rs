@@ -10,6 +10,14 @@ use ipnet::IpNet;
 
 use crate::secret::Secret;
 
+/// `[[clients]] priority` by rank: 0 high, 1 normal, 2 low.
+pub const PRIORITIES: [&str; 3] = ["high", "normal", "low"];
+
+/// A priority rank's name, as the config, `check` and `/quota` spell it.
+pub fn priority_name(rank: u8) -> &'static str {
+    PRIORITIES[usize::from(rank).min(PRIORITIES.len() - 1)]
+}
+
 /// The validated configuration the proxy runs with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {

@@ -553,3 +553,9 @@ pub async fn hup(c: &TestClient, proxy: &BinProxy, result: &str, n: f64) {
     let series = format!("dastra_proxy_config_reloads_total{{result=\"{result}\"}}");
     wait_metric(c, proxy.admin, &series, n).await;
 }
+
+/// The admin listener's `/metrics`, as text.
+pub async fn scrape(c: &TestClient, admin: SocketAddr) -> String {
+    let m = get(c, &format!("http://{admin}/metrics")).await;
+    String::from_utf8_lossy(&m.body).into_owned()
+}
