@@ -84,6 +84,15 @@ async fn refresh_gauges(app: &App) {
             }
         }
     }
+    // Calls of a credential split by reserves wait in its shared rest.
+    for (_, rest) in app.quotas.rests() {
+        for (client, n) in rest.shared_snapshot().await.queue {
+            match depth.iter_mut().find(|(c, _)| *c == client) {
+                Some((_, d)) => *d += n as i64,
+                None => depth.push((client, n as i64)),
+            }
+        }
+    }
     for ([c, w], u) in used {
         app.metrics.window_used.with_label_values(&[&c, &w]).set(u);
     }
@@ -118,6 +127,13 @@ async fn quota(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
         snaps.push(a.shared_snapshot().await);
     }
     let keys: Vec<_> = snaps.iter().map(key_json).collect();
+    // A credential split by reserves: its shared rest, where the calls of
+    // everyone without reserve room wait.
+    let rests = app.quotas.rests();
+    let mut rest_snaps = Vec::with_capacity(rests.len());
+    for (_, a) in &rests {
+        rest_snaps.push(a.shared_snapshot().await);
+    }
     let first = keys.first().cloned().unwrap_or_else(|| json!({}));
     let answered_429 = app.metrics.upstream_429_total.sum_by("credential");
     // Each Dastra credential's own quota (in passthrough, `default` is the
@@ -128,6 +144,11 @@ async fn quota(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
             let mut k = key.clone();
             k["responses_429"] = answered_429.get(&**name).cloned().unwrap_or(json!(0));
             credentials.insert(name.to_string(), k);
+        }
+    }
+    for ((name, _), snap) in rests.iter().zip(&rest_snaps) {
+        if let Some(c) = credentials.get_mut(&**name) {
+            c["shared_rest"] = key_json(snap);
         }
     }
     // What an operator must know first: the modes in which the proxy is not
@@ -172,8 +193,7 @@ async fn quota(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
         let n = |m: &serde_json::Map<String, serde_json::Value>| {
             m.get(name).cloned().unwrap_or(json!(0))
         };
-        let waiting: usize = snaps
-            .iter()
+        let waiting: usize = (snaps.iter().chain(&rest_snaps))
             .flat_map(|s| s.queue.iter())
             .filter(|(c, _)| &**c == name.as_str())
             .map(|(_, n)| *n)
@@ -203,11 +223,22 @@ async fn quota(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
                 "seconds_until_free": if w.used >= w.limit { w.frees_in.as_secs_f64() } else { 0.0 } }))
             .collect();
     }
+    // Each reserve: its owner's sends counted in it, against its part.
+    for (name, reserve) in app.quotas.reserves() {
+        let windows = reserve.shared_snapshot().await.windows;
+        let entry = clients
+            .entry(name.to_string())
+            .or_insert_with(|| json!({ "calls": 0, "refused": 0, "waiting": 0 }));
+        entry["reserve"] = windows
+            .iter()
+            .map(|w| json!({ "window": w.name, "used": w.used, "limit": w.limit }))
+            .collect();
+    }
     Json(json!({
         "windows": first["windows"],
         "paused_seconds": first["paused_seconds"],
         "queue": first["queue"],
-        "queue_total": admissions.iter().map(|(_, a)| a.waiting()).sum::<usize>(),
+        "queue_total": admissions.iter().chain(&rests).map(|(_, a)| a.waiting()).sum::<usize>(),
         "keys": keys.len(),
         "credentials": credentials,
         "rejected": rejected,

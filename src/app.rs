@@ -332,6 +332,7 @@ impl App {
                 &config.admission,
             )?;
         quotas.set_clients(&client_quotas(&config), &config.admission)?;
+        quotas.set_splits(&config.splits(), &config.admission)?;
         quotas.keep_for(longest_window(&config));
         // Known label values exist at 0 from start-up: a quiet instance's
         // panels read 0, not "No data".
@@ -416,6 +417,9 @@ impl App {
         self.quotas.keep_for(longest_window(next));
         self.quotas
             .set_clients(&client_quotas(next), &next.admission)
+            .map_err(ReloadError::Store)?;
+        self.quotas
+            .set_splits(&next.splits(), &next.admission)
             .map_err(ReloadError::Store)?;
         self.cache.reconfigure(&next.cache);
         self.policy

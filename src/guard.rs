@@ -91,6 +91,7 @@ mod tests {
             limits: Vec::new(),
             dry_run: false,
             priority: 1,
+            reserve: 0.0,
         }
     }
 

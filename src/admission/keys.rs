@@ -104,6 +104,8 @@ pub struct Quotas {
     named: Named,
     /// Each client's own windows (`[[clients.limits]]`), by client name.
     clients: Named,
+    /// Reserves and the shared rest of every split credential.
+    pub(super) parts: super::reserve::Parts,
     per_key: Option<Mutex<KeyState>>,
     shared: Option<SharedStore>,
     local: Option<LocalState>,
@@ -207,6 +209,7 @@ impl Quotas {
             default: true,
             named: Named::default(),
             clients: Named::default(),
+            parts: Default::default(),
             per_key: bounds.map(|bounds| {
                 Mutex::new(KeyState {
                     limits: limits.to_vec(),
@@ -267,7 +270,7 @@ impl Quotas {
 
     /// A key's admission as the store asks: through Redis, with the state
     /// file, or in memory alone.
-    fn make(
+    pub(super) fn make(
         &self,
         key: QuotaKey,
         limits: &[Limit],
@@ -403,6 +406,7 @@ impl Quotas {
         for (_, a) in self.labelled().into_iter().chain(self.clients.all()) {
             a.close();
         }
+        self.close_parts();
         self.single.close();
     }
 }

@@ -19,6 +19,7 @@ mod refusal;
 mod releaser;
 mod remote;
 mod report;
+mod reserve;
 mod wait;
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -39,6 +40,7 @@ pub use permit::{Permit, SentPermit};
 pub use refusal::Refusal;
 use releaser::release_loop;
 pub use remote::Remote;
+pub use reserve::{Part, Shares};
 
 /// Who is asking, for fairness between clients and per-client queue depth.
 #[derive(Debug, Clone)]

@@ -111,6 +111,15 @@ impl Validator<'_> {
                     None => Vec::new(),
                 },
                 dry_run: c.dry_run.unwrap_or(false),
+                reserve: match c.reserve.unwrap_or(0.0) {
+                    r if (0.0..=0.9).contains(&r) => r,
+                    r => {
+                        return Err(self.invalid(
+                            &format!("{key}.reserve"),
+                            format!("{r} is not a fraction between 0 and 0.9"),
+                        ))
+                    }
+                },
                 priority: {
                     let p = c.priority.as_deref().unwrap_or("normal");
                     (PRIORITIES.iter().position(|n| *n == p))

@@ -189,6 +189,9 @@ pub(super) fn write(c: &Config, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             writeln!(o, "dry_run = true")?;
         }
         writeln!(o, "priority = \"{}\"", super::priority_name(cl.priority))?;
+        if cl.reserve > 0.0 {
+            writeln!(o, "reserve = {}", cl.reserve)?;
+        }
         for l in &cl.limits {
             writeln!(
                 o,

@@ -13,6 +13,7 @@ mod describe;
 mod env;
 mod error;
 mod raw;
+mod reserve;
 mod traces;
 mod types;
 mod units;
@@ -24,6 +25,7 @@ use std::path::Path;
 pub use credential::DEFAULT_CREDENTIAL;
 pub use env::FromEnv;
 pub use error::{ConfigError, Place};
+pub use reserve::{Split, MAX_RESERVED};
 pub use types::*;
 
 use crate::secret::SecretEnv;

@@ -187,6 +187,7 @@ pub(crate) struct RawClient {
     pub(crate) limits: Option<Vec<RawLimit>>,
     pub(crate) dry_run: Option<bool>,
     pub(crate) priority: Option<String>,
+    pub(crate) reserve: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

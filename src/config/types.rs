@@ -309,6 +309,9 @@ pub struct ClientConfig {
     pub priority: u8,
     /// Its own limits are measured and reported, not enforced.
     pub dry_run: bool,
+    /// The fraction of its credential's every window held for it alone
+    /// (0: none); see `config::reserve`.
+    pub reserve: f64,
 }
 
 /// The optional per-client guard: `count` per `period`, bursting to `burst`.

@@ -177,6 +177,7 @@ impl Validator<'_> {
                 ));
             }
         }
+        self.reserves(&limits, &credentials, &clients, &store)?;
         let log = self.log(raw.log)?;
         let cache = self.cache(raw.cache)?;
         let cors = self.cors(raw.cors)?;

@@ -59,6 +59,25 @@ impl QuotaKey {
 }
 
 impl QuotaKey {
+    /// A client's reserve in its credential's windows (`reserve`), and a
+    /// credential's shared rest beside the reserves: digests of names.
+    pub fn reserve(client: &str) -> Self {
+        Self::digest(b"dastra-proxy reserve\0", client)
+    }
+
+    pub fn rest(credential: &str) -> Self {
+        Self::digest(b"dastra-proxy shared rest\0", credential)
+    }
+
+    fn digest(prefix: &[u8], name: &str) -> Self {
+        let mut h = Sha256::new();
+        h.update(prefix);
+        h.update(name.as_bytes());
+        QuotaKey(h.finalize().into())
+    }
+}
+
+impl QuotaKey {
     /// A client's own windows' key (`[[clients.limits]]`): a digest of its
     /// name, apart from every credential's.
     pub fn client(name: &str) -> Self {

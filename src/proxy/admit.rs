@@ -129,10 +129,12 @@ where
                 None => own_later = Some(g.clone()),
             }
         }
+        // A credential split by reserves: the call's part first (async).
+        let shares = app.quotas.shares(&caller.name, &credential);
         // A refusal that needs no waiting is answered without an async stage.
-        let fast = match own_later {
-            None => admission.try_acquire(),
-            Some(_) => None,
+        let fast = match (&own_later, &shares) {
+            (None, None) => admission.try_acquire(),
+            _ => None,
         };
         let now = match fast {
             Some(Err((refusal, at))) => {
@@ -151,7 +153,10 @@ where
             // answer at once.
             if let Some(w) = super::prefer::wait(req.headers()) {
                 caller.wait = Some(Duration::from_secs(w));
-                outcome.lock().wait_applied = Some(super::prefer::capped(w, admission.max_wait()));
+                let max = shares
+                    .as_ref()
+                    .map_or_else(|| admission.max_wait(), |s| s.max_wait());
+                outcome.lock().wait_applied = Some(super::prefer::capped(w, max));
             }
             // So is its priority: `Priority: u=5..7` may lower it.
             caller.priority = super::prefer::priority(req.headers(), caller.priority);
@@ -178,6 +183,16 @@ where
                         Err(r) => return Err(own_refused(&outcome, &g, r, Instant::now())),
                     }
                 }
+                let mut part = match &shares {
+                    Some(s) => match take_part(s, &mut caller, entered).await {
+                        Ok(p) => Some(p),
+                        Err(r) => {
+                            outcome.lock().own_limit = Some(s.ratelimit_fields());
+                            return Err(refused(&trace, entered, r));
+                        }
+                    },
+                    None => None,
+                };
                 let mut permit = match now {
                     Some(p) => p,
                     None => match admission.acquire(&caller).await {
@@ -185,11 +200,11 @@ where
                         Err(r) => return Err(refused(&trace, entered, r)),
                     },
                 };
-                admitted(&trace, entered, &permit);
-                if let Some(would) = permit.would() {
+                admitted(&trace, entered, part.as_ref().unwrap_or(&permit));
+                if let Some(would) = part.as_ref().and_then(Permit::would).or(permit.would()) {
                     dry_run(&app, &caller.name, would);
                 }
-                let waited = permit.waited();
+                let waited = permit.waited() + part.as_ref().map_or(Duration::ZERO, Permit::waited);
                 outcome.lock().queue_wait = Some(waited);
                 if !waited.is_zero() {
                     app.metrics
@@ -208,7 +223,8 @@ where
                         ));
                     }
                     let sent = permit.sent();
-                    let own_sent = own.take().map(Permit::sent);
+                    // The client's own window's slot and its part's go with it.
+                    let beside = [own.take(), part.take()].map(|p| p.map(Permit::sent));
                     let this = req.take().expect("a request for every attempt");
                     // After a wait in the queue: ready again first.
                     let result = match inner.ready().await {
@@ -231,21 +247,17 @@ where
                     match &result {
                         Ok(_) => {
                             sent.landed();
-                            if let Some(s) = own_sent {
-                                s.landed();
-                            }
+                            beside.into_iter().flatten().for_each(|s| s.landed());
                         }
                         // Nothing reached Dastra: the client's slot goes back too.
                         Err(
                             ProxyError::Upstream(CallError::NotConnected(_)) | ProxyError::Token(_),
                         ) => {
                             sent.refund();
-                            if let Some(s) = own_sent {
-                                s.refund();
-                            }
+                            beside.into_iter().flatten().for_each(|s| s.refund());
                         }
                         // Timed out or failed after sending: counted as landed now.
-                        Err(_) => drop((sent, own_sent)),
+                        Err(_) => drop((sent, beside)),
                     }
                     if let Ok(r) = &result {
                         // Before any retry: it waits for the time Dastra named.
@@ -267,6 +279,12 @@ where
                     // A retry is a send of its own: in the client's windows too.
                     if let Some(g) = &gate {
                         own = match Box::pin(g.acquire(&caller)).await {
+                            Ok(p) => Some(p),
+                            Err(_) => break result,
+                        };
+                    }
+                    if let Some(s) = &shares {
+                        part = match take_part(s, &mut caller, again).await {
                             Ok(p) => Some(p),
                             Err(_) => break result,
                         };
@@ -294,6 +312,23 @@ where
             }),
         }
     }
+}
+
+/// A slot in the call's part of a split credential (its reserve, or the
+/// shared rest); what is left of its wait then bounds its wait for the
+/// credential's own slot, so `max_wait` bounds the two together.
+async fn take_part(
+    shares: &crate::admission::Shares,
+    caller: &mut Caller,
+    from: Instant,
+) -> Result<Permit, Refusal> {
+    // Boxed: only calls of split credentials take this path.
+    let (permit, _) = Box::pin(shares.acquire(caller)).await?;
+    let max = caller
+        .wait
+        .map_or(shares.max_wait(), |w| w.min(shares.max_wait()));
+    caller.wait = Some(max.saturating_sub(from.elapsed()));
+    Ok(permit)
 }
 
 /// A slot in the client's own windows; a dry-run client over them goes,
