@@ -220,3 +220,76 @@ async fn two_replicas_hold_a_reserve_together_through_redis() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A reload that changes a reserve splits the windows anew, keeping the
+/// sends each part holds; Dastra's window holds whatever the parts say:
+/// with the form's reserve raised to 0.5 after the sync took its 7, the
+/// form gets only the 3 Dastra's window has left; with the reserve gone,
+/// nobody gets more until the window frees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_resplits_the_windows_and_dastras_window_holds() {
+    let up = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let limits = "[[limits]]\nrequests = 10\nper = \"1m\"\n[admission]\non_limit = \"reject\"\n";
+    let proxy = BinProxy::start(dir.path(), &up, &config(limits, "0.3"));
+    let c = client();
+    let url = |p: &str| proxy.url(p);
+    for i in 0..7 {
+        assert_eq!(
+            as_client(&c, &url(&format!("/v1/sync/{i}")), SYNC)
+                .await
+                .status,
+            200
+        );
+    }
+    let path = dir.path().join("config.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("reserve = 0.3", "reserve = 0.5")).unwrap();
+    hup(&c, &proxy, "ok", 1.0).await;
+    let q = get(&c, &format!("http://{}/quota", proxy.admin))
+        .await
+        .json();
+    assert_eq!(q["clients"]["form"]["reserve"][0]["limit"], 5, "{q}");
+    let rest = &q["credentials"]["default"]["shared_rest"]["windows"][0];
+    // The rest's log keeps the newest 5 of the sync's 7: all a full window
+    // of 5 needs to know when it next has room.
+    assert_eq!(
+        (rest["limit"].as_u64(), rest["used"].as_u64()),
+        (Some(5), Some(5)),
+        "{q}"
+    );
+    assert_eq!(
+        as_client(&c, &url("/v1/sync/7"), SYNC).await.code(),
+        "quota_exhausted"
+    );
+    let mut form = Vec::new();
+    for i in 0..5 {
+        form.push(
+            as_client(&c, &url(&format!("/v1/form/{i}")), FORM)
+                .await
+                .status
+                .as_u16(),
+        );
+    }
+    assert_eq!(form, [200, 200, 200, 429, 429], "Dastra's 10 hold");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("reserve = 0.5\n", "")).unwrap();
+    hup(&c, &proxy, "ok", 2.0).await;
+    let q = get(&c, &format!("http://{}/quota", proxy.admin))
+        .await
+        .json();
+    assert!(
+        q["credentials"]["default"].get("shared_rest").is_none(),
+        "{q}"
+    );
+    assert!(q["clients"]["form"].get("reserve").is_none(), "{q}");
+    assert_eq!(
+        as_client(&c, &url("/v1/sync/8"), SYNC).await.code(),
+        "quota_exhausted"
+    );
+    assert_eq!(
+        as_client(&c, &url("/v1/form/5"), FORM).await.code(),
+        "quota_exhausted"
+    );
+    assert_eq!(up.arrivals("/v1/").len(), 10);
+}

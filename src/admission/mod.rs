@@ -419,4 +419,6 @@ mod edges;
 #[cfg(test)]
 mod priority_tests;
 #[cfg(test)]
+mod reserve_props;
+#[cfg(test)]
 mod tests;
