@@ -59,7 +59,7 @@ async fn each_credential_has_its_windows_on_the_page() {
         "[[credentials]]\nname = \"hr\"\napi_key_env = \"TEST_DASTRA_PUBLIC\"\n\
          [[credentials.limits]]\nrequests = 3\nper = \"1m\"\n\
          [[clients]]\nname = \"hr-app\"\nkey_sha256 = \"{}\"\ncredential = \"hr\"\n\
-         [[clients]]\nname = \"other\"\nkey_sha256 = \"{}\"\n",
+         [[clients]]\nname = \"other\"\nkey_sha256 = \"{}\"\npriority = \"high\"\nreserve = 0.3\n",
         digest("hr-app-key-0000000001"),
         digest("other-key-00000000002")
     );
@@ -95,6 +95,15 @@ async fn each_credential_has_its_windows_on_the_page() {
     assert!(paused > hr_at, "hr, not default, is paused: {card}");
     let line = header_line(p.admin).await;
     assert!(line.contains("paused by Dastra's 429 (hr)"), "{line}");
+    // Who holds what: the clients table shows priorities and reserves.
+    let table = &dom[dom.find("id=\"clients\"").expect("the clients card")..];
+    let other = &table[table.find(">other<").unwrap_or_else(|| panic!("{table}"))..];
+    let other = &other[..other.find("</tr>").unwrap()];
+    assert!(other.contains(">high<"), "{other}");
+    assert!(
+        other.contains("1m: 0 / 150"),
+        "a reserve of 0.3 of 500: {other}"
+    );
     p.shutdown().await;
 }
 

@@ -281,7 +281,12 @@ impl Config {
         let named: u64 = (self.credentials.iter())
             .map(|n| largest(self.limits_of(n)))
             .sum();
-        default + named
+        // A split credential's send is written once more, in its part.
+        let most = |l: &[Limit]| l.iter().map(|l| u64::from(l.requests)).max().unwrap_or(0);
+        let parts: u64 = (self.splits().iter())
+            .map(|s| most(&s.rest) + s.reserves.iter().map(|(_, l)| most(l)).sum::<u64>())
+            .sum();
+        default + named + parts
     }
 
     /// Every credential with where it is written (`credential`,
