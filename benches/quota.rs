@@ -67,6 +67,58 @@ fn decisions(c: &mut Criterion) {
             acquire_and_send(b, &rt, &a);
         },
     );
+
+    // A shared gateway: 20 clients of three priorities, 4 holding reserves,
+    // the credential split into their parts and the rest. Each call takes
+    // its part (reserve or rest) and then the credential's slot: what the
+    // admission stage does per call of a split credential.
+    c.bench_function(
+        "decide: 20 clients, priorities, reserves (part + credential)",
+        |b| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            let limits = open_limits();
+            let split = dastra_proxy::config::Split {
+                credential: "default".into(),
+                rest: limits.iter().map(|l| Limit { requests: l.requests / 5, ..l.clone() }).collect(),
+                reserves: (0..4)
+                    .map(|i| {
+                        let part = limits.iter().map(|l| Limit { requests: l.requests / 5, ..l.clone() });
+                        (format!("client{i}"), part.collect())
+                    })
+                    .collect(),
+            };
+            let quotas = rt.block_on(async {
+                let q = dastra_proxy::admission::Quotas::new(&limits, &reject(), None, None, None)
+                    .unwrap();
+                q.set_splits(&[split], &reject()).unwrap();
+                q
+            });
+            let key = dastra_proxy::credential::QuotaKey([0; 32]);
+            let credential = quotas.get(key, None).unwrap();
+            let callers: Vec<_> = (0..20u8)
+                .map(|i| dastra_proxy::admission::Caller {
+                    name: format!("client{i}").into(),
+                    weight: 1,
+                    wait: None,
+                    priority: i % 3,
+                })
+                .collect();
+            let mut i = 0;
+            b.iter(|| {
+                let caller = &callers[i % 20];
+                i += 1;
+                black_box(rt.block_on(async {
+                    let shares = quotas.shares(&caller.name, "default").unwrap();
+                    let (part, _) = shares.acquire(caller).await.unwrap();
+                    let p = credential.acquire(caller).await.unwrap();
+                    (part.sent(), p.sent())
+                }));
+            })
+        },
+    );
 }
 
 /// One admission and send per iteration (the permit lands when dropped).

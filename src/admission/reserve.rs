@@ -59,7 +59,12 @@ impl Shares {
                 Err(refusal) => reserve_at = refusal.retry_at(),
             }
         }
-        match self.rest.acquire(caller).await {
+        // As the credential's own slot: answered without waiting when it can be.
+        let got = match self.rest.try_acquire() {
+            Some(got) => got.map_err(|(refusal, _)| refusal),
+            None => self.rest.acquire(caller).await,
+        };
+        match got {
             Ok(p) => Ok((p, Part::Rest)),
             Err(Refusal::QuotaExhausted { retry_at }) => Err(Refusal::QuotaExhausted {
                 retry_at: reserve_at.map_or(retry_at, |r| r.min(retry_at)),
