@@ -82,10 +82,19 @@ fn decisions(c: &mut Criterion) {
             let limits = open_limits();
             let split = dastra_proxy::config::Split {
                 credential: "default".into(),
-                rest: limits.iter().map(|l| Limit { requests: l.requests / 5, ..l.clone() }).collect(),
+                rest: limits
+                    .iter()
+                    .map(|l| Limit {
+                        requests: l.requests / 5,
+                        ..l.clone()
+                    })
+                    .collect(),
                 reserves: (0..4)
                     .map(|i| {
-                        let part = limits.iter().map(|l| Limit { requests: l.requests / 5, ..l.clone() });
+                        let part = limits.iter().map(|l| Limit {
+                            requests: l.requests / 5,
+                            ..l.clone()
+                        });
                         (format!("client{i}"), part.collect())
                     })
                     .collect(),

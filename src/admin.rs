@@ -99,11 +99,12 @@ async fn refresh_gauges(app: &App) {
     for (c, d) in depth {
         app.metrics.queue_depth.with_label_values(&[&c]).set(d);
     }
-    for (client, gate) in app.quotas.client_gates() {
-        for w in gate.shared_snapshot().await.windows {
+    for (client, windows) in &app.policy().spent_in {
+        let spans: Vec<_> = windows.iter().map(|l| l.per).collect();
+        for (l, n) in windows.iter().zip(app.spent.counts(client, &spans)) {
             (app.metrics.client_window_used)
-                .with_label_values(&[&*client, w.name.as_str()])
-                .set(i64::from(w.used));
+                .with_label_values(&[&**client, l.name.as_str()])
+                .set(i64::from(n));
         }
     }
 }
@@ -210,6 +211,16 @@ async fn quota(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
             .or_insert_with(|| json!({ "calls": 0, "refused": 0, "waiting": 0 }));
         entry["weight"] = json!(weight);
         entry["priority"] = json!(crate::config::priority_name(priority));
+    }
+    // Who spent the quota: each client's sends in each of its windows.
+    for (name, windows) in &app.policy().spent_in {
+        let spans: Vec<_> = windows.iter().map(|l| l.per).collect();
+        let entry = clients
+            .entry(name.to_string())
+            .or_insert_with(|| json!({ "calls": 0, "refused": 0, "waiting": 0 }));
+        entry["windows"] = (windows.iter().zip(app.spent.counts(name, &spans)))
+            .map(|(l, n)| json!({ "window": l.name, "used": n }))
+            .collect();
     }
     // Each client's own windows: its sends in each, against its own limit.
     for (name, gate) in app.quotas.client_gates() {

@@ -34,12 +34,17 @@ pub struct Policy {
     pub credentials: Arc<Credentials>,
     /// Which credential each client's calls go out with.
     pub routes: Routes,
+    /// The windows each client's sends are counted in (`/quota`, metrics).
+    pub spent_in: Vec<(Arc<str>, Vec<crate::config::Limit>)>,
 }
 
 impl Policy {
     fn new(cfg: &Config, metrics: &Metrics, credentials: Arc<Credentials>) -> Self {
         Self {
             routes: Routes::new(&credentials, &cfg.clients),
+            spent_in: (cfg.client_windows().into_iter())
+                .map(|(c, w)| (c.into(), w))
+                .collect(),
             credentials,
             access: Access::new(cfg),
             cors: crate::cors::Cors::new(&cfg.cors),
@@ -83,6 +88,8 @@ pub struct App {
     pub retry: crate::retry::RetryBudget,
     /// Each call's trace, exported when `[tracing]` names a collector.
     pub tracer: crate::trace::Tracer,
+    /// Each client's sends in its windows: who spent the quota.
+    pub spent: crate::spent::Spent,
     policy: ArcSwap<Policy>,
 }
 
@@ -155,6 +162,14 @@ fn longest_window(config: &Config) -> std::time::Duration {
         + config.admission.margin
 }
 
+/// The most sends counted per client: twice the largest window's N (only a
+/// dry run could send more).
+fn spent_cap(config: &Config) -> usize {
+    let windows = config.client_windows();
+    let most = windows.iter().flat_map(|(_, w)| w).map(|l| l.requests);
+    most.max().unwrap_or(1) as usize * 2
+}
+
 /// Each credential's windows: `window_limit` set, `window_used` and
 /// `upstream_429_total` at 0 until the first scrape or 429.
 fn window_series(config: &Config, metrics: &Metrics) {
@@ -193,9 +208,9 @@ fn known_series(config: &Config, metrics: &Metrics) {
             metrics.dry_run_total.with_label_values(&[name, would]);
         }
     }
-    for c in &config.clients {
-        for l in &c.limits {
-            (metrics.client_window_used).with_label_values(&[&c.name, &l.name]);
+    for (client, windows) in config.client_windows() {
+        for l in &windows {
+            (metrics.client_window_used).with_label_values(&[&client, &l.name]);
         }
     }
 }
@@ -362,6 +377,7 @@ impl App {
             ),
             policy: ArcSwap::from_pointee(Policy::new(&config, &metrics, credentials)),
             tracer: crate::trace::Tracer::new(&config.tracing, config.upstream.connect_timeout),
+            spent: crate::spent::Spent::new(longest_window(&config), spent_cap(&config)),
             config,
             upstream,
             target,
@@ -422,6 +438,8 @@ impl App {
             .set_splits(&next.splits(), &next.admission)
             .map_err(ReloadError::Store)?;
         self.cache.reconfigure(&next.cache);
+        self.spent
+            .reconfigure(longest_window(next), spent_cap(next));
         self.policy
             .store(Arc::new(Policy::new(next, &self.metrics, credentials)));
         known_series(next, &self.metrics);

@@ -31,6 +31,7 @@ pub mod quota;
 pub mod retry;
 pub mod secret;
 pub mod server;
+pub mod spent;
 pub mod state_file;
 pub mod store;
 pub mod target;

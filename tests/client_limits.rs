@@ -181,7 +181,8 @@ async fn a_dry_run_client_is_measured_not_refused() {
             &m,
             "dastra_proxy_client_window_used{client=\"bi\",window=\"1m\"}"
         ),
-        2.0
+        5.0,
+        "its sends in the window, over the limit it is watched against"
     );
     assert_eq!(
         metric(

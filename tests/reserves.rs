@@ -149,6 +149,16 @@ async fn the_others_get_only_what_every_unused_reserve_leaves() {
         10.0,
         "the credential's window counts every send"
     );
+    // Who spent the quota: each client's sends in each window, as Dastra
+    // saw them arrive.
+    let series =
+        |c: &str| format!("dastra_proxy_client_window_used{{client=\"{c}\",window=\"1m\"}}");
+    assert_eq!(metric(&m, &series("sync")), 7.0);
+    assert_eq!(metric(&m, &series("form")), 3.0);
+    let q = get(&c, &p.admin_url("/quota")).await.json();
+    assert_eq!(q["clients"]["sync"]["windows"][0]["used"], 7, "{q}");
+    assert_eq!(q["clients"]["form"]["windows"][0]["used"], 3, "{q}");
+    assert_eq!(q["clients"]["form"]["windows"][0]["window"], "1m", "{q}");
     p.shutdown().await;
 }
 

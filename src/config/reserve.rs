@@ -68,6 +68,26 @@ impl Config {
         out
     }
 
+    /// The windows each client's sends are counted in (who spent the quota):
+    /// its credential's and its own; without clients, every call's.
+    pub fn client_windows(&self) -> Vec<(String, Vec<Limit>)> {
+        if self.clients.is_empty() {
+            return vec![(crate::config::ANONYMOUS.to_owned(), self.limits.clone())];
+        }
+        (self.clients.iter())
+            .map(|c| {
+                let mut w = self.route_limits(c.credential.as_deref()).to_vec();
+                let own = c
+                    .limits
+                    .iter()
+                    .filter(|l| w.iter().all(|m| m.name != l.name));
+                let own: Vec<Limit> = own.cloned().collect();
+                w.extend(own);
+                (c.name.clone(), w)
+            })
+            .collect()
+    }
+
     /// The windows of the credential a client names (`None`: `[credential]`).
     fn route_limits(&self, credential: Option<&str>) -> &[Limit] {
         let named = credential.and_then(|n| self.credentials.iter().find(|k| k.name == n));

@@ -177,7 +177,7 @@ impl Metrics {
             client_window_used: reg!(IntGaugeVec::new(
                 Opts::new(
                     "client_window_used",
-                    "Sends counted in each of a client's own windows ([[clients.limits]]) now."
+                    "A client's sends that reached Dastra within each window (its credential's and its own [[clients.limits]]) now, counted by this instance."
                 ),
                 &["client", "window"]
             )),

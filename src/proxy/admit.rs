@@ -246,6 +246,7 @@ where
                     }
                     match &result {
                         Ok(_) => {
+                            app.spent.record(&caller.name);
                             sent.landed();
                             beside.into_iter().flatten().for_each(|s| s.landed());
                         }
@@ -257,7 +258,10 @@ where
                             beside.into_iter().flatten().for_each(|s| s.refund());
                         }
                         // Timed out or failed after sending: counted as landed now.
-                        Err(_) => drop((sent, beside)),
+                        Err(_) => {
+                            app.spent.record(&caller.name);
+                            drop((sent, beside));
+                        }
                     }
                     if let Ok(r) = &result {
                         // Before any retry: it waits for the time Dastra named.
