@@ -344,12 +344,14 @@ async fn quota_says_who_used_the_gateway() {
     let cl = &q["clients"];
     assert_eq!(
         cl["crm"],
-        serde_json::json!({"calls": 2, "refused": 0, "waiting": 0, "weight": 1, "priority": "normal"}),
+        serde_json::json!({"calls": 2, "refused": 0, "waiting": 0, "weight": 1, "priority": "normal",
+            "windows": [{"window": "1m", "used": 2}]}),
         "{q}"
     );
     assert_eq!(
         cl["bi"],
-        serde_json::json!({"calls": 4, "refused": 3, "waiting": 0, "weight": 1, "priority": "normal"}),
+        serde_json::json!({"calls": 4, "refused": 3, "waiting": 0, "weight": 1, "priority": "normal",
+            "windows": [{"window": "1m", "used": 1}]}),
         "{q}"
     );
     // The status page's chart: the window's sends, binned over its period.
