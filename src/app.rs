@@ -208,6 +208,14 @@ fn known_series(config: &Config, metrics: &Metrics) {
             metrics.dry_run_total.with_label_values(&[name, would]);
         }
     }
+    // A reserve removed by a reload leaves no series behind.
+    metrics.client_reserve.reset();
+    for (client, part) in config.splits().iter().flat_map(|s| &s.reserves) {
+        for l in part {
+            let series = metrics.client_reserve.with_label_values(&[client, &l.name]);
+            series.set(i64::from(l.requests));
+        }
+    }
     for (client, windows) in config.client_windows() {
         for l in &windows {
             (metrics.client_window_used).with_label_values(&[&client, &l.name]);

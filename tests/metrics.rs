@@ -14,12 +14,17 @@ use support::*;
 const LOAD: &str =
     "[[limits]]\nrequests = 5\nper = \"300ms\"\n[admission]\nmax_queue = 6\nmargin = \"10ms\"\n";
 
-/// [`LOAD`] with one client that has windows of its own (`[[clients.limits]]`).
+/// [`LOAD`] with one client that has windows of its own (`[[clients.limits]]`)
+/// and one holding a reserve that never calls.
 fn load_with_client() -> String {
     let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(LOAD_KEY.as_bytes()));
     format!(
         "{LOAD}[[clients]]\nname = \"load\"\nkey_sha256 = \"{digest}\"\n\
-         [[clients.limits]]\nrequests = 1000\nper = \"1m\"\n"
+         [[clients.limits]]\nrequests = 1000\nper = \"1m\"\n\
+         [[clients]]\nname = \"form\"\nkey_sha256 = \"{}\"\nreserve = 0.2\n",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+            b"metrics-form-client-key-2"
+        ))
     )
 }
 

@@ -155,6 +155,8 @@ async fn the_others_get_only_what_every_unused_reserve_leaves() {
         |c: &str| format!("dastra_proxy_client_window_used{{client=\"{c}\",window=\"1m\"}}");
     assert_eq!(metric(&m, &series("sync")), 7.0);
     assert_eq!(metric(&m, &series("form")), 3.0);
+    let reserve = "dastra_proxy_client_reserve{client=\"form\",window=\"1m\"}";
+    assert_eq!(metric(&m, reserve), 3.0, "the form's part of the window");
     let q = get(&c, &p.admin_url("/quota")).await.json();
     assert_eq!(q["clients"]["sync"]["windows"][0]["used"], 7, "{q}");
     assert_eq!(q["clients"]["form"]["windows"][0]["used"], 3, "{q}");

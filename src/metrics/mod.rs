@@ -44,8 +44,10 @@ pub struct Families {
     pub upstream_retries_total: IntCounter,
     /// In a dry run, calls that would have queued or been refused.
     pub dry_run_total: IntCounterVec,
-    /// Each client's sends in each of its own windows (`[[clients.limits]]`).
+    /// Each client's sends in each window of its credential and its own.
     pub client_window_used: IntGaugeVec,
+    /// Each reserving client's part of each window (`reserve`), in calls.
+    pub client_reserve: IntGaugeVec,
     /// What Dastra's own headers last said is left, by window name.
     pub upstream_limit_remaining: IntGaugeVec,
     pub state_write_errors_total: IntCounter,
@@ -173,6 +175,13 @@ impl Metrics {
                     "Dry runs (admission.dry_run, a client's dry_run): calls sent at once that would have queued or been refused."
                 ),
                 &["client", "would"]
+            )),
+            client_reserve: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "client_reserve",
+                    "Calls of each window held for a client alone ([[clients]] reserve): the others are admitted only while the window keeps room for it."
+                ),
+                &["client", "window"]
             )),
             client_window_used: reg!(IntGaugeVec::new(
                 Opts::new(
