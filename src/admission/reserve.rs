@@ -13,9 +13,11 @@
 
 use std::sync::Arc;
 
+use tokio::time::Instant;
+
 use super::named::Named;
 use super::{Admission, Caller, NamedQuota, Permit, Quotas, Refusal};
-use crate::config::{AdmissionConfig, Split};
+use crate::config::{AdmissionConfig, OnLimit, Split};
 use crate::credential::QuotaKey;
 use crate::store::StoreError;
 
@@ -44,32 +46,78 @@ pub enum Part {
 
 impl Shares {
     /// A slot in the caller's reserve while it has room; otherwise a wait
-    /// in the shared rest. Refused, the call learns the sooner of the two
-    /// instants a slot could free for it.
+    /// in the shared rest — and should the reserve free first (within the
+    /// call's `max_wait`), the reserve's slot, the place in the rest given
+    /// up. Refused, the call learns the sooner of the two instants a slot
+    /// could free for it.
     pub async fn acquire(&self, caller: &Caller) -> Result<(Permit, Part), Refusal> {
-        let mut reserve_at = None;
-        if let Some(r) = &self.reserve {
-            let got = match r.try_acquire() {
-                Some(got) => got.map_err(|(refusal, _)| refusal),
-                // Redis decides (a gate never queues: the answer is prompt).
-                None => Box::pin(r.acquire(caller)).await,
+        let Some(reserve) = &self.reserve else {
+            return self.rest_slot(caller).await.map(|p| (p, Part::Rest));
+        };
+        let mut at = match reserve_slot(reserve, caller).await {
+            Ok(p) => return Ok((p, Part::Reserve)),
+            Err(r) => r.retry_at(),
+        };
+        let deadline = Instant::now() + caller.max_wait(self.rest.max_wait());
+        let queueing = self.rest.inner.lock().on_limit == OnLimit::Queue;
+        let mut rest = std::pin::pin!(self.rest_slot(caller));
+        loop {
+            let Some(when) = at.filter(|a| queueing && *a <= deadline) else {
+                // The reserve cannot free in time: the rest alone decides.
+                return rest
+                    .await
+                    .map(|p| (p, Part::Rest))
+                    .map_err(|e| sooner(e, at));
             };
-            match got {
-                Ok(p) => return Ok((p, Part::Reserve)),
-                Err(refusal) => reserve_at = refusal.retry_at(),
+            tokio::select! {
+                got = &mut rest => return match got {
+                    Ok(p) => Ok((p, Part::Rest)),
+                    // The rest cannot serve it in time, its reserve can.
+                    Err(Refusal::QuotaExhausted { retry_at }) => {
+                        self.reserve_alone(reserve, caller, when, deadline, retry_at).await
+                    }
+                    Err(e) => Err(sooner(e, at)),
+                },
+                _ = tokio::time::sleep_until(when) => match reserve_slot(reserve, caller).await {
+                    Ok(p) => return Ok((p, Part::Reserve)),
+                    Err(r) => at = r.retry_at().map(|a| a.max(when + TICK)),
+                },
             }
         }
-        // As the credential's own slot: answered without waiting when it can be.
-        let got = match self.rest.try_acquire() {
+    }
+
+    /// Waits for the reserve alone, until `deadline`; `rest_at`: when the
+    /// rest said it frees.
+    async fn reserve_alone(
+        &self,
+        reserve: &Admission,
+        caller: &Caller,
+        mut when: Instant,
+        deadline: Instant,
+        rest_at: Instant,
+    ) -> Result<(Permit, Part), Refusal> {
+        loop {
+            tokio::time::sleep_until(when).await;
+            match reserve_slot(reserve, caller).await {
+                Ok(p) => return Ok((p, Part::Reserve)),
+                Err(r) => match r.retry_at() {
+                    Some(a) if a <= deadline => when = a.max(when + TICK),
+                    a => {
+                        return Err(Refusal::QuotaExhausted {
+                            retry_at: a.map_or(rest_at, |a| a.min(rest_at)),
+                        })
+                    }
+                },
+            }
+        }
+    }
+
+    /// The shared rest's slot: answered without waiting when it can be, as
+    /// the credential's own is.
+    async fn rest_slot(&self, caller: &Caller) -> Result<Permit, Refusal> {
+        match self.rest.try_acquire() {
             Some(got) => got.map_err(|(refusal, _)| refusal),
             None => self.rest.acquire(caller).await,
-        };
-        match got {
-            Ok(p) => Ok((p, Part::Rest)),
-            Err(Refusal::QuotaExhausted { retry_at }) => Err(Refusal::QuotaExhausted {
-                retry_at: reserve_at.map_or(retry_at, |r| r.min(retry_at)),
-            }),
-            Err(other) => Err(other),
         }
     }
 
@@ -81,6 +129,28 @@ impl Shares {
     /// The shared rest's `max_wait` (a reload may change it).
     pub fn max_wait(&self) -> std::time::Duration {
         self.rest.max_wait()
+    }
+}
+
+/// The least a reserve that said "later" is asked again after: never a busy loop.
+const TICK: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// A reserve's slot, or when it frees: a gate never queues, so the answer
+/// is prompt (through Redis, one round trip).
+async fn reserve_slot(reserve: &Admission, caller: &Caller) -> Result<Permit, Refusal> {
+    match reserve.try_acquire() {
+        Some(got) => got.map_err(|(refusal, _)| refusal),
+        None => Box::pin(reserve.acquire(caller)).await,
+    }
+}
+
+/// A refusal by quota tells the sooner of its instant and `reserve_at`.
+fn sooner(e: Refusal, reserve_at: Option<Instant>) -> Refusal {
+    match (e, reserve_at) {
+        (Refusal::QuotaExhausted { retry_at }, Some(r)) => Refusal::QuotaExhausted {
+            retry_at: retry_at.min(r),
+        },
+        (e, _) => e,
     }
 }
 

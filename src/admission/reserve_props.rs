@@ -188,3 +188,106 @@ proptest! {
         run(&windows, &reserves, &arrivals);
     }
 }
+
+/// Who, what (a part, or a refusal's Retry-After from the start), when.
+type Grants = Vec<(&'static str, Result<Part, Option<Duration>>, Duration)>;
+
+/// Queue mode, 10 per second split 3 (the owner's reserve) and 7: the
+/// owner's burst of 3 and 20 calls of 10 others at 0 ms, the owner's 4th
+/// call at 100 ms (its reserve full, 13 others waiting in the rest), each
+/// call with `max_wait`; who got what, when, after 1.6 s.
+async fn owner_behind_a_queue(max_wait: Duration) -> Grants {
+    let cfg = AdmissionConfig {
+        on_limit: OnLimit::Queue,
+        max_wait,
+        ..cfg()
+    };
+    let limits = test_limits(&[(10, 1000)]);
+    let q = Quotas::new(&limits, &cfg, None, None, None).unwrap();
+    let split = Split {
+        credential: "default".into(),
+        rest: test_limits(&[(7, 1000)]),
+        reserves: vec![("owner".into(), test_limits(&[(3, 1000)]))],
+    };
+    q.set_splits(&[split], &cfg).unwrap();
+    let t0 = Instant::now();
+    let grants = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let call = |name: &'static str| {
+        let (shares, grants) = (q.shares(name, "default").unwrap(), grants.clone());
+        tokio::spawn(async move {
+            let c = Caller {
+                name: name.into(),
+                weight: 1,
+                wait: None,
+                priority: NORMAL,
+            };
+            let got = shares.acquire(&c).await;
+            let now = Instant::now();
+            let got = got.map(|(p, part)| {
+                p.sent().landed();
+                part
+            });
+            let got = got.map_err(|r| r.retry_at().map(|a| a - t0));
+            grants.lock().unwrap().push((name, got, now - t0));
+        })
+    };
+    let mut tasks: Vec<_> = (0..3).map(|_| call("owner")).collect();
+    let others = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
+    tasks.extend((0..20).map(|i| call(others[i % 10])));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tasks.push(call("owner"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    q.close();
+    for t in tasks {
+        t.abort();
+    }
+    let g = grants.lock().unwrap().clone();
+    let owner = g.iter().filter(|(n, ..)| *n == "owner").count();
+    assert_eq!(owner, 4, "{g:?}");
+    g
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// The owner's waiting call takes its reserve's slot the moment it frees
+/// (one span after its burst), not its turn in the rest, and the place it
+/// gave up in the rest goes to the next caller.
+#[tokio::test(start_paused = true)]
+async fn a_waiting_owner_takes_its_reserve_the_moment_it_frees() {
+    let g = owner_behind_a_queue(Duration::from_secs(30)).await;
+    let owner: Vec<_> = g.iter().filter(|(n, ..)| *n == "owner").collect();
+    assert!(owner[..3]
+        .iter()
+        .all(|(_, p, t)| *p == Ok(Part::Reserve) && *t == ms(0)));
+    assert_eq!(
+        (owner[3].1, owner[3].2),
+        (Ok(Part::Reserve), ms(1000)),
+        "{g:?}"
+    );
+    let rest_at = |at| {
+        (g.iter())
+            .filter(|(n, p, t)| *n != "owner" && *p == Ok(Part::Rest) && *t == ms(at))
+            .count()
+    };
+    assert_eq!(
+        (rest_at(0), rest_at(1000)),
+        (7, 7),
+        "the rest lost no slot: {g:?}"
+    );
+}
+
+/// Its turn in the rest is past `max_wait` (2 s away, 1.5 s allowed) but its
+/// reserve frees in time: it waits for the reserve rather than being
+/// refused; with 0.5 s allowed it is refused at once, told the sooner of
+/// the two instants (the reserve's, at 1 s).
+#[tokio::test(start_paused = true)]
+async fn max_wait_counts_the_reserve_freeing_as_well_as_the_rest() {
+    let g = owner_behind_a_queue(ms(1500)).await;
+    let last = g.iter().rfind(|(n, ..)| *n == "owner").unwrap();
+    assert_eq!((last.1, last.2), (Ok(Part::Reserve), ms(1000)), "{g:?}");
+    let g = owner_behind_a_queue(ms(500)).await;
+    let last = g.iter().rfind(|(n, ..)| *n == "owner").unwrap();
+    assert_eq!((last.1, last.2), (Err(Some(ms(1000))), ms(100)), "{g:?}");
+}

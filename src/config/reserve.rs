@@ -31,11 +31,16 @@ pub struct Split {
     pub reserves: Vec<(String, Vec<Limit>)>,
 }
 
-/// A client's part of each window: whole calls, rounded down.
+/// A client's part of one window: whole calls, rounded down.
+fn calls(l: &Limit, reserve: f64) -> u32 {
+    (f64::from(l.requests) * reserve).floor() as u32
+}
+
+/// A client's part of each window.
 fn part(limits: &[Limit], reserve: f64) -> Vec<Limit> {
     (limits.iter())
         .map(|l| Limit {
-            requests: (f64::from(l.requests) * reserve).floor() as u32,
+            requests: calls(l, reserve),
             ..l.clone()
         })
         .collect()
@@ -117,9 +122,7 @@ impl Validator<'_> {
         for (i, c) in clients.iter().enumerate().filter(|(_, c)| c.reserve > 0.0) {
             let key = format!("clients[{i}].reserve");
             let of = windows(c);
-            if let Some(l) =
-                (of.iter()).find(|l| part(&[(*l).clone()], c.reserve)[0].requests < replicas)
-            {
+            if let Some(l) = (of.iter()).find(|l| calls(l, c.reserve) < replicas) {
                 return Err(self.invalid(
                     &key,
                     format!(
@@ -142,7 +145,7 @@ impl Validator<'_> {
                 let shared = of.iter().map(|l| {
                     let held: u32 = (clients.iter())
                         .filter(|o| o.credential == c.credential)
-                        .map(|o| part(&[l.clone()], o.reserve)[0].requests)
+                        .map(|o| calls(l, o.reserve))
                         .sum();
                     format!(
                         "{} of {} per {}",
