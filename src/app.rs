@@ -7,9 +7,7 @@ use arc_swap::ArcSwap;
 
 use crate::access::Access;
 use crate::admission::{KeyBounds, LocalState, NamedQuota, Quotas, SharedStore};
-use crate::config::{
-    Config, StoreConfig, StoreOnError, Upstream429, ANONYMOUS, DEFAULT_CREDENTIAL,
-};
+use crate::config::{Config, StoreConfig, StoreOnError, Upstream429, ANONYMOUS};
 use crate::credential::{Credentials, QuotaKey, Routes};
 use crate::guard::Guard;
 use crate::metrics::{CallMetrics, Metrics};
@@ -170,59 +168,6 @@ fn spent_cap(config: &Config) -> usize {
     most.max().unwrap_or(1) as usize * 2
 }
 
-/// Each credential's windows: `window_limit` set, `window_used` and
-/// `upstream_429_total` at 0 until the first scrape or 429.
-fn window_series(config: &Config, metrics: &Metrics) {
-    let default = config
-        .credential
-        .iter()
-        .map(|_| (DEFAULT_CREDENTIAL, &config.limits[..]));
-    let named = (config.credentials.iter()).map(|n| (n.name.as_str(), config.limits_of(n)));
-    for (credential, limits) in default.chain(named) {
-        for l in limits {
-            let labels = [credential, l.name.as_str()];
-            metrics
-                .window_limit
-                .with_label_values(&labels)
-                .set(i64::from(l.requests));
-            metrics.window_used.with_label_values(&labels);
-        }
-        metrics.upstream_429_total.with_label_values(&[credential]);
-    }
-}
-
-/// Each client's per-client series at 0 (at start-up and on reload, so a
-/// client a reload adds reads 0, not "No data").
-fn known_series(config: &Config, metrics: &Metrics) {
-    window_series(config, metrics);
-    let names: Vec<&str> = match config.clients.is_empty() {
-        true => vec![crate::config::ANONYMOUS],
-        false => config.clients.iter().map(|c| c.name.as_str()).collect(),
-    };
-    for name in names {
-        metrics.queue_depth.with_label_values(&[name]);
-        for code in crate::error::REFUSAL_CODES {
-            metrics.rejected_total.with_label_values(&[name, code]);
-        }
-        for would in ["queue", "reject"] {
-            metrics.dry_run_total.with_label_values(&[name, would]);
-        }
-    }
-    // A reserve removed by a reload leaves no series behind.
-    metrics.client_reserve.reset();
-    for (client, part) in config.splits().iter().flat_map(|s| &s.reserves) {
-        for l in part {
-            let series = metrics.client_reserve.with_label_values(&[client, &l.name]);
-            series.set(i64::from(l.requests));
-        }
-    }
-    for (client, windows) in config.client_windows() {
-        for l in &windows {
-            (metrics.client_window_used).with_label_values(&[&client, &l.name]);
-        }
-    }
-}
-
 /// Why a config that passed validation still cannot be started.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -359,7 +304,7 @@ impl App {
         quotas.keep_for(longest_window(&config));
         // Known label values exist at 0 from start-up: a quiet instance's
         // panels read 0, not "No data".
-        known_series(&config, &metrics);
+        metrics.known_series(&config, &crate::error::REFUSAL_CODES);
         let public_authority = config
             .server
             .public_url
@@ -450,7 +395,7 @@ impl App {
             .reconfigure(longest_window(next), spent_cap(next));
         self.policy
             .store(Arc::new(Policy::new(next, &self.metrics, credentials)));
-        known_series(next, &self.metrics);
+        (self.metrics).known_series(next, &crate::error::REFUSAL_CODES);
         Ok(())
     }
 }

@@ -7,6 +7,7 @@
 //! status codes, error codes, window names.
 
 mod calls;
+mod known;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
