@@ -187,3 +187,56 @@ async fn with_redis_an_overtaken_call_is_refused_when_its_max_wait_runs_out() {
         assert!(sent < Duration::from_millis(2000), "{sent:?}");
     }
 }
+
+/// `Priority: u=7` (RFC 9218 background) lowers a high client's call
+/// through the real stack: 1 per 500 ms, the slot taken, then queued in
+/// this order a normal call, the high client's call marked `u=7`, and its
+/// unmarked call. Dastra sees the unmarked high call first, then the
+/// normal one, then the lowered one (without the header the two high calls
+/// would go first, in their FIFO order). `u=0` from a normal client raises
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_may_lower_its_priority_never_raise_it() {
+    use sha2::{Digest as _, Sha256};
+    let up = MockUpstream::start().await;
+    let key = |n: &str| format!("{n}-tenancy-client-key-0001");
+    let digest = |n: &str| hex::encode(Sha256::digest(key(n).as_bytes()));
+    let extra = format!(
+        "[[limits]]\nrequests = 1\nper = \"500ms\"\n\
+         [admission]\nmax_wait = \"30s\"\naging = \"60s\"\nmargin = \"10ms\"\n\
+         [[clients]]\nname = \"form\"\nkey_sha256 = \"{}\"\npriority = \"high\"\n\
+         [[clients]]\nname = \"sync\"\nkey_sha256 = \"{}\"\n",
+        digest("form"),
+        digest("sync")
+    );
+    let p = TestProxy::start(&up, &extra).await;
+    let c = client();
+    let call = |who: &'static str, path: &'static str, priority: Option<&'static str>| {
+        let (c, url, key) = (c.clone(), p.url(path), key(who));
+        tokio::spawn(async move {
+            let mut headers = vec![("x-api-key", key.as_str())];
+            headers.extend(priority.map(|u| ("priority", u)));
+            send(&c, Method::GET, &url, &headers, Body::empty())
+                .await
+                .status
+        })
+    };
+    assert_eq!(call("sync", "/v1/first", None).await.unwrap(), 200);
+    let mut calls = Vec::new();
+    for (who, path, u) in [
+        ("sync", "/v1/normal", Some("u=0")),
+        ("form", "/v1/lowered", Some("u=7")),
+        ("form", "/v1/high", None),
+    ] {
+        calls.push(call(who, path, u));
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    }
+    for c in calls {
+        assert_eq!(c.await.unwrap(), 200);
+    }
+    let order: Vec<String> = up.log().into_iter().map(|r| r.target).collect();
+    assert_eq!(
+        order,
+        ["/v1/first", "/v1/high", "/v1/normal", "/v1/lowered"]
+    );
+}

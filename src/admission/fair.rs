@@ -1,5 +1,6 @@
 //! Priorities first, weighted-fair order between clients of one priority,
-//! FIFO within each client (SPEC §9.3).
+//! FIFO within each client and priority (SPEC §9.3): a call a client
+//! lowered (`Priority: u=7`) never holds back its later high calls.
 //!
 //! Start-time fair queuing: each call gets a virtual finish tag
 //! `max(now_virtual, client's last tag) + 1/weight`; among the calls of the
@@ -47,9 +48,11 @@ impl<T> Default for FairQueue<T> {
     }
 }
 
+/// One client's calls of one priority (as queued, before aging).
 #[derive(Debug)]
 struct ClientQueue<T> {
     name: Arc<str>,
+    prio: u8,
     last_finish: u64,
     items: VecDeque<Item<T>>,
 }
@@ -116,20 +119,21 @@ impl<T> FairQueue<T> {
         now: Instant,
         value: T,
     ) -> u64 {
-        let idx = match self.clients.iter().position(|c| c.name == *name) {
+        let idx = match (self.clients.iter()).position(|c| c.name == *name && c.prio == prio) {
             Some(i) => i,
             None => {
                 self.clients.push(ClientQueue {
                     name: name.clone(),
+                    prio,
                     last_finish: 0,
                     items: VecDeque::new(),
                 });
                 self.clients.len() - 1
             }
         };
-        let vtime = self.vtime;
+        // One tag sequence per client, whatever the priority of its calls.
+        let start = self.last_finish(name).max(self.vtime);
         let c = &mut self.clients[idx];
-        let start = c.last_finish.max(vtime);
         let finish = start + SCALE / u64::from(weight.max(1));
         c.last_finish = finish;
         let id = self.next_id;
@@ -147,8 +151,18 @@ impl<T> FairQueue<T> {
         id
     }
 
+    /// The last finish tag given to any call of client `name`.
+    fn last_finish(&self, name: &str) -> u64 {
+        (self.clients.iter())
+            .filter(|c| &*c.name == name)
+            .map(|c| c.last_finish)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// How many queued calls will surely be served before a call that
-    /// client `name` queues now at priority `prio`: its own earlier calls;
+    /// client `name` queues now at priority `prio`: its own earlier calls of
+    /// that priority;
     /// others' calls of a higher or the same priority with a smaller finish
     /// tag (every call waiting now was queued earlier, so it ages no later
     /// than this one and stays at least as high); and, without aging, every
@@ -156,18 +170,13 @@ impl<T> FairQueue<T> {
     /// priority: `max_wait` refuses at once only a call that surely cannot
     /// start in time. A client with a deep queue only delays itself.
     pub(super) fn ahead_of(&self, name: &str, weight: u32, prio: u8) -> usize {
-        let last = self
-            .clients
-            .iter()
-            .find(|c| &*c.name == name)
-            .map_or(0, |c| c.last_finish);
-        let finish = last.max(self.vtime) + SCALE / u64::from(weight.max(1));
+        let finish = self.last_finish(name).max(self.vtime) + SCALE / u64::from(weight.max(1));
         let ages = !self.aging.is_zero();
         // Within a client FIFO: behind a call served after this one, every
         // later call of that client is served after it too.
         self.clients
             .iter()
-            .map(|c| match &*c.name == name {
+            .map(|c| match &*c.name == name && c.prio == prio {
                 true => c.items.len(),
                 false => (c.items.iter())
                     .take_while(|it| {
@@ -202,8 +211,12 @@ impl<T> FairQueue<T> {
     /// the virtual time it had claimed: the calls behind it move up, and the
     /// client's next call is tagged as if the departed one never queued.
     pub(super) fn remove(&mut self, name: &str, id: u64) -> Option<T> {
-        let c = self.clients.iter_mut().find(|c| &*c.name == name)?;
-        let i = c.items.iter().position(|it| it.id == id)?;
+        let (c, i) = (self.clients.iter_mut())
+            .filter(|c| &*c.name == name)
+            .find_map(|c| {
+                let i = c.items.iter().position(|it| it.id == id)?;
+                Some((c, i))
+            })?;
         let item = c.items.remove(i)?;
         let cost = item.finish - item.start;
         // Every later call of this client started at or after the departed
@@ -227,11 +240,16 @@ impl<T> FairQueue<T> {
             .collect()
     }
 
+    /// Waiting calls per client (every priority together).
     pub(super) fn depths(&self) -> Vec<(Arc<str>, usize)> {
-        self.clients
-            .iter()
-            .map(|c| (c.name.clone(), c.items.len()))
-            .collect()
+        let mut out: Vec<(Arc<str>, usize)> = Vec::new();
+        for c in &self.clients {
+            match out.iter_mut().find(|(n, _)| *n == c.name) {
+                Some((_, d)) => *d += c.items.len(),
+                None => out.push((c.name.clone(), c.items.len())),
+            }
+        }
+        out
     }
 }
 
@@ -281,6 +299,28 @@ mod tests {
             order,
             ["a0", "b0", "a1", "a2", "b1", "a3", "a4", "b2", "a5"]
         );
+    }
+
+    /// A call its client lowered waits behind the others' normal calls, and
+    /// the client's later high call does not wait behind it; its tags stay
+    /// one sequence, so lowering one call buys no share.
+    #[test]
+    fn a_lowered_call_holds_back_only_itself() {
+        let now = Instant::now();
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let mut q = FairQueue::default();
+        q.push(&a, 1, 2, now, "a-lowered");
+        q.push(&b, 1, 1, now, "b-normal");
+        assert_eq!(q.ahead_of("a", 1, 0), 0, "nothing of its own ahead at high");
+        q.push(&a, 1, 0, now, "a-high");
+        assert_eq!(q.depths(), [(a.clone(), 2), (b.clone(), 1)]);
+        let order: Vec<&str> = std::iter::from_fn(|| q.pop(now).map(|(v, _)| v)).collect();
+        assert_eq!(order, ["a-high", "b-normal", "a-lowered"]);
+        // a's next call is tagged after both of a's earlier ones.
+        q.push(&a, 1, 1, now, "a-next");
+        q.push(&b, 1, 1, now, "b-next");
+        let order: Vec<&str> = std::iter::from_fn(|| q.pop(now).map(|(v, _)| v)).collect();
+        assert_eq!(order, ["b-next", "a-next"]);
     }
 
     #[test]
