@@ -1,10 +1,10 @@
 //! Reserves against an independent model, on tokio's paused clock: random
-//! clients (reserves, names), windows and arrival patterns, every call
-//! decided as the admission stage decides it (its part, then the
-//! credential's slot) in reject mode, and every decision recomputed by
+//! clients (reserves, own windows), windows and arrival patterns, every call
+//! decided as the admission stage decides it (its own window, its part,
+//! then the credential's slot) in reject mode, and every decision recomputed by
 //! brute force from the test's own log of grants. The properties: no window
 //! of Dastra's ever holds more than N; no reserve and no shared rest more
-//! than its part; a call is refused only when neither its reserve nor the
+//! than its part, no client more than its own window; a call is refused only when neither its reserve nor the
 //! rest has room (nothing that could go is turned away), and then told the
 //! exact instant one of them frees.
 
@@ -67,7 +67,8 @@ where
     at
 }
 
-fn run(windows: &[(u32, u64)], reserves: &[f64], arrivals: &[(u64, usize)]) {
+/// `own[i]`: client i's own window (`[[clients.limits]]`), calls per 700 ms.
+fn run(windows: &[(u32, u64)], reserves: &[f64], own: &[Option<u32>], arrivals: &[(u64, usize)]) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -101,6 +102,17 @@ fn run(windows: &[(u32, u64)], reserves: &[f64], arrivals: &[(u64, usize)]) {
                 .collect(),
         };
         q.set_splits(&[split], &cfg()).unwrap();
+        let gates: Vec<NamedQuota> = (0..reserves.len())
+            .filter_map(|i| {
+                own[i].map(|n| NamedQuota {
+                    name: names[i].as_str().into(),
+                    key: crate::credential::QuotaKey::client(&names[i]),
+                    limits: test_limits(&[(n, 700)]),
+                    gate: Some(false),
+                })
+            })
+            .collect();
+        q.set_clients(&gates, &cfg()).unwrap();
         let credential = q.get(crate::credential::QuotaKey([0; 32]), None).unwrap();
         let spans = |ls: &[crate::config::Limit]| -> Vec<(u32, Duration)> {
             ls.iter().map(|l| (l.requests, l.per)).collect()
@@ -116,9 +128,34 @@ fn run(windows: &[(u32, u64)], reserves: &[f64], arrivals: &[(u64, usize)]) {
                 wait: None,
                 priority: NORMAL,
             };
+            // The client's own window first, as the admission stage asks it.
+            let own_at =
+                own[*client].map(|n| room_at(&log, &[(n, ms(700))], |g| g.client == *client, now));
+            let gate = q.client_gate(&c.name).map(|g| g.try_acquire());
+            let own_slot = match (gate, own_at) {
+                (None, None) => None,
+                (Some(Some(Ok(p))), Some(at)) => {
+                    assert!(
+                        at <= now,
+                        "c{client}'s own window admitted a call it had no room for"
+                    );
+                    Some(p)
+                }
+                (Some(Some(Err((Refusal::QuotaExhausted { retry_at }, _)))), Some(at)) => {
+                    assert!(
+                        at > now,
+                        "c{client}'s own window refused a call it had room for"
+                    );
+                    assert_eq!(retry_at, at, "when c{client}'s own window frees");
+                    continue;
+                }
+                (got, want) => {
+                    panic!("c{client}'s own window: got {got:?}, the model says {want:?}")
+                }
+            };
             let shares = q.shares(&c.name, "default").expect("a split credential");
-            let own = (reserves[*client] > 0.0).then(|| spans(&held[*client]));
-            let reserve_at = own.as_ref().map(|l| {
+            let mine = (reserves[*client] > 0.0).then(|| spans(&held[*client]));
+            let reserve_at = mine.as_ref().map(|l| {
                 room_at(
                     &log,
                     l,
@@ -141,6 +178,9 @@ fn run(windows: &[(u32, u64)], reserves: &[f64], arrivals: &[(u64, usize)]) {
                     };
                     slot.sent().landed();
                     p.sent().landed();
+                    if let Some(own) = own_slot {
+                        own.sent().landed();
+                    }
                     log.push(Grant {
                         at: now,
                         client: *client,
@@ -175,6 +215,7 @@ proptest! {
         with_long in any::<bool>(),
         reserves in prop::collection::vec(prop::sample::select(vec![0.0, 0.1, 0.2, 0.3, 0.45]), 1..5),
         arrivals in prop::collection::vec((0u64..300, 0usize..4), 1..120),
+        own in prop::collection::vec(prop::option::of(1u32..6), 4),
     ) {
         // Sums over 0.9 are refused by `check`; and the reserves must hold
         // at least one call each (also `check`'s rule).
@@ -185,7 +226,7 @@ proptest! {
         }
         prop_assume!(reserves.iter().all(|r| *r == 0.0 || windows.iter().all(|(n, _)| (f64::from(*n) * r).floor() >= 1.0)));
         let arrivals: Vec<(u64, usize)> = arrivals.into_iter().map(|(d, c)| (d, c % reserves.len())).collect();
-        run(&windows, &reserves, &arrivals);
+        run(&windows, &reserves, &own, &arrivals);
     }
 }
 
