@@ -1,12 +1,12 @@
 //! Reserves against an independent model, on tokio's paused clock: random
-//! clients (reserves, own windows), windows and arrival patterns, every call
-//! decided as the admission stage decides it (its own window, its part,
-//! then the credential's slot) in reject mode, and every decision recomputed by
-//! brute force from the test's own log of grants. The properties: no window
-//! of Dastra's ever holds more than N; no reserve and no shared rest more
-//! than its part, no client more than its own window; a call is refused only when neither its reserve nor the
-//! rest has room (nothing that could go is turned away), and then told the
-//! exact instant one of them frees.
+//! clients (reserves, own windows), windows and arrival patterns, every
+//! call decided as the admission stage decides it (its own window, its
+//! part, then the credential's slot) in reject mode, and every decision
+//! recomputed by brute force from the test's own log of grants. The
+//! properties: no window of Dastra's ever holds more than N; no reserve and
+//! no shared rest more than its part, no client more than its own window; a
+//! call is refused only when it has no room (nothing that could go is
+//! turned away), and then told the exact instant room frees.
 
 use std::time::Duration;
 
