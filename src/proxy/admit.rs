@@ -51,7 +51,11 @@ where
         let entered = Instant::now();
         let trace = req.extensions().get::<Arc<CallTrace>>().cloned();
         let outcome = outcome(&req).clone();
-        let (mut caller, pause, owner, key) = {
+        let key = req
+            .extensions()
+            .get::<super::stages::CallQuota>()
+            .map(|q| q.0);
+        let (mut caller, pause, owner) = {
             let rec = outcome.lock();
             let caller = rec.identity.as_ref().map_or_else(
                 || Caller {
@@ -71,12 +75,7 @@ where
                 .policy
                 .as_ref()
                 .is_none_or(|p| p.upstream_429 == Upstream429::Pause);
-            (
-                caller,
-                pause,
-                rec.identity.as_ref().map(|id| id.addr),
-                rec.quota,
-            )
+            (caller, pause, rec.identity.as_ref().map(|id| id.addr))
         };
         // Hop-by-hop headers are gone by now: the key is the credential that
         // will actually be forwarded.

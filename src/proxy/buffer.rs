@@ -18,7 +18,6 @@ use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use tower::{Layer, Service, ServiceExt as _};
 
-use super::stages::outcome;
 use super::MaybeBoxed;
 use crate::body::{BodyError, ReadAhead};
 use crate::credential::Route;
@@ -99,12 +98,11 @@ where
         MaybeBoxed::Boxed {
             inner: Box::pin(async move {
                 let _hold = hold;
-                let outcome = outcome(&req).clone();
+                let fault = req.extensions().get::<crate::body::BodyFault>().cloned();
                 let (parts, body) = req.into_parts();
                 let bytes: Bytes = match body.collect().await {
                     Ok(b) => b.to_bytes(),
                     Err(_) => {
-                        let fault = outcome.lock().body_fault.clone();
                         return Err(fault
                             .and_then(|f| f.get(cfg.limit, cfg.timeout))
                             .unwrap_or(BodyError::TooLarge(cfg.limit))
@@ -129,7 +127,10 @@ where
                 }
                 let resp = inner.ready().await?.call(again(&parts)).await?;
                 let retry = resp.status() == StatusCode::UNAUTHORIZED
-                    && !std::mem::take(&mut outcome.lock().token_fresh);
+                    && resp
+                        .extensions()
+                        .get::<super::stages::FreshToken>()
+                        .is_none();
                 if !retry {
                     return Ok(resp);
                 }

@@ -58,7 +58,7 @@ impl Service<Request<Body>> for Forward {
             (t.clone(), id)
         });
         let conn = ext.get::<ConnInfo>();
-        let (hops, trusted, fault) = outcome.as_ref().map_or((Vec::new(), false, None), |o| {
+        let (hops, trusted) = outcome.as_ref().map_or((Vec::new(), false), |o| {
             let rec = o.lock();
             // A fresh request id goes to Dastra (over an insane one of the caller's).
             if let (false, Some(id)) = (rec.id_on_request, &rec.request_id) {
@@ -67,8 +67,9 @@ impl Service<Request<Body>> for Forward {
             let (hops, trusted) = rec.identity.as_ref().map_or((Vec::new(), false), |i| {
                 (i.forwarded.clone(), i.via_trusted_proxy)
             });
-            (hops, trusted, rec.body_fault.clone())
+            (hops, trusted)
         });
+        let fault = ext.get::<BodyFault>().cloned();
         let uri = match upstream_uri(&self.app, &parts.uri) {
             Ok(u) => u,
             Err(e) => {

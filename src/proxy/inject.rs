@@ -9,7 +9,6 @@ use http::{header, Request, Response, StatusCode};
 use tower::{Service, ServiceExt as _};
 
 use super::layer::AppStage;
-use super::stages::outcome;
 use super::MaybeBoxed;
 use crate::error::ProxyError;
 
@@ -50,14 +49,15 @@ where
         let mut inner = super::take_ready(&mut self.inner);
         MaybeBoxed::boxed(async move {
             let fresh = credential.inject(req.headers_mut()).await?;
-            let outcome = outcome(&req).clone();
-            outcome.lock().token_fresh = fresh;
             let refreshes = credential.refreshes();
             let used = refreshes
                 .then(|| req.headers().get(header::AUTHORIZATION).cloned())
                 .flatten();
             // The token fetch may have taken a while: ready again first.
-            let resp = inner.ready().await?.call(req).await?;
+            let mut resp = inner.ready().await?.call(req).await?;
+            if fresh {
+                resp.extensions_mut().insert(super::stages::FreshToken);
+            }
             // A token fetched for this very call that meets a 401 is not the
             // problem: dropping it would only make every call fetch another.
             if refreshes && !fresh && resp.status() == StatusCode::UNAUTHORIZED {

@@ -83,7 +83,10 @@ where
         set_status(&mut resp, miss.clone());
         return Ok(resp);
     }
-    let (parts, mut body) = resp.into_parts();
+    let (mut parts, mut body) = resp.into_parts();
+    // The leader's own facts of its call (a fresh token, say): they stay on
+    // the leader's answer, never on a follower's.
+    let own = std::mem::take(&mut parts.extensions);
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut len = 0u64;
     loop {
@@ -101,6 +104,7 @@ where
                         futures_util::stream::iter(chunks.into_iter().map(Ok::<_, axum::Error>))
                             .chain(body.into_data_stream());
                     let mut resp = Response::from_parts(parts, Body::from_stream(rest));
+                    resp.extensions_mut().extend(own);
                     set_status(&mut resp, miss);
                     return Ok(resp);
                 }
@@ -110,7 +114,9 @@ where
                 land(&mut flight, Landing::Own);
                 let got = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, axum::Error>))
                     .chain(futures_util::stream::iter([Err(e)]));
-                return Ok(Response::from_parts(parts, Body::from_stream(got)));
+                let mut resp = Response::from_parts(parts, Body::from_stream(got));
+                resp.extensions_mut().extend(own);
+                return Ok(resp);
             }
         }
     }
@@ -129,7 +135,9 @@ where
         headers,
         body,
     });
-    Ok(finish(&cache, key, keep, &mut flight, snap, fwd, false))
+    let mut resp = finish(&cache, key, keep, &mut flight, snap, fwd, false);
+    resp.extensions_mut().extend(own);
+    Ok(resp)
 }
 
 /// Stores `snap` when it may be, lands the flight (followers share it only

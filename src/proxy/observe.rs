@@ -22,9 +22,7 @@ use super::layer::AppStage;
 use crate::access::Identity;
 use crate::admission::Admission;
 use crate::app::{App, Policy};
-use crate::body::BodyFault;
 use crate::config::ANONYMOUS;
-use crate::credential::QuotaKey;
 use crate::metrics::method_label;
 use crate::trace::{hex, parse, CallTrace, Finished, TRACEPARENT};
 
@@ -40,15 +38,6 @@ pub(crate) struct Record {
     pub(crate) identity: Option<Identity>,
     /// The config generation this call runs under, loaded once.
     pub(crate) policy: Option<Arc<Policy>>,
-    /// Why the streamed body was cut, if it was: HTTP/2 turns the body
-    /// error into a bare stream reset, and the stages need the cause.
-    pub(crate) body_fault: Option<BodyFault>,
-    /// The bearer token this call goes out with was fetched for it: a 401
-    /// then says nothing about the token, so it is neither dropped nor retried.
-    pub(crate) token_fresh: bool,
-    /// The quota key, computed once (a SHA-256 in passthrough) by the
-    /// savings stage for admission.
-    pub(crate) quota: Option<QuotaKey>,
     /// The quota key's admission, once chosen: refusals carry its RateLimit fields.
     pub(crate) admission: Option<Admission>,
     /// A refusal by the client's own window: its `RateLimit-Policy` and

@@ -59,7 +59,7 @@ where
             Ok(q) => q,
             Err(e) => return MaybeBoxed::boxed(std::future::ready(Err(e))),
         };
-        super::stages::outcome(&req).lock().quota = Some(quota);
+        req.extensions_mut().insert(super::stages::CallQuota(quota));
         let cache = self.app.cache.clone();
         let cfg = cache.config();
         let method = req.method().clone();

@@ -97,10 +97,23 @@ impl Check for BodyLimitStage {
         let body = std::mem::take(req.body_mut());
         let (limited, fault) = LimitedBody::new(body, self.limit, self.timeout);
         *req.body_mut() = Body::new(limited);
-        outcome(req).lock().body_fault = Some(fault);
+        // A typed fact of the call: the stages that read the body ask it why
+        // the body broke.
+        req.extensions_mut().insert(fault);
         Ok(())
     }
 }
+
+/// The call's quota key, computed once (a SHA-256 in passthrough) by the
+/// savings stage, which needs it first, and read by admission.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallQuota(pub(crate) crate::credential::QuotaKey);
+
+/// The call's answer went out with an OAuth2 token fetched for this very
+/// call (written by credential injection on the response): a 401 to it says
+/// nothing about the token, so it is neither dropped nor retried.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FreshToken;
 
 /// The call's credential and quota, which the access stage puts in place.
 pub(crate) fn route<B>(req: &Request<B>) -> Result<&Route, AccessError> {
