@@ -139,4 +139,25 @@ mod tests {
         }
         assert_eq!(s.counts("a", &spans), [5, 5], "at most cap per client");
     }
+
+    /// A reload's windows apply from then on: a shorter longest window
+    /// forgets what is older, a smaller cap keeps fewer.
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_changes_what_is_kept() {
+        let s = Spent::new(Duration::from_secs(10), 100);
+        let a: Arc<str> = "a".into();
+        let ten = [Duration::from_secs(10)];
+        s.record(&a);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        s.reconfigure(Duration::from_secs(1), 3);
+        assert_eq!(
+            s.counts("a", &ten),
+            [0],
+            "older than the new longest window"
+        );
+        for _ in 0..5 {
+            s.record(&a);
+        }
+        assert_eq!(s.counts("a", &ten), [3], "the new cap");
+    }
 }

@@ -124,6 +124,17 @@ async fn the_others_get_only_what_every_unused_reserve_leaves() {
     }
     let statuses: Vec<u16> = sync.iter().map(|r| r.status.as_u16()).collect();
     assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 200, 429, 429]);
+    // What the caller asked to wait is held to the rest's max_wait (30 s).
+    let asked = send(
+        &c,
+        Method::GET,
+        &p.url("/v1/sync/asked"),
+        &[("x-api-key", SYNC), ("prefer", "wait=100")],
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(asked.code(), "quota_exhausted");
+    assert_eq!(asked.header("preference-applied"), Some("wait=30"));
     assert_eq!(sync[7].code(), "quota_exhausted");
     assert_eq!(sync[7].header("ratelimit-policy"), Some("\"1m\";q=7;w=60"));
     let wait: u64 = sync[7].header("retry-after").unwrap().parse().unwrap();

@@ -80,7 +80,7 @@ impl Shares {
                 },
                 _ = tokio::time::sleep_until(when) => match reserve_slot(reserve, caller).await {
                     Ok(p) => return Ok((p, Part::Reserve)),
-                    Err(r) => at = r.retry_at().map(|a| a.max(when + TICK)),
+                    Err(r) => at = r.retry_at().map(|a| after(a, when)),
                 },
             }
         }
@@ -101,7 +101,7 @@ impl Shares {
             match reserve_slot(reserve, caller).await {
                 Ok(p) => return Ok((p, Part::Reserve)),
                 Err(r) => match r.retry_at() {
-                    Some(a) if a <= deadline => when = a.max(when + TICK),
+                    Some(a) if a <= deadline => when = after(a, when),
                     a => {
                         return Err(Refusal::QuotaExhausted {
                             retry_at: a.map_or(rest_at, |a| a.min(rest_at)),
@@ -132,8 +132,11 @@ impl Shares {
     }
 }
 
-/// The least a reserve that said "later" is asked again after: never a busy loop.
-const TICK: std::time::Duration = std::time::Duration::from_millis(1);
+/// When to ask a reserve again that said "later, at `at`" when asked at
+/// `when`: at `at`, and never at `when` again (no busy loop).
+fn after(at: Instant, when: Instant) -> Instant {
+    at.max(when + std::time::Duration::from_millis(1))
+}
 
 /// A reserve's slot, or when it frees: a gate never queues, so the answer
 /// is prompt (through Redis, one round trip).

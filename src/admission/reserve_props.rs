@@ -332,3 +332,82 @@ async fn max_wait_counts_the_reserve_freeing_as_well_as_the_rest() {
     let last = g.iter().rfind(|(n, ..)| *n == "owner").unwrap();
     assert_eq!((last.1, last.2), (Err(Some(ms(1000))), ms(100)), "{g:?}");
 }
+
+/// Two calls of the owner wait for its reserve alone (the rest cannot serve
+/// them within `max_wait`): its burst's sends leave the reserve at 1000 ms
+/// (one) and 1300 ms (two). At 1000 ms one of them takes the freed slot;
+/// the other is told "1300 ms" and waits for it when that is within its
+/// wait (`max_wait`, here the caller's own cap), and is refused then, told
+/// 1300 ms, when it is not.
+async fn two_owners_racing_for_one_slot(max_wait: Duration) -> Grants {
+    let cfg = AdmissionConfig {
+        on_limit: OnLimit::Queue,
+        max_wait: Duration::from_secs(30),
+        ..cfg()
+    };
+    let q = Quotas::new(&test_limits(&[(10, 1000)]), &cfg, None, None, None).unwrap();
+    let split = Split {
+        credential: "default".into(),
+        rest: test_limits(&[(7, 1000)]),
+        reserves: vec![("owner".into(), test_limits(&[(3, 1000)]))],
+    };
+    q.set_splits(&[split], &cfg).unwrap();
+    let t0 = Instant::now();
+    let grants = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let call = |name: &'static str| {
+        let (shares, grants) = (q.shares(name, "default").unwrap(), grants.clone());
+        tokio::spawn(async move {
+            // The owner's own cap on its wait (`Prefer: wait`); the others
+            // wait up to 30 s, so the rest stays busy.
+            let c = Caller {
+                name: name.into(),
+                weight: 1,
+                wait: (name == "owner").then_some(max_wait),
+                priority: NORMAL,
+            };
+            let got = shares.acquire(&c).await;
+            let now = Instant::now();
+            let got = got.map(|(p, part)| {
+                p.sent().landed();
+                part
+            });
+            let got = got.map_err(|r| r.retry_at().map(|a| a - t0));
+            grants.lock().unwrap().push((name, got, now - t0));
+        })
+    };
+    let others = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
+    let mut tasks: Vec<_> = (0..20).map(|i| call(others[i % 10])).collect();
+    tasks.push(call("owner"));
+    tokio::time::sleep(ms(300)).await;
+    tasks.extend((0..2).map(|_| call("owner")));
+    tokio::time::sleep(ms(100)).await;
+    tasks.extend((0..2).map(|_| call("owner")));
+    tokio::time::sleep(ms(1500)).await;
+    q.close();
+    for t in tasks {
+        t.abort();
+    }
+    let g = grants.lock().unwrap().clone();
+    g.into_iter().filter(|(n, ..)| *n == "owner").collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_owner_that_lost_the_race_waits_again_within_max_wait() {
+    let g = two_owners_racing_for_one_slot(ms(1000)).await;
+    let late: Vec<_> = g.iter().skip(3).map(|(_, got, t)| (*got, *t)).collect();
+    assert_eq!(
+        late,
+        [(Ok(Part::Reserve), ms(1000)), (Ok(Part::Reserve), ms(1300))],
+        "{g:?}"
+    );
+    let g = two_owners_racing_for_one_slot(ms(800)).await;
+    let late: Vec<_> = g.iter().skip(3).map(|(_, got, t)| (*got, *t)).collect();
+    assert_eq!(
+        late,
+        [
+            (Ok(Part::Reserve), ms(1000)),
+            (Err(Some(ms(1300))), ms(1000))
+        ],
+        "{g:?}"
+    );
+}
