@@ -411,3 +411,45 @@ async fn an_owner_that_lost_the_race_waits_again_within_max_wait() {
         "{g:?}"
     );
 }
+
+/// Closing the quotas (the drain at shutdown) answers the calls waiting in
+/// a shared rest too, and refuses new calls of every part.
+#[tokio::test(start_paused = true)]
+async fn closing_answers_the_calls_waiting_in_the_rest() {
+    let cfg = AdmissionConfig {
+        on_limit: OnLimit::Queue,
+        max_wait: Duration::from_secs(30),
+        ..cfg()
+    };
+    let q = Quotas::new(&test_limits(&[(2, 1000)]), &cfg, None, None, None).unwrap();
+    let split = Split {
+        credential: "default".into(),
+        rest: test_limits(&[(1, 1000)]),
+        reserves: vec![("owner".into(), test_limits(&[(1, 1000)]))],
+    };
+    q.set_splits(&[split], &cfg).unwrap();
+    let c = Caller {
+        name: "other".into(),
+        weight: 1,
+        wait: None,
+        priority: NORMAL,
+    };
+    let shares = q.shares("other", "default").unwrap();
+    let (p, _) = shares.acquire(&c).await.unwrap();
+    p.sent().landed();
+    let waiting = tokio::spawn({
+        let (shares, c) = (shares.clone(), c.clone());
+        async move { shares.acquire(&c).await.map(|(_, part)| part) }
+    });
+    tokio::time::sleep(ms(10)).await;
+    q.close();
+    assert_eq!(waiting.await.unwrap(), Err(Refusal::ShuttingDown));
+    let owner = q.shares("owner", "default").unwrap();
+    let got = owner
+        .acquire(&Caller {
+            name: "owner".into(),
+            ..c
+        })
+        .await;
+    assert_eq!(got.map(|(_, part)| part), Err(Refusal::ShuttingDown));
+}
