@@ -421,4 +421,6 @@ mod priority_tests;
 #[cfg(test)]
 mod reserve_props;
 #[cfg(test)]
+mod reserve_tests;
+#[cfg(test)]
 mod tests;

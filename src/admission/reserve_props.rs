@@ -17,7 +17,7 @@ use super::*;
 use crate::config::{OnLimit, Split, Upstream429};
 use crate::quota::test_limits;
 
-fn cfg() -> AdmissionConfig {
+pub(super) fn cfg() -> AdmissionConfig {
     AdmissionConfig {
         on_limit: OnLimit::Reject,
         max_queue: 100,
@@ -129,8 +129,14 @@ fn run(windows: &[(u32, u64)], reserves: &[f64], own: &[Option<u32>], arrivals: 
                 priority: NORMAL,
             };
             // The client's own window first, as the admission stage asks it.
-            let own_at =
-                own[*client].map(|n| room_at(&log, &[(n, ms(700))], |g| g.client == *client, now));
+            let own_at = own[*client].map(|n| {
+                room_at(
+                    &log,
+                    &[(n, Duration::from_millis(700))],
+                    |g| g.client == *client,
+                    now,
+                )
+            });
             let gate = q.client_gate(&c.name).map(|g| g.try_acquire());
             let own_slot = match (gate, own_at) {
                 (None, None) => None,
@@ -228,228 +234,4 @@ proptest! {
         let arrivals: Vec<(u64, usize)> = arrivals.into_iter().map(|(d, c)| (d, c % reserves.len())).collect();
         run(&windows, &reserves, &own, &arrivals);
     }
-}
-
-/// Who, what (a part, or a refusal's Retry-After from the start), when.
-type Grants = Vec<(&'static str, Result<Part, Option<Duration>>, Duration)>;
-
-/// Queue mode, 10 per second split 3 (the owner's reserve) and 7: the
-/// owner's burst of 3 and 20 calls of 10 others at 0 ms, the owner's 4th
-/// call at 100 ms (its reserve full, 13 others waiting in the rest), each
-/// call with `max_wait`; who got what, when, after 1.6 s.
-async fn owner_behind_a_queue(max_wait: Duration) -> Grants {
-    let cfg = AdmissionConfig {
-        on_limit: OnLimit::Queue,
-        max_wait,
-        ..cfg()
-    };
-    let limits = test_limits(&[(10, 1000)]);
-    let q = Quotas::new(&limits, &cfg, None, None, None).unwrap();
-    let split = Split {
-        credential: "default".into(),
-        rest: test_limits(&[(7, 1000)]),
-        reserves: vec![("owner".into(), test_limits(&[(3, 1000)]))],
-    };
-    q.set_splits(&[split], &cfg).unwrap();
-    let t0 = Instant::now();
-    let grants = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let call = |name: &'static str| {
-        let (shares, grants) = (q.shares(name, "default").unwrap(), grants.clone());
-        tokio::spawn(async move {
-            let c = Caller {
-                name: name.into(),
-                weight: 1,
-                wait: None,
-                priority: NORMAL,
-            };
-            let got = shares.acquire(&c).await;
-            let now = Instant::now();
-            let got = got.map(|(p, part)| {
-                p.sent().landed();
-                part
-            });
-            let got = got.map_err(|r| r.retry_at().map(|a| a - t0));
-            grants.lock().unwrap().push((name, got, now - t0));
-        })
-    };
-    let mut tasks: Vec<_> = (0..3).map(|_| call("owner")).collect();
-    let others = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
-    tasks.extend((0..20).map(|i| call(others[i % 10])));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    tasks.push(call("owner"));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    q.close();
-    for t in tasks {
-        t.abort();
-    }
-    let g = grants.lock().unwrap().clone();
-    let owner = g.iter().filter(|(n, ..)| *n == "owner").count();
-    assert_eq!(owner, 4, "{g:?}");
-    g
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-/// The owner's waiting call takes its reserve's slot the moment it frees
-/// (one span after its burst), not its turn in the rest, and the place it
-/// gave up in the rest goes to the next caller.
-#[tokio::test(start_paused = true)]
-async fn a_waiting_owner_takes_its_reserve_the_moment_it_frees() {
-    let g = owner_behind_a_queue(Duration::from_secs(30)).await;
-    let owner: Vec<_> = g.iter().filter(|(n, ..)| *n == "owner").collect();
-    assert!(owner[..3]
-        .iter()
-        .all(|(_, p, t)| *p == Ok(Part::Reserve) && *t == ms(0)));
-    assert_eq!(
-        (owner[3].1, owner[3].2),
-        (Ok(Part::Reserve), ms(1000)),
-        "{g:?}"
-    );
-    let rest_at = |at| {
-        (g.iter())
-            .filter(|(n, p, t)| *n != "owner" && *p == Ok(Part::Rest) && *t == ms(at))
-            .count()
-    };
-    assert_eq!(
-        (rest_at(0), rest_at(1000)),
-        (7, 7),
-        "the rest lost no slot: {g:?}"
-    );
-}
-
-/// Its turn in the rest is past `max_wait` (2 s away, 1.5 s allowed) but its
-/// reserve frees in time: it waits for the reserve rather than being
-/// refused; with 0.5 s allowed it is refused at once, told the sooner of
-/// the two instants (the reserve's, at 1 s).
-#[tokio::test(start_paused = true)]
-async fn max_wait_counts_the_reserve_freeing_as_well_as_the_rest() {
-    let g = owner_behind_a_queue(ms(1500)).await;
-    let last = g.iter().rfind(|(n, ..)| *n == "owner").unwrap();
-    assert_eq!((last.1, last.2), (Ok(Part::Reserve), ms(1000)), "{g:?}");
-    let g = owner_behind_a_queue(ms(500)).await;
-    let last = g.iter().rfind(|(n, ..)| *n == "owner").unwrap();
-    assert_eq!((last.1, last.2), (Err(Some(ms(1000))), ms(100)), "{g:?}");
-}
-
-/// Two calls of the owner wait for its reserve alone (the rest cannot serve
-/// them within `max_wait`): its burst's sends leave the reserve at 1000 ms
-/// (one) and 1300 ms (two). At 1000 ms one of them takes the freed slot;
-/// the other is told "1300 ms" and waits for it when that is within its
-/// wait (`max_wait`, here the caller's own cap), and is refused then, told
-/// 1300 ms, when it is not.
-async fn two_owners_racing_for_one_slot(max_wait: Duration) -> Grants {
-    let cfg = AdmissionConfig {
-        on_limit: OnLimit::Queue,
-        max_wait: Duration::from_secs(30),
-        ..cfg()
-    };
-    let q = Quotas::new(&test_limits(&[(10, 1000)]), &cfg, None, None, None).unwrap();
-    let split = Split {
-        credential: "default".into(),
-        rest: test_limits(&[(7, 1000)]),
-        reserves: vec![("owner".into(), test_limits(&[(3, 1000)]))],
-    };
-    q.set_splits(&[split], &cfg).unwrap();
-    let t0 = Instant::now();
-    let grants = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let call = |name: &'static str| {
-        let (shares, grants) = (q.shares(name, "default").unwrap(), grants.clone());
-        tokio::spawn(async move {
-            // The owner's own cap on its wait (`Prefer: wait`); the others
-            // wait up to 30 s, so the rest stays busy.
-            let c = Caller {
-                name: name.into(),
-                weight: 1,
-                wait: (name == "owner").then_some(max_wait),
-                priority: NORMAL,
-            };
-            let got = shares.acquire(&c).await;
-            let now = Instant::now();
-            let got = got.map(|(p, part)| {
-                p.sent().landed();
-                part
-            });
-            let got = got.map_err(|r| r.retry_at().map(|a| a - t0));
-            grants.lock().unwrap().push((name, got, now - t0));
-        })
-    };
-    let others = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
-    let mut tasks: Vec<_> = (0..20).map(|i| call(others[i % 10])).collect();
-    tasks.push(call("owner"));
-    tokio::time::sleep(ms(300)).await;
-    tasks.extend((0..2).map(|_| call("owner")));
-    tokio::time::sleep(ms(100)).await;
-    tasks.extend((0..2).map(|_| call("owner")));
-    tokio::time::sleep(ms(1500)).await;
-    q.close();
-    for t in tasks {
-        t.abort();
-    }
-    let g = grants.lock().unwrap().clone();
-    g.into_iter().filter(|(n, ..)| *n == "owner").collect()
-}
-
-#[tokio::test(start_paused = true)]
-async fn an_owner_that_lost_the_race_waits_again_within_max_wait() {
-    let g = two_owners_racing_for_one_slot(ms(1000)).await;
-    let late: Vec<_> = g.iter().skip(3).map(|(_, got, t)| (*got, *t)).collect();
-    assert_eq!(
-        late,
-        [(Ok(Part::Reserve), ms(1000)), (Ok(Part::Reserve), ms(1300))],
-        "{g:?}"
-    );
-    let g = two_owners_racing_for_one_slot(ms(800)).await;
-    let late: Vec<_> = g.iter().skip(3).map(|(_, got, t)| (*got, *t)).collect();
-    assert_eq!(
-        late,
-        [
-            (Ok(Part::Reserve), ms(1000)),
-            (Err(Some(ms(1300))), ms(1000))
-        ],
-        "{g:?}"
-    );
-}
-
-/// Closing the quotas (the drain at shutdown) answers the calls waiting in
-/// a shared rest too, and refuses new calls of every part.
-#[tokio::test(start_paused = true)]
-async fn closing_answers_the_calls_waiting_in_the_rest() {
-    let cfg = AdmissionConfig {
-        on_limit: OnLimit::Queue,
-        max_wait: Duration::from_secs(30),
-        ..cfg()
-    };
-    let q = Quotas::new(&test_limits(&[(2, 1000)]), &cfg, None, None, None).unwrap();
-    let split = Split {
-        credential: "default".into(),
-        rest: test_limits(&[(1, 1000)]),
-        reserves: vec![("owner".into(), test_limits(&[(1, 1000)]))],
-    };
-    q.set_splits(&[split], &cfg).unwrap();
-    let c = Caller {
-        name: "other".into(),
-        weight: 1,
-        wait: None,
-        priority: NORMAL,
-    };
-    let shares = q.shares("other", "default").unwrap();
-    let (p, _) = shares.acquire(&c).await.unwrap();
-    p.sent().landed();
-    let waiting = tokio::spawn({
-        let (shares, c) = (shares.clone(), c.clone());
-        async move { shares.acquire(&c).await.map(|(_, part)| part) }
-    });
-    tokio::time::sleep(ms(10)).await;
-    q.close();
-    assert_eq!(waiting.await.unwrap(), Err(Refusal::ShuttingDown));
-    let owner = q.shares("owner", "default").unwrap();
-    let got = owner
-        .acquire(&Caller {
-            name: "owner".into(),
-            ..c
-        })
-        .await;
-    assert_eq!(got.map(|(_, part)| part), Err(Refusal::ShuttingDown));
 }
