@@ -10,7 +10,7 @@
 //! `cap` sends (only a dry run, which refuses nothing, could reach it; the
 //! oldest go first, so a count is then a lower bound).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -27,8 +27,11 @@ struct Inner {
     keep: Duration,
     cap: usize,
     /// Landing instants per client, oldest first (taken under the lock, so
-    /// in order).
-    by_client: HashMap<Arc<str>, VecDeque<Instant>>,
+    /// in order). A list, not a map: a gateway has tens of clients, and a
+    /// call's name is the very `Arc` its client's entry holds, so finding it
+    /// is a pointer comparison per entry, no hashing (this is on every
+    /// call's path).
+    by_client: Vec<(Arc<str>, VecDeque<Instant>)>,
 }
 
 impl Inner {
@@ -47,7 +50,7 @@ impl Spent {
             inner: Mutex::new(Inner {
                 keep,
                 cap: cap.max(1),
-                by_client: HashMap::new(),
+                by_client: Vec::new(),
             }),
         }
     }
@@ -68,10 +71,21 @@ impl Spent {
         let mut st = self.lock();
         let now = Instant::now();
         let (keep, cap) = (st.keep, st.cap);
-        let log = match st.by_client.get_mut(client) {
-            Some(log) => log,
-            None => st.by_client.entry(client.clone()).or_default(),
+        let i = match (st.by_client.iter()).position(|(c, _)| Arc::ptr_eq(c, client)) {
+            Some(i) => i,
+            // A reload's new name `Arc`s: the entry takes the new one.
+            None => match st.by_client.iter().position(|(c, _)| c == client) {
+                Some(i) => {
+                    st.by_client[i].0 = client.clone();
+                    i
+                }
+                None => {
+                    st.by_client.push((client.clone(), VecDeque::new()));
+                    st.by_client.len() - 1
+                }
+            },
         };
+        let log = &mut st.by_client[i].1;
         Inner::prune(log, keep, now);
         if log.len() >= cap {
             log.pop_front();
@@ -85,11 +99,11 @@ impl Spent {
         let now = Instant::now();
         let keep = st.keep;
         // Clients gone quiet (or removed by a reload) leave nothing behind.
-        st.by_client.retain(|_, log| {
+        st.by_client.retain_mut(|(_, log)| {
             Inner::prune(log, keep, now);
             !log.is_empty()
         });
-        let Some(log) = st.by_client.get(client) else {
+        let Some((_, log)) = st.by_client.iter().find(|(c, _)| &**c == client) else {
             return vec![0; spans.len()];
         };
         (spans.iter())

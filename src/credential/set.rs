@@ -45,6 +45,12 @@ impl Route {
             None => self.credential.quota_key(headers),
         }
     }
+
+    /// Whether the key is computed per call (passthrough: a digest of the
+    /// caller's credential), so worth computing once.
+    pub fn computes_key(&self) -> bool {
+        matches!(*self.credential, Credential::Passthrough)
+    }
 }
 
 impl QuotaKey {

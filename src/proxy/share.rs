@@ -50,16 +50,22 @@ where
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        // Computed once here (a SHA-256 in passthrough) and handed to admission.
-        let quota = match super::stages::route(&req) {
-            Ok(route) => route.quota_key(req.headers()).map_err(ProxyError::from),
-            Err(e) => Err(e.into()),
+        // Computed once here (a SHA-256 in passthrough) and handed to
+        // admission; a configured credential's key is the route's own.
+        let (quota, computed) = match super::stages::route(&req) {
+            Ok(route) => (
+                route.quota_key(req.headers()).map_err(ProxyError::from),
+                route.computes_key(),
+            ),
+            Err(e) => (Err(e.into()), false),
         };
         let quota = match quota {
             Ok(q) => q,
             Err(e) => return MaybeBoxed::boxed(std::future::ready(Err(e))),
         };
-        req.extensions_mut().insert(super::stages::CallQuota(quota));
+        if computed {
+            req.extensions_mut().insert(super::stages::CallQuota(quota));
+        }
         let cache = self.app.cache.clone();
         let cfg = cache.config();
         let method = req.method().clone();

@@ -104,8 +104,9 @@ impl Check for BodyLimitStage {
     }
 }
 
-/// The call's quota key, computed once (a SHA-256 in passthrough) by the
-/// savings stage, which needs it first, and read by admission.
+/// The call's quota key when it had to be computed (passthrough: a SHA-256
+/// of the caller's credential): by the savings stage, which needs it first,
+/// for admission. A configured credential's key is its [`Route`]'s.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CallQuota(pub(crate) crate::credential::QuotaKey);
 
