@@ -31,10 +31,7 @@ fn decisions(c: &mut Criterion) {
     });
 
     c.bench_function("decide: through Admission (lock + windows + permit)", |b| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
+        let rt = runtime();
         // Two windows far above what one core can send: every call is admitted,
         // so this measures the lock, the decision and the permit round trip.
         let (limits, cfg) = (open_limits(), reject());
@@ -47,10 +44,7 @@ fn decisions(c: &mut Criterion) {
     c.bench_function(
         "decide: through Admission + state file (reserve + land)",
         |b| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .build()
-                .unwrap();
+            let rt = runtime();
             let limits = open_limits();
             let dir = tempfile::tempdir().unwrap();
             let (file, _) =
@@ -75,10 +69,7 @@ fn decisions(c: &mut Criterion) {
     c.bench_function(
         "decide: 20 clients, priorities, reserves (part + credential)",
         |b| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .build()
-                .unwrap();
+            let rt = runtime();
             let limits = open_limits();
             let split = dastra_proxy::config::Split {
                 credential: "default".into(),
@@ -146,6 +137,14 @@ fn acquire_and_send(
         let p = rt.block_on(a.acquire(&caller));
         black_box(p.map(|p| p.sent()).ok());
     })
+}
+
+/// A current-thread runtime with time, for one benchmark.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
 }
 
 fn open_limits() -> [Limit; 2] {

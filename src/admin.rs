@@ -206,18 +206,14 @@ async fn quota(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
     }
     // How each configured client is served: its weight and priority.
     for (name, weight, priority) in app.policy().access.tenants() {
-        let entry = clients
-            .entry(name.to_string())
-            .or_insert_with(|| json!({ "calls": 0, "refused": 0, "waiting": 0 }));
+        let entry = client_entry(&mut clients, name.to_string());
         entry["weight"] = json!(weight);
         entry["priority"] = json!(crate::config::priority_name(priority));
     }
     // Who spent the quota: each client's sends in each of its windows.
     for (name, windows) in &app.policy().spent_in {
         let spans: Vec<_> = windows.iter().map(|l| l.per).collect();
-        let entry = clients
-            .entry(name.to_string())
-            .or_insert_with(|| json!({ "calls": 0, "refused": 0, "waiting": 0 }));
+        let entry = client_entry(&mut clients, name.to_string());
         entry["windows"] = (windows.iter().zip(app.spent.counts(name, &spans)))
             .map(|(l, n)| json!({ "window": l.name, "used": n }))
             .collect();
@@ -225,9 +221,7 @@ async fn quota(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
     // Each client's own windows: its sends in each, against its own limit.
     for (name, gate) in app.quotas.client_gates() {
         let windows = gate.shared_snapshot().await.windows;
-        let entry = clients
-            .entry(name.to_string())
-            .or_insert_with(|| json!({ "calls": 0, "refused": 0, "waiting": 0 }));
+        let entry = client_entry(&mut clients, name.to_string());
         entry["limits"] = windows
             .iter()
             .map(|w| json!({ "window": w.name, "used": w.used, "limit": w.limit,
@@ -237,9 +231,7 @@ async fn quota(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
     // Each reserve: its owner's sends counted in it, against its part.
     for (name, reserve) in app.quotas.reserves() {
         let windows = reserve.shared_snapshot().await.windows;
-        let entry = clients
-            .entry(name.to_string())
-            .or_insert_with(|| json!({ "calls": 0, "refused": 0, "waiting": 0 }));
+        let entry = client_entry(&mut clients, name.to_string());
         entry["reserve"] = windows
             .iter()
             .map(|w| json!({ "window": w.name, "used": w.used, "limit": w.limit }))
@@ -273,6 +265,16 @@ async fn quota(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
         "degraded": degraded,
         "uptime_seconds": uptime.floor(),
     }))
+}
+
+/// A client's entry in `/quota`, made when it has none yet.
+fn client_entry(
+    clients: &mut serde_json::Map<String, serde_json::Value>,
+    name: String,
+) -> &mut serde_json::Value {
+    clients
+        .entry(name)
+        .or_insert_with(|| json!({ "calls": 0, "refused": 0, "waiting": 0 }))
 }
 
 /// One quota key's windows, pause and queue, as `/quota` shows them.

@@ -23,20 +23,34 @@ struct Scene {
     grants: Arc<Mutex<Grants>>,
 }
 
+/// Quotas of `rest + reserve` per second in queue mode (`max_wait` 30 s),
+/// split into the owner's `reserve` and the `rest`.
+fn split_quotas(rest: u32, reserve: u32) -> Quotas {
+    let cfg = AdmissionConfig {
+        on_limit: OnLimit::Queue,
+        max_wait: Duration::from_secs(30),
+        ..cfg()
+    };
+    let q = Quotas::new(
+        &test_limits(&[(rest + reserve, 1000)]),
+        &cfg,
+        None,
+        None,
+        None,
+    )
+    .unwrap();
+    let split = Split {
+        credential: "default".into(),
+        rest: test_limits(&[(rest, 1000)]),
+        reserves: vec![("owner".into(), test_limits(&[(reserve, 1000)]))],
+    };
+    q.set_splits(&[split], &cfg).unwrap();
+    q
+}
+
 impl Scene {
     fn new() -> Self {
-        let cfg = AdmissionConfig {
-            on_limit: OnLimit::Queue,
-            max_wait: Duration::from_secs(30),
-            ..cfg()
-        };
-        let q = Quotas::new(&test_limits(&[(10, 1000)]), &cfg, None, None, None).unwrap();
-        let split = Split {
-            credential: "default".into(),
-            rest: test_limits(&[(7, 1000)]),
-            reserves: vec![("owner".into(), test_limits(&[(3, 1000)]))],
-        };
-        q.set_splits(&[split], &cfg).unwrap();
+        let q = split_quotas(7, 3);
         Self {
             q,
             t0: Instant::now(),
@@ -182,18 +196,7 @@ async fn an_owner_that_lost_the_race_waits_again_within_max_wait() {
 /// a shared rest too, and refuses new calls of every part.
 #[tokio::test(start_paused = true)]
 async fn closing_answers_the_calls_waiting_in_the_rest() {
-    let cfg = AdmissionConfig {
-        on_limit: OnLimit::Queue,
-        max_wait: Duration::from_secs(30),
-        ..cfg()
-    };
-    let q = Quotas::new(&test_limits(&[(2, 1000)]), &cfg, None, None, None).unwrap();
-    let split = Split {
-        credential: "default".into(),
-        rest: test_limits(&[(1, 1000)]),
-        reserves: vec![("owner".into(), test_limits(&[(1, 1000)]))],
-    };
-    q.set_splits(&[split], &cfg).unwrap();
+    let q = split_quotas(1, 1);
     let c = Caller {
         name: "other".into(),
         weight: 1,
