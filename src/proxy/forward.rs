@@ -16,8 +16,9 @@ use tokio::time::{Instant, Timeout};
 use tower::Service;
 
 use super::check::CheckFuture;
-use super::headers::{add_forwarding, rewrite_location, X_REQUEST_ID};
+use super::headers::{add_forwarding, rewrite_location};
 use super::observe::Outcome;
+use super::request_id::X_REQUEST_ID;
 use crate::access::ConnInfo;
 use crate::app::App;
 use crate::body::BodyFault;

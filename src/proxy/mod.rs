@@ -22,6 +22,7 @@ mod prefer;
 #[cfg(test)]
 mod ready_tests;
 mod replay;
+mod request_id;
 mod rescue;
 mod share;
 mod signals;

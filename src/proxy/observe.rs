@@ -17,8 +17,8 @@ use tokio::time::Instant;
 use tower::Service;
 use tracing::Instrument as _;
 
-use super::headers::{request_id, X_REQUEST_ID};
 use super::layer::AppStage;
+use super::request_id::{request_id, X_REQUEST_ID};
 use crate::access::Identity;
 use crate::admission::Admission;
 use crate::app::{App, Policy};
