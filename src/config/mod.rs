@@ -254,6 +254,7 @@ impl Config {
     /// Facts an operator should know that are not mistakes.
     pub fn notes(&self) -> Vec<String> {
         let mut out = self.never_binding();
+        out.extend(self.reserve_notes());
         if matches!(self.store, StoreConfig::Memory { .. }) {
             out.push(
                 "store.kind = \"memory\": this process holds the whole quota by itself; k \

@@ -93,6 +93,35 @@ impl Config {
             .collect()
     }
 
+    /// What each credential's reserves cost the others while idle, for
+    /// `check`: held calls per window and what everyone else shares.
+    pub(super) fn reserve_notes(&self) -> Vec<String> {
+        let calls = |l: &[Limit]| {
+            let n: Vec<String> = l.iter().map(|l| l.requests.to_string()).collect();
+            n.join("/")
+        };
+        let mut out = Vec::new();
+        for s in self.splits() {
+            // `default` is never a [[credentials]] name: it finds [credential]'s.
+            let full = self.route_limits(Some(&s.credential));
+            let who: Vec<String> = (s.reserves.iter())
+                .map(|(c, l)| format!("{c} {}", calls(l)))
+                .collect();
+            let rest: Vec<String> = (s.rest.iter().zip(full))
+                .map(|(r, l)| format!("{} of {} per {}", r.requests, l.requests, l.name))
+                .collect();
+            out.push(format!(
+                "credential `{}`: reserves hold calls of every window for {} (windows in \
+                 order); while a reserve is idle its calls go unused, and everyone else \
+                 shares {}",
+                s.credential,
+                who.join(", "),
+                rest.join(", ")
+            ));
+        }
+        out
+    }
+
     /// The windows of the credential a client names (`None`: `[credential]`).
     fn route_limits(&self, credential: Option<&str>) -> &[Limit] {
         let named = credential.and_then(|n| self.credentials.iter().find(|k| k.name == n));
@@ -229,6 +258,13 @@ mod tests {
         assert_eq!(n(&s[0].reserves[0].1), [3, 30]);
         assert_eq!(n(&s[0].reserves[1].1), [2, 20]);
         assert!(c.to_string().contains("reserve = 0.3"), "check prints it");
+        let notes = c.notes();
+        let note = notes.iter().find(|n| n.contains("reserves hold")).unwrap();
+        assert!(note.contains("c0 3/30, c2 2/20"), "{note}");
+        assert!(
+            note.contains("everyone else shares 5 of 10 per 1m, 50 of 100 per 10m"),
+            "{note}"
+        );
         assert!(parse(&[0.0], "").unwrap().splits().is_empty());
     }
 
