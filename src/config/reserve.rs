@@ -31,6 +31,12 @@ pub struct Split {
     pub reserves: Vec<(String, Vec<Limit>)>,
 }
 
+/// Whether reserves summing to `sum` leave the others too little; the slack
+/// absorbs the sum's rounding (0.45 + 0.45 is allowed).
+fn over_max(sum: f64) -> bool {
+    sum > MAX_RESERVED + 1e-9
+}
+
 /// A client's part of one window: whole calls, rounded down.
 fn calls(l: &Limit, reserve: f64) -> u32 {
     (f64::from(l.requests) * reserve).floor() as u32
@@ -170,7 +176,7 @@ impl Validator<'_> {
                 .filter(|o| o.credential == c.credential)
                 .map(|o| o.reserve)
                 .sum();
-            if sum > MAX_RESERVED + 1e-9 {
+            if over_max(sum) {
                 let shared = of.iter().map(|l| {
                     let held: u32 = (clients.iter())
                         .filter(|o| o.credential == c.credential)
@@ -279,6 +285,7 @@ mod tests {
             "{e}"
         );
         assert!(parse(&[0.45, 0.45], "").is_ok(), "0.9 is allowed");
+        assert!(parse(&[0.1], "").is_ok(), "one call of 10 is a reserve");
         let e = err(&[0.05], "");
         assert!(
             e.contains("clients[0].reserve") && e.contains("less than one call"),
@@ -291,5 +298,62 @@ mod tests {
         let redis = "[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:1\"\nreplicas = 4\n";
         let e = err(&[0.3], redis);
         assert!(e.contains("one call per replica (4)"), "{e}");
+    }
+
+    /// A client routed to a named credential: its reserve splits that
+    /// credential's windows, `check` judges it against them, and its sends
+    /// are counted in them and in its own (each window once).
+    #[test]
+    fn a_named_credentials_windows_are_the_ones_split_and_counted() {
+        let env = crate::secret::SecretEnv::fixed([("DASTRA_API_KEY", "k"), ("HR", "h")]);
+        let text = |reserve: &str, own: &str| {
+            format!(
+                "[credential]\n[[credentials]]\nname = \"hr\"\napi_key_env = \"HR\"\n\
+                 [[credentials.limits]]\nrequests = 20\nper = \"1m\"\n\
+                 [[clients]]\nname = \"a\"\nkey_sha256 = \"{}\"\ncredential = \"hr\"\n\
+                 reserve = {reserve}\n{own}\
+                 [[clients]]\nname = \"b\"\nkey_sha256 = \"{}\"\n",
+                DIGESTS[0], DIGESTS[1]
+            )
+        };
+        let parse = |t: &str| Config::parse_with(t, std::path::Path::new("t.toml"), &env);
+        let own = "[[clients.limits]]\nrequests = 3\nper = \"1m\"\n\
+                   [[clients.limits]]\nrequests = 5\nper = \"10s\"\n";
+        let c = parse(&text("0.25", own)).unwrap();
+        let s = c.splits();
+        assert_eq!((s.len(), s[0].credential.as_str()), (1, "hr"));
+        assert_eq!(
+            (s[0].rest[0].requests, s[0].reserves[0].1[0].requests),
+            (15, 5)
+        );
+        let w = c.client_windows();
+        let names = |i: usize| -> Vec<(&str, u32)> {
+            w[i].1
+                .iter()
+                .map(|l| (l.name.as_str(), l.requests))
+                .collect()
+        };
+        assert_eq!(
+            (w[0].0.as_str(), names(0)),
+            ("a", vec![("1m", 20), ("10s", 5)])
+        );
+        assert_eq!(
+            (w[1].0.as_str(), names(1)),
+            ("b", vec![("1m", 500), ("10m", 10000)]),
+            "the default credential's"
+        );
+        // 0.04 of hr's 20 is under one call, though of the default's 500 it is not.
+        let e = parse(&text("0.04", "")).unwrap_err().to_string();
+        assert!(
+            e.contains("clients[0].reserve") && e.contains("(20 requests)"),
+            "{e}"
+        );
+        // Without clients, every call's windows are the default credential's.
+        let c = Config::parse_with("[credential]\n", std::path::Path::new("t.toml"), &env).unwrap();
+        let w = c.client_windows();
+        assert_eq!(
+            (w.len(), w[0].0.as_str(), w[0].1.len()),
+            (1, "anonymous", 2)
+        );
     }
 }
