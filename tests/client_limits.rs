@@ -281,11 +281,7 @@ async fn a_clients_window_survives_a_restart() {
         let r = as_client(&c, &proxy.url(&format!("/v1/bi/{i}")), BI).await;
         assert_eq!(r.status, 200);
     }
-    proxy.signal("TERM");
-    let mut proxy = proxy;
-    tokio::task::spawn_blocking(move || proxy.child.wait().unwrap())
-        .await
-        .unwrap();
+    proxy.terminate().await;
     let proxy = BinProxy::start(dir.path(), &up, &config);
     let r = as_client(&c, &proxy.url("/v1/bi/3"), BI).await;
     assert_eq!(

@@ -193,11 +193,7 @@ async fn a_reserve_survives_a_restart() {
         as_client(&c, &proxy.url("/v1/form/0"), FORM).await.status,
         200
     );
-    proxy.signal("TERM");
-    let mut proxy = proxy;
-    tokio::task::spawn_blocking(move || proxy.child.wait().unwrap())
-        .await
-        .unwrap();
+    proxy.terminate().await;
     let proxy = BinProxy::start(dir.path(), &up, &cfg);
     let r = as_client(&c, &proxy.url("/v1/sync/7"), SYNC).await;
     assert_eq!(r.code(), "quota_exhausted", "the restart forgot the rest");

@@ -308,11 +308,7 @@ async fn a_restart_keeps_each_credentials_window() {
     let url = |p: &str| proxy.url(p);
     assert_eq!(calls(&c, url, "hr", HR_APP, 0..3).await, [200; 3]);
     assert_eq!(calls(&c, url, "crm", CRM_APP, 0..1).await, [200]);
-    proxy.signal("TERM");
-    let mut proxy = proxy;
-    tokio::task::spawn_blocking(move || proxy.child.wait().unwrap())
-        .await
-        .unwrap();
+    proxy.terminate().await;
 
     let proxy = BinProxy::start(dir.path(), &up, &config);
     assert_eq!(

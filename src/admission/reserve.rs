@@ -52,15 +52,15 @@ impl Shares {
     /// could free for it.
     pub async fn acquire(&self, caller: &Caller) -> Result<(Permit, Part), Refusal> {
         let Some(reserve) = &self.reserve else {
-            return self.rest_slot(caller).await.map(|p| (p, Part::Rest));
+            return slot(&self.rest, caller).await.map(|p| (p, Part::Rest));
         };
-        let mut at = match reserve_slot(reserve, caller).await {
+        let mut at = match slot(reserve, caller).await {
             Ok(p) => return Ok((p, Part::Reserve)),
             Err(r) => r.retry_at(),
         };
         let deadline = Instant::now() + caller.max_wait(self.rest.max_wait());
         let queueing = self.rest.inner.lock().on_limit == OnLimit::Queue;
-        let mut rest = std::pin::pin!(self.rest_slot(caller));
+        let mut rest = std::pin::pin!(slot(&self.rest, caller));
         loop {
             let Some(when) = at.filter(|a| queueing && *a <= deadline) else {
                 // The reserve cannot free in time: the rest alone decides.
@@ -74,50 +74,15 @@ impl Shares {
                     Ok(p) => Ok((p, Part::Rest)),
                     // The rest cannot serve it in time, its reserve can.
                     Err(Refusal::QuotaExhausted { retry_at }) => {
-                        self.reserve_alone(reserve, caller, when, deadline, retry_at).await
+                        reserve_alone(reserve, caller, when, deadline, retry_at).await
                     }
                     Err(e) => Err(sooner(e, at)),
                 },
-                _ = tokio::time::sleep_until(when) => match reserve_slot(reserve, caller).await {
+                _ = tokio::time::sleep_until(when) => match slot(reserve, caller).await {
                     Ok(p) => return Ok((p, Part::Reserve)),
                     Err(r) => at = r.retry_at().map(|a| after(a, when)),
                 },
             }
-        }
-    }
-
-    /// Waits for the reserve alone, until `deadline`; `rest_at`: when the
-    /// rest said it frees.
-    async fn reserve_alone(
-        &self,
-        reserve: &Admission,
-        caller: &Caller,
-        mut when: Instant,
-        deadline: Instant,
-        rest_at: Instant,
-    ) -> Result<(Permit, Part), Refusal> {
-        loop {
-            tokio::time::sleep_until(when).await;
-            match reserve_slot(reserve, caller).await {
-                Ok(p) => return Ok((p, Part::Reserve)),
-                Err(r) => match r.retry_at() {
-                    Some(a) if a <= deadline => when = after(a, when),
-                    a => {
-                        return Err(Refusal::QuotaExhausted {
-                            retry_at: a.map_or(rest_at, |a| a.min(rest_at)),
-                        })
-                    }
-                },
-            }
-        }
-    }
-
-    /// The shared rest's slot: answered without waiting when it can be, as
-    /// the credential's own is.
-    async fn rest_slot(&self, caller: &Caller) -> Result<Permit, Refusal> {
-        match self.rest.try_acquire() {
-            Some(got) => got.map_err(|(refusal, _)| refusal),
-            None => self.rest.acquire(caller).await,
         }
     }
 
@@ -138,12 +103,34 @@ fn after(at: Instant, when: Instant) -> Instant {
     at.max(when + std::time::Duration::from_millis(1))
 }
 
-/// A reserve's slot, or when it frees: a gate never queues, so the answer
-/// is prompt (through Redis, one round trip).
-async fn reserve_slot(reserve: &Admission, caller: &Caller) -> Result<Permit, Refusal> {
-    match reserve.try_acquire() {
+/// A part's slot: answered without waiting when it can be, as the
+/// credential's own is (a reserve never queues: its answer is prompt, one
+/// Redis round trip at most).
+async fn slot(part: &Admission, caller: &Caller) -> Result<Permit, Refusal> {
+    match part.try_acquire() {
         Some(got) => got.map_err(|(refusal, _)| refusal),
-        None => Box::pin(reserve.acquire(caller)).await,
+        None => part.acquire(caller).await,
+    }
+}
+
+/// Waits for the reserve alone, until `deadline`; `rest_at`: when the rest
+/// said it frees.
+async fn reserve_alone(
+    reserve: &Admission,
+    caller: &Caller,
+    mut when: Instant,
+    deadline: Instant,
+    rest_at: Instant,
+) -> Result<(Permit, Part), Refusal> {
+    loop {
+        tokio::time::sleep_until(when).await;
+        match slot(reserve, caller).await {
+            Ok(p) => return Ok((p, Part::Reserve)),
+            Err(r) => match r.retry_at() {
+                Some(a) if a <= deadline => when = after(a, when),
+                a => return Err(sooner(Refusal::QuotaExhausted { retry_at: rest_at }, a)),
+            },
+        }
     }
 }
 

@@ -8,7 +8,6 @@ impl Metrics {
     /// Each credential's windows: `window_limit` set, `window_used` and
     /// `upstream_429_total` at 0 until the first scrape or 429.
     fn window_series(&self, config: &Config) {
-        let metrics = self;
         let default = config
             .credential
             .iter()
@@ -17,13 +16,12 @@ impl Metrics {
         for (credential, limits) in default.chain(named) {
             for l in limits {
                 let labels = [credential, l.name.as_str()];
-                metrics
-                    .window_limit
+                self.window_limit
                     .with_label_values(&labels)
                     .set(i64::from(l.requests));
-                metrics.window_used.with_label_values(&labels);
+                self.window_used.with_label_values(&labels);
             }
-            metrics.upstream_429_total.with_label_values(&[credential]);
+            self.upstream_429_total.with_label_values(&[credential]);
         }
     }
 
@@ -31,32 +29,32 @@ impl Metrics {
     /// client a reload adds reads 0, not "No data").
     /// `codes`: every refusal code (`error::REFUSAL_CODES`).
     pub fn known_series(&self, config: &Config, codes: &[&str]) {
-        let metrics = self;
         self.window_series(config);
         let names: Vec<&str> = match config.clients.is_empty() {
             true => vec![crate::config::ANONYMOUS],
             false => config.clients.iter().map(|c| c.name.as_str()).collect(),
         };
         for name in names {
-            metrics.queue_depth.with_label_values(&[name]);
+            self.queue_depth.with_label_values(&[name]);
             for code in codes {
-                metrics.rejected_total.with_label_values(&[name, code]);
+                self.rejected_total.with_label_values(&[name, code]);
             }
             for would in ["queue", "reject"] {
-                metrics.dry_run_total.with_label_values(&[name, would]);
+                self.dry_run_total.with_label_values(&[name, would]);
             }
         }
         // A reserve removed by a reload leaves no series behind.
-        metrics.client_reserve.reset();
+        self.client_reserve.reset();
         for (client, part) in config.splits().iter().flat_map(|s| &s.reserves) {
             for l in part {
-                let series = metrics.client_reserve.with_label_values(&[client, &l.name]);
+                let series = self.client_reserve.with_label_values(&[client, &l.name]);
                 series.set(i64::from(l.requests));
             }
         }
         for (client, windows) in config.client_windows() {
             for l in &windows {
-                (metrics.client_window_used).with_label_values(&[&client, &l.name]);
+                self.client_window_used
+                    .with_label_values(&[&client, &l.name]);
             }
         }
     }

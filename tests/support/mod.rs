@@ -274,6 +274,16 @@ impl BinProxy {
         wait_for_port(self.admin);
     }
 
+    /// SIGTERM, then waits for the process to end (its drain, its state
+    /// file written): a restart's first half.
+    pub async fn terminate(self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let mut proxy = self;
+        tokio::task::spawn_blocking(move || proxy.child.wait().unwrap())
+            .await
+            .unwrap()
+    }
+
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .arg(format!("-{sig}"))
