@@ -53,6 +53,10 @@ pub enum ProxyError {
         "no stored answer may be used for this request, and only-if-cached forbids asking Dastra"
     )]
     NotCached,
+    /// A stage ran before the stage that writes a fact it needs: the stack
+    /// is built wrong (a bug, never a caller's doing; see `proxy::facts`).
+    #[error("internal error: {0} was needed before it was known")]
+    Misordered(&'static str),
 }
 
 impl From<Refusal> for ProxyError {
@@ -180,6 +184,7 @@ impl ProxyError {
             ProxyError::Upstream(CallError::Timeout(_)) | ProxyError::NotCached => {
                 StatusCode::GATEWAY_TIMEOUT
             }
+            ProxyError::Misordered(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -213,6 +218,7 @@ impl ProxyError {
             ) => "upstream_unreachable",
             ProxyError::Upstream(CallError::Timeout(_)) => "upstream_timeout",
             ProxyError::NotCached => "not_cached",
+            ProxyError::Misordered(_) => "internal",
         }
     }
 

@@ -111,3 +111,66 @@ fn the_readme_states_the_codes_constants() {
         "a stale settle figure"
     );
 }
+
+/// Each of a call's facts (`src/proxy/facts.rs`) is written by the one stage
+/// its declaration names ("written in `file.rs`"), and by no other file.
+#[test]
+fn each_call_fact_has_the_one_writer_it_declares() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let decl = std::fs::read_to_string(src.join("proxy/facts.rs")).unwrap();
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let texts: Vec<(PathBuf, String)> = files
+        .into_iter()
+        .filter(|f| !f.ends_with("proxy/facts.rs"))
+        .map(|f| {
+            let t = std::fs::read_to_string(&f).unwrap();
+            (f, t)
+        })
+        .collect();
+    // The fields of `Facts`, each with the doc comment above it.
+    let body = &decl[decl.find("pub(crate) struct Facts {").unwrap()..];
+    let body = &body[..body.find("\n}").unwrap()];
+    let (mut doc, mut checked) = (String::new(), 0);
+    for line in body.lines().skip(1) {
+        let t = line.trim();
+        if let Some(d) = t.strip_prefix("///") {
+            doc.push_str(d);
+            doc.push(' ');
+            continue;
+        }
+        let field = t
+            .split(':')
+            .next()
+            .unwrap()
+            .trim_start_matches("pub(crate) ");
+        let setter = format!(".set_{field}(");
+        let doc_text = doc.split_whitespace().collect::<Vec<_>>().join(" ");
+        let declared = doc_text
+            .split("written in `")
+            .nth(1)
+            .and_then(|r| r.split('`').next())
+            .map(str::to_owned);
+        doc.clear();
+        if !decl.contains(&format!("fn set_{field}(")) {
+            // Set at creation (the request id), not by a stage.
+            continue;
+        }
+        let declared = declared
+            .unwrap_or_else(|| panic!("facts.rs: `{field}` does not say where it is written"));
+        let writers: Vec<&PathBuf> = texts
+            .iter()
+            .filter(|(_, t)| t.contains(&setter))
+            .map(|(f, _)| f)
+            .collect();
+        assert!(
+            writers.len() == 1 && writers[0].ends_with(format!("proxy/{declared}")),
+            "`{field}` declares its writer in proxy/{declared}, but `{setter}` is called in {writers:?}"
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 7,
+        "only {checked} facts found: did facts.rs change shape?"
+    );
+}

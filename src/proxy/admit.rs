@@ -12,19 +12,19 @@ use std::time::Duration;
 use axum::body::Body;
 use http::{Request, Response};
 use tokio::time::Instant;
-use tower::{Service, ServiceExt as _};
+use tower::Service;
 
 use super::check::CheckFuture;
-use super::headers::add_ratelimit_fields;
+use super::facts::{facts, CallQuota, Facts};
 use super::layer::AppStage;
-use super::observe::Outcome;
-use super::stages::outcome;
+use super::ratelimit::add_quota_fields;
+use super::send::Sends;
+use super::slots::{admitted, refused, take_part, CallQuotas, Slots};
 use super::StageFuture;
 use crate::admission::{Admission, Caller, Permit, Refusal};
-use crate::config::{Upstream429, ANONYMOUS};
+use crate::config::Upstream429;
 use crate::error::ProxyError;
 use crate::trace::CallTrace;
-use crate::upstream::CallError;
 
 /// The quota slot of each call.
 #[derive(Debug, Clone)]
@@ -50,48 +50,39 @@ where
         let app = self.app.clone();
         let entered = Instant::now();
         let trace = req.extensions().get::<Arc<CallTrace>>().cloned();
-        let outcome = outcome(&req).clone();
-        let key = req
-            .extensions()
-            .get::<super::stages::CallQuota>()
-            .map(|q| q.0);
-        let (mut caller, pause, owner) = {
-            let rec = outcome.lock();
-            let caller = rec.identity.as_ref().map_or_else(
-                || Caller {
-                    name: ANONYMOUS.into(),
-                    weight: 1,
+        let facts = match facts(&req) {
+            Ok(f) => f.clone(),
+            Err(e) => return CheckFuture::Refused { error: Some(e) },
+        };
+        let key = req.extensions().get::<CallQuota>().map(|q| q.0);
+        let (mut caller, pause, owner) = match facts.caller() {
+            Ok(c) => (
+                Caller {
+                    name: c.identity.name.clone(),
+                    weight: c.identity.weight,
                     wait: None,
-                    priority: crate::admission::NORMAL,
+                    priority: c.identity.priority,
                 },
-                |id| Caller {
-                    name: id.name.clone(),
-                    weight: id.weight,
-                    wait: None,
-                    priority: id.priority,
-                },
-            );
-            let pause = rec
-                .policy
-                .as_ref()
-                .is_none_or(|p| p.upstream_429 == Upstream429::Pause);
-            (caller, pause, rec.identity.as_ref().map(|id| id.addr))
+                c.policy.upstream_429 == Upstream429::Pause,
+                c.identity.addr,
+            ),
+            Err(e) => return CheckFuture::Refused { error: Some(e) },
         };
         // Hop-by-hop headers are gone by now: the key is the credential that
         // will actually be forwarded.
-        let (credential, key) = match super::stages::route(&req) {
+        let (credential, key) = match super::facts::route(&req) {
             Ok(route) => (
                 route.name.clone(),
                 key.map_or_else(|| route.quota_key(req.headers()), Ok)
                     .map_err(ProxyError::from),
             ),
-            Err(e) => (Arc::from(""), Err(e.into())),
+            Err(e) => (Arc::from(""), Err(e)),
         };
         let key = match key {
             Ok(k) => k,
             Err(e) => return CheckFuture::Refused { error: Some(e) },
         };
-        let admission = match app.quotas.get(key, owner) {
+        let admission = match app.quotas.get(key, Some(owner)) {
             Ok(a) => a,
             Err(refusal) => {
                 return CheckFuture::Refused {
@@ -99,7 +90,7 @@ where
                 }
             }
         };
-        outcome.lock().admission = Some(admission.clone());
+        facts.set_quota(admission.clone());
         // Before admission: an open breaker spends no quota.
         let ticket = match app.breaker.enter(entered) {
             Ok(t) => t,
@@ -118,7 +109,7 @@ where
             match g.try_acquire() {
                 Some(Ok(p)) => own = Some(opened(&app, &caller.name, p)),
                 Some(Err((refusal, at))) => {
-                    let error = own_refused(&outcome, g, refusal, at);
+                    let error = own_refused(&facts, g, refusal, at);
                     if let Some(t) = &trace {
                         t.quota_wait(entered, 0, error.code());
                     }
@@ -155,7 +146,7 @@ where
                 let max = shares
                     .as_ref()
                     .map_or_else(|| admission.max_wait(), |s| s.max_wait());
-                outcome.lock().wait_applied = Some(super::prefer::capped(w, max));
+                facts.set_wait_applied(super::prefer::capped(w, max));
             }
             // So is its priority: `Priority: u=5..7` may lower it.
             caller.priority = super::prefer::priority(req.headers(), caller.priority);
@@ -172,6 +163,11 @@ where
         // Passthrough never comes or goes on reload: read from the config.
         let passthrough = app.config.passthrough().is_some();
         let mut inner = super::take_ready(&mut self.inner);
+        let quotas = CallQuotas {
+            key: admission,
+            own: gate,
+            shares,
+        };
         CheckFuture::Inner {
             inner: Box::pin(async move {
                 if let Some(g) = own_later {
@@ -179,159 +175,63 @@ where
                     // path; inline, it would sit in every waiting call's future.
                     match Box::pin(g.acquire(&caller)).await {
                         Ok(p) => own = Some(opened(&app, &caller.name, p)),
-                        Err(r) => return Err(own_refused(&outcome, &g, r, Instant::now())),
+                        Err(r) => return Err(own_refused(&facts, &g, r, Instant::now())),
                     }
                 }
-                let mut part = match &shares {
+                let part = match &quotas.shares {
                     Some(s) => match take_part(s, &mut caller, entered).await {
                         Ok(p) => Some(p),
                         Err(r) => {
-                            outcome.lock().own_limit = Some(s.ratelimit_fields());
+                            facts.set_own_fields(s.ratelimit_fields());
                             return Err(refused(&trace, entered, r));
                         }
                     },
                     None => None,
                 };
-                let mut permit = match now {
+                let key = match now {
                     Some(p) => p,
-                    None => match admission.acquire(&caller).await {
+                    None => match quotas.key.acquire(&caller).await {
                         Ok(p) => p,
                         Err(r) => return Err(refused(&trace, entered, r)),
                     },
                 };
-                admitted(&trace, entered, part.as_ref().unwrap_or(&permit));
-                if let Some(would) = part.as_ref().and_then(Permit::would).or(permit.would()) {
+                let slots = Slots { key, own, part };
+                admitted(&trace, entered, slots.part.as_ref().unwrap_or(&slots.key));
+                if let Some(would) =
+                    (slots.part.as_ref().and_then(Permit::would)).or(slots.key.would())
+                {
                     dry_run(&app, &caller.name, would);
                 }
-                let waited = permit.waited() + part.as_ref().map_or(Duration::ZERO, Permit::waited);
-                outcome.lock().queue_wait = Some(waited);
+                let waited = slots.waited();
+                facts.set_queue_wait(waited);
                 if !waited.is_zero() {
                     app.metrics
                         .queue_wait_seconds
                         .with_label_values(&[&caller.name])
                         .observe(waited.as_secs_f64());
                 }
-                let (mut ticket, mut req, mut attempt) = (ticket, Some(req), 0);
-                let result = loop {
-                    if let Err(until) = ticket.recheck(Instant::now()) {
-                        // The breaker opened while this call waited: the
-                        // unsent permit gives its slot back.
-                        drop(permit);
-                        return Err(ProxyError::Unavailable(
-                            until.saturating_duration_since(Instant::now()),
-                        ));
-                    }
-                    let sent = permit.sent();
-                    // The client's own window's slot and its part's go with it.
-                    let beside = [own.take(), part.take()].map(|p| p.map(Permit::sent));
-                    let this = req.take().expect("a request for every attempt");
-                    // After a wait in the queue: ready again first.
-                    let result = match inner.ready().await {
-                        Ok(ready) => ready.call(this).await,
-                        Err(e) => Err(e),
-                    };
-                    match &result {
-                        Ok(r) if crate::breaker::unavailable(r.status()) => {
-                            ticket.failed(Instant::now())
-                        }
-                        Ok(r) if crate::breaker::available(r.status()) => ticket.succeeded(),
-                        // A 500 (or 501, 505…) is about this request, not Dastra's health.
-                        Ok(_) => drop(ticket),
-                        // A connection closed with GOAWAY is Dastra at work, not failing.
-                        Err(ProxyError::Upstream(CallError::Interrupted(_))) => drop(ticket),
-                        Err(ProxyError::Upstream(_)) => ticket.failed(Instant::now()),
-                        // The token endpoint or the caller failed: nothing learned.
-                        Err(_) => drop(ticket),
-                    }
-                    match &result {
-                        Ok(_) => {
-                            app.spent.record(&caller.name);
-                            sent.landed();
-                            beside.into_iter().flatten().for_each(|s| s.landed());
-                        }
-                        // Nothing reached Dastra: the client's slot goes back too.
-                        Err(
-                            ProxyError::Upstream(CallError::NotConnected(_)) | ProxyError::Token(_),
-                        ) => {
-                            sent.refund();
-                            beside.into_iter().flatten().for_each(|s| s.refund());
-                        }
-                        // Timed out or failed after sending: counted as landed now.
-                        Err(_) => {
-                            app.spent.record(&caller.name);
-                            drop((sent, beside));
-                        }
-                    }
-                    if let Ok(r) = &result {
-                        // Before any retry: it waits for the time Dastra named.
-                        super::signals::unavailable(&app, &admission, r);
-                    }
-                    let Some(head) = &replay else { break result };
-                    attempt += 1;
-                    if !super::replay::worth_retrying(&result) || !app.retry.spend(attempt) {
-                        break result;
-                    }
-                    // Boxed here, these rare waits keep every call's future small.
-                    Box::pin(tokio::time::sleep(crate::retry::backoff(attempt))).await;
-                    // Another send: through the breaker and a quota slot of its own.
-                    ticket = match app.breaker.enter(Instant::now()) {
-                        Ok(t) => t,
-                        Err(_) => break result,
-                    };
-                    let again = Instant::now();
-                    // A retry is a send of its own: in the client's windows too.
-                    if let Some(g) = &gate {
-                        own = match Box::pin(g.acquire(&caller)).await {
-                            Ok(p) => Some(p),
-                            Err(_) => break result,
-                        };
-                    }
-                    if let Some(s) = &shares {
-                        part = match take_part(s, &mut caller, again).await {
-                            Ok(p) => Some(p),
-                            Err(_) => break result,
-                        };
-                    }
-                    permit = match Box::pin(admission.acquire(&caller)).await {
-                        Ok(p) => p,
-                        Err(r) => {
-                            refused(&trace, again, r);
-                            break result;
-                        }
-                    };
-                    admitted(&trace, again, &permit);
-                    app.metrics.upstream_retries_total.inc();
-                    req = Some(super::replay::again(head));
+                let sends = Sends {
+                    app: &app,
+                    quotas: &quotas,
+                    caller: &mut caller,
+                    trace: &trace,
+                    replay,
                 };
-                let mut resp = result?;
+                // Boxed: its state (the request moved in, the inner stages' future)
+                // is made once the call has its slots, so a waiting call's
+                // future does not carry it.
+                let mut resp = Box::pin(sends.run(&mut inner, req, slots, ticket)).await?;
                 let heard = super::signals::Heard {
                     credential: &credential,
                     pause,
                     passthrough,
                 };
-                super::signals::heed(&app, &admission, &resp, heard);
-                add_ratelimit_fields(resp.headers_mut(), &admission);
+                super::signals::heed(&app, &quotas.key, &resp, heard);
+                add_quota_fields(resp.headers_mut(), &quotas.key);
                 Ok(resp)
             }),
         }
     }
-}
-
-/// A slot in the call's part of a split credential (its reserve, or the
-/// shared rest); what is left of its wait then bounds its wait for the
-/// credential's own slot, so `max_wait` bounds the two together.
-async fn take_part(
-    shares: &crate::admission::Shares,
-    caller: &mut Caller,
-    from: Instant,
-) -> Result<Permit, Refusal> {
-    // Boxed: only calls of split credentials take this path.
-    let (permit, _) = Box::pin(shares.acquire(caller)).await?;
-    let max = caller
-        .wait
-        .map_or(shares.max_wait(), |w| w.min(shares.max_wait()));
-    caller.wait = Some(max.saturating_sub(from.elapsed()));
-    Ok(permit)
 }
 
 /// A slot in the client's own windows; a dry-run client over them goes,
@@ -345,21 +245,13 @@ fn opened(app: &crate::app::App, client: &str, permit: Permit) -> Permit {
 
 /// The client's own window refused the call: `client_quota_exhausted`, with
 /// that window's RateLimit fields rather than the credential's.
-fn own_refused(outcome: &Outcome, gate: &Admission, r: Refusal, at: Instant) -> ProxyError {
+fn own_refused(facts: &Facts, gate: &Admission, r: Refusal, at: Instant) -> ProxyError {
     let r = match r {
         Refusal::QuotaExhausted { retry_at } => Refusal::ClientQuotaExhausted { retry_at },
         other => other,
     };
-    outcome.lock().own_limit = Some(gate.ratelimit_fields());
+    facts.set_own_fields(gate.ratelimit_fields());
     ProxyError::refused_at(r, at)
-}
-
-/// The trace's span of a wait that got its slot: the call's place in the
-/// queue and how long it waited.
-fn admitted(trace: &Option<Arc<CallTrace>>, from: Instant, permit: &Permit) {
-    if let Some(t) = trace {
-        t.quota_wait(from, permit.ahead(), "admitted");
-    }
 }
 
 /// `admission.dry_run`: a call that went at once but would have queued or
@@ -378,13 +270,4 @@ fn dry_run(app: &crate::app::App, client: &str, would: crate::admission::Would) 
             crate::admission::Would::Reject => "refused",
         }
     );
-}
-
-/// A refusal as the error it answers, and as the trace's span of the wait.
-fn refused(trace: &Option<Arc<CallTrace>>, from: Instant, r: Refusal) -> ProxyError {
-    let error = ProxyError::from(r);
-    if let Some(t) = trace {
-        t.quota_wait(from, 0, error.code());
-    }
-    error
 }

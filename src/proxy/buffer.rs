@@ -129,7 +129,7 @@ where
                 let retry = resp.status() == StatusCode::UNAUTHORIZED
                     && resp
                         .extensions()
-                        .get::<super::stages::FreshToken>()
+                        .get::<super::facts::FreshToken>()
                         .is_none();
                 if !retry {
                     return Ok(resp);

@@ -78,7 +78,7 @@ pub(super) fn respond_with(
     *resp.status_mut() = snap.status;
     let h = resp.headers_mut();
     for (k, v) in &snap.headers {
-        if own || (k != "ratelimit" && k != "ratelimit-policy") {
+        if own || !super::ratelimit::is_field(k) {
             h.append(k, v.clone());
         }
     }

@@ -16,8 +16,8 @@ use tokio::time::{Instant, Timeout};
 use tower::Service;
 
 use super::check::CheckFuture;
+use super::facts::{facts, Facts};
 use super::headers::{add_forwarding, rewrite_location};
-use super::observe::Outcome;
 use super::request_id::X_REQUEST_ID;
 use crate::access::ConnInfo;
 use crate::app::App;
@@ -49,9 +49,23 @@ impl Service<Request<Body>> for Forward {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let caller = facts(&req).and_then(|f| Ok((f.clone(), f.caller()?)));
+        let (facts, hops, trusted) = match caller {
+            Ok((f, c)) => (
+                f.clone(),
+                c.identity.forwarded.clone(),
+                c.identity.via_trusted_proxy,
+            ),
+            Err(e) => return CheckFuture::Refused { error: Some(e) },
+        };
         let (mut parts, body) = req.into_parts();
         let ext = std::mem::take(&mut parts.extensions);
-        let outcome = ext.get::<Arc<Outcome>>().cloned();
+        // A fresh request id goes to Dastra (over an insane one of the caller's).
+        if !facts.id_on_request {
+            parts
+                .headers
+                .insert(&X_REQUEST_ID, facts.request_id.clone());
+        }
         // This exchange's own span, named as the parent in what Dastra gets.
         let trace = ext.get::<Arc<CallTrace>>().map(|t| {
             let (id, traceparent) = t.upstream_context();
@@ -59,17 +73,6 @@ impl Service<Request<Body>> for Forward {
             (t.clone(), id)
         });
         let conn = ext.get::<ConnInfo>();
-        let (hops, trusted) = outcome.as_ref().map_or((Vec::new(), false), |o| {
-            let rec = o.lock();
-            // A fresh request id goes to Dastra (over an insane one of the caller's).
-            if let (false, Some(id)) = (rec.id_on_request, &rec.request_id) {
-                parts.headers.insert(&X_REQUEST_ID, id.clone());
-            }
-            let (hops, trusted) = rec.identity.as_ref().map_or((Vec::new(), false), |i| {
-                (i.forwarded.clone(), i.via_trusted_proxy)
-            });
-            (hops, trusted)
-        });
         let fault = ext.get::<BodyFault>().cloned();
         let uri = match upstream_uri(&self.app, &parts.uri) {
             Ok(u) => u,
@@ -97,7 +100,7 @@ impl Service<Request<Body>> for Forward {
                 call: tokio::time::timeout_at(sent_at + timeout, self.upstream.call(out)),
                 after: Some(After {
                     app: self.app.clone(),
-                    outcome,
+                    facts,
                     method,
                     fault,
                     sent_at,
@@ -122,7 +125,7 @@ pin_project_lite::pin_project! {
 /// What the answer is finished with.
 struct After {
     app: Arc<App>,
-    outcome: Option<Arc<Outcome>>,
+    facts: Arc<Facts>,
     method: Method,
     fault: Option<BodyFault>,
     sent_at: Instant,
@@ -156,9 +159,7 @@ impl After {
     ) -> Result<Response<Body>, ProxyError> {
         let app = &self.app;
         let took = self.sent_at.elapsed();
-        if let Some(o) = &self.outcome {
-            o.lock().upstream = Some(took);
-        }
+        self.facts.set_upstream(took);
         app.metrics.upstream_took(&self.method, took);
         let resp = match result {
             Err(_) => return Err(CallError::Timeout(app.config.upstream.timeout).into()),

@@ -1,15 +1,13 @@
 //! Header helpers of the request path: what Dastra is told about the caller,
-//! what the caller is told about the quota, and upstream URLs turned into
-//! ours. Pure functions, so each is tested on its own. (The call's
-//! `X-Request-Id` is `request_id`'s.)
+//! and upstream URLs turned into ours. Pure functions, so each is tested on
+//! its own. (The call's `X-Request-Id` is `request_id`'s, the quota's fields
+//! `ratelimit`'s, Dastra's `Retry-After` `signals`'.)
 
 use std::net::IpAddr;
-use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::access::ConnInfo;
-use crate::admission::Admission;
 use crate::config::Config;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -114,27 +112,6 @@ pub(crate) fn rewrite_location(cfg: &Config, v: &str) -> Option<HeaderValue> {
         .filter(|r| at_boundary(r))
         .unwrap_or(rest);
     HeaderValue::from_str(&format!("{}{}", cfg.server.public_url, rest)).ok()
-}
-
-/// `RateLimit-Policy` and `RateLimit` of the call's quota key.
-pub(crate) fn add_ratelimit_fields(h: &mut HeaderMap, admission: &Admission) {
-    let (policy, state) = admission.ratelimit_fields();
-    h.insert(HeaderName::from_static("ratelimit-policy"), policy);
-    h.insert(HeaderName::from_static("ratelimit"), state);
-}
-
-/// `Retry-After` as seconds or an HTTP date, at most an hour.
-pub(crate) fn retry_after(h: &HeaderMap) -> Option<Duration> {
-    let v = h.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs.min(3600)));
-    }
-    let at = httpdate::parse_http_date(v).ok()?;
-    Some(
-        at.duration_since(std::time::SystemTime::now())
-            .unwrap_or_default()
-            .min(Duration::from_secs(3600)),
-    )
 }
 
 #[cfg(test)]

@@ -35,9 +35,9 @@ where
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         // A held key (or passthrough) is in place at once, and no 401 can be
         // mended by a fresh one: nothing to wait for before or after.
-        let credential = match super::stages::route(&req) {
+        let credential = match super::facts::route(&req) {
             Ok(route) => route.credential.clone(),
-            Err(e) => return MaybeBoxed::boxed(std::future::ready(Err(e.into()))),
+            Err(e) => return MaybeBoxed::boxed(std::future::ready(Err(e))),
         };
         if credential.inject_held(req.headers_mut()) {
             return MaybeBoxed::Direct {
@@ -56,7 +56,7 @@ where
             // The token fetch may have taken a while: ready again first.
             let mut resp = inner.ready().await?.call(req).await?;
             if fresh {
-                resp.extensions_mut().insert(super::stages::FreshToken);
+                resp.extensions_mut().insert(super::facts::FreshToken);
             }
             // A token fetched for this very call that meets a 401 is not the
             // problem: dropping it would only make every call fetch another.

@@ -10,6 +10,7 @@ mod buffer;
 mod cached;
 mod check;
 mod cors;
+mod facts;
 #[cfg(test)]
 mod fault_props;
 mod forward;
@@ -18,14 +19,19 @@ mod inject;
 mod layer;
 mod lead;
 mod observe;
+#[cfg(test)]
+mod order_tests;
 mod prefer;
+mod ratelimit;
 #[cfg(test)]
 mod ready_tests;
 mod replay;
 mod request_id;
 mod rescue;
+mod send;
 mod share;
 mod signals;
+mod slots;
 mod stages;
 mod stale;
 #[cfg(test)]

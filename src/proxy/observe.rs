@@ -2,65 +2,28 @@
 //! and is counted and written to the access log once, after its answer is known.
 //!
 //! Inner stages say what they learned (who called, how long it queued and
-//! waited for Dastra, which refusal) through the [`Outcome`] this stage puts
-//! in the request's extensions.
+//! waited for Dastra, which refusal) through the call's [`Facts`], which this
+//! stage puts in the request's extensions.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use http::{HeaderValue, Method, Request, Response};
+use http::{Method, Request, Response};
 use tokio::time::Instant;
 use tower::Service;
 use tracing::Instrument as _;
 
+use super::facts::Facts;
 use super::layer::AppStage;
 use super::request_id::{request_id, X_REQUEST_ID};
-use crate::access::Identity;
-use crate::admission::Admission;
-use crate::app::{App, Policy};
+use crate::app::App;
 use crate::config::ANONYMOUS;
 use crate::metrics::method_label;
 use crate::trace::{hex, parse, CallTrace, Finished, TRACEPARENT};
-
-/// What the inner stages learned about one call; the one per-call value in
-/// the request's extensions, so stages share it without more allocations.
-#[derive(Debug, Default)]
-pub(crate) struct Outcome(Mutex<Record>);
-
-#[derive(Debug, Default)]
-pub(crate) struct Record {
-    pub(crate) client: Option<Arc<str>>,
-    /// Who called, once the access stage knows.
-    pub(crate) identity: Option<Identity>,
-    /// The config generation this call runs under, loaded once.
-    pub(crate) policy: Option<Arc<Policy>>,
-    /// The quota key's admission, once chosen: refusals carry its RateLimit fields.
-    pub(crate) admission: Option<Admission>,
-    /// A refusal by the client's own window: its `RateLimit-Policy` and
-    /// `RateLimit`, carried instead of the credential's.
-    pub(crate) own_limit: Option<(HeaderValue, HeaderValue)>,
-    pub(crate) queue_wait: Option<Duration>,
-    pub(crate) upstream: Option<Duration>,
-    /// The call's `X-Request-Id`, for its answer and for Dastra.
-    pub(crate) request_id: Option<HeaderValue>,
-    /// Whether the request carries it already (the caller's own); a fresh
-    /// one is written by the forward stage, so a refused call never is.
-    pub(crate) id_on_request: bool,
-    /// The error code the rescue stage answered with.
-    pub(crate) code: Option<&'static str>,
-    /// The wait the caller's `Prefer: wait=N` was held to (admission writes it).
-    pub(crate) wait_applied: Option<Duration>,
-}
-
-impl Outcome {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Record> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
 
 /// The access log and metrics of every call.
 #[derive(Debug, Clone)]
@@ -113,17 +76,13 @@ where
         if let Some(t) = &trace {
             req.extensions_mut().insert(t.clone());
         }
-        let outcome = Arc::new(Outcome(Mutex::new(Record {
-            request_id: Some(request_id),
-            id_on_request: !fresh,
-            ..Record::default()
-        })));
-        req.extensions_mut().insert(outcome.clone());
+        let facts = Arc::new(Facts::new(request_id, !fresh));
+        req.extensions_mut().insert(facts.clone());
         ObserveFuture {
             call: self.inner.call(req).instrument(span.clone()),
             after: Some(After {
                 app: self.app.clone(),
-                outcome,
+                facts,
                 method,
                 started,
                 path,
@@ -148,7 +107,7 @@ pin_project_lite::pin_project! {
 /// What the answer is counted and logged with.
 struct After {
     app: Arc<App>,
-    outcome: Arc<Outcome>,
+    facts: Arc<Facts>,
     method: Method,
     started: Instant,
     path: Option<Box<str>>,
@@ -173,25 +132,28 @@ where
 
 impl After {
     fn answered(self, resp: &mut Response<Body>) {
-        let rec = std::mem::take(&mut *self.outcome.lock());
+        let facts = &self.facts;
         // Unless Dastra answered with an id of its own.
-        if let Some(id) = rec.request_id {
-            resp.headers_mut().entry(&X_REQUEST_ID).or_insert(id);
-        }
-        if let Some(w) = rec.wait_applied {
+        resp.headers_mut()
+            .entry(&X_REQUEST_ID)
+            .or_insert_with(|| facts.request_id.clone());
+        if let Some(w) = facts.wait_applied() {
             resp.headers_mut()
                 .insert(super::prefer::PREFERENCE_APPLIED, super::prefer::applied(w));
         }
-        let client = rec.client.as_deref().unwrap_or(ANONYMOUS);
+        let caller = facts.caller_if_known();
+        let client = caller.map_or(ANONYMOUS, |c| &*c.identity.name);
         let status = resp.status();
         let elapsed = self.started.elapsed();
+        let code = facts.code();
         // Refused before the access stage: the anonymous caller, as the
         // policy of the moment counts it.
-        let policy = rec.policy.unwrap_or_else(|| self.app.policy());
-        let index = rec.identity.as_ref().and_then(|i| i.index);
-        policy
-            .calls
-            .answered(index, &self.method, status, rec.code, elapsed);
+        match caller {
+            Some(c) => {
+                (c.policy.calls).answered(c.identity.index, &self.method, status, code, elapsed)
+            }
+            None => (self.app.policy().calls).answered(None, &self.method, status, code, elapsed),
+        }
         if let Some(t) = &self.trace {
             t.finish(Finished {
                 method: &self.method,
@@ -202,7 +164,7 @@ impl After {
                     .headers()
                     .get(&X_REQUEST_ID)
                     .and_then(|v| v.to_str().ok()),
-                code: rec.code,
+                code,
             });
         }
         let ms = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
@@ -213,8 +175,8 @@ impl After {
             path = self.path.as_deref().unwrap_or(""),
             status = status.as_u16(),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
-            queue_ms = ms(rec.queue_wait),
-            upstream_ms = ms(rec.upstream),
+            queue_ms = ms(facts.queue_wait()),
+            upstream_ms = ms(facts.upstream()),
             "request"
         );
     }

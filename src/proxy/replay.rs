@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use http::{Method, Request, Response, StatusCode};
 
-use super::observe::Outcome;
+use super::facts::Facts;
 use crate::access::ConnInfo;
 use crate::error::ProxyError;
 use crate::upstream::CallError;
@@ -29,7 +29,7 @@ pub(super) fn replayable(req: &Request<Body>) -> Option<Request<()>> {
     *copy.version_mut() = req.version();
     *copy.headers_mut() = req.headers().clone();
     // Only what the stages after admission read.
-    if let Some(o) = req.extensions().get::<Arc<Outcome>>() {
+    if let Some(o) = req.extensions().get::<Arc<Facts>>() {
         copy.extensions_mut().insert(o.clone());
     }
     if let Some(c) = req.extensions().get::<ConnInfo>() {

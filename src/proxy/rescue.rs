@@ -13,8 +13,7 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use super::headers::add_ratelimit_fields;
-use super::observe::Outcome;
+use super::facts::{facts, Facts};
 use crate::error::ProxyError;
 
 #[derive(Debug, Clone)]
@@ -46,19 +45,22 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let outcome = req.extensions().get::<Arc<Outcome>>().cloned();
-        RescueFuture {
-            inner: self.inner.call(req),
-            outcome,
+        match facts(&req) {
+            Ok(f) => RescueFuture::Inner {
+                facts: f.clone(),
+                inner: self.inner.call(req),
+            },
+            Err(e) => RescueFuture::Misordered { error: Some(e) },
         }
     }
 }
 
 pin_project! {
-    pub(crate) struct RescueFuture<F> {
-        #[pin]
-        inner: F,
-        outcome: Option<Arc<Outcome>>,
+    #[project = RescueProj]
+    pub(crate) enum RescueFuture<F> {
+        Inner { #[pin] inner: F, facts: Arc<Facts> },
+        // Built without the observe stage outside: answered at once.
+        Misordered { error: Option<ProxyError> },
     }
 }
 
@@ -69,22 +71,22 @@ where
     type Output = Result<Response<Body>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let err = match std::task::ready!(this.inner.poll(cx)) {
-            Ok(resp) => return Poll::Ready(Ok(resp)),
-            Err(e) => e,
+        let (err, facts) = match self.project() {
+            RescueProj::Inner { inner, facts } => match std::task::ready!(inner.poll(cx)) {
+                Ok(resp) => return Poll::Ready(Ok(resp)),
+                Err(e) => (e, Some(facts)),
+            },
+            RescueProj::Misordered { error } => {
+                (error.take().expect("polled after completion"), None)
+            }
         };
         let code = err.code();
         let mut resp = err.into_response();
-        if let Some(outcome) = this.outcome {
-            let mut rec = outcome.lock();
-            rec.code = Some(code);
-            if let Some((policy, state)) = rec.own_limit.take() {
-                let h = resp.headers_mut();
-                h.insert(http::HeaderName::from_static("ratelimit-policy"), policy);
-                h.insert(http::HeaderName::from_static("ratelimit"), state);
-            } else if let Some(a) = &rec.admission {
-                add_ratelimit_fields(resp.headers_mut(), a);
+        if let Some(facts) = facts {
+            facts.set_code(code);
+            // Any failure after admission chose the quota says what it holds.
+            if let Some(fields) = facts.failure_fields() {
+                super::ratelimit::insert(resp.headers_mut(), fields);
             }
         }
         Poll::Ready(Ok(resp))

@@ -19,9 +19,9 @@ use tower::{Service, ServiceExt as _};
 use super::cached::{
     ask_if_changed, fixed, respond, respond_not_modified, respond_with, set_status, Fwd,
 };
-use super::headers::add_ratelimit_fields;
 use super::layer::AppStage;
 use super::lead::{lead, Keep};
+use super::ratelimit::add_quota_fields;
 use super::stale::or_stale;
 use super::{MaybeBoxed, StageFuture};
 use crate::app::App;
@@ -52,19 +52,19 @@ where
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         // Computed once here (a SHA-256 in passthrough) and handed to
         // admission; a configured credential's key is the route's own.
-        let (quota, computed) = match super::stages::route(&req) {
+        let (quota, computed) = match super::facts::route(&req) {
             Ok(route) => (
                 route.quota_key(req.headers()).map_err(ProxyError::from),
                 route.computes_key(),
             ),
-            Err(e) => (Err(e.into()), false),
+            Err(e) => (Err(e), false),
         };
         let quota = match quota {
             Ok(q) => q,
             Err(e) => return MaybeBoxed::boxed(std::future::ready(Err(e))),
         };
         if computed {
-            req.extensions_mut().insert(super::stages::CallQuota(quota));
+            req.extensions_mut().insert(super::facts::CallQuota(quota));
         }
         let cache = self.app.cache.clone();
         let cfg = cache.config();
@@ -242,7 +242,7 @@ where
                             let collapsed = fixed("dastra-proxy; fwd=uri-miss; collapsed");
                             let mut resp = respond_with(&snap, false, collapsed, false);
                             if let Some(a) = app.quotas.existing(&key.quota) {
-                                add_ratelimit_fields(resp.headers_mut(), &a);
+                                add_quota_fields(resp.headers_mut(), &a);
                             }
                             Ok(resp)
                         }
@@ -319,7 +319,7 @@ where
         };
         // Computed now, never replayed from the entry (SPEC §9.5).
         if let Some(a) = self.app.quotas.existing(&key.quota) {
-            add_ratelimit_fields(resp.headers_mut(), &a);
+            add_quota_fields(resp.headers_mut(), &a);
         }
         resp
     }

@@ -7,9 +7,11 @@ use axum::body::Body;
 use http::{HeaderMap, Response, StatusCode};
 use tokio::time::Instant;
 
-use super::headers::retry_after;
+use std::time::Duration;
+
 use crate::admission::Admission;
 use crate::app::App;
+use http::header;
 
 /// How long to hold sending after an upstream 429 that names no `Retry-After`.
 const DEFAULT_UPSTREAM_PAUSE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -88,4 +90,18 @@ fn adapt(app: &App, admission: &Admission, h: &HeaderMap) {
             .set(i64::from(a.remaining));
         admission.adapt(a.remaining, Instant::now() + a.reset);
     }
+}
+
+/// `Retry-After` as seconds or an HTTP date, at most an hour.
+pub(crate) fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    let v = h.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs.min(3600)));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default()
+            .min(Duration::from_secs(3600)),
+    )
 }

@@ -9,12 +9,11 @@ use http::{header, HeaderMap, Request};
 use http_body::Body as _;
 
 use super::check::Check;
-use super::observe::Outcome;
+use super::facts::facts;
 use crate::access::{AccessError, ConnInfo};
 use crate::app::App;
 use crate::body::{BodyError, LimitedBody};
-use crate::credential::Route;
-use crate::guard::GuardError;
+use crate::error::ProxyError;
 use crate::target::{strip_request_hop_by_hop, TargetError};
 
 /// Not an open proxy; nothing hop-by-hop crosses, so nothing later (the quota
@@ -37,13 +36,14 @@ impl Check for TargetStage {
 pub(crate) struct AccessStage(pub(crate) Arc<App>);
 
 impl Check for AccessStage {
-    type Error = AccessError;
-    fn check(&self, req: &mut Request<Body>) -> Result<(), AccessError> {
+    type Error = ProxyError;
+    fn check(&self, req: &mut Request<Body>) -> Result<(), ProxyError> {
+        let facts = facts(req)?.clone();
         let policy = self.0.policy();
         let peer = req
             .extensions()
             .get::<ConnInfo>()
-            .expect("the server inserts ConnInfo")
+            .ok_or(ProxyError::Misordered("the connection (server)"))?
             .peer
             .ip();
         let identity = policy.access.authorize(peer, req.headers())?;
@@ -51,10 +51,7 @@ impl Check for AccessStage {
         // for a caller without a key when every credential is a client's.
         let route = (policy.routes.of(identity.index)).ok_or(AccessError::Unauthenticated)?;
         req.extensions_mut().insert(route);
-        let mut rec = outcome(req).lock();
-        rec.client = Some(identity.name.clone());
-        rec.identity = Some(identity);
-        rec.policy = Some(policy);
+        facts.set_caller(identity, policy);
         Ok(())
     }
 }
@@ -64,13 +61,10 @@ impl Check for AccessStage {
 pub(crate) struct GuardStage;
 
 impl Check for GuardStage {
-    type Error = GuardError;
-    fn check(&self, req: &mut Request<Body>) -> Result<(), GuardError> {
-        let rec = outcome(req).lock();
-        match (&rec.policy, &rec.identity) {
-            (Some(policy), Some(id)) => policy.guard.check(id),
-            _ => Ok(()),
-        }
+    type Error = ProxyError;
+    fn check(&self, req: &mut Request<Body>) -> Result<(), ProxyError> {
+        let caller = facts(req)?.caller()?;
+        Ok(caller.policy.guard.check(&caller.identity)?)
     }
 }
 
@@ -102,32 +96,6 @@ impl Check for BodyLimitStage {
         req.extensions_mut().insert(fault);
         Ok(())
     }
-}
-
-/// The call's quota key when it had to be computed (passthrough: a SHA-256
-/// of the caller's credential): by the savings stage, which needs it first,
-/// for admission. A configured credential's key is its [`Route`]'s.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct CallQuota(pub(crate) crate::credential::QuotaKey);
-
-/// The call's answer went out with an OAuth2 token fetched for this very
-/// call (written by credential injection on the response): a 401 to it says
-/// nothing about the token, so it is neither dropped nor retried.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct FreshToken;
-
-/// The call's credential and quota, which the access stage puts in place.
-pub(crate) fn route<B>(req: &Request<B>) -> Result<&Route, AccessError> {
-    req.extensions()
-        .get::<Route>()
-        .ok_or(AccessError::Unauthenticated)
-}
-
-/// The call's [`Outcome`], which the observe stage always puts in place.
-pub(crate) fn outcome<B>(req: &Request<B>) -> &Arc<Outcome> {
-    req.extensions()
-        .get::<Arc<Outcome>>()
-        .expect("the observe stage inserts the Outcome")
 }
 
 fn content_length(h: &HeaderMap) -> Option<u64> {

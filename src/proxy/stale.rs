@@ -12,7 +12,7 @@ use axum::body::Body;
 use http::{HeaderMap, Response};
 use tokio::time::Instant;
 
-use super::headers::add_ratelimit_fields;
+use super::ratelimit::add_quota_fields;
 use crate::app::App;
 use crate::cache::{Cache, Key};
 use crate::error::ProxyError;
@@ -54,7 +54,7 @@ pub(super) async fn or_stale(
     let stale = super::cached::fixed("dastra-proxy; hit; stale");
     let mut resp = super::cached::respond_with(&snap, false, stale, false);
     if let Some(a) = app.quotas.existing(&key.quota) {
-        add_ratelimit_fields(resp.headers_mut(), &a);
+        add_quota_fields(resp.headers_mut(), &a);
     }
     Ok(resp)
 }
