@@ -67,7 +67,7 @@ pub struct App {
     /// Every outbound call (Dastra and the token endpoint) goes through it.
     pub upstream: Upstream,
     /// Which request targets are ours (not an open proxy).
-    pub target: Target,
+    pub target: Arc<Target>,
     pub quotas: Quotas,
     /// Coalesced GETs and cached answers (`[cache]`); reloadable.
     pub cache: Arc<crate::cache::Cache>,
@@ -88,7 +88,7 @@ pub struct App {
     pub tracer: crate::trace::Tracer,
     /// Each client's sends in its windows: who spent the quota.
     pub spent: crate::spent::Spent,
-    policy: ArcSwap<Policy>,
+    policy: Arc<ArcSwap<Policy>>,
 }
 
 /// The first key of `section` whose value differs between the two configs,
@@ -328,12 +328,16 @@ impl App {
                 config.upstream.breaker_open,
                 metrics.breaker_open.clone(),
             ),
-            policy: ArcSwap::from_pointee(Policy::new(&config, &metrics, credentials)),
+            policy: Arc::new(ArcSwap::from_pointee(Policy::new(
+                &config,
+                &metrics,
+                credentials,
+            ))),
             tracer: crate::trace::Tracer::new(&config.tracing, config.upstream.connect_timeout),
             spent: crate::spent::Spent::new(longest_window(&config), spent_cap(&config)),
             config,
             upstream,
-            target,
+            target: Arc::new(target),
             quotas,
             metrics,
             ready: AtomicBool::new(false),
@@ -346,6 +350,12 @@ impl App {
     /// arc-swap's short-lived guards are not meant for.
     pub fn policy(&self) -> Arc<Policy> {
         self.policy.load_full()
+    }
+
+    /// Where each generation's policy is swapped in: for a stage that needs
+    /// the policy and nothing else of the `App`.
+    pub fn policies(&self) -> Arc<ArcSwap<Policy>> {
+        self.policy.clone()
     }
 
     /// Applies a new config's limits, admission, access and clients without

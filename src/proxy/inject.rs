@@ -8,15 +8,29 @@ use axum::body::Body;
 use http::{header, Request, Response, StatusCode};
 use tower::{Service, ServiceExt as _};
 
-use super::layer::AppStage;
+use tower::Layer;
+
 use super::MaybeBoxed;
 use crate::error::ProxyError;
 
-/// The Dastra credential on each call.
+/// The Dastra credential on each call: the call's route names it, so the
+/// stage needs nothing of the `App`.
 #[derive(Debug, Clone)]
-pub(crate) struct Inject;
+pub(crate) struct InjectLayer;
 
-impl<S> Service<Request<Body>> for AppStage<Inject, S>
+impl<S> Layer<S> for InjectLayer {
+    type Service = Inject<S>;
+    fn layer(&self, inner: S) -> Inject<S> {
+        Inject { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Inject<S> {
+    inner: S,
+}
+
+impl<S> Service<Request<Body>> for Inject<S>
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
         + Clone

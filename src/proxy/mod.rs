@@ -165,9 +165,9 @@ where
             // not an open proxy; hop-by-hop headers out before anything reads
             // them, and the caller's credentials marked sensitive (never
             // HPACK-indexed upstream, never printed by a Debug of the headers);
-            TargetStage(app.clone()),
+            TargetStage(app.target.clone()),
             // allow-lists and client keys: nothing below runs for a stranger;
-            AccessStage(app.clone()),
+            AccessStage(app.policies()),
             // the client's own rate before it can queue for the shared quota;
             GuardStage,
             // 413 by Content-Length before a slot is taken; while streaming, a
@@ -194,7 +194,7 @@ where
         // The quota slot, held by this stage's future until the answer's head.
         .layer(AppLayer::<admit::Admit>::new(app.clone()))
         // The Dastra credential, injected as late as possible.
-        .layer(AppLayer::<inject::Inject>::new(app.clone()))
+        .layer(inject::InjectLayer)
         .layer(inside)
         // The call as Dastra sees it (its URL, forwarding headers), within
         // upstream.timeout, through the injectable `Upstream`.

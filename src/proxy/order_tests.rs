@@ -75,8 +75,8 @@ async fn the_guard_before_access_fails_the_call_instead_of_passing_it() {
         timeout: std::time::Duration::from_secs(1),
     };
     let right = (
-        TargetStage(app.clone()),
-        AccessStage(app.clone()),
+        TargetStage(app.target.clone()),
+        AccessStage(app.policies()),
         GuardStage,
         body.clone(),
     );
@@ -88,7 +88,12 @@ async fn the_guard_before_access_fails_the_call_instead_of_passing_it() {
         svc.oneshot(call(true)).await,
         Err(ProxyError::Guard(_))
     ));
-    let wrong = (TargetStage(app.clone()), GuardStage, AccessStage(app), body);
+    let wrong = (
+        TargetStage(app.target.clone()),
+        GuardStage,
+        AccessStage(app.policies()),
+        body,
+    );
     let svc = CheckLayer(wrong).layer(ok());
     assert_eq!(
         misordered(svc.oneshot(call(true)).await),
@@ -116,8 +121,8 @@ async fn a_stack_without_the_observe_stage_answers_internal() {
     let app = app();
     let svc = super::rescue::RescueLayer.layer(
         CheckLayer((
-            TargetStage(app.clone()),
-            AccessStage(app.clone()),
+            TargetStage(app.target.clone()),
+            AccessStage(app.policies()),
             GuardStage,
             BodyLimitStage {
                 limit: 1024,

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use axum::body::Body;
 use http::{header, HeaderMap, Request};
 use http_body::Body as _;
@@ -11,35 +13,36 @@ use http_body::Body as _;
 use super::check::Check;
 use super::facts::facts;
 use crate::access::{AccessError, ConnInfo};
-use crate::app::App;
+use crate::app::Policy;
 use crate::body::{BodyError, LimitedBody};
 use crate::error::ProxyError;
-use crate::target::{strip_request_hop_by_hop, TargetError};
+use crate::target::{strip_request_hop_by_hop, Target, TargetError};
 
 /// Not an open proxy; nothing hop-by-hop crosses, so nothing later (the quota
 /// key in passthrough included) can see a header that will not be forwarded.
 /// The caller's credentials are marked sensitive in the same pass.
 #[derive(Debug, Clone)]
-pub(crate) struct TargetStage(pub(crate) Arc<App>);
+pub(crate) struct TargetStage(pub(crate) Arc<Target>);
 
 impl Check for TargetStage {
     type Error = TargetError;
     fn check(&self, req: &mut Request<Body>) -> Result<(), TargetError> {
-        self.0.target.check(req)?;
+        self.0.check(req)?;
         strip_request_hop_by_hop(req.headers_mut());
         Ok(())
     }
 }
 
 /// The allow-lists and client keys; says who called for every later stage.
+/// It reads the policy of the moment, and nothing else of the `App`.
 #[derive(Debug, Clone)]
-pub(crate) struct AccessStage(pub(crate) Arc<App>);
+pub(crate) struct AccessStage(pub(crate) Arc<ArcSwap<Policy>>);
 
 impl Check for AccessStage {
     type Error = ProxyError;
     fn check(&self, req: &mut Request<Body>) -> Result<(), ProxyError> {
         let facts = facts(req)?.clone();
-        let policy = self.0.policy();
+        let policy = self.0.load_full();
         let peer = req
             .extensions()
             .get::<ConnInfo>()
