@@ -86,6 +86,16 @@ impl Credential {
         matches!(self, Credential::OAuth2(_))
     }
 
+    /// The OAuth2 401 policy, decided here alone: an answer `status` to a
+    /// token that was *not* fetched for this very call says Dastra no longer
+    /// takes that token — it is dropped (credential stage) and the call sent
+    /// once more with a fresh one (buffer stage), whatever its method or
+    /// body. A 401 to a token fetched for the call says nothing of the
+    /// token: neither, or every call would fetch another.
+    pub fn token_refused(&self, status: http::StatusCode, fetched_for_call: bool) -> bool {
+        self.refreshes() && !fetched_for_call && status == http::StatusCode::UNAUTHORIZED
+    }
+
     /// Replaces the caller's credential headers by the proxy's own; `true`
     /// when that is an OAuth2 token fetched for this very call.
     pub async fn inject(&self, headers: &mut HeaderMap) -> Result<bool, TokenError> {

@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 
 use axum::body::Body;
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use tower::{Layer, Service, ServiceExt as _};
@@ -75,7 +75,10 @@ where
             .filter(|n| *n > 0 && *n <= SMALL_BODY);
         // Whether a 401 can be mended by a fresh credential (this call's is
         // OAuth2): then a bodiless call can be sent again after a 401 too.
-        let refreshes = (req.extensions().get::<Route>()).is_some_and(|r| r.credential.refreshes());
+        let credential = (req.extensions().get::<Route>())
+            .filter(|r| r.credential.refreshes())
+            .map(|r| r.credential.clone());
+        let refreshes = credential.is_some();
         let bodiless = refreshes && req.body().is_end_stream();
         let len = match small {
             Some(n) => n,
@@ -126,11 +129,11 @@ where
                     return inner.ready().await?.call(req).await;
                 }
                 let resp = inner.ready().await?.call(again(&parts)).await?;
-                let retry = resp.status() == StatusCode::UNAUTHORIZED
-                    && resp
-                        .extensions()
-                        .get::<super::facts::FreshToken>()
-                        .is_none();
+                let fresh = resp
+                    .extensions()
+                    .get::<super::facts::FreshToken>()
+                    .is_some();
+                let retry = credential.is_some_and(|c| c.token_refused(resp.status(), fresh));
                 if !retry {
                     return Ok(resp);
                 }

@@ -5,7 +5,7 @@
 use std::task::{Context, Poll};
 
 use axum::body::Body;
-use http::{header, Request, Response, StatusCode};
+use http::{header, Request, Response};
 use tower::{Service, ServiceExt as _};
 
 use tower::Layer;
@@ -74,7 +74,7 @@ where
             }
             // A token fetched for this very call that meets a 401 is not the
             // problem: dropping it would only make every call fetch another.
-            if refreshes && !fresh && resp.status() == StatusCode::UNAUTHORIZED {
+            if credential.token_refused(resp.status(), fresh) {
                 credential.invalidate(used.as_ref()).await;
             }
             Ok(resp)
