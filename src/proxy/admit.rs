@@ -12,13 +12,13 @@ use std::time::Duration;
 use axum::body::Body;
 use http::{Request, Response};
 use tokio::time::Instant;
-use tower::Service;
+use tower::{Service, ServiceExt as _};
 
 use super::check::CheckFuture;
 use super::facts::{facts, CallQuota, Facts};
 use super::layer::AppStage;
 use super::ratelimit::add_quota_fields;
-use super::send::Sends;
+use super::send;
 use super::slots::{admitted, refused, take_part, CallQuotas, Slots};
 use super::StageFuture;
 use crate::admission::{Admission, Caller, Permit, Refusal};
@@ -210,17 +210,48 @@ where
                         .with_label_values(&[&caller.name])
                         .observe(waited.as_secs_f64());
                 }
-                let sends = Sends {
-                    app: &app,
-                    quotas: &quotas,
-                    caller: &mut caller,
-                    trace: &trace,
-                    replay,
+                // The sends: the first, then any retry (`send`) on slots of its own.
+                let (mut ticket, mut slots, mut req, mut attempt) = (ticket, slots, Some(req), 0);
+                let result = loop {
+                    if let Err(until) = ticket.recheck(Instant::now()) {
+                        // The breaker opened while this call waited: the
+                        // unsent slots go back.
+                        drop(slots);
+                        return Err(ProxyError::Unavailable(
+                            until.saturating_duration_since(Instant::now()),
+                        ));
+                    }
+                    let sending = slots.send();
+                    let this = req.take().expect("a request for every send");
+                    // After a wait in the queue: ready again first.
+                    let result = match inner.ready().await {
+                        Ok(ready) => ready.call(this).await,
+                        Err(e) => Err(e),
+                    };
+                    send::verdict(ticket, &result);
+                    sending.settle(&result, &app.spent, &caller.name);
+                    if let Ok(r) = &result {
+                        // Before any retry: it waits for the time Dastra named.
+                        super::signals::unavailable(&app, &quotas.key, r);
+                    }
+                    let Some(head) = &replay else { break result };
+                    attempt += 1;
+                    if !send::worth_another(&app, &result, attempt) {
+                        break result;
+                    }
+                    // Boxed: only a retry takes this path.
+                    let retry = send::Retry {
+                        app: &app,
+                        quotas: &quotas,
+                        trace: &trace,
+                    };
+                    match Box::pin(retry.slots(&mut caller, attempt)).await {
+                        Some((t, s)) => (ticket, slots) = (t, s),
+                        None => break result,
+                    }
+                    req = Some(super::replay::again(head));
                 };
-                // Boxed: its state (the request moved in, the inner stages' future)
-                // is made once the call has its slots, so a waiting call's
-                // future does not carry it.
-                let mut resp = Box::pin(sends.run(&mut inner, req, slots, ticket)).await?;
+                let mut resp = result?;
                 let heard = super::signals::Heard {
                     credential: &credential,
                     pause,

@@ -13,15 +13,37 @@ use http::{HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tower::Service;
 
-use super::layer::AppStage;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tower::Layer;
+
 use crate::access::ConnInfo;
+use crate::app::Policy;
 use crate::cors::{is_preflight, Cors};
 
-/// Marker of the browser stage.
+/// The browser stage: it reads the policy of the moment (its CORS rules and
+/// allow-lists), nothing else of the `App`.
 #[derive(Debug, Clone)]
-pub(crate) struct Browser;
+pub(crate) struct BrowserLayer(pub(crate) Arc<ArcSwap<Policy>>);
 
-impl<S> Service<Request<Body>> for AppStage<Browser, S>
+impl<S> Layer<S> for BrowserLayer {
+    type Service = Browser<S>;
+    fn layer(&self, inner: S) -> Browser<S> {
+        Browser {
+            policies: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Browser<S> {
+    policies: Arc<ArcSwap<Policy>>,
+    inner: S,
+}
+
+impl<S> Service<Request<Body>> for Browser<S>
 where
     S: Service<Request<Body>, Response = Response<Body>>,
 {
@@ -41,7 +63,7 @@ where
                 origin: None,
             };
         }
-        let policy = self.app.policy();
+        let policy = self.policies.load_full();
         if is_preflight(req.method(), req.headers()) {
             let peer = req.extensions().get::<ConnInfo>().map(|c| c.peer.ip());
             // An address the allow-list refuses goes on to the access stage's 403.

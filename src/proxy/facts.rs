@@ -11,7 +11,7 @@
 //! before the path may be run again for this call (an OAuth2 401 retry
 //! passes admission again) is written once and a second write is a bug a
 //! debug build reports; one learned by a stage that may run again keeps the
-//! latest pass's value.
+//! latest pass's value (the quota: the first's, the same key's).
 //!
 //! A stage that needs a fact its writer has not yet written was put before
 //! that writer: it answers [`ProxyError::Misordered`] naming the fact, never
@@ -45,7 +45,8 @@ pub(crate) struct Facts {
     /// and observe (counts).
     caller: OnceLock<Authorized>,
     /// The call's quota, once known: written in `admit.rs`; read by rescue
-    /// (the RateLimit fields any later failure answers with).
+    /// (the RateLimit fields any later failure answers with). A 401 retry's
+    /// second pass asks for the same key: the first pass's is kept.
     quota: Latest<Admission>,
     /// The fields of the client's own window or its part of a split
     /// credential, when that refused: written in `admit.rs`; read by rescue
@@ -53,16 +54,16 @@ pub(crate) struct Facts {
     own_fields: Latest<(HeaderValue, HeaderValue)>,
     /// The wait the caller's `Prefer: wait=N` was held to: written in
     /// `admit.rs`; read by observe (`Preference-Applied`).
-    wait_applied: Latest<Duration>,
+    wait_applied: Micros,
     /// How long the call queued for its slot: written in `admit.rs`; read
     /// by observe (access log).
-    queue_wait: Latest<Duration>,
-    /// How long Dastra took, in µs + 1 (0: never sent): written in
-    /// `forward.rs`, each attempt; read by observe (the last attempt's).
-    upstream: AtomicU64,
+    queue_wait: Micros,
+    /// How long Dastra took: written in `forward.rs`, each attempt; read by
+    /// observe (the last attempt's).
+    upstream: Micros,
     /// The code of the error the call was answered with: written in
     /// `rescue.rs`; read by observe.
-    code: OnceLock<&'static str>,
+    code: Latest<&'static str>,
 }
 
 /// Who called and the config generation the call runs under, together: the
@@ -74,7 +75,8 @@ pub(crate) struct Authorized {
 }
 
 /// A fact of a stage that may run more than once for a call: the latest
-/// pass's value (an uncontended lock: the stages of a call run one at a time).
+/// pass's value, or the first's (an uncontended lock: the stages of a call
+/// run one at a time; cheaper to set than a `OnceLock`).
 #[derive(Debug)]
 struct Latest<T>(Mutex<Option<T>>);
 
@@ -85,8 +87,32 @@ impl<T: Clone> Latest<T> {
     fn set(&self, v: T) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
     }
+    fn set_first(&self, v: T) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(v);
+    }
     fn get(&self) -> Option<T> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// A duration fact of a stage that may run more than once for a call, as
+/// µs + 1 (0: not known): the latest pass's value, lock-free.
+#[derive(Debug, Default)]
+struct Micros(AtomicU64);
+
+impl Micros {
+    fn set(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX - 1);
+        self.0.store(us + 1, Ordering::Relaxed);
+    }
+    fn get(&self) -> Option<Duration> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(Duration::from_micros(n - 1)),
+        }
     }
 }
 
@@ -104,10 +130,10 @@ impl Facts {
             caller: OnceLock::new(),
             quota: Latest::new(),
             own_fields: Latest::new(),
-            wait_applied: Latest::new(),
-            queue_wait: Latest::new(),
-            upstream: AtomicU64::new(0),
-            code: OnceLock::new(),
+            wait_applied: Micros::default(),
+            queue_wait: Micros::default(),
+            upstream: Micros::default(),
+            code: Latest::new(),
         }
     }
 
@@ -129,7 +155,7 @@ impl Facts {
     }
 
     pub(crate) fn set_quota(&self, a: Admission) {
-        self.quota.set(a);
+        self.quota.set_first(a);
     }
 
     pub(crate) fn set_own_fields(&self, fields: (HeaderValue, HeaderValue)) {
@@ -163,23 +189,19 @@ impl Facts {
     }
 
     pub(crate) fn set_upstream(&self, took: Duration) {
-        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX - 1);
-        self.upstream.store(us + 1, Ordering::Relaxed);
+        self.upstream.set(took);
     }
 
     pub(crate) fn upstream(&self) -> Option<Duration> {
-        match self.upstream.load(Ordering::Relaxed) {
-            0 => None,
-            n => Some(Duration::from_micros(n - 1)),
-        }
+        self.upstream.get()
     }
 
     pub(crate) fn set_code(&self, code: &'static str) {
-        once(&self.code, code, "the answer's code");
+        self.code.set_first(code);
     }
 
     pub(crate) fn code(&self) -> Option<&'static str> {
-        self.code.get().copied()
+        self.code.get()
     }
 }
 

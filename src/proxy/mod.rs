@@ -155,7 +155,7 @@ where
         // Browser callers: a CORS preflight is answered here (no key, no
         // quota, never sent to Dastra); an allowed origin's answers carry the
         // CORS grant, refusals included (so outside the rescue stage).
-        .layer(AppLayer::<cors::Browser>::new(app.clone()))
+        .layer(cors::BrowserLayer(app.policies()))
         // The one place a stage's error becomes its JSON envelope (error.rs);
         // everything below answers with typed errors.
         .layer(rescue::RescueLayer)

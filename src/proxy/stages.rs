@@ -41,7 +41,6 @@ pub(crate) struct AccessStage(pub(crate) Arc<ArcSwap<Policy>>);
 impl Check for AccessStage {
     type Error = ProxyError;
     fn check(&self, req: &mut Request<Body>) -> Result<(), ProxyError> {
-        let facts = facts(req)?.clone();
         let policy = self.0.load_full();
         let peer = req
             .extensions()
@@ -54,7 +53,7 @@ impl Check for AccessStage {
         // for a caller without a key when every credential is a client's.
         let route = (policy.routes.of(identity.index)).ok_or(AccessError::Unauthenticated)?;
         req.extensions_mut().insert(route);
-        facts.set_caller(identity, policy);
+        facts(req)?.set_caller(identity, policy);
         Ok(())
     }
 }
