@@ -52,7 +52,7 @@ where
         let trace = req.extensions().get::<Arc<CallTrace>>().cloned();
         let facts = match facts(&req) {
             Ok(f) => f.clone(),
-            Err(e) => return CheckFuture::Refused { error: Some(e) },
+            Err(e) => return CheckFuture::refused(e),
         };
         let key = req.extensions().get::<CallQuota>().map(|q| q.0);
         let (mut caller, pause, owner) = match facts.caller() {
@@ -66,40 +66,31 @@ where
                 c.policy.upstream_429 == Upstream429::Pause,
                 c.identity.addr,
             ),
-            Err(e) => return CheckFuture::Refused { error: Some(e) },
+            Err(e) => return CheckFuture::refused(e),
         };
         // Hop-by-hop headers are gone by now: the key is the credential that
         // will actually be forwarded.
-        let (credential, key) = match super::facts::route(&req) {
-            Ok(route) => (
-                route.name.clone(),
-                key.map_or_else(|| route.quota_key(req.headers()), Ok)
-                    .map_err(ProxyError::from),
-            ),
-            Err(e) => (Arc::from(""), Err(e)),
+        let route = match super::facts::route(&req) {
+            Ok(r) => r,
+            Err(e) => return CheckFuture::refused(e),
         };
-        let key = match key {
+        let credential = route.name.clone();
+        let key = match key.map_or_else(|| route.quota_key(req.headers()), Ok) {
             Ok(k) => k,
-            Err(e) => return CheckFuture::Refused { error: Some(e) },
+            Err(e) => return CheckFuture::refused(e),
         };
         let admission = match app.quotas.get(key, Some(owner)) {
             Ok(a) => a,
-            Err(refusal) => {
-                return CheckFuture::Refused {
-                    error: Some(refusal.into()),
-                }
-            }
+            Err(refusal) => return CheckFuture::refused(refusal),
         };
         facts.set_quota(admission.clone());
         // Before admission: an open breaker spends no quota.
         let ticket = match app.breaker.enter(entered) {
             Ok(t) => t,
             Err(until) => {
-                return CheckFuture::Refused {
-                    error: Some(ProxyError::Unavailable(
-                        until.saturating_duration_since(entered),
-                    )),
-                }
+                return CheckFuture::refused(ProxyError::Unavailable(
+                    until.saturating_duration_since(entered),
+                ))
             }
         };
         // The client's own windows first: over them, the call never queues.
@@ -113,7 +104,7 @@ where
                     if let Some(t) = &trace {
                         t.quota_wait(entered, 0, error.code());
                     }
-                    return CheckFuture::Refused { error: Some(error) };
+                    return CheckFuture::refused(error);
                 }
                 // Redis decides: asked first thing in the call's future.
                 None => own_later = Some(g.clone()),
@@ -132,7 +123,7 @@ where
                 if let Some(t) = &trace {
                     t.quota_wait(entered, 0, error.code());
                 }
-                return CheckFuture::Refused { error: Some(error) };
+                return CheckFuture::refused(error);
             }
             Some(Ok(permit)) => Some(permit),
             None => None,

@@ -75,9 +75,7 @@ where
             Ok(()) => CheckFuture::Inner {
                 inner: self.inner.call(req),
             },
-            Err(e) => CheckFuture::Refused {
-                error: Some(e.into()),
-            },
+            Err(e) => CheckFuture::refused(e),
         }
     }
 }
@@ -88,6 +86,15 @@ pin_project! {
     pub(crate) enum CheckFuture<F> {
         Inner { #[pin] inner: F },
         Refused { error: Option<ProxyError> },
+    }
+}
+
+impl<F> CheckFuture<F> {
+    /// The stage's answer without calling the inner service.
+    pub(crate) fn refused(e: impl Into<ProxyError>) -> Self {
+        CheckFuture::Refused {
+            error: Some(e.into()),
+        }
     }
 }
 

@@ -56,7 +56,7 @@ impl Service<Request<Body>> for Forward {
                 c.identity.forwarded.clone(),
                 c.identity.via_trusted_proxy,
             ),
-            Err(e) => return CheckFuture::Refused { error: Some(e) },
+            Err(e) => return CheckFuture::refused(e),
         };
         let (mut parts, body) = req.into_parts();
         let ext = std::mem::take(&mut parts.extensions);
@@ -76,11 +76,7 @@ impl Service<Request<Body>> for Forward {
         let fault = ext.get::<BodyFault>().cloned();
         let uri = match upstream_uri(&self.app, &parts.uri) {
             Ok(u) => u,
-            Err(e) => {
-                return CheckFuture::Refused {
-                    error: Some(e.into()),
-                }
-            }
+            Err(e) => return CheckFuture::refused(e),
         };
         parts.headers.remove(header::HOST);
         if let Some(conn) = conn {
