@@ -365,6 +365,32 @@ async fn a_collector_that_is_down_holds_no_call() {
         .expect("shutdown does not wait on the collector");
 }
 
+/// A send retried after Dastra's 503 is the same call: it goes out with the
+/// call's trace too, as a span of its own (the retry's copy of the request
+/// once carried only the facts the later stages read, and lost the trace).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_send_carries_the_calls_trace() {
+    let up = MockUpstream::start().await;
+    up.state
+        .fail_alternate
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let p = TestProxy::start(&up, &tracing_section(free_port(), 1.0)).await;
+    assert_eq!(get(&client(), &p.url("/v1/retried")).await.status, 200);
+    let sent: Vec<String> = up
+        .log()
+        .iter()
+        .filter(|r| r.target == "/v1/retried")
+        .map(|r| r.headers["traceparent"].to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(sent.len(), 2, "one failed send and its retry: {sent:?}");
+    assert_eq!(sent[0][3..35], sent[1][3..35], "one trace: {sent:?}");
+    assert_ne!(
+        sent[0][36..52],
+        sent[1][36..52],
+        "a span per send: {sent:?}"
+    );
+}
+
 /// The real binary's JSON access log names the trace of each call: the one
 /// Dastra received.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

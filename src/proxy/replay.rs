@@ -4,13 +4,9 @@
 //! with an empty body), and only when Dastra answered 502, 503 or 504 or was
 //! never reached. POST and PATCH never are, and a body is never kept.
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use http::{Method, Request, Response, StatusCode};
 
-use super::facts::Facts;
-use crate::access::ConnInfo;
 use crate::error::ProxyError;
 use crate::upstream::CallError;
 
@@ -28,16 +24,9 @@ pub(super) fn replayable(req: &Request<Body>) -> Option<Request<()>> {
     *copy.uri_mut() = req.uri().clone();
     *copy.version_mut() = req.version();
     *copy.headers_mut() = req.headers().clone();
-    // Only what the stages after admission read.
-    if let Some(o) = req.extensions().get::<Arc<Facts>>() {
-        copy.extensions_mut().insert(o.clone());
-    }
-    if let Some(c) = req.extensions().get::<ConnInfo>() {
-        copy.extensions_mut().insert(c.clone());
-    }
-    if let Some(r) = req.extensions().get::<crate::credential::Route>() {
-        copy.extensions_mut().insert(r.clone());
-    }
+    // Every fact of the call (a hand-kept list of what the later stages
+    // read once left the trace out of every retry).
+    *copy.extensions_mut() = req.extensions().clone();
     Some(copy)
 }
 
