@@ -35,8 +35,9 @@ pub(super) struct Slots {
 }
 
 impl CallQuotas {
-    /// A retry's slots, each asked again: a send of its own. `None` when
-    /// one refuses (the retry is not sent; the earlier answer stands).
+    /// A retry's slots, each asked again: a send of its own. The refusal
+    /// of the first that says no (the retry is not sent; the earlier
+    /// answer stands).
     pub(super) async fn again(&self, caller: &mut Caller) -> Result<Slots, Refusal> {
         let now = Instant::now();
         let own = match &self.own {
