@@ -49,13 +49,12 @@ impl Service<Request<Body>> for Forward {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let caller = facts(&req).and_then(|f| Ok((f.clone(), f.caller()?)));
-        let (facts, hops, trusted) = match caller {
-            Ok((f, c)) => (
-                f.clone(),
-                c.identity.forwarded.clone(),
-                c.identity.via_trusted_proxy,
-            ),
+        let facts = match facts(&req) {
+            Ok(f) => f.clone(),
+            Err(e) => return CheckFuture::refused(e),
+        };
+        let (hops, trusted) = match facts.caller() {
+            Ok(c) => (c.identity.forwarded.clone(), c.identity.via_trusted_proxy),
             Err(e) => return CheckFuture::refused(e),
         };
         let (mut parts, body) = req.into_parts();
