@@ -126,3 +126,48 @@ async fn a_send_landing_after_its_reservation_expired_still_counts() {
         "the late landing fills the window"
     );
 }
+
+/// A replica's `RateLimit` field in Redis mode is the script's latest reply
+/// about the key, aged to the moment it is asked: nothing before the first
+/// reply, then what is left and when the window frees, counting down.
+#[tokio::test]
+async fn the_ratelimit_field_is_the_latest_reply_aged_to_now() {
+    let redis = RedisServer::start();
+    let limits = [Limit {
+        requests: 3,
+        per: Duration::from_secs(10),
+        name: "10s".into(),
+    }];
+    let store = RedisStore::new(
+        &redis.url(),
+        "t",
+        "fields",
+        &limits,
+        Duration::ZERO,
+        Duration::from_secs(600),
+    )
+    .unwrap()
+    .with_settle(Duration::ZERO);
+    assert_eq!(store.ratelimit_value(Instant::now()), None, "no reply yet");
+    let t0: u64 = 1_700_000_000_000_000;
+    for _ in 0..2 {
+        let id = store.next_id();
+        assert_eq!(
+            store.reserve(id, 0, Some(t0)).await.unwrap(),
+            Decision::Admitted
+        );
+        store.land(id, Some(t0)).await.unwrap();
+    }
+    let now = Instant::now();
+    assert_eq!(
+        store.ratelimit_value(now).as_deref(),
+        Some("\"10s\";r=1;t=10")
+    );
+    assert_eq!(
+        store
+            .ratelimit_value(now + Duration::from_millis(4_500))
+            .as_deref(),
+        Some("\"10s\";r=1;t=6"),
+        "aged: the window frees 4.5 s sooner"
+    );
+}
