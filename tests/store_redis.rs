@@ -171,3 +171,57 @@ async fn the_ratelimit_field_is_the_latest_reply_aged_to_now() {
         "aged: the window frees 4.5 s sooner"
     );
 }
+
+/// A replica that learned "full until T" answers refusals itself, but its
+/// own refund and a reload make it ask Redis again: the freed (or added)
+/// slot is used at once, not at T.
+#[tokio::test]
+async fn a_refund_or_a_reload_makes_the_replica_ask_again() {
+    let redis = RedisServer::start();
+    let one = |n: u32| {
+        [Limit {
+            requests: n,
+            per: Duration::from_secs(10),
+            name: "10s".into(),
+        }]
+    };
+    let store = RedisStore::new(
+        &redis.url(),
+        "t",
+        "known",
+        &one(1),
+        Duration::ZERO,
+        Duration::from_secs(600),
+    )
+    .unwrap()
+    .with_settle(Duration::ZERO);
+    let first = store.next_id();
+    assert_eq!(
+        store.reserve(first, 0, None).await.unwrap(),
+        Decision::Admitted
+    );
+    assert!(matches!(
+        store.reserve(store.next_id(), 0, None).await.unwrap(),
+        Decision::Wait(_)
+    ));
+    // Never sent: its slot is free again, and this replica knows it.
+    store.release(first, None).await.unwrap();
+    let second = store.next_id();
+    assert_eq!(
+        store.reserve(second, 0, None).await.unwrap(),
+        Decision::Admitted,
+        "the refunded slot, at once"
+    );
+    store.land(second, None).await.unwrap();
+    assert!(matches!(
+        store.reserve(store.next_id(), 0, None).await.unwrap(),
+        Decision::Wait(_)
+    ));
+    // A reload to two calls per window: the second slot, at once.
+    store.reconfigure(&one(2), Duration::ZERO);
+    assert_eq!(
+        store.reserve(store.next_id(), 0, None).await.unwrap(),
+        Decision::Admitted,
+        "the reload's new slot, at once"
+    );
+}
