@@ -225,3 +225,95 @@ async fn a_refund_or_a_reload_makes_the_replica_ask_again() {
         "the reload's new slot, at once"
     );
 }
+
+fn store_of(redis: &RedisServer, key: &str, n: u32) -> RedisStore {
+    let limits = [Limit {
+        requests: n,
+        per: Duration::from_secs(10),
+        name: "10s".into(),
+    }];
+    RedisStore::new(
+        &redis.url(),
+        "t",
+        key,
+        &limits,
+        Duration::ZERO,
+        Duration::from_secs(600),
+    )
+    .unwrap()
+    .with_settle(Duration::ZERO)
+}
+
+/// Told "no slot before T", a replica answers the calls that follow
+/// itself until T: a flood against a full window costs Redis nothing.
+#[tokio::test]
+async fn a_replica_that_knows_the_window_full_answers_itself() {
+    let redis = RedisServer::start();
+    let store = store_of(&redis, "quiet", 1);
+    assert_eq!(
+        store.reserve(store.next_id(), 0, None).await.unwrap(),
+        Decision::Admitted
+    );
+    assert!(matches!(
+        store.reserve(store.next_id(), 0, None).await.unwrap(),
+        Decision::Wait(_)
+    ));
+    let runs = redis.script_runs();
+    for _ in 0..20 {
+        match store.reserve(store.next_id(), 0, None).await.unwrap() {
+            Decision::Wait(d) => assert!(d > Duration::from_secs(9), "{d:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(redis.script_runs(), runs, "answered without Redis");
+}
+
+/// A pause another replica set after Dastra's 429 is heard on this one's
+/// next check: its length, and a `RateLimit` of nothing left until it ends.
+#[tokio::test]
+async fn a_pause_set_by_another_replica_is_heard_on_the_next_check() {
+    let redis = RedisServer::start();
+    let (a, b) = (store_of(&redis, "pz", 5), store_of(&redis, "pz", 5));
+    assert_eq!(a.check().await.unwrap(), Duration::ZERO);
+    assert_eq!(a.paused_until(Instant::now()), None);
+    b.pause(Duration::from_secs(3)).await.unwrap();
+    let left = a.check().await.unwrap();
+    assert!(
+        left > Duration::from_millis(2_500) && left <= Duration::from_secs(3),
+        "{left:?}"
+    );
+    let now = Instant::now();
+    let until = a.paused_until(now).expect("paused");
+    assert!(until > now + Duration::from_millis(2_500), "{until:?}");
+    assert_eq!(a.ratelimit_value(now).as_deref(), Some("\"10s\";r=0;t=3"));
+    assert_eq!(a.paused_until(now + Duration::from_secs(4)), None, "over");
+}
+
+/// Redis flushed: the replica writes back the sends it made that still
+/// count before anyone is admitted again, so the window holds them.
+#[tokio::test]
+async fn sends_redis_lost_are_written_back_before_the_next_decision() {
+    let redis = RedisServer::start();
+    let store = store_of(&redis, "lost", 3);
+    for _ in 0..2 {
+        let id = store.next_id();
+        assert_eq!(
+            store.reserve(id, 0, None).await.unwrap(),
+            Decision::Admitted
+        );
+        store.land(id, None).await.unwrap();
+    }
+    redis.cli(&["FLUSHALL"]);
+    assert_eq!(
+        store.reserve(store.next_id(), 0, None).await.unwrap(),
+        Decision::Admitted,
+        "the window's third slot"
+    );
+    assert!(
+        matches!(
+            store.reserve(store.next_id(), 0, None).await.unwrap(),
+            Decision::Wait(_)
+        ),
+        "the two sends before the flush still count"
+    );
+}
