@@ -317,3 +317,29 @@ async fn sends_redis_lost_are_written_back_before_the_next_decision() {
         "the two sends before the flush still count"
     );
 }
+
+/// Sends a replica made on its own share while Redis was unreachable are
+/// written back once it answers: a landed one counts, one that never
+/// reached Dastra does not.
+#[tokio::test]
+async fn sends_made_without_redis_are_written_back_as_they_ended() {
+    let redis = RedisServer::start();
+    let store = store_of(&redis, "local", 3);
+    let (landed, refunded) = (store.next_id(), store.next_id());
+    store.sent_locally(landed);
+    store.sent_locally(refunded);
+    store.finished_locally(landed, true);
+    store.finished_locally(refunded, false);
+    let admitted = |d: Decision| d == Decision::Admitted;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(admitted(
+            store.reserve(store.next_id(), 0, None).await.unwrap(),
+        ));
+    }
+    assert_eq!(
+        got,
+        [true, true, false],
+        "the landed local send takes one of 3"
+    );
+}
