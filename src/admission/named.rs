@@ -151,4 +151,42 @@ mod tests {
         assert_eq!((gate.on_limit, gate.dry_run), (OnLimit::Reject, true));
         assert!(!q(Some(false)).cfg(&cfg).dry_run);
     }
+
+    /// A named credential's key is held by its own windows, not the default
+    /// ones; a reload changes them and keeps the sends they hold.
+    #[tokio::test]
+    async fn a_named_credentials_key_is_held_by_its_own_windows() {
+        let cfg = super::super::reserve_props::cfg();
+        let key = QuotaKey([9; 32]);
+        let named = |n| NamedQuota {
+            name: "crm".into(),
+            key,
+            limits: crate::quota::test_limits(&[(n, 10_000)]),
+            gate: None,
+        };
+        let q = super::super::Quotas::new(
+            &crate::quota::test_limits(&[(5, 1000)]),
+            &cfg,
+            None,
+            None,
+            None,
+        )
+        .unwrap()
+        .with_named(true, &[named(2)], &cfg)
+        .unwrap();
+        let send = |q: &super::super::Quotas| match q.get(key, None).unwrap().try_acquire() {
+            Some(Ok(p)) => {
+                p.sent().landed();
+                true
+            }
+            _ => false,
+        };
+        assert_eq!([send(&q), send(&q), send(&q)], [true, true, false]);
+        q.set_named(&[named(3)], &cfg).unwrap();
+        assert_eq!(
+            [send(&q), send(&q)],
+            [true, false],
+            "one more, the two kept"
+        );
+    }
 }
