@@ -189,4 +189,29 @@ mod tests {
             "one more, the two kept"
         );
     }
+
+    /// Every client's own windows are listed (`/quota` reads them), each the
+    /// gate its calls go through; a client without windows has none.
+    #[tokio::test]
+    async fn the_client_gates_listed_are_the_ones_calls_go_through() {
+        let cfg = super::super::reserve_props::cfg();
+        let limits = crate::quota::test_limits(&[(5, 1000)]);
+        let q = super::super::Quotas::new(&limits, &cfg, None, None, None).unwrap();
+        assert!(q.client_gates().is_empty() && q.client_gate("crm").is_none());
+        let own = NamedQuota {
+            name: "crm".into(),
+            key: QuotaKey([3; 32]),
+            limits: crate::quota::test_limits(&[(2, 10_000)]),
+            gate: Some(false),
+        };
+        q.set_clients(&[own], &cfg).unwrap();
+        let gate = q.client_gate("crm").expect("crm's windows");
+        gate.try_acquire().unwrap().unwrap().sent().landed();
+        assert!(q.client_gate("web").is_none());
+        let listed = q.client_gates();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(&*listed[0].0, "crm");
+        let windows = listed[0].1.shared_snapshot().await.windows;
+        assert_eq!((windows[0].used, windows[0].limit), (1, 2), "the same gate");
+    }
 }
