@@ -343,3 +343,34 @@ async fn sends_made_without_redis_are_written_back_as_they_ended() {
         "the landed local send takes one of 3"
     );
 }
+
+/// A replica with sends that may still count asks Redis a heartbeat after
+/// it last heard from it (a lost key is found within one); one with none
+/// never asks.
+#[tokio::test]
+async fn a_replica_watches_redis_only_while_its_sends_count() {
+    let redis = RedisServer::start();
+    let store = store_of(&redis, "watch", 3);
+    let now = Instant::now();
+    assert_eq!(store.watch_due(now), None, "nothing sent: nothing to watch");
+    let id = store.next_id();
+    assert_eq!(
+        store.reserve(id, 0, None).await.unwrap(),
+        Decision::Admitted
+    );
+    store.land(id, None).await.unwrap();
+    let heard = Instant::now();
+    let due = store
+        .watch_due(heard)
+        .expect("a send that counts is watched");
+    assert!(
+        due > heard && due <= heard + dastra_proxy::store::HEARTBEAT,
+        "a heartbeat after the last reply: {:?}",
+        due - heard
+    );
+    assert_eq!(
+        store.watch_due(heard + Duration::from_secs(11)),
+        None,
+        "out of the window: nothing to watch"
+    );
+}
