@@ -374,3 +374,67 @@ async fn a_replica_watches_redis_only_while_its_sends_count() {
         "out of the window: nothing to watch"
     );
 }
+
+/// Redis lost the sends key alone (its epoch kept): the replica notices on
+/// its next decision, since its newest landed send is missing, and writes
+/// its sends back before deciding. A send already near its window's end is
+/// not asked about (Redis may have trimmed it): no false alarm, no
+/// write-back.
+#[tokio::test]
+async fn a_sends_key_lost_alone_is_noticed_by_the_newest_landed_send() {
+    let redis = RedisServer::start();
+    let limits = [Limit {
+        requests: 2,
+        per: Duration::from_millis(600),
+        name: "600ms".into(),
+    }];
+    let store = RedisStore::new(
+        &redis.url(),
+        "t",
+        "alone",
+        &limits,
+        Duration::ZERO,
+        Duration::from_secs(600),
+    )
+    .unwrap()
+    .with_settle(Duration::ZERO);
+    let id = store.next_id();
+    assert_eq!(
+        store.reserve(id, 0, None).await.unwrap(),
+        Decision::Admitted
+    );
+    store.land(id, None).await.unwrap();
+    redis.cli(&["DEL", "{t:alone}:sends"]);
+    assert_eq!(
+        store.reserve(store.next_id(), 0, None).await.unwrap(),
+        Decision::Admitted
+    );
+    assert!(
+        matches!(
+            store.reserve(store.next_id(), 0, None).await.unwrap(),
+            Decision::Wait(_)
+        ),
+        "the landed send was written back: it still counts"
+    );
+    // Past half the window, the newest landed send is no longer asked
+    // about: another replica's admission may have trimmed it from Redis,
+    // and its absence is no loss.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let other = RedisStore::new(
+        &redis.url(),
+        "t",
+        "alone",
+        &limits,
+        Duration::ZERO,
+        Duration::from_secs(600),
+    )
+    .unwrap()
+    .with_settle(Duration::ZERO);
+    assert_eq!(
+        other.reserve(other.next_id(), 0, None).await.unwrap(),
+        Decision::Admitted
+    );
+    let runs = redis.script_runs();
+    store.reserve(store.next_id(), 0, None).await.unwrap();
+    assert_eq!(redis.script_runs(), runs + 1, "one decision, no write-back");
+}

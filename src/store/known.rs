@@ -126,4 +126,19 @@ mod tests {
         }
         assert!(k.starts.len() <= MAX_STARTS);
     }
+
+    /// A newer projection for one position replaces that position's and no
+    /// other's.
+    #[tokio::test(start_paused = true)]
+    async fn a_position_asked_again_keeps_the_newest_answer_and_only_its_own() {
+        let mut k = Known::default();
+        let t0 = Instant::now();
+        let s = |n| t0 + Duration::from_secs(n);
+        k.learn(0, s(5), t0);
+        k.learn(2, s(6), t0);
+        k.learn(3, s(7), t0);
+        k.learn(2, s(8), t0);
+        assert_eq!((k.start(2, t0), k.start(3, t0)), (Some(s(8)), Some(s(7))));
+        assert_eq!(k.starts.len(), 2, "updated in place");
+    }
 }
