@@ -411,3 +411,36 @@ async fn a_short_pause_under_a_full_window_is_the_quotas_refusal() {
         other => panic!("{:?}", other.map(|r| r.map(drop))),
     }
 }
+
+/// How long a send counts (the longest window, `keep_for`) reaches the
+/// state file: with nothing kept, the ring reuses its slots and never grows.
+#[tokio::test]
+async fn the_state_file_keeps_sends_for_as_long_as_quotas_say() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.state");
+    let (file, restored) = StateFile::open(&path, 16).unwrap();
+    let local = LocalState {
+        file,
+        restored: std::sync::Mutex::new(restored),
+        metrics: crate::metrics::Metrics::new(),
+    };
+    let q = Quotas::new(
+        &limits(&[(1000, 60_000)]),
+        &reject(),
+        None,
+        None,
+        Some(local),
+    )
+    .unwrap();
+    q.keep_for(Duration::ZERO);
+    let size = std::fs::metadata(&path).unwrap().len();
+    let a = q.get(QuotaKey([0; 32]), None).unwrap();
+    for _ in 0..200 {
+        a.try_acquire().unwrap().unwrap().sent().landed();
+    }
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        size,
+        "no slot kept"
+    );
+}
