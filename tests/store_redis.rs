@@ -138,16 +138,7 @@ async fn the_ratelimit_field_is_the_latest_reply_aged_to_now() {
         per: Duration::from_secs(10),
         name: "10s".into(),
     }];
-    let store = RedisStore::new(
-        &redis.url(),
-        "t",
-        "fields",
-        &limits,
-        Duration::ZERO,
-        Duration::from_secs(600),
-    )
-    .unwrap()
-    .with_settle(Duration::ZERO);
+    let store = store_with(&redis, "fields", &limits);
     assert_eq!(store.ratelimit_value(Instant::now()), None, "no reply yet");
     let t0: u64 = 1_700_000_000_000_000;
     for _ in 0..2 {
@@ -185,16 +176,7 @@ async fn a_refund_or_a_reload_makes_the_replica_ask_again() {
             name: "10s".into(),
         }]
     };
-    let store = RedisStore::new(
-        &redis.url(),
-        "t",
-        "known",
-        &one(1),
-        Duration::ZERO,
-        Duration::from_secs(600),
-    )
-    .unwrap()
-    .with_settle(Duration::ZERO);
+    let store = store_with(&redis, "known", &one(1));
     let first = store.next_id();
     assert_eq!(
         store.reserve(first, 0, None).await.unwrap(),
@@ -232,11 +214,17 @@ fn store_of(redis: &RedisServer, key: &str, n: u32) -> RedisStore {
         per: Duration::from_secs(10),
         name: "10s".into(),
     }];
+    store_with(redis, key, &limits)
+}
+
+/// A key's store with `limits`, no margin, and no settle after a new epoch
+/// (one replica, or replicas that all write back at once).
+fn store_with(redis: &RedisServer, key: &str, limits: &[Limit]) -> RedisStore {
     RedisStore::new(
         &redis.url(),
         "t",
         key,
-        &limits,
+        limits,
         Duration::ZERO,
         Duration::from_secs(600),
     )
@@ -388,16 +376,7 @@ async fn a_sends_key_lost_alone_is_noticed_by_the_newest_landed_send() {
         per: Duration::from_millis(600),
         name: "600ms".into(),
     }];
-    let store = RedisStore::new(
-        &redis.url(),
-        "t",
-        "alone",
-        &limits,
-        Duration::ZERO,
-        Duration::from_secs(600),
-    )
-    .unwrap()
-    .with_settle(Duration::ZERO);
+    let store = store_with(&redis, "alone", &limits);
     let id = store.next_id();
     assert_eq!(
         store.reserve(id, 0, None).await.unwrap(),
@@ -420,16 +399,7 @@ async fn a_sends_key_lost_alone_is_noticed_by_the_newest_landed_send() {
     // about: another replica's admission may have trimmed it from Redis,
     // and its absence is no loss.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let other = RedisStore::new(
-        &redis.url(),
-        "t",
-        "alone",
-        &limits,
-        Duration::ZERO,
-        Duration::from_secs(600),
-    )
-    .unwrap()
-    .with_settle(Duration::ZERO);
+    let other = store_with(&redis, "alone", &limits);
     assert_eq!(
         other.reserve(other.next_id(), 0, None).await.unwrap(),
         Decision::Admitted
