@@ -153,3 +153,51 @@ fn release_ready(inner: &Arc<Inner>) -> Release {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::admission::Admission;
+    use crate::store::RedisStore;
+
+    /// Redis down, calls granted from this replica's share: a caller that
+    /// left between the queue and its grant sent nothing, so its local send
+    /// is given back in what the replica will write back to Redis.
+    #[tokio::test]
+    async fn a_caller_gone_before_its_grant_leaves_no_local_send() {
+        let limits = crate::quota::test_limits(&[(4, 60_000)]);
+        let store = RedisStore::new(
+            "redis://127.0.0.1:1",
+            "t",
+            "gone",
+            &limits,
+            Duration::ZERO,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let remote = Remote::new(
+            Arc::new(store),
+            StoreOnError::Local,
+            crate::metrics::Metrics::new(),
+            Arc::new(AtomicBool::new(false)),
+            1,
+        );
+        let cfg = super::super::reserve_props::cfg();
+        let a = Admission::with_remote(&limits, &cfg, Some(remote));
+        {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            drop(rx);
+            let mut st = a.inner.lock();
+            st.queue.push(&"crm".into(), 1, 1, Instant::now(), tx);
+        }
+        release_ready(&a.inner);
+        let store = &a.inner.remote.as_ref().unwrap().store;
+        assert_eq!(
+            store.watch_due(Instant::now()),
+            None,
+            "no send left to write back"
+        );
+    }
+}
