@@ -177,6 +177,8 @@ mod tests {
             Duration::from_secs(5),
         )
         .unwrap();
+        // Ids 0 and 1 taken: the grant's is 2, which no constant reply names.
+        let (_, _) = (store.next_id(), store.next_id());
         let remote = Remote::new(
             Arc::new(store),
             StoreOnError::Local,
