@@ -197,14 +197,16 @@ impl RedisLink {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Ok(c)
             }
+            // The backoff counts from the failure, not from the attempt: a
+            // connect that timed out took longer than the backoff itself.
             Ok(Err(e)) => {
                 *self.retry_at.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(now + RECONNECT_BACKOFF);
+                    Some(Instant::now() + RECONNECT_BACKOFF);
                 Err(self.error(e))
             }
             Err(_) => {
                 *self.retry_at.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(now + RECONNECT_BACKOFF);
+                    Some(Instant::now() + RECONNECT_BACKOFF);
                 Err(StoreError::Timeout(self.op_timeout * 2))
             }
         }
@@ -268,7 +270,11 @@ fn scrubbed(msg: &str, password: &Option<String>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::parse;
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::{parse, StoreError, RECONNECT_BACKOFF};
 
     #[test]
     fn urls_split_into_nodes_and_keep_the_acl_user() {
@@ -287,6 +293,44 @@ mod tests {
         assert!(parse("redis://h1:1,h2:2").is_err());
         assert!(parse("http://h").is_err());
         assert!(parse("redis://").is_err());
+    }
+
+    /// After a failed connect the link waits `RECONNECT_BACKOFF` before the
+    /// next try: a flood while Redis is down costs no connects.
+    #[tokio::test]
+    async fn a_refused_connect_backs_off() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let link = super::RedisLink::new(&format!("redis://127.0.0.1:{port}"), None).unwrap();
+        let first = link.connection().await.err().expect("nothing listens");
+        assert!(!matches!(first, StoreError::Backoff(_)), "{first:?}");
+        match link.connection().await {
+            Err(StoreError::Backoff(d)) => assert!(d <= RECONNECT_BACKOFF, "{d:?}"),
+            other => panic!("{:?}", other.map(drop)),
+        }
+    }
+
+    /// A Redis that takes the connection and never answers: the connect
+    /// gives up after twice the operation timeout, says so, and backs off.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_redis_times_the_connect_out_and_backs_off() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let link = super::RedisLink::new(&format!("redis://127.0.0.1:{port}"), None).unwrap();
+        let t0 = Instant::now();
+        match link.connection().await {
+            Err(StoreError::Timeout(d)) => assert_eq!(d, Duration::from_secs(1)),
+            other => panic!("{:?}", other.map(drop)),
+        }
+        assert_eq!(t0.elapsed(), Duration::from_secs(1), "twice the op timeout");
+        assert!(matches!(
+            link.connection().await,
+            Err(StoreError::Backoff(_))
+        ));
+        drop(silent);
     }
 
     #[test]
