@@ -250,12 +250,12 @@ impl RedisLink {
         }
     }
 
-    /// Forgets a connection that failed; the next call reconnects.
     /// Which connection the last [`Self::connection`] handed out.
     pub(super) fn generation(&self) -> u64 {
         self.generation.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Forgets a connection that failed; the next call reconnects.
     pub(super) async fn reset(&self) {
         *self.conn.lock().await = None;
     }
@@ -337,5 +337,55 @@ mod tests {
     fn the_password_never_reaches_a_message() {
         let out = super::scrubbed("WRONGPASS for s3cret", &Some("s3cret".into()));
         assert!(!out.contains("s3cret"), "{out}");
+        // The shortest password scrubbed; a shorter one would blank out
+        // every matching letter of the message, so it is left.
+        let out = super::scrubbed("denied: abc", &Some("abc".into()));
+        assert_eq!(out, "denied: <redacted>");
+        assert_eq!(super::scrubbed("a bad day", &Some("a".into())), "a bad day");
+    }
+
+    /// Which failures are a setting to fix (`check` and start-up refuse
+    /// them) and which an outage (the replica falls back and retries): each
+    /// sign of a wrong password, a missing permission or TLS on its own.
+    #[test]
+    fn authentication_and_tls_failures_are_settings_an_outage_is_not() {
+        use redis::{ErrorKind, RedisError};
+        let link = super::RedisLink::new("redis://app:s3cret@127.0.0.1:1", None).unwrap();
+        let response = |text: &str| {
+            RedisError::from((
+                ErrorKind::ResponseError,
+                "An error was signalled by the server",
+                text.to_string(),
+            ))
+        };
+        for (e, why) in [
+            (
+                RedisError::from((ErrorKind::AuthenticationFailed, "refused")),
+                "kind",
+            ),
+            (
+                RedisError::from((ErrorKind::InvalidClientConfig, "bad url")),
+                "config kind",
+            ),
+            (response("WRONGPASS invalid password s3cret"), "WRONGPASS"),
+            (response("NOAUTH Authentication required"), "NOAUTH"),
+            (response("NOPERM no permissions to run 'evalsha'"), "NOPERM"),
+            (
+                response("invalid peer certificate: UnknownIssuer"),
+                "certificate",
+            ),
+            (response("TLS handshake eof"), "TLS"),
+        ] {
+            match link.error(e) {
+                StoreError::Config(m) => assert!(!m.contains("s3cret"), "{why}: {m}"),
+                other => panic!("{why}: {other:?}"),
+            }
+        }
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        assert!(matches!(link.error(io.into()), StoreError::Redis(_)));
+        assert!(matches!(
+            link.error(response("LOADING dataset")),
+            StoreError::Redis(_)
+        ));
     }
 }
