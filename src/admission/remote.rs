@@ -68,6 +68,7 @@ impl Remote {
     /// (`project` false); otherwise learns when the call could start.
     pub(super) async fn ask(&self, ahead: usize, project: bool) -> Answer {
         let id = self.store.next_id();
+        let heard = self.store.heard();
         let r = if project {
             self.store.project(ahead).await
         } else {
@@ -79,10 +80,20 @@ impl Remote {
             Decision::Settling(w) => Answer::Settling(Instant::now() + w),
         });
         match r {
-            Ok(a) => {
+            Ok(a) if self.store.heard() != heard => {
                 self.up();
                 a
             }
+            // Answered from what this replica knew (the window full), Redis
+            // not asked: that says nothing of Redis being back. While the
+            // last contact failed, `reject` lets no call wait on it.
+            Ok(_)
+                if self.on_error == StoreOnError::Reject
+                    && !self.healthy.load(Ordering::Relaxed) =>
+            {
+                Answer::Failed
+            }
+            Ok(a) => a,
             Err(e) => {
                 self.failed("decide", &e);
                 Answer::Failed

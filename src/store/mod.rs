@@ -183,6 +183,12 @@ impl RedisStore {
         lock(&self.paused).filter(|p| *p > now)
     }
 
+    /// When this replica last heard from Redis about this key: a decision
+    /// that leaves it unchanged was answered from what the replica knew.
+    pub fn heard(&self) -> Option<Instant> {
+        *lock(&self.heard)
+    }
+
     /// Drops what this replica knew about the window without asking: the
     /// next decision goes to Redis.
     pub fn forget(&self) {

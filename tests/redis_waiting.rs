@@ -1,0 +1,213 @@
+//! What a replica's releaser does while nobody and somebody waits on Redis:
+//! it sleeps until the instant it has a reason to wake (a slot, a
+//! heartbeat, a pause's end), never in a loop, and asks Redis only as often
+//! as the heartbeat says. The real binary, a real redis-server; work is
+//! judged by the process's own CPU time and Redis's own count of script runs.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{client, get, hup, scrape, BinProxy, MockUpstream, RedisServer, TestClient};
+use tokio::time::Instant;
+
+fn config(redis: &RedisServer, limit: u32, on_error: &str, admission: &str) -> String {
+    format!(
+        "[[limits]]\nrequests = {limit}\nper = \"30s\"\n[admission]\nmargin = \"0s\"\n\
+         on_limit = \"queue\"\nmax_wait = \"60s\"\n{admission}\n\
+         [store]\nkind = \"redis\"\nurl = \"{}\"\nkey_prefix = \"dp-wait\"\non_error = \"{on_error}\"\nreplicas = 1\n",
+        redis.url()
+    )
+}
+
+/// CPU time the process has used (user and system), from /proc; the
+/// kernel reports it in USER_HZ ticks, 100 a second.
+fn cpu(proxy: &BinProxy) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", proxy.pid())).unwrap();
+    // Fields after the command's closing parenthesis: state is field 3,
+    // utime and stime fields 14 and 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+/// CPU time used over `span` of wall time. A releaser in a loop spends the
+/// whole span on a core; a sleeping one next to nothing.
+async fn cpu_over(proxy: &BinProxy, span: Duration) -> Duration {
+    let before = cpu(proxy);
+    tokio::time::sleep(span).await;
+    cpu(proxy) - before
+}
+
+/// Failed contacts with Redis so far, all operations together.
+async fn store_errors(c: &TestClient, p: &BinProxy) -> f64 {
+    scrape(c, p.admin)
+        .await
+        .lines()
+        .filter(|l| l.starts_with("dastra_proxy_store_errors_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+const QUIET: Duration = Duration::from_millis(300);
+
+async fn ok(c: &TestClient, p: &BinProxy, path: &str) {
+    assert_eq!(get(c, &p.url(path)).await.status, 200, "{path}");
+}
+
+/// Spawns a call that will wait in the queue, and returns once it does.
+async fn queue_one(
+    c: &TestClient,
+    p: &BinProxy,
+    path: &str,
+) -> tokio::task::JoinHandle<support::Reply> {
+    let call = {
+        let (c, url) = (c.clone(), p.url(path));
+        tokio::spawn(async move { get(&c, &url).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !String::from_utf8_lossy(&get(c, &format!("http://{}/metrics", p.admin)).await.body)
+        .lines()
+        .any(|l| l.starts_with("dastra_proxy_queue_depth") && !l.ends_with(" 0"))
+    {
+        assert!(Instant::now() < deadline, "the call never queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    call
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_sends_sleeps_idle_waiting_and_falling_back() {
+    let up = MockUpstream::start().await;
+    let mut redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = BinProxy::start(dir.path(), &up, &config(&redis, 3, "local", ""));
+    let c = client();
+    for i in 0..3 {
+        ok(&c, &proxy, &format!("/v1/sent/{i}")).await;
+    }
+    // Idle with sends to watch: a heartbeat every 200 ms, nothing between.
+    let used = cpu_over(&proxy, Duration::from_millis(1500)).await;
+    assert!(used < QUIET, "idle with sends: {used:?} of CPU in 1.5 s");
+    // One call waits for a slot 30 s away, Redis up.
+    let _waiting = queue_one(&c, &proxy, "/v1/waiting").await;
+    let used = cpu_over(&proxy, Duration::from_millis(1500)).await;
+    assert!(used < QUIET, "one call queued: {used:?} of CPU in 1.5 s");
+    // Redis gone and, after a reload, the window no longer known full: the
+    // replica waits in its own share, asking Redis again twice a second.
+    redis.stop();
+    hup(&c, &proxy, "ok", 1.0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let errors = store_errors(&c, &proxy).await;
+    let used = cpu_over(&proxy, Duration::from_millis(1500)).await;
+    assert!(
+        used < QUIET,
+        "queued on the fallback: {used:?} of CPU in 1.5 s"
+    );
+    let asked = store_errors(&c, &proxy).await - errors;
+    assert!(
+        (1.0..=12.0).contains(&asked),
+        "{asked} failed asks in 1.5 s"
+    );
+    assert_eq!(up.arrivals("/v1/waiting").len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_replica_sleeps_while_redis_is_down() {
+    let up = MockUpstream::start().await;
+    let mut redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = BinProxy::start(dir.path(), &up, &config(&redis, 3, "local", ""));
+    let c = client();
+    for i in 0..2 {
+        ok(&c, &proxy, &format!("/v1/sent/{i}")).await;
+    }
+    redis.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every heartbeat fails: the next is still a heartbeat away.
+    let used = cpu_over(&proxy, Duration::from_millis(1500)).await;
+    assert!(used < QUIET, "idle, Redis down: {used:?} of CPU in 1.5 s");
+}
+
+/// A granted slot wakes the releaser (it starts watching the new send),
+/// which asks Redis only when a heartbeat is due: calls cost their own
+/// script runs, not one more each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_cost_redis_their_own_script_runs_not_a_heartbeat_each() {
+    let up = MockUpstream::start().await;
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = BinProxy::start(dir.path(), &up, &config(&redis, 1000, "local", ""));
+    let c = client();
+    ok(&c, &proxy, "/v1/first").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let n = 40;
+    let (runs, t0) = (redis.script_runs(), Instant::now());
+    for i in 0..n {
+        ok(&c, &proxy, &format!("/v1/call/{i}")).await;
+    }
+    let heartbeats = (t0.elapsed().as_millis() / 200) as u64 + 2;
+    let runs = redis.script_runs() - runs;
+    // One run to admit, one to land each call.
+    assert!(
+        runs <= 2 * n + heartbeats,
+        "{runs} script runs for {n} calls in {:?}",
+        t0.elapsed()
+    );
+}
+
+/// Calls queued behind an upstream pause (Dastra's 429): the releaser sleeps
+/// until the pause ends, asking Redis nothing, then serves them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_waiting_out_a_pause_asks_redis_nothing_until_it_ends() {
+    let up = MockUpstream::start().await;
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&redis, 100, "local", "upstream_429 = \"pause\"");
+    let proxy = BinProxy::start(dir.path(), &up, &cfg);
+    let c = client();
+    assert_eq!(get(&c, &proxy.url("/retry-after/3")).await.status, 429);
+    let paused_at = Instant::now();
+    let waiting = queue_one(&c, &proxy, "/v1/after-the-pause").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let runs = redis.script_runs();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let asked = redis.script_runs() - runs;
+    assert!(asked <= 1, "{asked} script runs in 1 s of a pause");
+    let r = waiting.await.unwrap();
+    assert_eq!(r.status, 200);
+    assert!(paused_at.elapsed() >= Duration::from_millis(2500));
+}
+
+/// `on_error = "reject"`: a call already waiting when Redis goes is refused
+/// (503, `store_unavailable`) once a heartbeat finds Redis gone, not kept
+/// waiting on what the replica knew of the window nor admitted from a local
+/// share; so is the next call, and `/readyz` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_on_error_reject_a_waiting_call_is_refused_when_redis_goes() {
+    let up = MockUpstream::start().await;
+    let mut redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = BinProxy::start(dir.path(), &up, &config(&redis, 2, "reject", ""));
+    let c = client();
+    ok(&c, &proxy, "/v1/a").await;
+    ok(&c, &proxy, "/v1/b").await;
+    let waiting = queue_one(&c, &proxy, "/v1/waiting").await;
+    redis.stop();
+    let r = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the waiting call is answered once Redis is gone")
+        .unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.code(), "store_unavailable");
+    // The window is still known full: that is no answer from Redis.
+    let r = get(&c, &proxy.url("/v1/next")).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (503, "store_unavailable".into())
+    );
+    let ready = get(&c, &format!("http://{}/readyz", proxy.admin)).await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(up.arrivals("/v1/").len(), 2);
+}
