@@ -11,10 +11,12 @@ use std::time::Duration;
 use support::{client, get, hup, scrape, BinProxy, MockUpstream, RedisServer, TestClient};
 use tokio::time::Instant;
 
+/// Calls wait for their slot (up to a minute) unless a test says otherwise.
+const QUEUE: &str = "on_limit = \"queue\"\nmax_wait = \"60s\"";
+
 fn config(redis: &RedisServer, limit: u32, on_error: &str, admission: &str) -> String {
     format!(
-        "[[limits]]\nrequests = {limit}\nper = \"30s\"\n[admission]\nmargin = \"0s\"\n\
-         on_limit = \"queue\"\nmax_wait = \"60s\"\n{admission}\n\
+        "[[limits]]\nrequests = {limit}\nper = \"30s\"\n[admission]\nmargin = \"0s\"\n{admission}\n\
          [store]\nkind = \"redis\"\nurl = \"{}\"\nkey_prefix = \"dp-wait\"\non_error = \"{on_error}\"\nreplicas = 1\n",
         redis.url()
     )
@@ -82,7 +84,7 @@ async fn a_replica_with_sends_sleeps_idle_waiting_and_falling_back() {
     let up = MockUpstream::start().await;
     let mut redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let proxy = BinProxy::start(dir.path(), &up, &config(&redis, 3, "local", ""));
+    let proxy = BinProxy::start(dir.path(), &up, &config(&redis, 3, "local", QUEUE));
     let c = client();
     for i in 0..3 {
         ok(&c, &proxy, &format!("/v1/sent/{i}")).await;
@@ -118,7 +120,7 @@ async fn an_idle_replica_sleeps_while_redis_is_down() {
     let up = MockUpstream::start().await;
     let mut redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let proxy = BinProxy::start(dir.path(), &up, &config(&redis, 3, "local", ""));
+    let proxy = BinProxy::start(dir.path(), &up, &config(&redis, 3, "local", QUEUE));
     let c = client();
     for i in 0..2 {
         ok(&c, &proxy, &format!("/v1/sent/{i}")).await;
@@ -138,7 +140,7 @@ async fn calls_cost_redis_their_own_script_runs_not_a_heartbeat_each() {
     let up = MockUpstream::start().await;
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let proxy = BinProxy::start(dir.path(), &up, &config(&redis, 1000, "local", ""));
+    let proxy = BinProxy::start(dir.path(), &up, &config(&redis, 1000, "local", QUEUE));
     let c = client();
     ok(&c, &proxy, "/v1/first").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -164,7 +166,12 @@ async fn a_call_waiting_out_a_pause_asks_redis_nothing_until_it_ends() {
     let up = MockUpstream::start().await;
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&redis, 100, "local", "upstream_429 = \"pause\"");
+    let cfg = config(
+        &redis,
+        100,
+        "local",
+        &format!("{QUEUE}\nupstream_429 = \"pause\""),
+    );
     let proxy = BinProxy::start(dir.path(), &up, &cfg);
     let c = client();
     assert_eq!(get(&c, &proxy.url("/retry-after/3")).await.status, 429);
@@ -189,7 +196,7 @@ async fn with_on_error_reject_a_waiting_call_is_refused_when_redis_goes() {
     let up = MockUpstream::start().await;
     let mut redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let proxy = BinProxy::start(dir.path(), &up, &config(&redis, 2, "reject", ""));
+    let proxy = BinProxy::start(dir.path(), &up, &config(&redis, 2, "reject", QUEUE));
     let c = client();
     ok(&c, &proxy, "/v1/a").await;
     ok(&c, &proxy, "/v1/b").await;
@@ -210,4 +217,55 @@ async fn with_on_error_reject_a_waiting_call_is_refused_when_redis_goes() {
     let ready = get(&c, &format!("http://{}/readyz", proxy.admin)).await;
     assert_eq!(ready.status, 503);
     assert_eq!(up.arrivals("/v1/").len(), 2);
+}
+
+/// Idle, a replica still watches its sends: when Redis loses them (a
+/// flush) its next heartbeat writes them back, with no call to ask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_replica_writes_back_the_sends_redis_lost() {
+    let up = MockUpstream::start().await;
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = BinProxy::start(dir.path(), &up, &config(&redis, 5, "local", QUEUE));
+    let c = client();
+    for i in 0..3 {
+        ok(&c, &proxy, &format!("/v1/sent/{i}")).await;
+    }
+    let held = || redis.cli(&["ZCARD", "{dp-wait:0000000000000000}:sends"]);
+    let until = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let what = what.to_string();
+        async move {
+            while held() != "3" {
+                assert!(Instant::now() < deadline, "{what}: Redis holds {}", held());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    until("landed").await;
+    assert_eq!(redis.cli(&["FLUSHALL"]), "OK");
+    until("written back").await;
+}
+
+/// Refused through Redis (`on_limit = "reject"`): Retry-After says when the
+/// oldest send leaves the 30 s window, never earlier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_through_redis_says_when_the_window_frees() {
+    let up = MockUpstream::start().await;
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&redis, 2, "local", "on_limit = \"reject\"");
+    let proxy = BinProxy::start(dir.path(), &up, &cfg);
+    let c = client();
+    ok(&c, &proxy, "/v1/a").await;
+    ok(&c, &proxy, "/v1/b").await;
+    for path in ["/v1/c", "/v1/d"] {
+        let r = get(&c, &proxy.url(path)).await;
+        assert_eq!(
+            (r.status.as_u16(), r.code()),
+            (429, "quota_exhausted".into())
+        );
+        let after: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!((29..=30).contains(&after), "Retry-After {after}");
+    }
 }
