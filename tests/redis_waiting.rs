@@ -8,7 +8,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::{client, get, hup, scrape, BinProxy, MockUpstream, RedisServer, TestClient};
+use axum::body::Body;
+use http::Method;
+use support::{client, get, hup, scrape, send, BinProxy, MockUpstream, RedisServer, TestClient};
 use tokio::time::Instant;
 
 /// Calls wait for their slot (up to a minute) unless a test says otherwise.
@@ -217,6 +219,32 @@ async fn with_on_error_reject_a_waiting_call_is_refused_when_redis_goes() {
     let ready = get(&c, &format!("http://{}/readyz", proxy.admin)).await;
     assert_eq!(ready.status, 503);
     assert_eq!(up.arrivals("/v1/").len(), 2);
+    // Redis back (empty, as after a restart): the heartbeat finds it with
+    // no call to ask, the replica is ready again, and a call meets Redis'
+    // answer — the two sends written back fill the window — not a 503.
+    let _redis = RedisServer::start_on(redis.port);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(&c, &format!("http://{}/readyz", proxy.admin))
+        .await
+        .status
+        != 200
+    {
+        assert!(Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = proxy.url("/v1/again");
+    let r = send(
+        &c,
+        Method::GET,
+        &url,
+        &[("prefer", "wait=1")],
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (429, "quota_exhausted".into())
+    );
 }
 
 /// Idle, a replica still watches its sends: when Redis loses them (a
@@ -268,4 +296,79 @@ async fn a_refusal_through_redis_says_when_the_window_frees() {
         let after: u64 = r.header("retry-after").unwrap().parse().unwrap();
         assert!((29..=30).contains(&after), "Retry-After {after}");
     }
+}
+
+/// A full queue refuses (`queue_full`) with when the first slot frees, as
+/// memory mode does — not when a call at the back of the queue would start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_with_when_the_first_slot_frees() {
+    let up = MockUpstream::start().await;
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&redis, 1, "local", &format!("{QUEUE}\nmax_queue = 1"));
+    let proxy = BinProxy::start(dir.path(), &up, &cfg);
+    let c = client();
+    ok(&c, &proxy, "/v1/a").await;
+    let _waiting = queue_one(&c, &proxy, "/v1/waiting").await;
+    let r = get(&c, &proxy.url("/v1/one-too-many")).await;
+    assert_eq!((r.status.as_u16(), r.code()), (429, "queue_full".into()));
+    let after: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((29..=30).contains(&after), "Retry-After {after}");
+}
+
+/// Dastra's 429 met while Redis was down: the pause never reached Redis,
+/// and when Redis is back (empty) this replica still holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_redis_never_heard_still_holds_this_replica() {
+    let up = MockUpstream::start().await;
+    let mut redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        &redis,
+        100,
+        "local",
+        "on_limit = \"reject\"\nupstream_429 = \"pause\"",
+    );
+    let proxy = BinProxy::start(dir.path(), &up, &cfg);
+    let c = client();
+    ok(&c, &proxy, "/v1/before").await;
+    redis.stop();
+    assert_eq!(get(&c, &proxy.url("/retry-after/30")).await.status, 429);
+    let _redis = RedisServer::start_on(redis.port);
+    // Past the reconnect backoff: the next call's decision goes to Redis.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let r = get(&c, &proxy.url("/v1/during")).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (429, "upstream_throttled".into())
+    );
+    assert_eq!(up.arrivals("/v1/during").len(), 0);
+}
+
+/// `on_error = "reject"`, a replica with no sends of its own (nothing for a
+/// heartbeat to watch): refusing while Redis is down, it asks on its own
+/// whether Redis is back, and is ready again with no call to find out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_replica_is_ready_again_when_redis_is_back() {
+    let up = MockUpstream::start().await;
+    let mut redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = BinProxy::start(dir.path(), &up, &config(&redis, 2, "reject", QUEUE));
+    let c = client();
+    let readyz = format!("http://{}/readyz", proxy.admin);
+    assert_eq!(get(&c, &readyz).await.status, 200);
+    redis.stop();
+    let r = get(&c, &proxy.url("/v1/refused")).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (503, "store_unavailable".into())
+    );
+    assert_eq!(get(&c, &readyz).await.status, 503);
+    let _redis = RedisServer::start_on(redis.port);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(&c, &readyz).await.status != 200 {
+        assert!(Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(up.arrivals("/v1/").len(), 0);
 }

@@ -50,7 +50,13 @@ async fn release_remote(inner: &Arc<Inner>, remote: &Arc<Remote>) -> Release {
     };
     if idle {
         let now = Instant::now();
-        return match remote.store.watch_due(now) {
+        // While Redis is unreachable the heartbeat also asks whether it is
+        // back, so the replica is ready again without waiting for a call.
+        let due = remote
+            .store
+            .watch_due(now)
+            .or((!remote.reachable()).then_some(now));
+        return match due {
             None => Release::Idle,
             Some(at) if at > now => Release::Sleep(at),
             Some(_) => {
@@ -104,7 +110,7 @@ async fn release_remote(inner: &Arc<Inner>, remote: &Arc<Remote>) -> Release {
             for tx in st.queue.drain() {
                 let _ = tx.send(Err(Refusal::StoreUnavailable));
             }
-            Release::Idle
+            Release::Sleep(Instant::now() + HEARTBEAT)
         }
         // Fall back to this replica's share until Redis answers again.
         Answer::Failed => match release_ready(inner) {

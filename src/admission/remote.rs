@@ -68,6 +68,12 @@ impl Remote {
     /// (`project` false); otherwise learns when the call could start.
     pub(super) async fn ask(&self, ahead: usize, project: bool) -> Answer {
         let id = self.store.next_id();
+        // Refusing while the last contact failed: what this replica knew of
+        // the window (full until T) is no answer, Redis is asked (the link's
+        // backoff keeps that cheap), so the first reply ends the refusals.
+        if self.refusing() {
+            self.store.forget();
+        }
         let heard = self.store.heard();
         let r = if project {
             self.store.project(ahead).await
@@ -80,20 +86,14 @@ impl Remote {
             Decision::Settling(w) => Answer::Settling(Instant::now() + w),
         });
         match r {
-            Ok(a) if self.store.heard() != heard => {
-                self.up();
+            // Only a reply from Redis says it is reachable, not an answer
+            // from what this replica knew.
+            Ok(a) => {
+                if self.store.heard() != heard {
+                    self.up();
+                }
                 a
             }
-            // Answered from what this replica knew (the window full), Redis
-            // not asked: that says nothing of Redis being back. While the
-            // last contact failed, `reject` lets no call wait on it.
-            Ok(_)
-                if self.on_error == StoreOnError::Reject
-                    && !self.healthy.load(Ordering::Relaxed) =>
-            {
-                Answer::Failed
-            }
-            Ok(a) => a,
             Err(e) => {
                 self.failed("decide", &e);
                 Answer::Failed
@@ -149,6 +149,16 @@ impl Remote {
                 ..l.clone()
             })
             .collect()
+    }
+
+    /// Whether Redis answered the last time it was asked.
+    pub(super) fn reachable(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// `on_error = "reject"` while Redis is unreachable: every call is refused.
+    fn refusing(&self) -> bool {
+        self.on_error == StoreOnError::Reject && !self.reachable()
     }
 
     fn up(&self) {
@@ -226,7 +236,9 @@ impl Admission {
                     return Ok(Permit::remote(self.inner.clone(), id, true, Duration::ZERO));
                 }
                 Answer::Failed if remote.on_error == StoreOnError::Reject => {
-                    return Err(Refusal::StoreUnavailable)
+                    // The releaser's heartbeat asks whether Redis is back.
+                    self.inner.wake.notify_one();
+                    return Err(Refusal::StoreUnavailable);
                 }
                 Answer::Failed => {
                     let blocked = st.blocked_until(now);
