@@ -122,6 +122,7 @@ async fn refusals_during_an_upstream_pause_say_at_least_the_pause() {
             "{mode}: {}",
             String::from_utf8_lossy(&r.body)
         );
+        assert_eq!(r.code(), "upstream_throttled", "{mode}");
         let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
         assert!(
             (29..=31).contains(&retry),

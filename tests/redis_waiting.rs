@@ -275,27 +275,39 @@ async fn an_idle_replica_writes_back_the_sends_redis_lost() {
     until("written back").await;
 }
 
-/// Refused through Redis (`on_limit = "reject"`): Retry-After says when the
-/// oldest send leaves the 30 s window, never earlier.
+/// Refused through Redis, at once (`reject`, or a wait past `max_wait`):
+/// Retry-After says when the oldest send leaves the 30 s window, never
+/// earlier, and the code says the quota, not the shorter pause beside it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_through_redis_says_when_the_window_frees() {
     let up = MockUpstream::start().await;
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&redis, 2, "local", "on_limit = \"reject\"");
-    let proxy = BinProxy::start(dir.path(), &up, &cfg);
-    let c = client();
-    ok(&c, &proxy, "/v1/a").await;
-    ok(&c, &proxy, "/v1/b").await;
-    for path in ["/v1/c", "/v1/d"] {
-        let r = get(&c, &proxy.url(path)).await;
-        assert_eq!(
-            (r.status.as_u16(), r.code()),
-            (429, "quota_exhausted".into())
-        );
-        let after: u64 = r.header("retry-after").unwrap().parse().unwrap();
-        assert!((29..=30).contains(&after), "Retry-After {after}");
+    for mode in [
+        "on_limit = \"reject\"",
+        "on_limit = \"queue\"\nmax_wait = \"5s\"",
+    ] {
+        let redis = RedisServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let admission = format!("{mode}\nupstream_429 = \"pause\"");
+        let proxy = BinProxy::start(dir.path(), &up, &config(&redis, 3, "local", &admission));
+        let c = client();
+        ok(&c, &proxy, "/v1/a").await;
+        ok(&c, &proxy, "/v1/b").await;
+        // The third send meets Dastra's 429: a 2 s pause, the window full for 30 s.
+        assert_eq!(get(&c, &proxy.url("/retry-after/2")).await.status, 429);
+        for path in ["/v1/c", "/v1/d"] {
+            let r = tokio::time::timeout(Duration::from_secs(3), get(&c, &proxy.url(path)))
+                .await
+                .unwrap_or_else(|_| panic!("{mode}: {path} was kept waiting"));
+            assert_eq!(
+                (r.status.as_u16(), r.code()),
+                (429, "quota_exhausted".into()),
+                "{mode}"
+            );
+            let after: u64 = r.header("retry-after").unwrap().parse().unwrap();
+            assert!((29..=30).contains(&after), "{mode}: Retry-After {after}");
+        }
     }
+    assert_eq!(up.arrivals("/v1/c").len() + up.arrivals("/v1/d").len(), 0);
 }
 
 /// A full queue refuses (`queue_full`) with when the first slot frees, as
