@@ -343,3 +343,66 @@ async fn dastras_none_left_pauses_every_replica() {
         }
     }
 }
+
+/// A call queued with time to spare whose `max_wait` then runs out behind
+/// Dastra's pause (a 429 heard while it waited) is refused as the pause's:
+/// `upstream_throttled`, Retry-After the pause's end, not the quota's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_overtaken_by_a_pause_is_refused_as_the_pauses() {
+    use dastra_proxy::admission::{Admission, Caller, Refusal, Remote, NORMAL};
+    use dastra_proxy::config::{AdmissionConfig, OnLimit, StoreOnError, Upstream429};
+    let redis = RedisServer::start();
+    let limits = [Limit {
+        requests: 1,
+        per: Duration::from_secs(2),
+        name: "2s".into(),
+    }];
+    let store = RedisStore::new(
+        &redis.url(),
+        "dp-overtaken",
+        "k",
+        &limits,
+        Duration::ZERO,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let cfg = AdmissionConfig {
+        on_limit: OnLimit::Queue,
+        max_queue: 10,
+        max_wait: Duration::from_secs(3),
+        margin: Duration::ZERO,
+        flight: Duration::from_secs(5),
+        dry_run: false,
+        aging: Duration::from_secs(10),
+        upstream_429: Upstream429::Pause,
+    };
+    let remote = Remote::new(
+        std::sync::Arc::new(store),
+        StoreOnError::Reject,
+        dastra_proxy::metrics::Metrics::new(),
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        1,
+    );
+    let a = Admission::with_remote(&limits, &cfg, Some(remote));
+    let caller = Caller {
+        name: "app".into(),
+        weight: 1,
+        wait: None,
+        priority: NORMAL,
+    };
+    a.acquire(&caller).await.unwrap().sent().landed();
+    // Its slot 2 s away, within max_wait: it waits.
+    let waiting = {
+        let (a, caller) = (a.clone(), caller.clone());
+        tokio::spawn(async move { a.acquire(&caller).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let until = Instant::now() + Duration::from_secs(20);
+    a.pause_until(until);
+    match waiting.await.unwrap() {
+        Err(Refusal::UpstreamThrottled { retry_at }) => {
+            assert!(retry_at + Duration::from_millis(50) >= until, "early")
+        }
+        other => panic!("{:?}", other.map(drop)),
+    }
+}

@@ -251,15 +251,8 @@ impl Admission {
                 }
                 Answer::StartsAt(at) | Answer::Settling(at) => at.max(paused.unwrap_or(now)),
             };
-            // The pause holds the call when it ends no earlier than the start.
             let paused = paused.max(remote.store.paused_until(now));
-            let exhausted = |retry_at| match paused {
-                // (Within 5 ms: the answer and the pause were read off one reply.)
-                Some(p) if p + Duration::from_millis(5) >= retry_at => {
-                    Refusal::UpstreamThrottled { retry_at }
-                }
-                _ => Refusal::QuotaExhausted { retry_at },
-            };
+            let exhausted = |retry_at| held_by(paused, retry_at);
             if st.on_limit == OnLimit::Reject {
                 return Err(exhausted(start));
             }
@@ -327,5 +320,19 @@ impl Inner {
             }
             None => Permit::new(self.clone(), waited),
         }
+    }
+}
+
+/// The refusal of a call through Redis that could start at `retry_at`: the
+/// pause's when a pause holds it that long, else the quota's. Within 5 ms:
+/// Redis' copy of a pause ends a little after this replica's (it was
+/// written a moment later), and a start read off the same reply as the
+/// pause may round to either side of it.
+pub(super) fn held_by(paused: Option<Instant>, retry_at: Instant) -> Refusal {
+    match paused {
+        Some(p) if p + Duration::from_millis(5) >= retry_at => {
+            Refusal::UpstreamThrottled { retry_at }
+        }
+        _ => Refusal::QuotaExhausted { retry_at },
     }
 }

@@ -68,10 +68,7 @@ impl Admission {
         };
         let paused = self.inner.lock().paused_until;
         match remote.ask(ahead, true).await {
-            Answer::StartsAt(at) | Answer::Settling(at) => match paused {
-                Some(p) if p >= at => Refusal::UpstreamThrottled { retry_at: p },
-                _ => Refusal::QuotaExhausted { retry_at: at },
-            },
+            Answer::StartsAt(at) | Answer::Settling(at) => super::remote::held_by(paused, at),
             Answer::Slot(_) => Refusal::QuotaExhausted {
                 retry_at: Instant::now(),
             },
