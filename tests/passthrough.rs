@@ -205,3 +205,42 @@ async fn a_key_answered_403_keeps_its_window() {
     assert_eq!(r.code(), "too_many_keys", "the 403 key's send still counts");
     proxy.shutdown().await;
 }
+
+/// A key Dastra paused (429, Retry-After 3 s) is not forgotten once its
+/// sends have left the window: forgotten, its next call would go out
+/// during the pause. A new key meanwhile waits for the pause, so says its
+/// Retry-After.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_key_is_kept_after_its_window_empties() {
+    let up = MockUpstream::start().await;
+    let limits = "[[limits]]\nrequests = 5\nper = \"500ms\"\n[admission]\non_limit = \"reject\"\nupstream_429 = \"pause\"\n";
+    let proxy = passthrough(&up, "max_keys = 1\n", limits).await;
+    let c = client();
+    let key = [("x-api-key", "paused")];
+    let r = send(
+        &c,
+        Method::GET,
+        &proxy.url("/retry-after/3"),
+        &key,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let other = [("x-api-key", "other")];
+    let r = send(&c, Method::GET, &proxy.url("/v1/x"), &other, Body::empty()).await;
+    assert_eq!(r.code(), "too_many_keys", "the paused key was forgotten");
+    let after: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(after >= 1, "Retry-After {after}: the pause holds 2 s more");
+    let r = send(
+        &c,
+        Method::GET,
+        &proxy.url("/v1/during"),
+        &key,
+        Body::empty(),
+    )
+    .await;
+    assert_eq!(r.code(), "upstream_throttled");
+    assert_eq!(up.arrivals("/v1/").len(), 0);
+    proxy.shutdown().await;
+}
