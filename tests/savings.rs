@@ -29,10 +29,19 @@ fn upstream_calls(up: &MockUpstream, prefix: &str) -> usize {
         .count()
 }
 
+/// Whether calls wait for the quota or are refused at once, identical GETs
+/// share one call while the window has room (`reject` skips sharing only
+/// when the call would be refused anyway).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_identical_gets_in_flight_cost_one_call() {
+    for admission in ["", "[admission]\non_limit = \"reject\"\n"] {
+        ten_identical_gets_cost_one_call(admission).await;
+    }
+}
+
+async fn ten_identical_gets_cost_one_call(admission: &str) {
     let up = MockUpstream::start().await;
-    let proxy = TestProxy::start(&up, "").await;
+    let proxy = TestProxy::start(&up, admission).await;
     let c = client();
     let replies = many(
         &c,
@@ -41,7 +50,7 @@ async fn ten_identical_gets_in_flight_cost_one_call() {
             .collect(),
     )
     .await;
-    assert_eq!(upstream_calls(&up, "/seq/300/same"), 1);
+    assert_eq!(upstream_calls(&up, "/seq/300/same"), 1, "{admission}");
     let first = body(&replies[0]);
     for r in &replies {
         assert_eq!(r.status, 200);
@@ -59,6 +68,26 @@ async fn ten_identical_gets_in_flight_cost_one_call() {
         m.contains("dastra_proxy_quota_saved_total{how=\"coalesced\"} 9"),
         "{m}"
     );
+}
+
+/// Identical GETs that arrive while the window is full, in queue mode, wait
+/// together behind one call: one send when the window frees, not one each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_gets_waiting_for_the_window_cost_one_call() {
+    let up = MockUpstream::start().await;
+    let limits = "[[limits]]\nrequests = 1\nper = \"600ms\"\n[admission]\nmargin = \"0s\"\n";
+    let proxy = TestProxy::start(&up, limits).await;
+    let c = client();
+    assert_eq!(get(&c, &proxy.url("/v1/first")).await.status, 200);
+    let replies = many(
+        &c,
+        (0..5)
+            .map(|_| (proxy.url("/seq/100/later"), vec![]))
+            .collect(),
+    )
+    .await;
+    assert!(replies.iter().all(|r| r.status == 200));
+    assert_eq!(upstream_calls(&up, "/seq/100/later"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
