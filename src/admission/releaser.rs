@@ -110,7 +110,8 @@ async fn release_remote(inner: &Arc<Inner>, remote: &Arc<Remote>) -> Release {
             for tx in st.queue.drain() {
                 let _ = tx.send(Err(Refusal::StoreUnavailable));
             }
-            Release::Sleep(Instant::now() + HEARTBEAT)
+            // On to the idle step: its heartbeat asks whether Redis is back.
+            Release::Sleep(Instant::now())
         }
         // Fall back to this replica's share until Redis answers again.
         Answer::Failed => match release_ready(inner) {
