@@ -384,3 +384,32 @@ async fn a_refusing_replica_is_ready_again_when_redis_is_back() {
     }
     assert_eq!(up.arrivals("/v1/").len(), 0);
 }
+
+/// A replica asks Redis only with a reason: nothing while it has no sends
+/// to watch, and a flood against a window it knows full costs one question
+/// (`on_error = "reject"` with Redis up, where what it knew counts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_asks_redis_only_with_a_reason() {
+    let up = MockUpstream::start().await;
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&redis, 2, "reject", "on_limit = \"reject\"");
+    let proxy = BinProxy::start(dir.path(), &up, &cfg);
+    let c = client();
+    let runs = redis.script_runs();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(redis.script_runs() - runs, 0, "asked with nothing to watch");
+    ok(&c, &proxy, "/v1/a").await;
+    ok(&c, &proxy, "/v1/b").await;
+    let (runs, t0) = (redis.script_runs(), Instant::now());
+    for i in 0..30 {
+        let r = get(&c, &proxy.url(&format!("/v1/flood/{i}"))).await;
+        assert_eq!(r.code(), "quota_exhausted");
+    }
+    let heartbeats = (t0.elapsed().as_millis() / 200) as u64 + 2;
+    let asked = redis.script_runs() - runs;
+    assert!(
+        asked <= 5 + heartbeats,
+        "{asked} script runs for 30 refusals"
+    );
+}
