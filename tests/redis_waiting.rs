@@ -24,6 +24,29 @@ fn config(redis: &RedisServer, limit: u32, on_error: &str, admission: &str) -> S
     )
 }
 
+/// One replica (the binary) of `config`, its upstream, its Redis and a client.
+struct Replica {
+    up: MockUpstream,
+    redis: RedisServer,
+    proxy: BinProxy,
+    c: TestClient,
+    _dir: tempfile::TempDir,
+}
+
+async fn replica(limit: u32, on_error: &str, admission: &str) -> Replica {
+    let up = MockUpstream::start().await;
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = BinProxy::start(dir.path(), &up, &config(&redis, limit, on_error, admission));
+    Replica {
+        up,
+        redis,
+        proxy,
+        c: client(),
+        _dir: dir,
+    }
+}
+
 /// CPU time the process has used (user and system), from /proc; the
 /// kernel reports it in USER_HZ ticks, 100 a second.
 fn cpu(proxy: &BinProxy) -> Duration {
@@ -83,11 +106,13 @@ async fn queue_one(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_with_sends_sleeps_idle_waiting_and_falling_back() {
-    let up = MockUpstream::start().await;
-    let mut redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = BinProxy::start(dir.path(), &up, &config(&redis, 3, "local", QUEUE));
-    let c = client();
+    let Replica {
+        up,
+        mut redis,
+        proxy,
+        c,
+        _dir,
+    } = replica(3, "local", QUEUE).await;
     for i in 0..3 {
         ok(&c, &proxy, &format!("/v1/sent/{i}")).await;
     }
@@ -119,11 +144,13 @@ async fn a_replica_with_sends_sleeps_idle_waiting_and_falling_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_replica_sleeps_while_redis_is_down() {
-    let up = MockUpstream::start().await;
-    let mut redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = BinProxy::start(dir.path(), &up, &config(&redis, 3, "local", QUEUE));
-    let c = client();
+    let Replica {
+        up: _up,
+        mut redis,
+        proxy,
+        c,
+        _dir,
+    } = replica(3, "local", QUEUE).await;
     for i in 0..2 {
         ok(&c, &proxy, &format!("/v1/sent/{i}")).await;
     }
@@ -139,11 +166,13 @@ async fn an_idle_replica_sleeps_while_redis_is_down() {
 /// script runs, not one more each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_cost_redis_their_own_script_runs_not_a_heartbeat_each() {
-    let up = MockUpstream::start().await;
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = BinProxy::start(dir.path(), &up, &config(&redis, 1000, "local", QUEUE));
-    let c = client();
+    let Replica {
+        up: _up,
+        redis,
+        proxy,
+        c,
+        _dir,
+    } = replica(1000, "local", QUEUE).await;
     ok(&c, &proxy, "/v1/first").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let n = 40;
@@ -165,17 +194,13 @@ async fn calls_cost_redis_their_own_script_runs_not_a_heartbeat_each() {
 /// until the pause ends, asking Redis nothing, then serves them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_waiting_out_a_pause_asks_redis_nothing_until_it_ends() {
-    let up = MockUpstream::start().await;
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
-        &redis,
-        100,
-        "local",
-        &format!("{QUEUE}\nupstream_429 = \"pause\""),
-    );
-    let proxy = BinProxy::start(dir.path(), &up, &cfg);
-    let c = client();
+    let Replica {
+        up: _up,
+        redis,
+        proxy,
+        c,
+        _dir,
+    } = replica(100, "local", &format!("{QUEUE}\nupstream_429 = \"pause\"")).await;
     assert_eq!(get(&c, &proxy.url("/retry-after/3")).await.status, 429);
     let paused_at = Instant::now();
     let waiting = queue_one(&c, &proxy, "/v1/after-the-pause").await;
@@ -195,11 +220,13 @@ async fn a_call_waiting_out_a_pause_asks_redis_nothing_until_it_ends() {
 /// share; so is the next call, and `/readyz` says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_on_error_reject_a_waiting_call_is_refused_when_redis_goes() {
-    let up = MockUpstream::start().await;
-    let mut redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = BinProxy::start(dir.path(), &up, &config(&redis, 2, "reject", QUEUE));
-    let c = client();
+    let Replica {
+        up,
+        mut redis,
+        proxy,
+        c,
+        _dir,
+    } = replica(2, "reject", QUEUE).await;
     ok(&c, &proxy, "/v1/a").await;
     ok(&c, &proxy, "/v1/b").await;
     let waiting = queue_one(&c, &proxy, "/v1/waiting").await;
@@ -251,11 +278,13 @@ async fn with_on_error_reject_a_waiting_call_is_refused_when_redis_goes() {
 /// flush) its next heartbeat writes them back, with no call to ask.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_replica_writes_back_the_sends_redis_lost() {
-    let up = MockUpstream::start().await;
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = BinProxy::start(dir.path(), &up, &config(&redis, 5, "local", QUEUE));
-    let c = client();
+    let Replica {
+        up: _up,
+        redis,
+        proxy,
+        c,
+        _dir,
+    } = replica(5, "local", QUEUE).await;
     for i in 0..3 {
         ok(&c, &proxy, &format!("/v1/sent/{i}")).await;
     }
@@ -314,12 +343,13 @@ async fn a_refusal_through_redis_says_when_the_window_frees() {
 /// memory mode does — not when a call at the back of the queue would start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_refuses_with_when_the_first_slot_frees() {
-    let up = MockUpstream::start().await;
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&redis, 1, "local", &format!("{QUEUE}\nmax_queue = 1"));
-    let proxy = BinProxy::start(dir.path(), &up, &cfg);
-    let c = client();
+    let Replica {
+        up: _up,
+        redis: _redis,
+        proxy,
+        c,
+        _dir,
+    } = replica(1, "local", &format!("{QUEUE}\nmax_queue = 1")).await;
     ok(&c, &proxy, "/v1/a").await;
     let _waiting = queue_one(&c, &proxy, "/v1/waiting").await;
     let r = get(&c, &proxy.url("/v1/one-too-many")).await;
@@ -332,17 +362,18 @@ async fn a_full_queue_refuses_with_when_the_first_slot_frees() {
 /// and when Redis is back (empty) this replica still holds it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pause_redis_never_heard_still_holds_this_replica() {
-    let up = MockUpstream::start().await;
-    let mut redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
-        &redis,
+    let Replica {
+        up,
+        mut redis,
+        proxy,
+        c,
+        _dir,
+    } = replica(
         100,
         "local",
         "on_limit = \"reject\"\nupstream_429 = \"pause\"",
-    );
-    let proxy = BinProxy::start(dir.path(), &up, &cfg);
-    let c = client();
+    )
+    .await;
     ok(&c, &proxy, "/v1/before").await;
     redis.stop();
     assert_eq!(get(&c, &proxy.url("/retry-after/30")).await.status, 429);
@@ -362,11 +393,13 @@ async fn a_pause_redis_never_heard_still_holds_this_replica() {
 /// whether Redis is back, and is ready again with no call to find out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusing_replica_is_ready_again_when_redis_is_back() {
-    let up = MockUpstream::start().await;
-    let mut redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = BinProxy::start(dir.path(), &up, &config(&redis, 2, "reject", QUEUE));
-    let c = client();
+    let Replica {
+        up,
+        mut redis,
+        proxy,
+        c,
+        _dir,
+    } = replica(2, "reject", QUEUE).await;
     let readyz = format!("http://{}/readyz", proxy.admin);
     assert_eq!(get(&c, &readyz).await.status, 200);
     redis.stop();
@@ -390,12 +423,13 @@ async fn a_refusing_replica_is_ready_again_when_redis_is_back() {
 /// (`on_error = "reject"` with Redis up, where what it knew counts).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_asks_redis_only_with_a_reason() {
-    let up = MockUpstream::start().await;
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&redis, 2, "reject", "on_limit = \"reject\"");
-    let proxy = BinProxy::start(dir.path(), &up, &cfg);
-    let c = client();
+    let Replica {
+        up: _up,
+        redis,
+        proxy,
+        c,
+        _dir,
+    } = replica(2, "reject", "on_limit = \"reject\"").await;
     let runs = redis.script_runs();
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(redis.script_runs() - runs, 0, "asked with nothing to watch");
