@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use axum::body::Body;
 use http::Method;
-use support::{client, get, hup, scrape, send, BinProxy, MockUpstream, RedisServer, TestClient};
+use support::{
+    client, get, hup, scrape, send, wait_metric, BinProxy, MockUpstream, RedisServer, TestClient,
+};
 use tokio::time::Instant;
 
 /// Calls wait for their slot (up to a minute) unless a test says otherwise.
@@ -93,14 +95,8 @@ async fn queue_one(
         let (c, url) = (c.clone(), p.url(path));
         tokio::spawn(async move { get(&c, &url).await })
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !String::from_utf8_lossy(&get(c, &format!("http://{}/metrics", p.admin)).await.body)
-        .lines()
-        .any(|l| l.starts_with("dastra_proxy_queue_depth") && !l.ends_with(" 0"))
-    {
-        assert!(Instant::now() < deadline, "the call never queued");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // One quota key: the gauge's one sample is its queue.
+    wait_metric(c, p.admin, "dastra_proxy_queue_depth", 1.0).await;
     call
 }
 
