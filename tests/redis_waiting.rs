@@ -443,3 +443,37 @@ async fn a_replica_asks_redis_only_with_a_reason() {
         "{asked} script runs for 30 refusals"
     );
 }
+
+/// `on_error = "local"`, Redis down: the replica holds its share and says
+/// so. A refusal answered from what it knew of the window (full) is no word
+/// from Redis: `/readyz` goes on saying the store is unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_from_what_the_replica_knew_is_no_word_from_redis() {
+    let Replica {
+        up: _up,
+        mut redis,
+        proxy,
+        c,
+        _dir,
+    } = replica(2, "local", "on_limit = \"reject\"").await;
+    ok(&c, &proxy, "/v1/a").await;
+    ok(&c, &proxy, "/v1/b").await;
+    assert_eq!(
+        get(&c, &proxy.url("/v1/full")).await.code(),
+        "quota_exhausted"
+    );
+    redis.stop();
+    let readyz = format!("http://{}/readyz", proxy.admin);
+    let unreachable = |r: &support::Reply| String::from_utf8_lossy(&r.body).contains("unreachable");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !unreachable(&get(&c, &readyz).await) {
+        assert!(Instant::now() < deadline, "never noticed Redis gone");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 0..5 {
+        let r = get(&c, &proxy.url(&format!("/v1/known/{i}"))).await;
+        assert_eq!(r.code(), "quota_exhausted");
+        let ready = get(&c, &readyz).await;
+        assert!(unreachable(&ready), "after call {i}: {:?}", ready.body);
+    }
+}
