@@ -7,6 +7,8 @@ mod support;
 
 use std::time::Duration;
 
+use dastra_proxy::config::Limit;
+use dastra_proxy::store::{Decision, RedisStore};
 use support::{client, get, BinProxy, MockUpstream, RedisServer, TestClient};
 use tokio::time::Instant;
 
@@ -111,6 +113,70 @@ async fn a_restore_from_an_older_dump_loses_no_send() {
         5,
         "{} arrivals",
         up.arrivals("/v1/").len()
+    );
+}
+
+/// A send Redis admits, landed: through a settle if Redis has one on.
+async fn admitted(s: &RedisStore) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let id = s.next_id();
+        match s.reserve(id, 0, None).await.unwrap() {
+            Decision::Admitted => return s.land(id, None).await.unwrap(),
+            Decision::Settling(w) => tokio::time::sleep(w).await,
+            d => panic!("{d:?}"),
+        }
+        assert!(Instant::now() < deadline, "never admitted");
+    }
+}
+
+/// The restore above, with the replica that asks first after it being the
+/// one the dump holds whole: its counter and its newest send are both in
+/// Redis, so only its new connection tells it Redis may have gone back in
+/// time. Its first decision starts a new epoch (a settle, while every
+/// replica writes back), never a slot on the two-of-five the dump shows.
+/// Two stores of one key, no heartbeat: nobody else asks first.
+#[tokio::test]
+async fn the_first_decision_over_a_new_connection_starts_a_new_epoch() {
+    let mut redis = RedisServer::start();
+    let limits = [Limit {
+        requests: 5,
+        per: Duration::from_secs(30),
+        name: "30s".into(),
+    }];
+    let store = || {
+        RedisStore::new(
+            &redis.url(),
+            "dp-gen",
+            "k",
+            &limits,
+            Duration::ZERO,
+            Duration::from_secs(5),
+        )
+        .unwrap()
+    };
+    let (a, b) = (store(), store());
+    admitted(&a).await;
+    admitted(&a).await;
+    assert_eq!(redis.cli(&["SAVE"]), "OK");
+    for _ in 0..3 {
+        admitted(&b).await;
+    }
+    redis.restart_from_dump();
+    assert_eq!(redis.cli(&["ZCARD", "{dp-gen:k}:sends"]), "2");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let first = loop {
+        let id = a.next_id();
+        match a.reserve(id, 0, None).await {
+            Ok(d) => break d,
+            // The old connection's failure, then the reconnect's backoff.
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+        assert!(Instant::now() < deadline, "Redis never answered again");
+    };
+    assert!(
+        matches!(first, Decision::Settling(_)),
+        "{first:?} on a log Redis had partly lost"
     );
 }
 

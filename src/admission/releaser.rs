@@ -10,7 +10,6 @@ use tokio::time::Instant;
 use super::remote::Answer;
 use super::{Inner, Permit, Refusal, Remote};
 use crate::config::StoreOnError;
-use crate::store::HEARTBEAT;
 
 /// Hands slots to queued calls as they free; sleeps in between.
 pub(super) async fn release_loop(inner: Arc<Inner>) {
@@ -61,7 +60,7 @@ async fn release_remote(inner: &Arc<Inner>, remote: &Arc<Remote>) -> Release {
             Some(at) if at > now => Release::Sleep(at),
             Some(_) => {
                 remote.heartbeat().await;
-                Release::Sleep(Instant::now() + HEARTBEAT)
+                Release::Sleep(Instant::now() + remote.store.heartbeat())
             }
         };
     }
@@ -101,7 +100,7 @@ async fn release_remote(inner: &Arc<Inner>, remote: &Arc<Remote>) -> Release {
         Answer::StartsAt(at) | Answer::Settling(at) => {
             let now = Instant::now();
             match remote.store.watch_due(now) {
-                Some(_) => Release::Sleep(at.min(now + HEARTBEAT)),
+                Some(_) => Release::Sleep(at.min(now + remote.store.heartbeat())),
                 None => Release::Sleep(at),
             }
         }

@@ -100,3 +100,27 @@ impl Admission {
         self.inner.lock().queue.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A caller holds the key between choosing it and asking it for a
+    /// slot: the key map must not forget it then, or that call would start
+    /// a fresh key with a whole window of its own.
+    #[tokio::test(start_paused = true)]
+    async fn a_key_a_caller_holds_is_not_idle() {
+        let limits = crate::quota::test_limits(&[(3, 1000)]);
+        let a = Admission::new(&limits, &super::super::reserve_props::cfg());
+        let now = Instant::now();
+        assert_eq!(
+            a.idle_at(now),
+            None,
+            "held by the map and its releaser only"
+        );
+        let held = a.clone();
+        assert!(a.idle_at(now).is_some(), "held by a caller too");
+        drop(held);
+        assert_eq!(a.idle_at(now), None);
+    }
+}

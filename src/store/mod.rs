@@ -90,6 +90,7 @@ pub struct RedisStore {
     /// latest reply said: refusals then say `upstream_throttled`.
     paused: Mutex<Option<Instant>>,
     settle: Duration,
+    heartbeat: Duration,
 }
 
 #[derive(Debug)]
@@ -161,6 +162,7 @@ impl RedisStore {
             known: Mutex::new(Known::default()),
             paused: Mutex::new(None),
             settle: SETTLE,
+            heartbeat: HEARTBEAT,
         }
     }
 
@@ -169,6 +171,20 @@ impl RedisStore {
     pub fn with_settle(mut self, settle: Duration) -> Self {
         self.settle = settle;
         self
+    }
+
+    /// Another heartbeat than [`HEARTBEAT`] (tests: one longer than the
+    /// test, so what happens at once is told from what the heartbeat does
+    /// later). Keep it below the settle, as [`SETTLE`]'s doc says.
+    pub fn with_heartbeat(mut self, heartbeat: Duration) -> Self {
+        self.heartbeat = heartbeat;
+        self
+    }
+
+    /// How often this replica asks Redis whether it lost its sends, and
+    /// whether it is back while unreachable.
+    pub fn heartbeat(&self) -> Duration {
+        self.heartbeat
     }
 
     /// Applies reloaded limits; the set keeps what it holds.
@@ -424,7 +440,7 @@ impl RedisStore {
         if !lock(&self.sends).any_recent(now, w.longest, self.flight) {
             return None;
         }
-        Some(lock(&self.heard).map_or(now, |h| h + HEARTBEAT))
+        Some(lock(&self.heard).map_or(now, |h| h + self.heartbeat))
     }
 
     /// This replica's newest landed send that Redis must still hold: landed
