@@ -349,6 +349,17 @@ async fn dastras_none_left_pauses_every_replica() {
 /// `upstream_throttled`, Retry-After the pause's end, not the quota's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_overtaken_by_a_pause_is_refused_as_the_pauses() {
+    overtaken_by_a_pause(false).await;
+}
+
+/// The same with the 429 heard by another replica: the pause reaches this
+/// one only through Redis' reply, and is weighed all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_overtaken_by_another_replicas_pause_is_refused_as_the_pauses() {
+    overtaken_by_a_pause(true).await;
+}
+
+async fn overtaken_by_a_pause(heard_elsewhere: bool) {
     use dastra_proxy::admission::{Admission, Caller, Refusal, Remote, NORMAL};
     use dastra_proxy::config::{AdmissionConfig, OnLimit, StoreOnError, Upstream429};
     let redis = RedisServer::start();
@@ -357,15 +368,17 @@ async fn a_call_overtaken_by_a_pause_is_refused_as_the_pauses() {
         per: Duration::from_secs(2),
         name: "2s".into(),
     }];
-    let store = RedisStore::new(
-        &redis.url(),
-        "dp-overtaken",
-        "k",
-        &limits,
-        Duration::ZERO,
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let store = || {
+        RedisStore::new(
+            &redis.url(),
+            "dp-overtaken",
+            "k",
+            &limits,
+            Duration::ZERO,
+            Duration::from_secs(5),
+        )
+        .unwrap()
+    };
     let cfg = AdmissionConfig {
         on_limit: OnLimit::Queue,
         max_queue: 10,
@@ -377,11 +390,11 @@ async fn a_call_overtaken_by_a_pause_is_refused_as_the_pauses() {
         upstream_429: Upstream429::Pause,
     };
     let remote = Remote::new(
-        std::sync::Arc::new(store),
+        std::sync::Arc::new(store()),
         StoreOnError::Reject,
         dastra_proxy::metrics::Metrics::new(),
         std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
-        1,
+        2,
     );
     let a = Admission::with_remote(&limits, &cfg, Some(remote));
     let caller = Caller {
@@ -398,7 +411,11 @@ async fn a_call_overtaken_by_a_pause_is_refused_as_the_pauses() {
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     let until = Instant::now() + Duration::from_secs(20);
-    a.pause_until(until);
+    if heard_elsewhere {
+        store().pause(Duration::from_secs(20)).await.unwrap();
+    } else {
+        a.pause_until(until);
+    }
     match waiting.await.unwrap() {
         Err(Refusal::UpstreamThrottled { retry_at }) => {
             assert!(retry_at + Duration::from_millis(50) >= until, "early")

@@ -66,8 +66,15 @@ impl Admission {
         let Some(remote) = &self.inner.remote else {
             return local;
         };
-        let paused = self.inner.lock().paused_until;
-        match remote.ask(ahead, true).await {
+        let answer = remote.ask(ahead, true).await;
+        // Paused here, or in Redis (another replica heard the 429: its reply
+        // just said so), as for a call refused up front.
+        let paused = self
+            .inner
+            .lock()
+            .paused_until
+            .max(remote.store.paused_until(Instant::now()));
+        match answer {
             Answer::StartsAt(at) | Answer::Settling(at) => super::remote::held_by(paused, at),
             Answer::Slot(_) => Refusal::QuotaExhausted {
                 retry_at: Instant::now(),
