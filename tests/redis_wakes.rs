@@ -1,8 +1,10 @@
 //! What a Redis-mode replica does at once, not at its next heartbeat: a
 //! slot given back through Redis goes to the call waiting for it, and the
-//! first reply after an outage marks Redis reachable. The store's heartbeat
-//! is set longer than each test's patience, so only the prompt path can
-//! pass. The real admission over a real redis-server, in process.
+//! first reply after an outage marks Redis reachable; and what it does only
+//! once a heartbeat however many calls come: ask whether Redis is back.
+//! The store's heartbeat is set longer than each test's patience, so only
+//! the prompt path can pass. The real admission over a real redis-server,
+//! in process.
 
 mod support;
 
@@ -12,6 +14,7 @@ use std::time::Duration;
 
 use dastra_proxy::admission::{Admission, Caller, Refusal, Remote, NORMAL};
 use dastra_proxy::config::{AdmissionConfig, Limit, OnLimit, StoreOnError, Upstream429};
+use dastra_proxy::metrics::Metrics;
 use support::RedisServer;
 use tokio::time::Instant;
 
@@ -23,7 +26,7 @@ fn admission(
     redis: &RedisServer,
     requests: u32,
     on_error: StoreOnError,
-) -> (Admission, Arc<AtomicBool>) {
+) -> (Admission, Arc<AtomicBool>, Metrics) {
     let limits = [Limit {
         requests,
         per: Duration::from_secs(60),
@@ -51,14 +54,19 @@ fn admission(
         upstream_429: Upstream429::Pause,
     };
     let healthy = Arc::new(AtomicBool::new(true));
+    let metrics = Metrics::new();
     let remote = Remote::new(
         Arc::new(store),
         on_error,
-        dastra_proxy::metrics::Metrics::new(),
+        metrics.clone(),
         healthy.clone(),
         1,
     );
-    (Admission::with_remote(&limits, &cfg, Some(remote)), healthy)
+    (
+        Admission::with_remote(&limits, &cfg, Some(remote)),
+        healthy,
+        metrics,
+    )
 }
 
 fn caller() -> Caller {
@@ -76,7 +84,7 @@ fn caller() -> Caller {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_given_back_through_redis_goes_to_the_waiting_call_at_once() {
     let redis = RedisServer::start();
-    let (a, _) = admission(&redis, 1, StoreOnError::Reject);
+    let (a, _, _) = admission(&redis, 1, StoreOnError::Reject);
     let sent = a.acquire(&caller()).await.unwrap().sent();
     let waiter = {
         let a = a.clone();
@@ -102,7 +110,7 @@ async fn a_slot_given_back_through_redis_goes_to_the_waiting_call_at_once() {
 async fn the_first_reply_after_an_outage_marks_redis_reachable() {
     let mut redis = RedisServer::start();
     let port = redis.port;
-    let (a, healthy) = admission(&redis, 10, StoreOnError::Reject);
+    let (a, healthy, _) = admission(&redis, 10, StoreOnError::Reject);
     a.acquire(&caller()).await.unwrap().sent().landed();
     redis.stop();
     let deadline = Instant::now() + PATIENCE;
@@ -134,4 +142,30 @@ async fn the_first_reply_after_an_outage_marks_redis_reachable() {
         healthy.load(Ordering::Relaxed),
         "Redis answered the call, yet this replica still says it is unreachable"
     );
+}
+
+/// Redis down, `on_error = "reject"`, no sends to watch: each refused call
+/// wakes the releaser (so that an idle one starts asking whether Redis is
+/// back), yet Redis is asked once a heartbeat, not once a call — a flood
+/// during an outage neither hammers the link nor inflates
+/// `store_errors_total{op="check"}`.
+#[tokio::test]
+async fn refusals_during_an_outage_ask_once_a_heartbeat_not_once_a_call() {
+    let mut redis = RedisServer::start();
+    let (a, healthy, metrics) = admission(&redis, 10, StoreOnError::Reject);
+    redis.stop();
+    for _ in 0..50 {
+        match a.acquire(&caller()).await {
+            Err(Refusal::StoreUnavailable) => {}
+            other => panic!("{:?}", other.map(drop)),
+        }
+        // The releaser runs between refusals.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(!healthy.load(Ordering::Relaxed));
+    let checks = metrics
+        .store_errors_total
+        .with_label_values(&["check"])
+        .get();
+    assert_eq!(checks, 1, "{checks} heartbeats for 50 refused calls");
 }

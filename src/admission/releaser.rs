@@ -49,13 +49,7 @@ async fn release_remote(inner: &Arc<Inner>, remote: &Arc<Remote>) -> Release {
     };
     if idle {
         let now = Instant::now();
-        // While Redis is unreachable the heartbeat also asks whether it is
-        // back, so the replica is ready again without waiting for a call.
-        let due = remote
-            .store
-            .watch_due(now)
-            .or((!remote.reachable()).then_some(now));
-        return match due {
+        return match remote.heartbeat_due(now) {
             None => Release::Idle,
             Some(at) if at > now => Release::Sleep(at),
             Some(_) => {
@@ -68,7 +62,7 @@ async fn release_remote(inner: &Arc<Inner>, remote: &Arc<Remote>) -> Release {
     // While the window is known full the answer below costs Redis nothing,
     // so a lost key is found by the heartbeat's own question, as when idle.
     let now = Instant::now();
-    if remote.store.watch_due(now).is_some_and(|at| at <= now) {
+    if remote.heartbeat_due(now).is_some_and(|at| at <= now) {
         remote.check().await;
     }
     let answer = remote.ask(0, false).await;

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::{Admission, Caller, Inner, Permit, Refusal};
 use crate::config::{Limit, OnLimit, StoreOnError};
 use crate::metrics::Metrics;
-use crate::store::{Decision, RedisStore, StoreError};
+use crate::store::{lock, Decision, RedisStore, StoreError};
 
 /// Admission through Redis, and what to do when it does not answer.
 #[derive(Debug)]
@@ -28,6 +28,8 @@ pub struct Remote {
     pub replicas: u32,
     /// Held while this replica asks Redis about this key.
     pub(super) asking: tokio::sync::Mutex<()>,
+    /// When the heartbeat last asked, answered or not: paces it.
+    checked: std::sync::Mutex<Option<Instant>>,
 }
 
 /// What Redis said about a call: a slot (its id), a start later, or nothing.
@@ -61,6 +63,7 @@ impl Remote {
             healthy,
             replicas,
             asking: tokio::sync::Mutex::new(()),
+            checked: std::sync::Mutex::new(None),
         }
     }
 
@@ -132,8 +135,25 @@ impl Remote {
         self.check().await;
     }
 
+    /// When the heartbeat is next due, if at all: while this replica has
+    /// sends Redis may have lost, and while Redis is unreachable (to learn
+    /// it is back, with no call needed). Paced from the last heartbeat, not
+    /// the last reply: during an outage every refused call wakes the
+    /// releaser, and Redis is still asked once a heartbeat, not per call.
+    pub(super) fn heartbeat_due(&self, now: Instant) -> Option<Instant> {
+        let due = self
+            .store
+            .watch_due(now)
+            .or((!self.reachable()).then_some(now))?;
+        Some(match *lock(&self.checked) {
+            Some(last) => due.max(last + self.store.heartbeat()),
+            None => due,
+        })
+    }
+
     /// The heartbeat's question, for a caller that holds `asking`.
     pub(super) async fn check(&self) {
+        *lock(&self.checked) = Some(Instant::now());
         match self.store.check().await {
             Ok(_) => self.up(),
             Err(e) => self.failed("check", &e),
