@@ -41,6 +41,8 @@ pub use restored::{Restored, Summary};
 mod clock;
 mod format;
 mod grow;
+#[cfg(test)]
+mod lives_tests;
 mod pathlock;
 mod restored;
 mod sync;
@@ -325,11 +327,9 @@ impl StateFile {
         };
         self.make_room(&mut ring, seq, 1)?;
         let slot = seq % ring.slots;
+        // Its slot may have been written ahead for a send; the sends after
+        // it still are, and a graceful stop marks those unused if none came.
         ring.mirror[slot as usize] = rec;
-        if seq < ring.prepared_until {
-            // Its slot was written ahead for a send: no longer.
-            ring.prepared_until = seq;
-        }
         self.write_slot(slot, &rec)
     }
 

@@ -3,7 +3,7 @@
 
 use super::*;
 
-fn path() -> (tempfile::TempDir, PathBuf) {
+pub(super) fn path() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("dastra-proxy.state");
     (dir, p)
@@ -266,39 +266,6 @@ fn a_file_of_the_previous_release_still_opens() {
         age >= Duration::from_secs(2) && age < Duration::from_secs(4),
         "{age:?}"
     );
-}
-
-#[test]
-fn a_pause_survives_reopens_until_it_ends_and_is_not_a_send() {
-    let (_dir, p) = path();
-    {
-        let (f, _) = StateFile::open(&p, 4).unwrap();
-        let a = f.reserve(5).unwrap();
-        f.land(a).unwrap();
-        f.pause(5, Duration::from_secs(30)).unwrap();
-        f.pause(9, Duration::from_millis(1)).unwrap();
-        // A send after the pause record: written ahead over no pause.
-        let b = f.reserve(5).unwrap();
-        f.land(b).unwrap();
-    }
-    std::thread::sleep(Duration::from_millis(5));
-    let mut left = Duration::ZERO;
-    for round in 0..2 {
-        let (f, mut restored) = StateFile::open(&p, 4).unwrap();
-        let pause = restored.take_pause(5).expect("the pause is restored");
-        assert!(
-            pause <= Duration::from_secs(30) && pause > Duration::from_secs(29),
-            "{pause:?}"
-        );
-        if round == 1 {
-            assert!(pause <= left, "it runs down across reopens");
-        }
-        left = pause;
-        assert_eq!(restored.take_pause(9), None, "an ended pause is gone");
-        assert_eq!(restored.take(5).len(), 2, "the pause is not a send");
-        drop(f);
-    }
-    assert_eq!(StateFile::inspect(&p).unwrap().unwrap().sends, 2);
 }
 
 /// Busy keys never push a quieter key's sends out while they still count
