@@ -178,3 +178,37 @@ pub(super) fn parse(path: &Path, b: &[u8]) -> Result<(Header, Vec<Rec>), StateEr
         out,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record's bytes with a checksum that matches, whatever they say.
+    fn sealed(fields: [u64; 4]) -> [u8; RECORD as usize] {
+        let mut b = [0u8; RECORD as usize];
+        for (i, v) in fields.iter().enumerate() {
+            b[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        let check = checksum(&b[..32]);
+        b[32..].copy_from_slice(&check.to_le_bytes());
+        b
+    }
+
+    /// The checksum says the bytes are whole; the fields must also make
+    /// sense: a numbered record, landed no earlier than it was reserved
+    /// unless it is unanswered or released.
+    #[test]
+    fn a_whole_record_that_makes_no_sense_is_refused() {
+        assert!(Rec::decode(&sealed([5, 0, 10, 20])).is_err(), "seq 0");
+        assert!(
+            Rec::decode(&sealed([5, 3, 20, 10])).is_err(),
+            "landed before reserved"
+        );
+        for landed in [UNANSWERED, RELEASED, 20, 30] {
+            let r = Rec::decode(&sealed([5, 3, 20, landed])).unwrap();
+            assert_eq!(r.landed, landed);
+        }
+        let pause = Rec::decode(&sealed([5, 3, PAUSE, 99])).unwrap();
+        assert!(pause.is_pause());
+    }
+}

@@ -211,6 +211,17 @@ mod tests {
                 pause_us: 2000
             }
         );
+        // Three windows (a credential's own beside Dastra's two): each
+        // pair read in its place, the pause after the last.
+        assert_eq!(
+            ok(&[1, 0, 7, 1, 10, 2, 20, 3, 30, 4000], 3),
+            Reply {
+                code: Code::Done,
+                seq: 7,
+                windows: vec![(1, 10), (2, 20), (3, 30)],
+                pause_us: 4000
+            }
+        );
         assert_eq!(ok(&[0, 40, 8, 5, 40, 0], 1).code, Code::Wait(40));
         assert_eq!(
             ok(&[0, 0, 8, 5, 40, 0], 1).code,
