@@ -261,3 +261,59 @@ async fn a_flush_while_calls_wait_on_another_replica_loses_no_send() {
         up.arrivals("/v1/").len()
     );
 }
+
+/// Redis flushed, then written to again by one replica before another
+/// asks: the other's counter check passes (the new counter went past what
+/// it had seen) and its newest-send check is off (Redis' clock is set by
+/// the test), so only the new epoch — a number no earlier epoch had —
+/// tells it to write its sends back. Judged on what Redis holds.
+#[tokio::test]
+async fn a_flushed_key_comes_back_under_an_epoch_no_replica_knew() {
+    let redis = RedisServer::start();
+    let limits = [Limit {
+        requests: 100,
+        per: Duration::from_secs(60),
+        name: "1m".into(),
+    }];
+    let store = || {
+        RedisStore::new(
+            &redis.url(),
+            "dp-epoch",
+            "k",
+            &limits,
+            Duration::ZERO,
+            Duration::from_secs(5),
+        )
+        .unwrap()
+        .with_settle(Duration::ZERO)
+    };
+    let (a, b) = (store(), store());
+    let base: u64 = 1_700_000_000_000_000;
+    let mut ms = 0;
+    let mut send = async |s: &RedisStore| {
+        ms += 1;
+        let id = s.next_id();
+        let d = s.reserve(id, 0, Some(base + ms * 1000)).await.unwrap();
+        assert_eq!(d, Decision::Admitted);
+        s.land(id, Some(base + ms * 1000)).await.unwrap();
+    };
+    send(&b).await;
+    for _ in 0..5 {
+        send(&a).await;
+    }
+    assert_eq!(redis.cli(&["FLUSHALL"]), "OK");
+    for _ in 0..5 {
+        send(&a).await;
+    }
+    assert_eq!(
+        redis.cli(&["ZCARD", "{dp-epoch:k}:sends"]),
+        "10",
+        "A wrote back"
+    );
+    send(&b).await;
+    assert_eq!(
+        redis.cli(&["ZCARD", "{dp-epoch:k}:sends"]),
+        "12",
+        "B's send before the flush was not written back"
+    );
+}

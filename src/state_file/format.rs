@@ -194,6 +194,15 @@ mod tests {
         b
     }
 
+    /// The checksum is FNV-1a as the format says, not any function of the
+    /// bytes: a file another release wrote must verify here.
+    #[test]
+    fn the_checksum_is_fnv_1a() {
+        assert_eq!(checksum(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(checksum(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(checksum(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
     /// The checksum says the bytes are whole; the fields must also make
     /// sense: a numbered record, landed no earlier than it was reserved
     /// unless it is unanswered or released.
