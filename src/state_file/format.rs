@@ -149,7 +149,7 @@ pub(super) fn parse(path: &Path, b: &[u8]) -> Result<(Header, Vec<Rec>), StateEr
     let expected = slots
         .checked_mul(RECORD)
         .and_then(|n| n.checked_add(HEADER))
-        .filter(|n| *n <= 1 << 32)
+        .filter(|n| slots > 0 && *n <= 1 << 32)
         .ok_or_else(|| corrupt(8, format!("impossible slot count {slots}")))?;
     if b.len() as u64 != expected {
         return Err(corrupt(
@@ -201,6 +201,29 @@ mod tests {
         assert_eq!(checksum(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(checksum(b"a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(checksum(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    /// A file cut inside its header is corrupt at offset 0, however much of
+    /// the header is left — never read past its end; a whole header that
+    /// gives the ring no slot is corrupt where it says so (offset 8).
+    #[test]
+    fn a_header_cut_short_or_with_no_slot_is_refused() {
+        let p = Path::new("x.state");
+        let whole = header(&Header {
+            slots: 12,
+            ..Header::default()
+        });
+        for n in [1, 8, 20, HEADER as usize - 1] {
+            match parse(p, &whole[..n]) {
+                Err(StateError::Corrupt { offset: 0, .. }) => {}
+                other => panic!("{n} bytes: {other:?}"),
+            }
+        }
+        let none = header(&Header::default());
+        match parse(p, &none) {
+            Err(StateError::Corrupt { offset: 8, .. }) => {}
+            other => panic!("{other:?}"),
+        }
     }
 
     /// The checksum says the bytes are whole; the fields must also make
