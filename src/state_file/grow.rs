@@ -16,10 +16,12 @@ use std::time::Duration;
 use super::format::{header, Header, Rec, HEADER, RECORD, RELEASED, UNANSWERED};
 use super::{Ring, StateError, StateFile};
 
-/// The most slots a ring grows to (640 MiB of records): past it, the
-/// oldest record is overwritten as a fixed ring would, and that is logged.
-/// Unit tests reach a smaller cap.
-pub(super) const MAX_SLOTS: u64 = if cfg!(test) { 1 << 8 } else { 1 << 24 };
+/// The most slots a ring grows to: past it, the oldest record is
+/// overwritten as a fixed ring would, and that is logged. Unit tests reach
+/// a smaller cap.
+pub(super) const MAX_SLOTS: u64 = if cfg!(test) { 1 << 8 } else { GROWN_MAX };
+/// A running proxy's cap: 640 MiB of records.
+pub(super) const GROWN_MAX: u64 = 1 << 24;
 
 /// Logged once per process: the ring hit [`MAX_SLOTS`].
 static FULL: AtomicBool = AtomicBool::new(false);

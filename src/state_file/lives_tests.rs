@@ -52,6 +52,8 @@ fn a_pause_written_last_leaves_no_phantom_sends() {
         f.land(a).unwrap();
         f.pause(5, Duration::from_secs(30)).unwrap();
     }
+    // The pause took a slot written ahead: no room to make, no growth.
+    assert_eq!(StateFile::inspect(&p).unwrap().unwrap().slots, 4 + BATCH);
     let (_f, mut restored) = StateFile::open(&p, 4).unwrap();
     assert_eq!(restored.take(5).len(), 1, "phantom sends restored");
     assert!(restored.take_pause(5).is_some());

@@ -387,4 +387,6 @@ fn the_ring_stops_growing_at_its_cap() {
         kept >= slots - BATCH && kept <= slots,
         "{kept} of {slots} slots"
     );
+    // A running proxy's cap, as the README gives it.
+    assert_eq!(grow::GROWN_MAX * RECORD, 640 << 20);
 }

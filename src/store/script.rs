@@ -174,7 +174,8 @@ impl RedisStore {
                 Ok(reply)
             }
             Ok(Err(e)) => {
-                if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+                // Dropped, reset, refused: every one is an I/O error.
+                if e.is_io_error() {
                     self.link.reset().await;
                 }
                 Err(self.link.error(e))
