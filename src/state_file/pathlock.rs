@@ -27,8 +27,31 @@ impl PathLock {
         };
         match UnixListener::bind_addr(&addr) {
             Ok(l) => Ok(Some(Self { _held: l })),
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(e),
-            Err(_) => Ok(None),
+            Err(e) => unheld(e),
+        }
+    }
+}
+
+/// Only "in use" says another process holds the path; any other failure
+/// to bind (a sandbox without abstract sockets) leaves the `flock` alone
+/// to guard the file rather than refuse to start.
+fn unheld(e: std::io::Error) -> Result<Option<PathLock>, std::io::Error> {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => Err(e),
+        _ => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn only_a_name_in_use_refuses() {
+        assert!(unheld(Error::from(ErrorKind::AddrInUse)).is_err());
+        for kind in [ErrorKind::PermissionDenied, ErrorKind::Unsupported] {
+            assert!(matches!(unheld(Error::from(kind)), Ok(None)), "{kind:?}");
         }
     }
 }
