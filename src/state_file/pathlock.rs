@@ -42,6 +42,18 @@ fn unheld(e: std::io::Error) -> Result<Option<PathLock>, std::io::Error> {
     }
 }
 
+/// The directory resolved (the file itself may be gone), then the name.
+fn lock_name(path: &Path) -> String {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
+    let full = dir.join(path.file_name().unwrap_or_default());
+    let digest = Sha256::digest(full.as_os_str().as_encoded_bytes());
+    format!("dastra-proxy-state:{}", hex::encode(&digest[..16]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,16 +66,4 @@ mod tests {
             assert!(matches!(unheld(Error::from(kind)), Ok(None)), "{kind:?}");
         }
     }
-}
-
-/// The directory resolved (the file itself may be gone), then the name.
-fn lock_name(path: &Path) -> String {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
-    let full = dir.join(path.file_name().unwrap_or_default());
-    let digest = Sha256::digest(full.as_os_str().as_encoded_bytes());
-    format!("dastra-proxy-state:{}", hex::encode(&digest[..16]))
 }
