@@ -86,3 +86,24 @@ fn a_file_that_cannot_be_read_is_an_error_for_check() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A life that ends by `kill -9` leaves what the background writer wrote:
+/// a landing reaches the file within a second or so while the process
+/// runs, not only at a graceful stop.
+#[test]
+fn landings_reach_the_file_while_the_process_runs() {
+    let (_dir, p) = path();
+    let (f, _) = StateFile::open(&p, 4).unwrap();
+    let s = f.reserve(0).unwrap();
+    f.land(s).unwrap();
+    // The other records of its batch were written ahead, unanswered.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while StateFile::inspect(&p).unwrap().unwrap().unanswered > BATCH as usize - 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the landing never reached the file"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(f);
+}
