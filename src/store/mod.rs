@@ -403,24 +403,6 @@ impl RedisStore {
         r.map(drop)
     }
 
-    /// A send this replica made on its own share while Redis was unreachable.
-    pub fn sent_locally(&self, id: u64) {
-        let w = lock(&self.windows).clone();
-        let mut s = lock(&self.sends);
-        s.sent(id, Instant::now(), w.longest, self.flight);
-        s.dirty = true;
-    }
-
-    /// A send made while Redis was unreachable landed or was given back.
-    pub fn finished_locally(&self, id: u64, land: bool) {
-        let mut s = lock(&self.sends);
-        if land {
-            s.landed(id, Instant::now());
-        } else {
-            s.released(id);
-        }
-    }
-
     /// Holds every replica's sends for `d` (an upstream 429).
     pub async fn pause(&self, d: Duration) -> Result<(), StoreError> {
         self.forget();
@@ -431,24 +413,6 @@ impl RedisStore {
         })
         .await
         .map(drop)
-    }
-
-    /// Whether this replica has sends that may still count, which Redis
-    /// should be asked about now and then (see [`HEARTBEAT`]).
-    pub fn watch_due(&self, now: Instant) -> Option<Instant> {
-        let w = lock(&self.windows).clone();
-        if !lock(&self.sends).any_recent(now, w.longest, self.flight) {
-            return None;
-        }
-        Some(lock(&self.heard).map_or(now, |h| h + self.heartbeat))
-    }
-
-    /// This replica's newest landed send that Redis must still hold: landed
-    /// (a send in flight may be refunded at any moment) and well inside the
-    /// longest window (one near its end may be trimmed by Redis' clock).
-    fn newest_landed(&self) -> Option<u64> {
-        let w = lock(&self.windows).clone();
-        lock(&self.sends).newest_landed(Instant::now(), w.longest / 2)
     }
 
     fn missed<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {

@@ -7,6 +7,47 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::{lock, RedisStore};
+
+/// What the store does with this replica's own sends.
+impl RedisStore {
+    /// A send this replica made on its own share while Redis was unreachable.
+    pub fn sent_locally(&self, id: u64) {
+        let w = lock(&self.windows).clone();
+        let mut s = lock(&self.sends);
+        s.sent(id, Instant::now(), w.longest, self.flight);
+        s.dirty = true;
+    }
+
+    /// A send made while Redis was unreachable landed or was given back.
+    pub fn finished_locally(&self, id: u64, land: bool) {
+        let mut s = lock(&self.sends);
+        if land {
+            s.landed(id, Instant::now());
+        } else {
+            s.released(id);
+        }
+    }
+
+    /// Whether this replica has sends that may still count, which Redis
+    /// should be asked about now and then (see [`super::HEARTBEAT`]).
+    pub fn watch_due(&self, now: Instant) -> Option<Instant> {
+        let w = lock(&self.windows).clone();
+        if !lock(&self.sends).any_recent(now, w.longest, self.flight) {
+            return None;
+        }
+        Some(lock(&self.heard).map_or(now, |h| h + self.heartbeat))
+    }
+
+    /// This replica's newest landed send that Redis must still hold: landed
+    /// (a send in flight may be refunded at any moment) and well inside the
+    /// longest window (one near its end may be trimmed by Redis' clock).
+    pub(super) fn newest_landed(&self) -> Option<u64> {
+        let w = lock(&self.windows).clone();
+        lock(&self.sends).newest_landed(Instant::now(), w.longest / 2)
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     id: u64,
