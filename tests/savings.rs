@@ -210,6 +210,32 @@ async fn disconnects_of_a_leader_or_a_follower_disturb_nobody() {
     assert_eq!(upstream_calls(&up, "/seq/400/follow"), 1);
 }
 
+/// A call queued for the window whose every caller left — its follower,
+/// then its leader — is dropped from the queue, not finished for nobody:
+/// it spends no quota. The next call, queued behind it, is the next sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_call_everyone_left_spends_nothing() {
+    let up = MockUpstream::start().await;
+    let limits = "[[limits]]\nrequests = 1\nper = \"600ms\"\n[admission]\nmargin = \"0s\"\n";
+    let proxy = TestProxy::start(&up, limits).await;
+    let c = client();
+    assert_eq!(get(&c, &proxy.url("/v1/first")).await.status, 200);
+    let leave_after = |ms: u64| {
+        let (c, url) = (c.clone(), proxy.url("/v1/left"));
+        tokio::spawn(async move {
+            let r = tokio::time::timeout(Duration::from_millis(ms), get(&c, &url)).await;
+            assert!(r.is_err(), "answered while the window was full");
+        })
+    };
+    let leader = leave_after(200);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let follower = leave_after(100);
+    follower.await.unwrap();
+    leader.await.unwrap();
+    assert_eq!(get(&c, &proxy.url("/v1/next")).await.status, 200);
+    assert_eq!(upstream_calls(&up, "/v1/left"), 0, "sent for nobody");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cached_answers_spend_nothing_and_never_go_stale_or_survive_a_write() {
     let up = MockUpstream::start().await;

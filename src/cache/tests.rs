@@ -376,3 +376,25 @@ async fn an_expired_entry_is_kept_stale_for_stale_if_error_unless_it_must_revali
         .get_stale(&key(1, "/a"), &none, t + Duration::from_secs(10))
         .is_none());
 }
+
+/// What `max_bytes` counts of an answer: its body and each header's name
+/// and value byte for byte, plus a measured fixed cost per header and per
+/// answer.
+#[test]
+fn an_answers_size_counts_each_byte_once() {
+    let snap = |name: &'static str, value: &'static str, body: usize| {
+        let mut headers = HeaderMap::new();
+        headers.insert(name, http::HeaderValue::from_static(value));
+        Snapshot {
+            status: StatusCode::OK,
+            headers,
+            body: Bytes::from(vec![0; body]),
+        }
+        .size()
+    };
+    let base = snap("x-abcde", "abc", 10);
+    assert_eq!(base, 10 + 7 + 3 + 96 + 512);
+    assert_eq!(snap("x-abcde", "abcd", 10), base + 1);
+    assert_eq!(snap("x-abcdef", "abc", 10), base + 1);
+    assert_eq!(snap("x-abcde", "abc", 11), base + 1);
+}
