@@ -212,7 +212,8 @@ async fn disconnects_of_a_leader_or_a_follower_disturb_nobody() {
 
 /// A call queued for the window whose every caller left — its follower,
 /// then its leader — is dropped from the queue, not finished for nobody:
-/// it spends no quota. The next call, queued behind it, is the next sent.
+/// it spends no quota. The next call, queued behind it, is the next sent;
+/// the same GET later starts a flight of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_call_everyone_left_spends_nothing() {
     let up = MockUpstream::start().await;
@@ -234,6 +235,13 @@ async fn a_shared_call_everyone_left_spends_nothing() {
     leader.await.unwrap();
     assert_eq!(get(&c, &proxy.url("/v1/next")).await.status, 200);
     assert_eq!(upstream_calls(&up, "/v1/left"), 0, "sent for nobody");
+    // The abandoned flight is over: the same GET later leads a new one
+    // rather than follow one that will never land.
+    let again = tokio::time::timeout(Duration::from_secs(5), get(&c, &proxy.url("/v1/left")))
+        .await
+        .expect("followed a flight that never lands");
+    assert_eq!(again.status, 200);
+    assert_eq!(upstream_calls(&up, "/v1/left"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
