@@ -54,7 +54,11 @@ async fn release_remote(inner: &Arc<Inner>, remote: &Arc<Remote>) -> Release {
             Some(at) if at > now => Release::Sleep(at),
             Some(_) => {
                 remote.heartbeat().await;
-                Release::Sleep(Instant::now() + remote.store.heartbeat())
+                // The next one, paced from this one; none if nothing is left to watch.
+                match remote.heartbeat_due(Instant::now()) {
+                    Some(at) => Release::Sleep(at),
+                    None => Release::Idle,
+                }
             }
         };
     }
