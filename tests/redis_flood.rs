@@ -22,16 +22,7 @@ fn store(redis: &RedisServer) -> RedisStore {
         per: SPAN,
         name: "1m".into(),
     }];
-    RedisStore::new(
-        &redis.url(),
-        "dp-flood",
-        "k",
-        &limits,
-        Duration::ZERO,
-        Duration::from_secs(5),
-    )
-    .unwrap()
-    .with_settle(Duration::ZERO)
+    redis.store("dp-flood", &limits).with_settle(Duration::ZERO)
 }
 
 async fn reserve(s: &RedisStore) -> (u64, Decision) {
@@ -368,17 +359,7 @@ async fn overtaken_by_a_pause(heard_elsewhere: bool) {
         per: Duration::from_secs(2),
         name: "2s".into(),
     }];
-    let store = || {
-        RedisStore::new(
-            &redis.url(),
-            "dp-overtaken",
-            "k",
-            &limits,
-            Duration::ZERO,
-            Duration::from_secs(5),
-        )
-        .unwrap()
-    };
+    let store = || redis.store("dp-overtaken", &limits);
     let cfg = AdmissionConfig {
         on_limit: OnLimit::Queue,
         max_queue: 10,

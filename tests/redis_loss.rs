@@ -144,18 +144,10 @@ async fn the_first_decision_over_a_new_connection_starts_a_new_epoch() {
         per: Duration::from_secs(30),
         name: "30s".into(),
     }];
-    let store = || {
-        RedisStore::new(
-            &redis.url(),
-            "dp-gen",
-            "k",
-            &limits,
-            Duration::ZERO,
-            Duration::from_secs(5),
-        )
-        .unwrap()
-    };
-    let (a, b) = (store(), store());
+    let (a, b) = (
+        redis.store("dp-gen", &limits),
+        redis.store("dp-gen", &limits),
+    );
     admitted(&a).await;
     admitted(&a).await;
     assert_eq!(redis.cli(&["SAVE"]), "OK");
@@ -275,18 +267,7 @@ async fn a_flushed_key_comes_back_under_an_epoch_no_replica_knew() {
         per: Duration::from_secs(60),
         name: "1m".into(),
     }];
-    let store = || {
-        RedisStore::new(
-            &redis.url(),
-            "dp-epoch",
-            "k",
-            &limits,
-            Duration::ZERO,
-            Duration::from_secs(5),
-        )
-        .unwrap()
-        .with_settle(Duration::ZERO)
-    };
+    let store = || redis.store("dp-epoch", &limits).with_settle(Duration::ZERO);
     let (a, b) = (store(), store());
     let base: u64 = 1_700_000_000_000_000;
     let mut ms = 0;

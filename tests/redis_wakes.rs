@@ -32,17 +32,10 @@ fn admission(
         per: Duration::from_secs(60),
         name: "1m".into(),
     }];
-    let store = dastra_proxy::store::RedisStore::new(
-        &redis.url(),
-        "dp-wakes",
-        "k",
-        &limits,
-        Duration::ZERO,
-        Duration::from_secs(5),
-    )
-    .unwrap()
-    .with_settle(Duration::ZERO)
-    .with_heartbeat(HEARTBEAT);
+    let store = redis
+        .store("dp-wakes", &limits)
+        .with_settle(Duration::ZERO)
+        .with_heartbeat(HEARTBEAT);
     let cfg = AdmissionConfig {
         on_limit: OnLimit::Queue,
         max_queue: 10,

@@ -464,6 +464,25 @@ impl RedisServer {
         Self { child, port, dir }
     }
 
+    /// A store for key "k" under `prefix` with `limits`, as the store-level
+    /// tests build them: no margin, a 5 s flight, not yet connected.
+    #[allow(dead_code)]
+    pub fn store(
+        &self,
+        prefix: &str,
+        limits: &[dastra_proxy::config::Limit],
+    ) -> dastra_proxy::store::RedisStore {
+        dastra_proxy::store::RedisStore::new(
+            &self.url(),
+            prefix,
+            "k",
+            limits,
+            Duration::ZERO,
+            Duration::from_secs(5),
+        )
+        .unwrap()
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
