@@ -338,12 +338,9 @@ async fn an_expired_entry_is_kept_stale_for_stale_if_error_unless_it_must_revali
         Metrics::new(),
     );
     let t0 = Instant::now();
-    let strict = {
+    let with = |cc: &'static str| {
         let mut headers = HeaderMap::new();
-        headers.insert(
-            "cache-control",
-            "max-age=5, must-revalidate".parse().unwrap(),
-        );
+        headers.insert("cache-control", http::HeaderValue::from_static(cc));
         Arc::new(Snapshot {
             status: StatusCode::OK,
             headers,
@@ -357,7 +354,12 @@ async fn an_expired_entry_is_kept_stale_for_stale_if_error_unless_it_must_revali
         Duration::from_secs(5),
         t0
     ));
-    assert!(put(&c, key(1, "/b"), strict, Duration::from_secs(5), t0));
+    // Kept a minute (a rule's ttl) past a freshness of 5 s: only the
+    // stale rules, not the entry's end, decide what stands in.
+    let minute = Duration::from_secs(60);
+    let strict = with("max-age=5, must-revalidate");
+    assert!(put(&c, key(1, "/b"), strict, minute, t0));
+    assert!(put(&c, key(1, "/c"), with("max-age=5"), minute, t0));
     let none = HeaderMap::new();
     assert!(
         c.get_stale(&key(1, "/a"), &none, t0).is_some(),
@@ -375,6 +377,37 @@ async fn an_expired_entry_is_kept_stale_for_stale_if_error_unless_it_must_revali
     assert!(c
         .get_stale(&key(1, "/a"), &none, t + Duration::from_secs(10))
         .is_none());
+    // The window ends 10 s after the freshness, the entry much later.
+    let end = t + Duration::from_secs(10);
+    assert!(c.get_stale(&key(1, "/c"), &none, late).is_some());
+    assert!(
+        c.get_stale(&key(1, "/c"), &none, end).is_none(),
+        "past the window"
+    );
+}
+
+/// An answer that could only ever be served after asking Dastra again
+/// (`no-cache`, or already older than its lifetime) and that has nothing
+/// to ask with (no validator) nor a stale use is not kept: it would only
+/// take room.
+#[tokio::test(start_paused = true)]
+async fn an_answer_never_usable_as_it_is_is_not_kept() {
+    let c = cache(10_000);
+    let now = Instant::now();
+    let mut headers = HeaderMap::new();
+    headers.insert("cache-control", "no-cache, max-age=60".parse().unwrap());
+    let no_cache = Arc::new(Snapshot {
+        status: StatusCode::OK,
+        headers,
+        body: Bytes::from_static(b"z"),
+    });
+    assert!(!put(
+        &c,
+        key(1, "/n"),
+        no_cache,
+        Duration::from_secs(60),
+        now
+    ));
 }
 
 /// What `max_bytes` counts of an answer: its body and each header's name
