@@ -88,3 +88,56 @@ async fn a_key_keeps_a_bounded_number_of_variants() {
         "the newest stays"
     );
 }
+
+/// The key of a GET holds each varying header in its own place: two
+/// requests that send one value under different varying headers, or that
+/// differ in a second line of one, never share an answer.
+#[test]
+fn each_varying_header_and_each_of_its_lines_is_in_the_key() {
+    let of = |pairs: &[(&'static str, &'static str)]| {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(*n, http::HeaderValue::from_static(v));
+        }
+        Key::of(crate::credential::QuotaKey([1; 32]), b"/v1/a", &h)
+    };
+    let keys = [
+        of(&[("accept", "x")]),
+        of(&[("accept-encoding", "x")]),
+        of(&[("accept-language", "x")]),
+    ];
+    for (i, a) in keys.iter().enumerate() {
+        for b in &keys[i + 1..] {
+            assert_ne!(a, b);
+        }
+    }
+    let two = of(&[("accept", "a"), ("accept", "b")]);
+    assert_ne!(two, of(&[("accept", "b")]), "a second line is not lost");
+    assert_eq!(two, of(&[("accept", "a, b")]), "two lines are one list");
+}
+
+/// `Accept-Language` compares as language ranges do (RFC 4647): in any
+/// case, spaces and tabs around commas meaningless.
+#[test]
+fn accept_language_is_one_key_in_any_case_and_spacing() {
+    let of = |v: &'static str| {
+        let mut h = HeaderMap::new();
+        h.insert("accept-language", http::HeaderValue::from_static(v));
+        Key::of(crate::credential::QuotaKey([1; 32]), b"/v1/a", &h)
+    };
+    let plain = of("en-us,fr");
+    for v in ["en-US, fr", "EN-US,FR", "en-us, fr", "en-us,\tfr"] {
+        assert_eq!(of(v), plain, "{v}");
+    }
+    assert_ne!(of("en-gb,fr"), plain);
+}
+
+/// What a key counts in an entry's size: the credential's 32 bytes, the
+/// target and each varying value, byte for byte.
+#[test]
+fn a_keys_size_counts_its_bytes() {
+    let mut h = HeaderMap::new();
+    h.insert("accept", http::HeaderValue::from_static("xy"));
+    let k = Key::of(crate::credential::QuotaKey([1; 32]), b"/abc", &h);
+    assert_eq!(k.size(), 32 + 4 + 2);
+}
