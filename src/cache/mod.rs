@@ -380,6 +380,8 @@ fn resource(path: &str) -> Option<String> {
 }
 
 #[cfg(test)]
+mod store_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod variant_tests;
