@@ -80,6 +80,10 @@ async fn an_entry_counts_its_answer_key_and_values_up_to_max_bytes() {
     assert!(keep(&exact, "/a", &r, 10), "exactly max_bytes");
     let short = cache(size - 1);
     assert!(!keep(&short, "/a", &r, 10), "one byte over");
+    // Two that fill it exactly are both kept.
+    let two = cache(2 * size);
+    assert!(keep(&two, "/a", &r, 10) && keep(&two, "/b", &r, 10));
+    assert!(two.lookup(&key(1, "/a"), &r, Instant::now()).is_some());
 }
 
 /// Storing a variant again replaces it: a key holding its most variants
