@@ -109,3 +109,17 @@ async fn a_variant_stored_again_replaces_only_itself() {
         );
     }
 }
+
+/// An entry is kept until its end and not at it: found a nanosecond
+/// before, gone at the instant (a ttl of 60 s, nothing stale).
+#[tokio::test(start_paused = true)]
+async fn an_entry_is_gone_at_the_instant_it_ends() {
+    let c = cache(1 << 20);
+    let none = HeaderMap::new();
+    let t0 = Instant::now();
+    assert!(keep(&c, "/a", &none, 1));
+    let end = t0 + Duration::from_secs(60);
+    let found = |at| c.lookup(&key(1, "/a"), &none, at).is_some();
+    assert!(found(end - Duration::from_nanos(1)));
+    assert!(!found(end));
+}
