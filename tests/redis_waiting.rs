@@ -8,97 +8,9 @@ mod support;
 
 use std::time::Duration;
 
-use axum::body::Body;
-use http::Method;
-use support::{
-    client, get, hup, scrape, send, wait_metric, BinProxy, MockUpstream, RedisServer, TestClient,
-};
+use support::replica::*;
+use support::{client, get, hup, BinProxy, MockUpstream, RedisServer};
 use tokio::time::Instant;
-
-/// Calls wait for their slot (up to a minute) unless a test says otherwise.
-const QUEUE: &str = "on_limit = \"queue\"\nmax_wait = \"60s\"";
-
-fn config(redis: &RedisServer, limit: u32, on_error: &str, admission: &str) -> String {
-    format!(
-        "[[limits]]\nrequests = {limit}\nper = \"30s\"\n[admission]\nmargin = \"0s\"\n{admission}\n\
-         [store]\nkind = \"redis\"\nurl = \"{}\"\nkey_prefix = \"dp-wait\"\non_error = \"{on_error}\"\nreplicas = 1\n",
-        redis.url()
-    )
-}
-
-/// One replica (the binary) of `config`, its upstream, its Redis and a client.
-struct Replica {
-    up: MockUpstream,
-    redis: RedisServer,
-    proxy: BinProxy,
-    c: TestClient,
-    _dir: tempfile::TempDir,
-}
-
-async fn replica(limit: u32, on_error: &str, admission: &str) -> Replica {
-    let up = MockUpstream::start().await;
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = BinProxy::start(dir.path(), &up, &config(&redis, limit, on_error, admission));
-    Replica {
-        up,
-        redis,
-        proxy,
-        c: client(),
-        _dir: dir,
-    }
-}
-
-/// CPU time the process has used (user and system), from /proc; the
-/// kernel reports it in USER_HZ ticks, 100 a second.
-fn cpu(proxy: &BinProxy) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", proxy.pid())).unwrap();
-    // Fields after the command's closing parenthesis: state is field 3,
-    // utime and stime fields 14 and 15.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-    Duration::from_millis(ticks * 10)
-}
-
-/// CPU time used over `span` of wall time. A releaser in a loop spends the
-/// whole span on a core; a sleeping one next to nothing.
-async fn cpu_over(proxy: &BinProxy, span: Duration) -> Duration {
-    let before = cpu(proxy);
-    tokio::time::sleep(span).await;
-    cpu(proxy) - before
-}
-
-/// Failed contacts with Redis so far, all operations together.
-async fn store_errors(c: &TestClient, p: &BinProxy) -> f64 {
-    scrape(c, p.admin)
-        .await
-        .lines()
-        .filter(|l| l.starts_with("dastra_proxy_store_errors_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-const QUIET: Duration = Duration::from_millis(300);
-
-async fn ok(c: &TestClient, p: &BinProxy, path: &str) {
-    assert_eq!(get(c, &p.url(path)).await.status, 200, "{path}");
-}
-
-/// Spawns a call that will wait in the queue, and returns once it does.
-async fn queue_one(
-    c: &TestClient,
-    p: &BinProxy,
-    path: &str,
-) -> tokio::task::JoinHandle<support::Reply> {
-    let call = {
-        let (c, url) = (c.clone(), p.url(path));
-        tokio::spawn(async move { get(&c, &url).await })
-    };
-    // One quota key: the gauge's one sample is its queue.
-    wait_metric(c, p.admin, "dastra_proxy_queue_depth", 1.0).await;
-    call
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_with_sends_sleeps_idle_waiting_and_falling_back() {
@@ -136,25 +48,6 @@ async fn a_replica_with_sends_sleeps_idle_waiting_and_falling_back() {
         "{asked} failed asks in 1.5 s"
     );
     assert_eq!(up.arrivals("/v1/waiting").len(), 0);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_replica_sleeps_while_redis_is_down() {
-    let Replica {
-        up: _up,
-        mut redis,
-        proxy,
-        c,
-        _dir,
-    } = replica(3, "local", QUEUE).await;
-    for i in 0..2 {
-        ok(&c, &proxy, &format!("/v1/sent/{i}")).await;
-    }
-    redis.stop();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // Every heartbeat fails: the next is still a heartbeat away.
-    let used = cpu_over(&proxy, Duration::from_millis(1500)).await;
-    assert!(used < QUIET, "idle, Redis down: {used:?} of CPU in 1.5 s");
 }
 
 /// A granted slot wakes the releaser (it starts watching the new send),
@@ -208,66 +101,6 @@ async fn a_call_waiting_out_a_pause_asks_redis_nothing_until_it_ends() {
     let r = waiting.await.unwrap();
     assert_eq!(r.status, 200);
     assert!(paused_at.elapsed() >= Duration::from_millis(2500));
-}
-
-/// `on_error = "reject"`: a call already waiting when Redis goes is refused
-/// (503, `store_unavailable`) once a heartbeat finds Redis gone, not kept
-/// waiting on what the replica knew of the window nor admitted from a local
-/// share; so is the next call, and `/readyz` says so.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_on_error_reject_a_waiting_call_is_refused_when_redis_goes() {
-    let Replica {
-        up,
-        mut redis,
-        proxy,
-        c,
-        _dir,
-    } = replica(2, "reject", QUEUE).await;
-    ok(&c, &proxy, "/v1/a").await;
-    ok(&c, &proxy, "/v1/b").await;
-    let waiting = queue_one(&c, &proxy, "/v1/waiting").await;
-    redis.stop();
-    let r = tokio::time::timeout(Duration::from_secs(5), waiting)
-        .await
-        .expect("the waiting call is answered once Redis is gone")
-        .unwrap();
-    assert_eq!(r.status, 503);
-    assert_eq!(r.code(), "store_unavailable");
-    // The window is still known full: that is no answer from Redis.
-    let r = get(&c, &proxy.url("/v1/next")).await;
-    assert_eq!(
-        (r.status.as_u16(), r.code()),
-        (503, "store_unavailable".into())
-    );
-    let ready = get(&c, &format!("http://{}/readyz", proxy.admin)).await;
-    assert_eq!(ready.status, 503);
-    assert_eq!(up.arrivals("/v1/").len(), 2);
-    // Redis back (empty, as after a restart): the heartbeat finds it with
-    // no call to ask, the replica is ready again, and a call meets Redis'
-    // answer — the two sends written back fill the window — not a 503.
-    let _redis = RedisServer::start_on(redis.port);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while get(&c, &format!("http://{}/readyz", proxy.admin))
-        .await
-        .status
-        != 200
-    {
-        assert!(Instant::now() < deadline, "never ready again");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let url = proxy.url("/v1/again");
-    let r = send(
-        &c,
-        Method::GET,
-        &url,
-        &[("prefer", "wait=1")],
-        Body::empty(),
-    )
-    .await;
-    assert_eq!(
-        (r.status.as_u16(), r.code()),
-        (429, "quota_exhausted".into())
-    );
 }
 
 /// Idle, a replica still watches its sends: when Redis loses them (a
@@ -384,36 +217,6 @@ async fn a_pause_redis_never_heard_still_holds_this_replica() {
     assert_eq!(up.arrivals("/v1/during").len(), 0);
 }
 
-/// `on_error = "reject"`, a replica with no sends of its own (nothing for a
-/// heartbeat to watch): refusing while Redis is down, it asks on its own
-/// whether Redis is back, and is ready again with no call to find out.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refusing_replica_is_ready_again_when_redis_is_back() {
-    let Replica {
-        up,
-        mut redis,
-        proxy,
-        c,
-        _dir,
-    } = replica(2, "reject", QUEUE).await;
-    let readyz = format!("http://{}/readyz", proxy.admin);
-    assert_eq!(get(&c, &readyz).await.status, 200);
-    redis.stop();
-    let r = get(&c, &proxy.url("/v1/refused")).await;
-    assert_eq!(
-        (r.status.as_u16(), r.code()),
-        (503, "store_unavailable".into())
-    );
-    assert_eq!(get(&c, &readyz).await.status, 503);
-    let _redis = RedisServer::start_on(redis.port);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while get(&c, &readyz).await.status != 200 {
-        assert!(Instant::now() < deadline, "never ready again");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(up.arrivals("/v1/").len(), 0);
-}
-
 /// A replica asks Redis only with a reason: nothing while it has no sends
 /// to watch, and a flood against a window it knows full costs one question
 /// (`on_error = "reject"` with Redis up, where what it knew counts).
@@ -442,38 +245,4 @@ async fn a_replica_asks_redis_only_with_a_reason() {
         asked <= 5 + heartbeats,
         "{asked} script runs for 30 refusals"
     );
-}
-
-/// `on_error = "local"`, Redis down: the replica holds its share and says
-/// so. A refusal answered from what it knew of the window (full) is no word
-/// from Redis: `/readyz` goes on saying the store is unreachable.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_answer_from_what_the_replica_knew_is_no_word_from_redis() {
-    let Replica {
-        up: _up,
-        mut redis,
-        proxy,
-        c,
-        _dir,
-    } = replica(2, "local", "on_limit = \"reject\"").await;
-    ok(&c, &proxy, "/v1/a").await;
-    ok(&c, &proxy, "/v1/b").await;
-    assert_eq!(
-        get(&c, &proxy.url("/v1/full")).await.code(),
-        "quota_exhausted"
-    );
-    redis.stop();
-    let readyz = format!("http://{}/readyz", proxy.admin);
-    let unreachable = |r: &support::Reply| String::from_utf8_lossy(&r.body).contains("unreachable");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !unreachable(&get(&c, &readyz).await) {
-        assert!(Instant::now() < deadline, "never noticed Redis gone");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    for i in 0..5 {
-        let r = get(&c, &proxy.url(&format!("/v1/known/{i}"))).await;
-        assert_eq!(r.code(), "quota_exhausted");
-        let ready = get(&c, &readyz).await;
-        assert!(unreachable(&ready), "after call {i}: {:?}", ready.body);
-    }
 }

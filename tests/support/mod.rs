@@ -3,6 +3,7 @@
 //! through the real loader, and a small HTTP client.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod replica;
 pub mod upstream;
 
 use std::net::SocketAddr;
