@@ -135,6 +135,12 @@ impl Remote {
         self.check().await;
     }
 
+    /// The pause holding this key: `here` (this replica heard the 429) or
+    /// Redis' (another did, or one before this process started), the later.
+    pub(super) fn pause_with(&self, here: Option<Instant>, now: Instant) -> Option<Instant> {
+        here.max(self.store.paused_until(now))
+    }
+
     /// When the heartbeat is next due, if at all: while this replica has
     /// sends Redis may have lost, and while Redis is unreachable (to learn
     /// it is back, with no call needed). Paced from the last heartbeat, not
@@ -219,10 +225,7 @@ impl Admission {
             let now = Instant::now();
             // Paused here (this replica saw the 429), or in Redis (another
             // did, or one before this process started).
-            let paused = st
-                .paused_until
-                .max(remote.store.paused_until(now))
-                .filter(|p| *p > now);
+            let paused = remote.pause_with(st.paused_until, now).filter(|p| *p > now);
             (
                 st.queue
                     .ahead_of(&caller.name, caller.weight, caller.priority),
@@ -271,7 +274,7 @@ impl Admission {
                 }
                 Answer::StartsAt(at) | Answer::Settling(at) => at.max(paused.unwrap_or(now)),
             };
-            let paused = paused.max(remote.store.paused_until(now));
+            let paused = remote.pause_with(paused, now);
             let exhausted = |retry_at| held_by(paused, retry_at);
             if st.on_limit == OnLimit::Reject {
                 return Err(exhausted(start));

@@ -69,11 +69,8 @@ impl Admission {
         let answer = remote.ask(ahead, true).await;
         // Paused here, or in Redis (another replica heard the 429: its reply
         // just said so), as for a call refused up front.
-        let paused = self
-            .inner
-            .lock()
-            .paused_until
-            .max(remote.store.paused_until(Instant::now()));
+        let here = self.inner.lock().paused_until;
+        let paused = remote.pause_with(here, Instant::now());
         match answer {
             Answer::StartsAt(at) | Answer::Settling(at) => super::remote::held_by(paused, at),
             Answer::Slot(_) => Refusal::QuotaExhausted {
