@@ -144,6 +144,9 @@ pub async fn start(config: Config, metrics: Metrics) -> Result<Running, StartErr
     // The proxy stack is served straight from hyper: through axum's Router
     // (fallback_service) the proxied path measured slower (README, design notes).
     let stack = proxy::stack(app.clone());
+    // Ready before either accept loop runs: the first probe served must not
+    // race this store (the listeners already queue connections).
+    app.ready.store(true, Ordering::SeqCst);
     let proxy_task = tokio::spawn(accept_loop(
         proxy_listener,
         tls.clone(),
@@ -159,7 +162,6 @@ pub async fn start(config: Config, metrics: Metrics) -> Result<Running, StartErr
         admin_stop_rx,
         move |conn| with_conn(admin.clone(), conn),
     ));
-    app.ready.store(true, Ordering::SeqCst);
     tracing::info!(%proxy_addr, %admin_addr, upstream = %app.config.upstream.origin(), "dastra-proxy listening");
 
     let app2 = app.clone();
